@@ -1,0 +1,30 @@
+# Two front doors: `make run` (install + the main job on generated sample data) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLE := .cogflow/sample
+
+.PHONY: install run test bench clean
+
+# The venv is rebuilt only when pyproject.toml changes.
+$(BIN)/cogflow: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/cogflow
+
+install: $(BIN)/cogflow
+
+run: install
+	$(BIN)/cogflow sample-data $(SAMPLE) --videos 12
+	$(BIN)/cogflow ingest $(SAMPLE)/manifest.csv
+	$(BIN)/cogflow status
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python tests/bench/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) .cogflow *.egg-info
