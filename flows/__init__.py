@@ -1,0 +1,1 @@
+"""Orchestration: Prefect flows over the plain functions in `pipeline/`, and the `cogflow` command."""

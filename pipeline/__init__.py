@@ -1,0 +1,1 @@
+"""cogflow's data layer: plain Python, importable and testable without Prefect or torch."""

@@ -1,0 +1,115 @@
+"""The lake's tables: Parquet part files under `<lake>/<table>/`, appended atomically, read as one table.
+
+A table is the union of its part files. Writers only ever add a complete part (see `Storage.put_file`), and
+every step anti-joins on the table's key before appending, so re-running a step adds nothing and a step
+that crashed half way is finished by the next run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.storage import Storage
+
+VIDEOS = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("container", pa.string()),
+        ("codec", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("fps", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("frame_count", pa.int64()),
+        ("rotation", pa.int32()),
+        ("header_duration_s", pa.float64()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+CAPTIONS = pa.schema(
+    [
+        ("caption_id", pa.string()),
+        ("video_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("caption", pa.string()),
+        ("language", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("split", pa.string()),
+        ("source_video_id", pa.string()),  # the manifest's own video_id column, if it had one
+        ("metadata", pa.string()),  # JSON of the manifest's other columns
+        ("manifest_uri", pa.string()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        ("reject_id", pa.string()),  # hash of (raw row, reason): one record per row and reason
+        ("row_id", pa.string()),  # hash of the raw row
+        ("manifest_uri", pa.string()),
+        ("row_number", pa.int64()),
+        ("source_uri", pa.string()),  # resolved when possible, else the raw value
+        ("caption", pa.string()),  # the raw caption
+        ("raw", pa.string()),  # the whole raw row as JSON
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("seen_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {"videos": VIDEOS, "captions": CAPTIONS, "rejects": REJECTS}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def read_table(store: Storage, name: str, columns: list[str] | None = None) -> pa.Table:
+    """All parts of table `name` as one Arrow table (empty, with the schema, when there are none)."""
+    schema = SCHEMAS.get(name)
+    parts = store.list_files(name, ".parquet")
+    if not parts:
+        if schema is None:
+            raise FileNotFoundError(f"no table {name!r} under {store.root}")
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    fs, _ = store.arrow("")
+    paths = [store.arrow(p)[1] for p in parts]
+    table = pq.ParquetDataset(paths, filesystem=fs, schema=schema).read(columns=columns)
+    return table
+
+
+def append(store: Storage, name: str, table: pa.Table) -> str | None:
+    """Write `table` as one new part of table `name`; returns its relative path (None if `table` is empty)."""
+    if table.num_rows == 0:
+        return None
+    schema = SCHEMAS[name]
+    table = table.select(schema.names).cast(schema)
+    rel = f"{name}/part-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "part.parquet"
+        pq.write_table(table, local, compression="zstd")
+        store.put_file(rel, local)
+    return rel
+
+
+def row_counts(store: Storage) -> dict[str, int]:
+    """Rows per table for every table folder in the lake, read from Parquet footers only."""
+    fs, _ = store.arrow("")
+    counts: dict[str, int] = {name: 0 for name in SCHEMAS}
+    for rel in store.list_files("", ".parquet"):
+        table = "/".join(part for part in rel.split("/")[:-1] if part)  # e.g. "clips/stage=1"
+        with fs.open_input_file(store.arrow(rel)[1]) as f:
+            counts[table] = counts.get(table, 0) + pq.ParquetFile(f).metadata.num_rows
+    return counts

@@ -1,0 +1,1 @@
+"""SQL statements as files, loaded by name through `pipeline.db` (dbt-style layers: staging, marts, checks)."""
