@@ -31,7 +31,8 @@ def check_names() -> list[str]:
 
 
 def _html_unescape(values: pa.Array) -> pa.Array:
-    # Entities (&amp; &#20013; &nbsp; …) cannot be decoded by a regular expression alone; this is the one
+    # Registered as unescape_entities (DuckDB's own html_unescape lives in the inet extension, which cannot be
+    # installed offline). Entities (&amp; &#20013; &nbsp; …) cannot be decoded by a regular expression alone; this is the one
     # cleaning step done by a Python function, called from the SQL only for values that contain '&'.
     return pa.array([None if v is None else html.unescape(v) for v in values.to_pylist()], pa.string())
 
@@ -41,7 +42,8 @@ def connect(threads: int | None = None, memory_limit: str = "1GB") -> duckdb.Duc
     con = duckdb.connect(
         config={"threads": threads or os.cpu_count() or 1, "memory_limit": memory_limit, "preserve_insertion_order": False}
     )
-    con.create_function("html_unescape", _html_unescape, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
+    con.create_function("unescape_entities", _html_unescape, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
+    con.execute(sql_text("macros"))
     return con
 
 

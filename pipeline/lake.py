@@ -36,6 +36,18 @@ VIDEOS = pa.schema(
     ]
 )
 
+# Every path (or URI) that held an accepted video: how a later run knows a source without probing it again,
+# even when its bytes duplicate a video first seen under another path.
+SOURCES = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("video_id", pa.string()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("first_seen_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 CAPTIONS = pa.schema(
     [
         ("caption_id", pa.string()),
@@ -68,7 +80,7 @@ REJECTS = pa.schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"videos": VIDEOS, "captions": CAPTIONS, "rejects": REJECTS}
+SCHEMAS: dict[str, pa.Schema] = {"videos": VIDEOS, "sources": SOURCES, "captions": CAPTIONS, "rejects": REJECTS}
 
 
 def now() -> datetime:

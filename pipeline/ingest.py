@@ -1,0 +1,275 @@
+"""Ingest: a manifest's rows into the lake's videos/, sources/, captions/ and rejects/ tables.
+
+Three plain steps, which `flows/ingest.py` orders and parallelises:
+1. `plan_ingest` reads the manifest, cleans and checks every row in SQL, and lists the sources no earlier
+   run has settled (a re-run of the same manifest lists none).
+2. `probe_source` fetches (if remote) and probes one source; it never raises, it returns a reason instead.
+3. `finish_ingest` turns the probes into new rows, appends them (videos, sources, captions, rejects, in that
+   order, so a crash between two appends is finished by the next run), then runs the data checks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from pipeline import db, lake
+from pipeline.manifest import load_manifest
+from pipeline.settings import Limits, Settings
+from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
+from pipeline.video import ProbeError, probe
+
+# Reasons that lie in a source's bytes: remembered, so the source is not probed again on every run.
+# Transient ones (missing_file, download_failed, probe_error) are retried by the next run.
+CACHED_REASONS = [
+    "empty_file",
+    "unreadable_container",
+    "no_video_stream",
+    "resolution_over_limit",
+    "truncated_container",
+    "no_frames",
+    "undecodable_stream",
+    "zero_duration",
+    "too_short",
+    "duration_over_limit",
+    "bytes_over_limit",
+]
+
+PROBES = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("container", pa.string()),
+        ("codec", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("fps", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("frame_count", pa.int64()),
+        ("rotation", pa.int32()),
+        ("header_duration_s", pa.float64()),
+    ]
+)
+
+# The columns each step needs from the lake as it was before this run.
+KNOWN_COLUMNS = {
+    "videos": ["video_id", "duration_s"],
+    "sources": ["source_uri", "video_id"],
+    "captions": ["caption_id"],
+    "rejects": ["reject_id", "source_uri", "reason", "detail"],
+}
+# And what the data checks read after writing.
+CHECK_COLUMNS = {
+    "videos": ["video_id", "duration_s"],
+    "sources": ["source_uri", "video_id"],
+    "captions": ["caption_id", "video_id", "caption", "language", "start_s", "end_s", "split"],
+    "rejects": ["reject_id", "reason", "detail"],
+}
+
+
+class DataCheckError(Exception):
+    """A check in sql/checks/ returned rows: the lake breaks one of its promises."""
+
+
+@dataclass
+class IngestPlan:
+    manifest_uri: str  # as recorded (credentials removed)
+    settings: Settings
+    con: duckdb.DuckDBPyConnection
+    to_probe: list[tuple[str, str]]  # (source_uri, fetch_uri), fetch_uri may carry a presigned query
+    workdir: Path
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class IngestSummary:
+    manifest_uri: str
+    lake: str
+    manifest_rows: int
+    accepted_rows: int
+    outcomes: dict[str, int]  # 'accepted' and every reject reason -> rows of this manifest
+    sources_probed: int
+    sources_known: int  # usable sources settled by earlier runs, not probed again
+    new_rows: dict[str, int]  # lake table -> rows appended by this run
+    duplicate_rows: int  # accepted rows merged into an identical (video, caption, span)
+    known_captions: int  # accepted captions the lake already held
+    checks: list[str]
+    seconds: float
+
+    @property
+    def rejected_rows(self) -> int:
+        return self.manifest_rows - self.accepted_rows
+
+    def table(self) -> list[dict[str, object]]:
+        """Rows for the printed summary and the Prefect table artifact."""
+        rows: list[dict[str, object]] = [
+            {"what": "manifest rows", "count": self.manifest_rows},
+            {"what": "accepted rows", "count": self.accepted_rows},
+            {"what": "  new captions", "count": self.new_rows.get("captions", 0)},
+            {"what": "  already in the lake", "count": self.known_captions},
+            {"what": "  duplicates merged", "count": self.duplicate_rows},
+            {"what": "rejected rows", "count": self.rejected_rows},
+        ]
+        rows += [{"what": f"  {reason}", "count": n} for reason, n in self.outcomes.items() if reason != "accepted"]
+        rows += [
+            {"what": "new reject records", "count": self.new_rows.get("rejects", 0)},
+            {"what": "sources probed", "count": self.sources_probed},
+            {"what": "sources already known", "count": self.sources_known},
+            {"what": "new videos", "count": self.new_rows.get("videos", 0)},
+        ]
+        return rows
+
+    def text(self) -> str:
+        width = max(len(str(r["what"])) for r in self.table())
+        lines = [f"ingest {self.manifest_uri} -> {self.lake} ({self.seconds:.1f} s)"]
+        lines += [f"  {str(r['what']):<{width}}  {r['count']:>9,}" for r in self.table()]
+        lines.append(f"  data checks passed: {len(self.checks)}")
+        return "\n".join(lines)
+
+
+def _register_lake(con: duckdb.DuckDBPyConnection, store: Storage, columns: dict[str, list[str]], prefix: str) -> None:
+    db.register(con, **{f"{prefix}{name}": lake.read_table(store, name, cols) for name, cols in columns.items()})
+
+
+def _params(s: Settings, manifest_uri: str) -> dict[str, object]:
+    """The values the SQL files bind (each file takes the ones it uses)."""
+    return {
+        "manifest_uri": manifest_uri,
+        "min_caption_chars": s.limits.min_caption_chars,
+        "max_caption_chars": s.limits.max_caption_chars,
+        "span_tolerance_s": s.limits.span_tolerance_s,
+        "val_percent": s.val_percent,
+        "cached_reasons": CACHED_REASONS,
+    }
+
+
+def plan_ingest(
+    manifest: str,
+    settings: Settings,
+    *,
+    video_col: str = "video",
+    caption_col: str = "caption",
+    retry_rejects: bool = False,
+) -> IngestPlan:
+    """Read and clean the manifest and list the sources to probe. Raises ManifestError for unusable manifests."""
+    manifest_uri = safe_uri(manifest if is_remote(manifest) else str(Path(manifest).absolute()))
+    workdir = Path(tempfile.mkdtemp(prefix="cogflow-ingest-"))
+    con = db.connect()
+    try:
+        load_manifest(
+            con, manifest, video_col=video_col, caption_col=caption_col,
+            allowed_roots=settings.allowed_roots, limits=settings.limits, workdir=workdir,
+        )
+        params = _params(settings, manifest_uri)
+        db.materialize(con, "staging/stg_manifest", video_col=video_col, caption_col=caption_col, **params)
+        _register_lake(con, Storage.at(settings.lake), KNOWN_COLUMNS, prefix="lake_")
+        to_probe = db.run(con, "marts/sources_to_probe", retry_rejects=retry_rejects, **params).fetchall()
+    except BaseException:
+        con.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return IngestPlan(manifest_uri, settings, con, [tuple(r) for r in to_probe], workdir)
+
+
+def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
+    if is_remote(fetch_uri):
+        return fetch(
+            fetch_uri, tmp / "video", max_bytes=limits.max_bytes,
+            timeout_s=limits.download_timeout_s, retries=limits.download_retries,
+        )
+    path = Path(fetch_uri)
+    if not path.is_file():
+        raise ProbeError("missing_file", f"{fetch_uri} does not exist or is not a file")
+    size = path.stat().st_size
+    if size > limits.max_bytes:
+        raise ProbeError("bytes_over_limit", f"{size} bytes > limit {limits.max_bytes}")
+    return path
+
+
+def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, object]:
+    """Probe one source into a `PROBES` row. Never raises: a failure is a reason and a detail."""
+    row: dict[str, object] = {"source_uri": source_uri}
+    try:
+        with tempfile.TemporaryDirectory(prefix="cogflow-probe-") as tmp:
+            path = _local_video(fetch_uri, Path(tmp), limits)
+            result = probe(path, max_width=limits.max_width, max_height=limits.max_height, max_pixels=limits.max_pixels)
+        if result.duration_s <= 0:
+            raise ProbeError("zero_duration", f"{result.frame_count} frames over {result.duration_s} s")
+        if result.duration_s < limits.min_duration_s:
+            raise ProbeError("too_short", f"{result.duration_s:.3f} s < {limits.min_duration_s} s")
+        if result.duration_s > limits.max_duration_s:
+            raise ProbeError("duration_over_limit", f"{result.duration_s:.1f} s > {limits.max_duration_s} s")
+        row.update(result.as_dict())
+    except (ProbeError, FetchError) as exc:
+        row.update(reason=exc.reason, detail=exc.detail)
+    except Exception as exc:  # an exotic file or a bug must not sink the run: recorded, and retried next run
+        row.update(reason="probe_error", detail=f"{type(exc).__name__}: {exc}"[:2000])
+    return row
+
+
+def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Run every query in sql/checks/ against the registered lake tables; raise if any returns rows."""
+    failures = []
+    for name in db.check_names():
+        result = db.run(con, name)
+        columns = [d[0] for d in result.description]
+        rows = result.fetchall()
+        if rows:
+            sample = "; ".join(str(dict(zip(columns, r))) for r in rows[:5])
+            failures.append(f"{name} returned {len(rows)} rows, e.g. {sample}")
+    if failures:
+        raise DataCheckError("data checks failed:\n  " + "\n  ".join(failures))
+    return db.check_names()
+
+
+def finish_ingest(plan: IngestPlan, probes: list[dict[str, object]]) -> IngestSummary:
+    """Write what the probes decided, run the data checks, and summarise the run."""
+    con, settings = plan.con, plan.settings
+    store = Storage.at(settings.lake)
+    try:
+        db.register(con, probes=pa.Table.from_pylist(probes, schema=PROBES))
+        params = {**_params(settings, plan.manifest_uri), "now": lake.now()}
+        db.materialize(con, "marts/source_outcomes", **params)
+        db.materialize(con, "marts/row_outcomes", **params)
+        new_rows = {}
+        for table in ("videos", "sources", "captions", "rejects"):  # this order keeps a crash recoverable
+            new = con.table(db.materialize(con, f"marts/{table}_new", **params)).to_arrow_table()
+            lake.append(store, table, new)
+            new_rows[table] = new.num_rows
+        outcomes = dict(db.run(con, "marts/outcome_counts").fetchall())
+        manifest_rows, accepted, distinct_captions, usable_sources = db.run(con, "marts/run_counts").fetchall()[0]
+        _register_lake(con, store, CHECK_COLUMNS, prefix="")
+        checks = run_checks(con)
+    finally:
+        con.close()
+        shutil.rmtree(plan.workdir, ignore_errors=True)
+    return IngestSummary(
+        manifest_uri=plan.manifest_uri,
+        lake=safe_uri(settings.lake),
+        manifest_rows=manifest_rows,
+        accepted_rows=accepted,
+        outcomes=outcomes,
+        sources_probed=len(probes),
+        sources_known=usable_sources - len(probes),
+        new_rows=new_rows,
+        duplicate_rows=accepted - distinct_captions,
+        known_captions=distinct_captions - new_rows["captions"],
+        checks=checks,
+        seconds=time.monotonic() - plan.started,
+    )
+
+
+def ingest(manifest: str, settings: Settings, **options: object) -> IngestSummary:
+    """The whole ingest in one process, probing one source after another (the flow probes in parallel)."""
+    plan = plan_ingest(manifest, settings, **options)
+    probes = [probe_source(uri, fetch_uri, settings.limits) for uri, fetch_uri in plan.to_probe]
+    return finish_ingest(plan, probes)

@@ -1,0 +1,12 @@
+-- A JSONL manifest, handed over as manifest_lines(row_number, line) with blank lines already skipped.
+-- A line that is not a JSON object is kept as a malformed row.
+INSERT INTO raw_rows
+SELECT
+    row_number,
+    CASE WHEN is_object THEN line ELSE to_json(line)::VARCHAR END AS raw,
+    CASE WHEN is_object THEN NULL ELSE 'malformed_row' END AS load_reason,
+    CASE WHEN is_object THEN NULL ELSE 'line ' || row_number || ': not a JSON object' END AS load_detail
+FROM (
+    SELECT row_number, line, coalesce(json_valid(line) AND json_type(line) = 'OBJECT', false) AS is_object
+    FROM manifest_lines
+)
