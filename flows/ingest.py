@@ -1,0 +1,62 @@
+"""The ingest flow: a manifest of captioned videos into the lake (plain steps in pipeline/ingest.py).
+
+Planning and writing run once; probing fans out over the flow's task runner, bounded by
+`Settings.probe_workers` (threads: the time goes to I/O and to FFmpeg, which releases the GIL).
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.progress import Progress
+from pipeline.ingest import IngestPlan, IngestSummary, finish_ingest, plan_ingest, probe_source
+from pipeline.settings import Limits, Settings, load_settings
+
+# Results stay in memory: every step is idempotent against the lake, which is the only state that matters.
+plan_task = task(plan_ingest, name="plan-ingest", cache_policy=NO_CACHE)
+finish_task = task(finish_ingest, name="write-lake", cache_policy=NO_CACHE)
+
+
+@task(name="probe-video", cache_policy=NO_CACHE, task_run_name="probe {source_uri}")
+def probe_task(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, object]:
+    return probe_source(source_uri, fetch_uri, limits)
+
+
+def _probe_all(plan: IngestPlan) -> list[dict[str, object]]:
+    if not plan.to_probe:
+        return []
+    progress = Progress(len(plan.to_probe), "probing videos", key="ingest-probe-progress")
+    futures = [probe_task.submit(uri, fetch_uri, plan.settings.limits) for uri, fetch_uri in plan.to_probe]
+    probes = []
+    for future in as_completed(futures):
+        probes.append(future.result())
+        progress.advance()
+    return probes
+
+
+@flow(name="ingest", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=load_settings().probe_workers))
+def ingest_flow(
+    manifest: str,
+    lake: str | None = None,
+    video_col: str = "video",
+    caption_col: str = "caption",
+    retry_rejects: bool = False,
+) -> IngestSummary:
+    """Ingest one manifest (CSV, JSONL, Parquet, SRT or WebVTT; local, s3:// or http(s)://) into the lake."""
+    settings = load_settings(lake=lake)
+    plan = plan_task(manifest, settings, video_col=video_col, caption_col=caption_col, retry_rejects=retry_rejects)
+    get_run_logger().info("%d new sources to probe with %d workers", len(plan.to_probe), settings.probe_workers)
+    summary = finish_task(plan, _probe_all(plan))
+    create_table_artifact(key="ingest-summary", table=summary.table(), description=f"ingest {summary.manifest_uri}")
+    print(summary.text())
+    return summary
+
+
+def run_ingest(settings: Settings, **parameters: object) -> IngestSummary:
+    """Run the flow with a task runner sized from the settings (the decorator cannot know them)."""
+    runner = ThreadPoolTaskRunner(max_workers=settings.probe_workers)
+    return ingest_flow.with_options(task_runner=runner)(**parameters)
