@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -279,7 +280,14 @@ def _fetch_s3(uri: str, dest: Path, max_bytes: int, timeout_s: float) -> None:
 
 
 def _fetch_http(uri: str, dest: Path, max_bytes: int, timeout_s: float) -> None:
-    request = urllib.request.Request(uri, headers={"User-Agent": "cogflow"})
+    parsed = urllib.parse.urlparse(uri)
+    headers = {"User-Agent": "cogflow"}
+    if parsed.username is not None:  # urllib does not read user:password@ itself: send it as basic auth
+        token = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        netloc = parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+        uri = urllib.parse.urlunparse(parsed._replace(netloc=netloc))
+    request = urllib.request.Request(uri, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         declared = response.headers.get("Content-Length")
         if declared is not None and int(declared) > max_bytes:

@@ -111,11 +111,14 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
         time_base = stream.time_base or Fraction(1, 1000)
 
         # Demux (no decode) to count frames and find the real extent: headers of truncated or re-muxed files lie.
-        frame_count, first_pts, end_pts, first_packet = 0, None, None, None
+        frame_count, indexed, first_pts, end_pts, first_packet = 0, 0, None, None, None
         try:
             for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None and packet.dts is None:
-                    continue  # flush/empty packets (Ogg/Theora has many) are not frames
+                if packet.pts is None and packet.dts is None:
+                    continue  # the demuxer's final flush packet
+                indexed += 1
+                if packet.size == 0:
+                    continue  # empty packets (AVI dummy frames, Ogg) are not frames
                 ts = packet.pts if packet.pts is not None else packet.dts
                 first_pts = ts if first_pts is None else min(first_pts, ts)
                 end = ts + (packet.duration or 0)
@@ -127,6 +130,10 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
             raise ProbeError("truncated_container", f"demuxing stopped after {frame_count} frames: {exc}") from exc
         if frame_count == 0:
             raise ProbeError("no_frames", "the video stream holds no frames")
+        # MP4 and AVI index every frame up front: frames the index lists but the file no longer holds mean
+        # the file was cut short (an interrupted download), even though the demuxer stopped without an error.
+        if stream.frames and indexed < stream.frames:
+            raise ProbeError("truncated_container", f"the index lists {stream.frames} frames, the file holds {indexed}")
 
         rate = stream.average_rate or stream.guessed_rate
         demuxed_duration = float((end_pts - first_pts) * time_base) if end_pts is not None else 0.0
@@ -137,8 +144,7 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
             raise ProbeError("unreadable_container", "no frame rate in the header and none derivable")
         if demuxed_duration <= 0 and frame_count == 1:
             demuxed_duration = 1.0 / fps
-        # The packets are the truth when the header disagrees by more than a frame.
-        duration = demuxed_duration
+        duration = demuxed_duration  # the packets are the truth: headers of re-muxed files lie
         _decode_first_frame(path)
         return ProbeResult(
             sha256=sha256,

@@ -7,6 +7,6 @@ SELECT
     CASE WHEN is_object THEN NULL ELSE 'malformed_row' END AS load_reason,
     CASE WHEN is_object THEN NULL ELSE 'line ' || row_number || ': not a JSON object' END AS load_detail
 FROM (
-    SELECT row_number, line, coalesce(json_valid(line) AND json_type(line) = 'OBJECT', false) AS is_object
+    SELECT row_number, line, CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END AS is_object
     FROM manifest_lines
 )
