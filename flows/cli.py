@@ -30,7 +30,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     settings = load_settings(lake=args.lake, probe_workers=args.workers)
     try:
-        run_ingest(
+        summary = run_ingest(
             settings,
             manifest=args.manifest,
             lake=settings.lake,
@@ -44,6 +44,7 @@ def _ingest(args: argparse.Namespace) -> int:
     except DataCheckError as exc:
         print(f"cogflow ingest: the lake failed its data checks\n{exc}", file=sys.stderr)
         return 1
+    print(summary.text())
     return 0
 
 

@@ -38,7 +38,7 @@ def _probe_all(plan: IngestPlan) -> list[dict[str, object]]:
     return probes
 
 
-@flow(name="ingest", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=load_settings().probe_workers))
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().probe_workers))
 def ingest_flow(
     manifest: str,
     lake: str | None = None,
@@ -48,11 +48,12 @@ def ingest_flow(
 ) -> IngestSummary:
     """Ingest one manifest (CSV, JSONL, Parquet, SRT or WebVTT; local, s3:// or http(s)://) into the lake."""
     settings = load_settings(lake=lake)
+    logger = get_run_logger()
     plan = plan_task(manifest, settings, video_col=video_col, caption_col=caption_col, retry_rejects=retry_rejects)
-    get_run_logger().info("%d new sources to probe with %d workers", len(plan.to_probe), settings.probe_workers)
+    logger.info("%d new sources to probe with %d workers", len(plan.to_probe), settings.probe_workers)
     summary = finish_task(plan, _probe_all(plan))
     create_table_artifact(key="ingest-summary", table=summary.table(), description=f"ingest {summary.manifest_uri}")
-    print(summary.text())
+    logger.info(summary.text())
     return summary
 
 

@@ -22,15 +22,15 @@ CREATE OR REPLACE MACRO language_tag(s) AS CASE
     ELSE 'other'
 END;
 
--- Caption cleaning, one step per line: tags out; entities decoded (only values with '&' pay for the UDF);
+-- Caption cleaning, one step per line: tags out (a '<' must open a tag name, so 'a < b' survives); entities decoded (only values with '&' pay for the UDF);
 -- line breaks and tabs become spaces; other control and zero-width characters go; every run of white space
 -- (including the ideographic space U+3000 and no-break space U+00A0) becomes one space; ends trimmed.
 CREATE OR REPLACE MACRO clean_caption(s) AS trim(
     regexp_replace(
         regexp_replace(
             regexp_replace(
-                CASE WHEN contains(s, '&') THEN unescape_entities(regexp_replace(s, '<[^<>]*>', ' ', 'g'))
-                     ELSE regexp_replace(s, '<[^<>]*>', ' ', 'g') END,
+                CASE WHEN contains(s, '&') THEN unescape_entities(regexp_replace(s, '<!--.*?-->|</?[A-Za-z][^<>]*>', ' ', 'g'))
+                     ELSE regexp_replace(s, '<!--.*?-->|</?[A-Za-z][^<>]*>', ' ', 'g') END,
                 '[\t\n\r\f\v]', ' ', 'g'),
             '[[:cntrl:]]|[\x{200B}-\x{200D}\x{2060}\x{FEFF}]', '', 'g'),
         '[\s\x{3000}\x{00A0}]+', ' ', 'g')

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import copy_sample, make_bad_corpus, upload_tree, write_csv
+from helpers import copy_sample, make_bad_corpus, upload_tree, write_csv
 
 from pipeline import lake
 from pipeline.ingest import DataCheckError, ingest

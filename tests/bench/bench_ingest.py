@@ -1,0 +1,487 @@
+"""Ingest benchmark: clean and deduplicate a 1,000,000-row manifest that points at a handful of real videos.
+
+    .venv/bin/python tests/bench/bench_ingest.py [--rows N] [--keep DIR]      (or: make bench)
+
+Budget (the issue): the whole ingest of 1,000,000 rows finishes in under 60 s on a 2-core machine with the
+process's peak memory under 2 GB (DuckDB works inside this process, so its memory is counted too).
+
+What it does, in one process and one temporary folder:
+1. generates 6 real sample clips (2-4 s) plus a byte-identical copy of one under another name, then writes a
+   messy manifest CSV of N rows pointing at them (not timed against the budget; reported separately);
+2. times a plain DuckDB `read_csv` count(*) of that file: the floor every ingest pays;
+3. runs `pipeline.ingest.ingest()` on a fresh lake, with its three steps (plan_ingest, probe_source per
+   source, finish_ingest) timed through thin wrappers, and a thread sampling RSS;
+4. runs `ingest()` again on the same manifest: a re-ingest must probe nothing and write nothing;
+5. checks the outcome against what the generator put in (reasons per row, new captions, merged duplicates,
+   6 videos / 7 sources), and prints the report.
+
+Exit status: 0 when within budget and consistent, 1 when a budget is blown (the report says which),
+2 when the results disagree with what the manifest holds (a correctness problem, not a speed one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import duckdb  # noqa: E402
+
+from pipeline import db, ingest as ingest_mod, lake  # noqa: E402
+from pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, generate_sample_data, plan_videos  # noqa: E402
+from pipeline.settings import load_settings  # noqa: E402
+from pipeline.storage import Storage  # noqa: E402
+
+try:
+    import psutil
+except ImportError:  # psutil comes with the [test] extra; without it only ru_maxrss is reported
+    psutil = None
+
+TIME_BUDGET_S = 60.0
+MEMORY_BUDGET_BYTES = 2_000_000_000  # "2 GB", taken strictly (1907 MiB)
+
+VIDEOS = 6
+SEED = 7
+MIN_DURATION_S, MAX_DURATION_S = 2.0, 4.0
+COPY_NAME = "copy_of_sample_0000.mp4"
+COLUMNS = ["video", "caption", "start_s", "end_s", "shot_id", "source", "license", "batch", "notes"]
+
+# ---------------------------------------------------------------------------------------------- the manifest
+# Every row is a "key" (a shot): rows 0-3 of each block of 5 are new keys, row 4 repeats an earlier key, so 20% of
+# the rows duplicate an earlier caption. A key's caption, video, span and fate are pure functions of the key, so a
+# repeated key lands on the same (video, caption, span) and must be merged. Half of the repeats are byte-identical
+# lines; the other half wrap the caption in white space that cleaning removes and carry another `batch` value;
+# a repeat of a key on sample_0000 points at the byte-identical copy instead (same video_id: still one caption).
+
+MASK = (1 << 64) - 1
+
+CAMERA = [("镜头缓慢推进", "slow zoom in"), ("固定机位", "static camera"), ("镜头向右平移", "camera pans right"),
+          ("俯拍", "top-down view"), ("特写", "close-up"), ("远景", "wide shot"), ("手持拍摄", "handheld"),
+          ("柔和的光线", "soft light"), ("逆光", "backlit"), ("慢动作", "slow motion")]
+LIGHT_EN = ["", "", "", " (Q&A reel)", " - take 2", " [HD]"]  # '&' in the clean text: entity-encoded in some rows
+SOURCES = ["stock", "crawl", "partner", "in-house", "user-upload"]
+LICENSES = ["cc-by", "cc-by-sa", "cc0", "proprietary", ""]
+NOTES = ["", "", "", "checked", "needs review", "审核通过", "from archive"]
+
+COLOUR_LIST = list(COLOURS.values())
+BG_LIST = list(BACKGROUNDS.values())
+SHAPE_LIST = list(SHAPES.values())
+MOTION_LIST = list(MOTIONS.values())
+
+# Row fates (per key), as (outcome, share). Everything not listed is accepted.
+FATES = [
+    ("empty_caption", 0.020),
+    ("caption_too_short", 0.005),
+    ("caption_too_long", 0.002),
+    ("malformed_span", 0.010),  # unreadable, negative or reversed span text
+    ("span_beyond_video", 0.005),  # a readable span past the probed duration: also 'malformed_span'
+    ("missing_file", 0.003),
+    ("path_outside_roots", 0.002),  # ../../etc/passwd, /etc/passwd
+    ("unsupported_uri", 0.0005),
+    ("missing_video", 0.001),
+]
+MIXES = [  # caption noise on accepted keys, as (name, share); all of it cleans back to the same text
+    ("html_tags", 0.12),
+    ("html_entities", 0.08),
+    ("control_chars", 0.08),
+    ("whitespace", 0.12),
+    ("tags+entities+whitespace", 0.05),
+]
+SPANS = [("none", 0.40), ("seconds", 0.40), ("hh:mm:ss", 0.10), ("end_past_duration_within_tolerance", 0.03)]  # rest: start only
+
+
+def _u(key: int, salt: int) -> float:
+    """A uniform number in [0, 1) from (key, salt): splitmix64, so a key's choices never depend on row order."""
+    x = (key * 0x9E3779B97F4A7C15 + (salt + 1) * 0xBF58476D1CE4E5B9) & MASK
+    x ^= x >> 31
+    x = (x * 0x94D049BB133111EB) & MASK
+    x ^= x >> 29
+    x = (x * 0xBF58476D1CE4E5B9) & MASK
+    x ^= x >> 32
+    return x / 18446744073709551616.0
+
+
+def _pick(u: float, table: list[tuple[str, float]], default: str) -> str:
+    acc = 0.0
+    for name, share in table:
+        acc += share
+        if u < acc:
+            return name
+    return default
+
+
+def clean_text(key: int) -> tuple[str, str]:
+    """The caption a key means (after cleaning), and its language: zh (45%), en (45%) or a zh/en mix (10%)."""
+    colour = COLOUR_LIST[int(_u(key, 1) * len(COLOUR_LIST))]
+    bg = BG_LIST[int(_u(key, 2) * len(BG_LIST))]
+    shape = SHAPE_LIST[int(_u(key, 3) * len(SHAPE_LIST))]
+    motion = MOTION_LIST[int(_u(key, 4) * len(MOTION_LIST))]
+    cam = CAMERA[int(_u(key, 5) * len(CAMERA))]
+    lang = _u(key, 6)
+    if lang < 0.45:
+        return f"第{key}号镜头：一个{colour[1]}的{shape[0]}在{bg[1]}背景上{motion[0]}，{cam[0]}。", "zh"
+    if lang < 0.90:
+        article = "An" if colour[2][0] in "aeiou" else "A"
+        tail = LIGHT_EN[int(_u(key, 7) * len(LIGHT_EN))]
+        return f"Shot {key}: {article} {colour[2]} {shape[1]} {motion[1]} on a {bg[2]} background, {cam[1]}{tail}.", "en"
+    return f"Shot {key}: 一个{colour[1]}的{shape[0]} {motion[1]}, {cam[1]}", "mixed"
+
+
+def messy(text: str, lang: str, mix: str) -> str:
+    """`text` with noise that clean_caption removes again (tags only at word breaks: a tag becomes a space)."""
+    spaced = lang != "zh"  # Chinese text has no spaces to hide noise in: its noise goes to the ends
+    if mix == "html_tags":
+        if spaced:
+            head, _, rest = text.partition(" ")
+            return f"<p>{head} <b>{rest.replace(' ', ' <i>', 1)}</i></b></p><br/>"
+        return f"<p><span class=\"zh\">{text}</span></p>"
+    if mix == "html_entities":
+        if spaced:
+            return text.replace("&", "&amp;").replace(" ", "&nbsp;", 2).replace(",", "&#44;", 1)
+        return text.replace("一", "&#19968;", 1).replace("：", "&#xFF1A;", 1).replace("，", "&#65292;", 1)
+    if mix == "control_chars":
+        if spaced:
+            return "\ufeff" + text[:4] + "\u200b" + text[4:].replace(" ", "\t", 1).replace(" ", "\x07 ", 1).replace(" ", "\n", 1)
+        return "\ufeff" + text[:2] + "\u200b" + text[2:5] + "\x01" + text[5:] + "\r\n"
+    if mix == "whitespace":
+        if spaced:
+            return "\u3000 " + text.replace(" ", "  ", 2).replace(" ", " \u3000 ", 1).replace(" ", "\u00a0", 1) + "   "
+        return "\u3000\u3000" + text + " \u00a0 "
+    if mix == "tags+entities+whitespace":
+        return "  " + messy(messy(text, lang, "html_entities"), lang, "html_tags") + "\u3000"
+    return text
+
+
+def write_manifest(path: Path, rows: int, video_names: list[str], durations: list[float]) -> dict:
+    """Write the manifest; return what the generator knows the ingest must find."""
+    n_videos = len(video_names)
+    expected = Counter()
+    accepted_keys: set[int] = set()
+    mixes, fates, spans_seen, langs = Counter(), Counter(), Counter(), Counter()
+    exact_repeats = variant_repeats = copy_rows = dot_paths = 0
+    outside_rows: list[int] = []  # 1-based data rows that must come back as path_outside_roots rejects
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for i in range(rows):
+            block, pos = divmod(i, 5)
+            repeat = pos == 4
+            key = int(_u(block, 99) * (4 * block + 4)) if repeat else 4 * block + pos
+            fate = _pick(_u(key, 10), FATES, "accepted")
+            text, lang = clean_text(key)
+            v = int(_u(key, 11) * n_videos)
+            video = f"videos/{video_names[v]}"
+            mix = _pick(_u(key, 12), MIXES, "plain") if fate == "accepted" else "n/a"
+            caption = messy(text, lang, mix) if fate == "accepted" else text
+            start = end = ""
+            span = "n/a"
+            if fate == "accepted":
+                span = _pick(_u(key, 13), SPANS, "start_only")
+                s = round(_u(key, 14), 2)  # every clip lasts at least 2 s: spans end before 1.95 s
+                e = round(s + 0.3 + 0.6 * _u(key, 15), 2)
+                if span == "seconds":
+                    start, end = f"{s:g}", f"{e:g}"
+                elif span == "hh:mm:ss":
+                    start, end = f"00:00:{s:06.3f}", f"0:{e:06.3f}".replace(".", ",")
+                elif span == "end_past_duration_within_tolerance":
+                    start, end = "0", f"{durations[v] + 0.1:.3f}"
+                elif span == "start_only":
+                    start = f"{s:g}"
+            elif fate == "empty_caption":
+                caption = ["", "   ", "<br/>", "\u3000\u3000", "<p></p>", "\u200b\t", "&nbsp;"][key % 7]
+            elif fate == "caption_too_short":
+                caption = ["好", "<b>A</b>", " x ", "&amp;"][key % 4]
+            elif fate == "caption_too_long":
+                caption = (text + " ") * 40
+            elif fate == "malformed_span":
+                start, end = [("2.0", "1.0"), ("-1", "1"), ("abc", "1"), ("0", "0"), ("1", "one"), ("0:xx", "")][key % 6]
+            elif fate == "span_beyond_video":
+                start, end = "0", "60"
+            elif fate == "missing_file":
+                video = "videos/missing_clip.mp4"
+            elif fate == "path_outside_roots":
+                video = ["../../etc/passwd", "/etc/passwd"][key % 2]
+            elif fate == "unsupported_uri":
+                video = "ftp://example.com/clip.mp4"
+            elif fate == "missing_video":
+                video = ""
+            batch = f"b{key % 97}"
+            if repeat:
+                if video == f"videos/{video_names[0]}":
+                    video, copy_rows = f"videos/{COPY_NAME}", copy_rows + 1
+                if _u(i, 16) < 0.5:
+                    variant_repeats += 1
+                    caption, batch = f" {caption}\u3000" if caption.strip() else caption, f"r{i % 13}"
+                else:
+                    exact_repeats += 1
+            elif video.startswith("videos/") and _u(key, 17) < 0.05:
+                video, dot_paths = "./" + video, dot_paths + 1  # another spelling of the same file
+            w.writerow([video, caption, start, end, key, SOURCES[key % 5], LICENSES[key % 5 if key % 3 else 4],
+                        batch, NOTES[key % len(NOTES)]])
+            outcome = {"span_beyond_video": "malformed_span"}.get(fate, fate)
+            expected[outcome] += 1
+            fates[fate] += 1
+            mixes[mix] += 1
+            spans_seen[span] += 1
+            langs[lang] += 1
+            if fate == "accepted":
+                accepted_keys.add(key)
+            if fate == "path_outside_roots":
+                outside_rows.append(i + 1)
+    return {
+        "outcomes": expected, "new_captions": len(accepted_keys), "fates": fates, "mixes": mixes, "spans": spans_seen,
+        "languages": langs, "exact_repeats": exact_repeats, "variant_repeats": variant_repeats, "copy_rows": copy_rows,
+        "dot_paths": dot_paths, "outside_rows": outside_rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+class RssSampler:
+    """Samples this process's RSS every few ms in a thread; `peak` since the last `reset`."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self._proc = psutil.Process() if psutil else None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def current(self) -> int:
+        return self._proc.memory_info().rss if self._proc else 0
+
+    def reset(self) -> None:
+        self.peak = self.current()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.current())
+
+    def __enter__(self) -> "RssSampler":
+        if self._proc:
+            self.reset()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+@contextlib.contextmanager
+def timed_steps(phases: dict[str, float], sampler: RssSampler, peaks: dict[str, int]):
+    """Wrap ingest()'s three steps (looked up as module globals at call time) to time each and take its peak RSS."""
+    originals = {name: getattr(ingest_mod, name) for name in ("plan_ingest", "probe_source", "finish_ingest")}
+
+    def wrap(name, fn):
+        def timed(*args, **kwargs):
+            if name != "probe_source" or "probe_source" not in phases:
+                sampler.reset()
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+                peaks[name] = max(peaks.get(name, 0), sampler.peak, sampler.current())
+                if name == "probe_source":
+                    phases["probe_calls"] = phases.get("probe_calls", 0) + 1
+        return timed
+
+    for name, fn in originals.items():
+        setattr(ingest_mod, name, wrap(name, fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(ingest_mod, name, fn)
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000, help="manifest rows (default 1,000,000)")
+    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder, removed)")
+    args = ap.parse_args(argv)
+    if args.rows < 10:
+        ap.error("--rows must be at least 10")
+
+    work = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="cogflow-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)  # anything DuckDB spills to a relative temp folder lands here, not in the checkout
+    try:
+        return run(args.rows, work)
+    finally:
+        os.chdir(ROOT)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(rows: int, work: Path) -> int:
+    cpus = os.cpu_count()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    print(f"cogflow ingest benchmark: {rows:,} manifest rows, os.cpu_count()={cpus} (usable: {affinity}), "
+          f"duckdb {duckdb.__version__}, python {sys.version.split()[0]}")
+    print(f"budget: ingest < {TIME_BUDGET_S:.0f} s, peak RSS < {MEMORY_BUDGET_BYTES / 1e9:.0f} GB "
+          f"({MEMORY_BUDGET_BYTES / 2**20:,.0f} MiB); work dir {work}")
+
+    # 1. data (not part of the budget)
+    data = work / "data"
+    t = time.perf_counter()
+    generate_sample_data(data, VIDEOS, SEED, min_duration_s=MIN_DURATION_S, max_duration_s=MAX_DURATION_S)
+    specs = plan_videos(VIDEOS, SEED, min_duration_s=MIN_DURATION_S, max_duration_s=MAX_DURATION_S)
+    shutil.copyfile(data / "videos" / specs[0].filename, data / "videos" / COPY_NAME)
+    t_videos = time.perf_counter() - t
+    manifest = data / "manifest_bench.csv"
+    t = time.perf_counter()
+    gen = write_manifest(manifest, rows, [s.filename for s in specs], [s.duration_s for s in specs])
+    t_manifest = time.perf_counter() - t
+    size = manifest.stat().st_size
+    print(f"\nsetup (not timed against the budget): {VIDEOS} clips + 1 byte-identical copy in {t_videos:.1f} s; "
+          f"manifest {size / 1e6:,.0f} MB written in {t_manifest:.1f} s")
+    print("  videos: " + ", ".join(f"{s.filename} ({s.duration_s:g} s)" for s in specs) + f", {COPY_NAME} (= {specs[0].filename})")
+    share = lambda c: "  ".join(f"{k} {v / rows:.1%}" for k, v in c.most_common())  # noqa: E731
+    print(f"  row fates:      {share(gen['fates'])}")
+    print(f"  caption noise:  {share(gen['mixes'])}  (n/a: rejected rows, which get their own noise)")
+    print(f"  spans:          {share(gen['spans'])}")
+    print(f"  languages:      {share(gen['languages'])}")
+    print(f"  repeats of an earlier key: {gen['exact_repeats'] + gen['variant_repeats']:,} rows "
+          f"({gen['exact_repeats']:,} byte-identical, {gen['variant_repeats']:,} with white space / batch changed, "
+          f"{gen['copy_rows']:,} of them via the copied file); {gen['dot_paths']:,} rows spell a path as ./videos/...")
+    print(f"  extra columns kept as metadata: {', '.join(COLUMNS[4:])}")
+
+    settings = load_settings(home=str(work / "home"), lake=str(work / "lake"))
+    baseline_rss = max_rss_bytes()
+
+    # 2. the floor: a plain read of the same file with the same connection settings
+    con = db.connect()
+    t = time.perf_counter()
+    (plain_count,) = con.execute("SELECT count(*) FROM read_csv($p, all_varchar = true, header = true)", {"p": str(manifest)}).fetchone()
+    t_plain = time.perf_counter() - t
+    t = time.perf_counter()
+    con.execute("SELECT sum(length(t::VARCHAR)) FROM read_csv($p, all_varchar = true, header = true) AS t", {"p": str(manifest)}).fetchone()
+    t_plain_all = time.perf_counter() - t
+    con.close()
+
+    # 3. first ingest, fresh lake; 4. re-ingest
+    phases: dict[str, float] = {}
+    peaks: dict[str, int] = {}
+    with RssSampler() as sampler:
+        with timed_steps(phases, sampler, peaks):
+            t = time.perf_counter()
+            summary = ingest_mod.ingest(str(manifest), settings)
+            t_ingest = time.perf_counter() - t
+        peak_first = max([sampler.peak, *peaks.values()])
+        rss_after_first = sampler.current()
+        maxrss_first = max_rss_bytes()
+
+        sampler.reset()
+        t = time.perf_counter()
+        again = ingest_mod.ingest(str(manifest), settings)
+        t_again = time.perf_counter() - t
+        peak_again = sampler.peak
+    maxrss_end = max_rss_bytes()
+    counts = lake.row_counts(Storage.at(settings.lake))
+    spill = [str(p) for p in work.glob(".tmp*")]
+
+    # 5. report
+    probes = int(phases.get("probe_calls", 0))
+    t_probe = phases.get("probe_source", 0.0)
+    print("\n" + summary.text())
+    print("\nfigures")
+    print(f"  manifest rows            {summary.manifest_rows:>12,}   (plain read counted {plain_count:,})")
+    print(f"  accepted                 {summary.accepted_rows:>12,}")
+    print(f"  rejected                 {summary.rejected_rows:>12,}")
+    for reason, n in summary.outcomes.items():
+        if reason != "accepted":
+            print(f"    {reason:<22} {n:>12,}")
+    print(f"  captions written         {summary.new_rows.get('captions', 0):>12,}")
+    print(f"  duplicates merged        {summary.duplicate_rows:>12,}")
+    print(f"  reject records written   {summary.new_rows.get('rejects', 0):>12,}")
+    print(f"  videos / sources written {summary.new_rows.get('videos', 0):>5,} / {summary.new_rows.get('sources', 0):,}")
+    print("  phases (first ingest)")
+    print(f"    plan_ingest  (read, clean, judge, list sources) {phases.get('plan_ingest', 0):7.2f} s   peak RSS {mb(peaks.get('plan_ingest', 0))}")
+    print(f"    probe_source ({probes} sources, one after another)   {t_probe:7.2f} s   peak RSS {mb(peaks.get('probe_source', 0))}")
+    print(f"    finish_ingest (outcomes, 4 appends, checks)     {phases.get('finish_ingest', 0):7.2f} s   peak RSS {mb(peaks.get('finish_ingest', 0))}")
+    print(f"  ingest wall time         {t_ingest:>10.2f} s   (summary says {summary.seconds:.2f} s)")
+    print(f"  rows/s                   {summary.manifest_rows / t_ingest:>12,.0f}")
+    print(f"  sources probed           {summary.sources_probed:>12,}")
+    print(f"  videos probed/s          {probes / t_probe if t_probe else float('nan'):>12,.1f}   ({t_probe / max(probes, 1) * 1000:.0f} ms per source)")
+    print(f"  plain read_csv count(*)  {t_plain:>10.2f} s   -> ingest / plain read = {t_ingest / t_plain:.1f}x")
+    print(f"  plain read, all columns  {t_plain_all:>10.2f} s   -> ingest / full read  = {t_ingest / t_plain_all:.1f}x")
+    print(f"  peak RSS, first ingest   {mb(peak_first):>12}   (sampled every 10 ms; RSS after it {mb(rss_after_first)})")
+    print(f"  ru_maxrss, process       {mb(maxrss_end):>12}   (before ingest: {mb(baseline_rss)}, after first ingest: {mb(maxrss_first)})")
+    print(f"  re-ingest                {t_again:>10.2f} s   probed {again.sources_probed} sources, "
+          f"wrote {sum(again.new_rows.values())} rows, peak RSS {mb(peak_again)}")
+    print("                           (the one source re-probed is the missing file: missing_file is retried by design)")
+    print(f"  lake after both          {', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}")
+    if spill:
+        print(f"  DuckDB spilled to disk:  {', '.join(spill)}")
+
+    # consistency with what the generator wrote
+    problems = []
+    got = {k: v for k, v in summary.outcomes.items() if v}
+    want = {k: v for k, v in gen["outcomes"].items() if v}
+    if got != want:
+        diff = {k: (want.get(k, 0), got.get(k, 0)) for k in sorted(set(got) | set(want)) if want.get(k, 0) != got.get(k, 0)}
+        problems.append(f"outcomes differ from the manifest's mix (reason: expected, got): {diff}")
+    if summary.new_rows.get("captions") != gen["new_captions"]:
+        problems.append(f"captions written {summary.new_rows.get('captions'):,}, expected {gen['new_captions']:,} "
+                        "(one per distinct accepted key after cleaning)")
+    if summary.duplicate_rows != want.get("accepted", 0) - gen["new_captions"]:
+        problems.append(f"duplicates merged {summary.duplicate_rows:,}, expected {want.get('accepted', 0) - gen['new_captions']:,}")
+    if (summary.new_rows.get("videos"), summary.new_rows.get("sources")) != (VIDEOS, VIDEOS + 1):
+        problems.append(f"videos/sources written {summary.new_rows.get('videos')}/{summary.new_rows.get('sources')}, "
+                        f"expected {VIDEOS}/{VIDEOS + 1} (the copy is the same video)")
+    # missing_file is a transient reason, retried by every run: the missing clip is the one source probed again
+    reprobe = 1 if want.get("missing_file") else 0
+    if again.sources_probed != reprobe or any(again.new_rows.values()):
+        problems.append(f"re-ingest probed {again.sources_probed} sources and wrote {again.new_rows}, "
+                        f"expected {reprobe} (the missing file, retried) and nothing written")
+    con = duckdb.connect()
+    rej_rows = sorted(r for (r,) in con.execute(
+        "SELECT DISTINCT row_number FROM read_parquet($p) WHERE reason = 'path_outside_roots'",
+        {"p": str(Path(settings.lake) / "rejects" / "*.parquet")}).fetchall())
+    con.close()
+    # a byte-identical repeat of a rejected row is one record, kept under the first row number
+    if not set(rej_rows) <= set(gen["outside_rows"]) or not rej_rows or min(rej_rows) != min(gen["outside_rows"]):
+        bad = sorted(set(rej_rows) - set(gen["outside_rows"]))[:5]
+        problems.append(f"rejects/ row_number does not match the manifest's data rows for path_outside_roots "
+                        f"(e.g. recorded {bad}, manifest rows are {gen['outside_rows'][:5]}...)")
+
+    budget = []
+    if t_ingest >= TIME_BUDGET_S:
+        budget.append(f"TIME: ingest took {t_ingest:.1f} s >= {TIME_BUDGET_S:.0f} s")
+    peak = max(peak_first, maxrss_end)
+    if peak >= MEMORY_BUDGET_BYTES:
+        budget.append(f"MEMORY: peak RSS {mb(peak)} >= {mb(MEMORY_BUDGET_BYTES)}")
+
+    print("\nverdict")
+    print(f"  time   {'PASS' if t_ingest < TIME_BUDGET_S else 'FAIL'}  {t_ingest:.1f} s < {TIME_BUDGET_S:.0f} s"
+          + ("" if rows == 1_000_000 else f"   (note: {rows:,} rows, the budget is for 1,000,000)"))
+    print(f"  memory {'PASS' if peak < MEMORY_BUDGET_BYTES else 'FAIL'}  {mb(peak)} < {mb(MEMORY_BUDGET_BYTES)}")
+    print(f"  results {'consistent' if not problems else 'INCONSISTENT'} with the generated manifest")
+    for p in budget + problems:
+        print(f"  !! {p}")
+    if budget:
+        return 1
+    return 2 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The ingest flow and the `cogflow` command, on the Prefect test harness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from helpers import copy_sample, make_bad_corpus, write_csv
+from prefect.client.orchestration import get_client
+
+from flows.cli import main
+from flows.ingest import run_ingest
+from pipeline.settings import load_settings
+
+
+def _artifact(key: str):
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return found[0] if found else None
+
+
+def test_flow_probes_in_parallel_and_publishes_its_summary(tmp_path, sample_dir):
+    rows, expected = make_bad_corpus(tmp_path / "data", sample_dir)
+    manifest = write_csv(tmp_path / "data" / "manifest.csv", rows)
+    settings = load_settings(home=str(tmp_path / "home")).replace(probe_workers=3)
+
+    summary = run_ingest(settings, manifest=str(manifest), lake=settings.lake)
+    assert summary.outcomes == expected
+    artifact = _artifact("ingest-summary")
+    assert artifact is not None and artifact.type == "table"
+    assert "resolution_over_limit" in str(artifact.data)
+
+    again = run_ingest(settings, manifest=str(manifest), lake=settings.lake)
+    assert again.new_rows == {"videos": 0, "sources": 0, "captions": 0, "rejects": 0}
+
+
+def test_cli_sample_data_ingest_and_status(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
+    assert main(["sample-data", str(tmp_path / "sample"), "--videos", "3", "--seed", "3"]) == 0
+    manifest = tmp_path / "sample" / "manifest.csv"
+    assert manifest.exists() and len(list((tmp_path / "sample" / "videos").iterdir())) == 3
+
+    assert main(["ingest", str(manifest), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "new videos" in out and "data checks passed" in out
+
+    assert main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "videos" in status and "captions" in status
+    lake = tmp_path / "home" / "lake"
+    assert sum(pq.read_metadata(p).num_rows for p in (lake / "captions").glob("*.parquet")) == 3
+
+    other = tmp_path / "other-lake"
+    assert main(["ingest", str(manifest), "--lake", str(other)]) == 0
+    assert main(["status", "--lake", str(other)]) == 0
+    status = capsys.readouterr().out.split(f"lake {other}")[1]
+    assert [line.split() for line in status.strip().splitlines()] == [
+        ["videos", "3", "rows"], ["sources", "3", "rows"], ["captions", "3", "rows"], ["rejects", "0", "rows"]
+    ]
+
+
+def test_cli_reports_usage_errors_without_a_traceback(tmp_path, capsys, sample_dir):
+    copy_sample(sample_dir, tmp_path)
+    manifest = write_csv(tmp_path / "m.csv", [{"path": "videos/sample_0000.mp4", "text": "a caption"}])
+    assert main(["ingest", str(manifest), "--lake", str(tmp_path / "lake")]) == 2
+    assert "--video-col" in capsys.readouterr().err
+    assert main(["ingest", str(manifest), "--lake", str(tmp_path / "lake"), "--video-col", "path", "--caption-col", "text"]) == 0
+    assert not Path(tmp_path / "lake" / "rejects").exists()

@@ -1,0 +1,191 @@
+"""Manifest reading, path resolution, subtitle parsing and the caption-cleaning SQL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import write_csv
+
+from pipeline import db
+from pipeline.manifest import ManifestError, load_manifest, manifest_base, resolve_source
+from pipeline.subtitles import SubtitleError, parse_subtitles
+
+
+# --- resolving video paths -------------------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_manifest_folder(tmp_path):
+    base = manifest_base(str(tmp_path / "m" / "manifest.csv"))
+    assert resolve_source("videos/a.mp4", base).source_uri == str(tmp_path.resolve() / "m" / "videos" / "a.mp4")
+    assert resolve_source("./videos/../videos/a.mp4", base).reason is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("../../etc/passwd", "path_outside_roots"),
+        ("/etc/passwd", "path_outside_roots"),
+        ("file:///etc/passwd", "path_outside_roots"),
+        ("~/secrets.mp4", "path_outside_roots"),
+        ("ftp://host/a.mp4", "unsupported_uri"),
+        ("javascript:alert(1)", "unsupported_uri"),
+        ("", "missing_video"),
+        ("   ", "missing_video"),
+        (None, "missing_video"),
+    ],
+)
+def test_paths_that_cannot_be_used(tmp_path, value, reason):
+    assert resolve_source(value, str(tmp_path)).reason == reason
+
+
+def test_symlinks_cannot_escape_and_allowed_roots_widen_the_fence(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "v.mp4").write_bytes(b"x")
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    os.symlink(outside / "v.mp4", folder / "link.mp4")
+    assert resolve_source("link.mp4", str(folder)).reason == "path_outside_roots"
+    assert resolve_source(str(outside / "v.mp4"), str(folder), [str(outside)]).source_uri == str(outside / "v.mp4")
+    assert resolve_source("link.mp4", str(folder), [str(outside)]).reason is None
+
+
+def test_remote_manifests_resolve_below_their_prefix_only():
+    base = manifest_base("s3://bucket/data/2026/manifest.csv")
+    assert base == "s3://bucket/data/2026/"
+    assert resolve_source("videos/a.mp4", base).source_uri == "s3://bucket/data/2026/videos/a.mp4"
+    assert resolve_source("../other/a.mp4", base).reason == "path_outside_roots"
+    assert resolve_source("/etc/passwd", base).reason == "path_outside_roots"
+    assert resolve_source("file:///etc/passwd", base).reason == "path_outside_roots"
+    http = manifest_base("https://host/x/manifest.jsonl?sig=1")
+    assert resolve_source("v.mp4", http).source_uri == "https://host/x/v.mp4"
+
+
+def test_urls_keep_their_credentials_only_for_fetching():
+    resolved = resolve_source("https://user:pw@host/v.mp4?X-Amz-Signature=abc", "/data")
+    assert resolved.source_uri == "https://host/v.mp4"
+    assert resolved.fetch_uri == "https://user:pw@host/v.mp4?X-Amz-Signature=abc"
+
+
+# --- reading manifests -----------------------------------------------------------------------------------------
+
+
+def _load(path: Path, **kwargs) -> list[tuple]:
+    con = db.connect()
+    load_manifest(con, str(path), workdir=path.parent, **kwargs)
+    return con.table("raw_rows").order("row_number").fetchall()
+
+
+def test_malformed_csv_lines_are_kept_as_rejects(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('video,caption\na.mp4,"fine, with a comma"\nb.mp4,too,many,fields\nc.mp4,"multi\nline"\n', encoding="utf-8")
+    rows = _load(path)
+    assert [r[2] for r in rows] == [None, None, "malformed_row"]
+    assert "line 3" in rows[2][3] and "TOO MANY COLUMNS" in rows[2][3]
+
+
+def test_missing_columns_and_unknown_formats_are_usage_errors(tmp_path):
+    path = write_csv(tmp_path / "m.csv", [{"path": "a.mp4", "caption": "x y"}])
+    with pytest.raises(ManifestError, match="--video-col"):
+        _load(path)
+    assert len(_load(path, video_col="path")) == 1
+    (tmp_path / "m.xml").write_text("<xml/>")
+    with pytest.raises(ManifestError, match="unknown manifest format"):
+        _load(tmp_path / "m.xml")
+    with pytest.raises(ManifestError, match="cannot read"):
+        _load(tmp_path / "absent.csv")
+
+
+def test_a_subtitle_manifest_needs_its_video(tmp_path):
+    (tmp_path / "clip.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhi there\n")
+    with pytest.raises(ManifestError, match="no video named clip"):
+        _load(tmp_path / "clip.srt")
+    (tmp_path / "clip.webm").write_bytes(b"...")
+    assert len(_load(tmp_path / "clip.srt")) == 1
+
+
+# --- subtitles ---------------------------------------------------------------------------------------------------
+
+
+def test_srt_with_bom_crlf_and_multiline_cues():
+    data = "\ufeff1\r\n00:00:01,500 --> 00:00:03,000\r\nline one\r\nline two\r\n\r\n2\r\n01:00:00,000 --> 01:00:02,250\r\n第二\r\n"
+    cues = parse_subtitles(data.encode("utf-8"), ".srt")
+    assert [(c.start, c.end, c.text) for c in cues] == [(1.5, 3.0, "line one\nline two"), (3600.0, 3602.25, "第二")]
+
+
+def test_webvtt_skips_header_notes_and_cue_settings_and_keeps_bad_timings_raw():
+    data = "WEBVTT - title\n\nNOTE\nsome note\n\nSTYLE\n::cue {}\n\nid-1\n00:01.000 --> 00:02.500 align:start line:0\n<v Bob>hi</v>\n\n00:99.000 --> 00:03.000\nbad\n"
+    cues = parse_subtitles(data.encode(), ".vtt")
+    assert (cues[0].start, cues[0].end, cues[0].text) == (1.0, 2.5, "<v Bob>hi</v>")
+    assert cues[1].start == "00:99.000" and cues[1].end == 3.0  # the SQL rejects this one cue as malformed_span
+
+
+def test_gb18030_and_utf16_subtitles_decode():
+    srt = "1\n00:00:00,000 --> 00:00:01,000\n一个红色的圆形\n"
+    assert parse_subtitles(srt.encode("gb18030"), ".srt")[0].text == "一个红色的圆形"
+    assert parse_subtitles(srt.encode("utf-16"), ".srt")[0].text == "一个红色的圆形"
+
+
+@pytest.mark.parametrize(("data", "suffix"), [(b"just text\n", ".srt"), (b"1\n00:00 --> 00:01\nx", ".vtt")])
+def test_files_without_cues_are_bad_subtitles(data, suffix):
+    with pytest.raises(SubtitleError):
+        parse_subtitles(data, suffix)
+
+
+# --- cleaning and tagging captions in SQL -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def con():
+    return db.connect()
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("<b>Tom</b> &amp; <i>Jerry</i>", "Tom & Jerry"),
+        ("a&nbsp;b&#20013;&#x6587;", "a b中文"),
+        ("tabs\tand\nnew\r\nlines", "tabs and new lines"),
+        ("bell\x07null\x00del\x7f", "bellnulldel"),
+        ("zero\u200bwidth\ufeff", "zerowidth"),
+        ("\u3000全角\u3000空格\u00a0 ", "全角 空格"),
+        ("   ", ""),
+        ("<br/><p></p>", ""),
+        ("a < b and c > d", "a < b and c > d"),
+    ],
+)
+def test_clean_caption(con, raw, clean):
+    assert con.execute("SELECT clean_caption($s)", {"s": raw}).fetchall()[0][0] == clean
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("一个红色的圆形从左向右移动", "zh"),
+        ("A red circle moves from left to right.", "en"),
+        ("一个红色的圆形 moves to the right", "mixed"),
+        ("Красный круг", "other"),
+        ("12345 !!", "other"),
+        ("一个红色的圆形从左向右移动 ok", "zh"),
+    ],
+)
+def test_language_tag_by_script(con, text, language):
+    assert con.execute("SELECT language_tag($s)", {"s": text}).fetchall()[0][0] == language
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("12.5", 12.5), ("00:01:02.5", 62.5), ("1:05", 65.0), ("00:00:01,250", 1.25), ("", None), ("soon", None)],
+)
+def test_span_seconds(con, text, seconds):
+    assert con.execute("SELECT span_seconds($s)", {"s": text}).fetchall()[0][0] == seconds
+
+
+def test_length_bounds_count_characters_not_bytes(tmp_path, con):
+    path = write_csv(tmp_path / "m.csv", [{"video": "v.mp4", "caption": "猫跑"}, {"video": "v.mp4", "caption": "猫"}])
+    load_manifest(con, str(path), workdir=tmp_path)
+    params = dict(manifest_uri="m", video_col="video", caption_col="caption", min_caption_chars=2, max_caption_chars=5)
+    db.materialize(con, "staging/stg_manifest", **params)
+    assert con.table("stg_manifest").order("row_number").select("reason").fetchall() == [(None,), ("caption_too_short",)]
