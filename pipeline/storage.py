@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import shutil
 import tempfile
@@ -219,10 +220,12 @@ class FetchError(Exception):
 def _redact(uri: str) -> str:
     """Drop user:password@ and query strings (presigned URLs carry credentials there) before logging."""
     parsed = urllib.parse.urlparse(uri)
-    netloc = parsed.hostname or ""
-    if parsed.port:
-        netloc += f":{parsed.port}"
-    return urllib.parse.urlunparse((parsed.scheme, netloc, parsed.path, "", "", ""))
+    return urllib.parse.urlunparse((parsed.scheme, _host_port(parsed), parsed.path, "", "", ""))
+
+
+def _host_port(parsed: urllib.parse.ParseResult) -> str:
+    """The netloc without user:password@ (IPv6 brackets kept)."""
+    return parsed.netloc.rpartition("@")[2]
 
 
 def safe_uri(uri: str) -> str:
@@ -247,7 +250,12 @@ def fetch(uri: str, dest: str | Path, *, max_bytes: int, timeout_s: float, retri
         except FetchError:
             dest.unlink(missing_ok=True)
             raise
-        except (OSError, urllib.error.URLError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except (
+            OSError,
+            http.client.HTTPException,  # e.g. IncompleteRead: a chunked body that stopped early
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+        ) as exc:
             dest.unlink(missing_ok=True)
             last_error = f"{type(exc).__name__}: {exc}"
             if _is_not_found(exc):
@@ -285,8 +293,7 @@ def _fetch_http(uri: str, dest: Path, max_bytes: int, timeout_s: float) -> None:
     if parsed.username is not None:  # urllib does not read user:password@ itself: send it as basic auth
         token = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
-        netloc = parsed.hostname + (f":{parsed.port}" if parsed.port else "")
-        uri = urllib.parse.urlunparse(parsed._replace(netloc=netloc))
+        uri = urllib.parse.urlunparse(parsed._replace(netloc=_host_port(parsed)))
     request = urllib.request.Request(uri, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         declared = response.headers.get("Content-Length")

@@ -111,12 +111,14 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
         time_base = stream.time_base or Fraction(1, 1000)
 
         # Demux (no decode) to count frames and find the real extent: headers of truncated or re-muxed files lie.
-        frame_count, indexed, first_pts, end_pts, first_packet = 0, 0, None, None, None
+        frame_count, indexed, first_pts, end_pts = 0, 0, None, None
         try:
             for packet in container.demux(stream):
                 if packet.pts is None and packet.dts is None:
                     continue  # the demuxer's final flush packet
                 indexed += 1
+                if packet.is_corrupt:  # FFmpeg flags a packet the file ends inside of
+                    raise ProbeError("truncated_container", f"the file ends inside frame {indexed} of {stream.frames or '?'}")
                 if packet.size == 0:
                     continue  # empty packets (AVI dummy frames, Ogg) are not frames
                 ts = packet.pts if packet.pts is not None else packet.dts
@@ -124,8 +126,6 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
                 end = ts + (packet.duration or 0)
                 end_pts = end if end_pts is None else max(end_pts, end)
                 frame_count += 1
-                if first_packet is None:
-                    first_packet = packet
         except av.error.FFmpegError as exc:
             raise ProbeError("truncated_container", f"demuxing stopped after {frame_count} frames: {exc}") from exc
         if frame_count == 0:
