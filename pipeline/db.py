@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import tempfile
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -37,10 +38,23 @@ def _html_unescape(values: pa.Array) -> pa.Array:
     return pa.array([None if v is None else html.unescape(v) for v in values.to_pylist()], pa.string())
 
 
-def connect(threads: int | None = None, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
-    """An in-memory connection with cogflow's helper functions. The lake itself is Parquet, not a DB file."""
+def connect(
+    temp_directory: str | None = None, threads: int | None = None, memory_limit: str = "1GB"
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with cogflow's helper functions. The lake itself is Parquet, not a DB file.
+
+    Large runs spill past `memory_limit` into `temp_directory` (DuckDB's default, `.tmp` in the current
+    folder, would litter the checkout); callers that own a work folder pass it.
+    """
+    temp_directory = temp_directory or os.path.join(tempfile.gettempdir(), f"cogflow-duckdb-{os.getpid()}")
     con = duckdb.connect(
-        config={"threads": threads or os.cpu_count() or 1, "memory_limit": memory_limit, "preserve_insertion_order": False}
+        config={
+            "threads": threads or os.cpu_count() or 1,
+            "memory_limit": memory_limit,
+            "temp_directory": temp_directory,
+            # row numbers of a manifest follow its file order (row_number() OVER () in the loaders)
+            "preserve_insertion_order": True,
+        }
     )
     con.create_function("unescape_entities", _html_unescape, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
     con.execute(sql_text("macros"))

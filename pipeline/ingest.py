@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -87,7 +87,7 @@ class IngestPlan:
     con: duckdb.DuckDBPyConnection
     to_probe: list[tuple[str, str]]  # (source_uri, fetch_uri), fetch_uri may carry a presigned query
     workdir: Path
-    started: float = field(default_factory=time.monotonic)
+    started: float  # time.monotonic() when planning began
 
 
 @dataclass
@@ -161,9 +161,10 @@ def plan_ingest(
     retry_rejects: bool = False,
 ) -> IngestPlan:
     """Read and clean the manifest and list the sources to probe. Raises ManifestError for unusable manifests."""
+    started = time.monotonic()
     manifest_uri = safe_uri(manifest if is_remote(manifest) else str(Path(manifest).absolute()))
     workdir = Path(tempfile.mkdtemp(prefix="cogflow-ingest-"))
-    con = db.connect()
+    con = db.connect(temp_directory=str(workdir / "duckdb"))
     try:
         load_manifest(
             con, manifest, video_col=video_col, caption_col=caption_col,
@@ -171,13 +172,14 @@ def plan_ingest(
         )
         params = _params(settings, manifest_uri)
         db.materialize(con, "staging/stg_manifest", video_col=video_col, caption_col=caption_col, **params)
+        db.run(con, "staging/drop_raw_rows")  # stg_manifest carries all of it; free the memory for what follows
         _register_lake(con, Storage.at(settings.lake), KNOWN_COLUMNS, prefix="lake_")
         to_probe = db.run(con, "marts/sources_to_probe", retry_rejects=retry_rejects, **params).fetchall()
     except BaseException:
         con.close()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return IngestPlan(manifest_uri, settings, con, [tuple(r) for r in to_probe], workdir)
+    return IngestPlan(manifest_uri, settings, con, [tuple(r) for r in to_probe], workdir, started)
 
 
 def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
@@ -242,11 +244,11 @@ def finish_ingest(plan: IngestPlan, probes: list[dict[str, object]]) -> IngestSu
         db.materialize(con, "marts/row_outcomes", **params)
         new_rows = {}
         for table in ("videos", "sources", "captions", "rejects"):  # this order keeps a crash recoverable
-            new = con.table(db.materialize(con, f"marts/{table}_new", **params)).to_arrow_table()
-            lake.append(store, table, new)
-            new_rows[table] = new.num_rows
+            new = con.table(db.materialize(con, f"marts/{table}_new", **params))
+            new_rows[table] = lake.append(store, table, new.to_arrow_reader()).rows
         outcomes = dict(db.run(con, "marts/outcome_counts").fetchall())
         manifest_rows, accepted, distinct_captions, usable_sources = db.run(con, "marts/run_counts").fetchall()[0]
+        db.run(con, "marts/drop_run_tables")  # the checks read the whole lake: give them the memory
         _register_lake(con, store, CHECK_COLUMNS, prefix="")
         checks = run_checks(con)
     finally:

@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -102,18 +103,30 @@ def read_table(store: Storage, name: str, columns: list[str] | None = None) -> p
     return table
 
 
-def append(store: Storage, name: str, table: pa.Table) -> str | None:
-    """Write `table` as one new part of table `name`; returns its relative path (None if `table` is empty)."""
-    if table.num_rows == 0:
-        return None
+class Written(NamedTuple):
+    path: str | None  # the new part, relative to the lake root; None when there was nothing to write
+    rows: int
+
+
+def append(store: Storage, name: str, data: pa.Table | pa.RecordBatchReader) -> Written:
+    """Write `data` as one new part of table `name` (no part at all for 0 rows).
+
+    A reader is written batch by batch, so a million new rows never sit in memory twice (DuckDB + Arrow).
+    """
     schema = SCHEMAS[name]
-    table = table.select(schema.names).cast(schema)
-    rel = f"{name}/part-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+    batches = data.to_batches() if isinstance(data, pa.Table) else data
+    rows, rel = 0, None
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "part.parquet"
-        pq.write_table(table, local, compression="zstd")
-        store.put_file(rel, local)
-    return rel
+        with pq.ParquetWriter(local, schema, compression="zstd") as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
+                    rows += batch.num_rows
+        if rows:
+            rel = f"{name}/part-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+            store.put_file(rel, local)
+    return Written(rel, rows)
 
 
 def row_counts(store: Storage) -> dict[str, int]:

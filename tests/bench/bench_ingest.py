@@ -11,7 +11,8 @@ What it does, in one process and one temporary folder:
 2. times a plain DuckDB `read_csv` count(*) of that file: the floor every ingest pays;
 3. runs `pipeline.ingest.ingest()` on a fresh lake, with its three steps (plan_ingest, probe_source per
    source, finish_ingest) timed through thin wrappers, and a thread sampling RSS;
-4. runs `ingest()` again on the same manifest: a re-ingest must probe nothing and write nothing;
+4. runs `ingest()` again on the same manifest: a re-ingest writes nothing and probes only the missing file
+   (missing_file is a transient reason, retried by every run by design);
 5. checks the outcome against what the generator put in (reasons per row, new captions, merged duplicates,
    6 videos / 7 sources), and prints the report.
 
@@ -280,10 +281,27 @@ def max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
+DUCKDB_MEMORY = """SELECT coalesce(sum(memory_usage_bytes), 0), coalesce(sum(temporary_storage_bytes), 0),
+    current_setting('temp_directory'), current_setting('memory_limit') FROM duckdb_memory()"""
+
+
 @contextlib.contextmanager
-def timed_steps(phases: dict[str, float], sampler: RssSampler, peaks: dict[str, int]):
-    """Wrap ingest()'s three steps (looked up as module globals at call time) to time each and take its peak RSS."""
+def timed_steps(phases: dict[str, float], sampler: RssSampler, peaks: dict[str, int], steps: list[tuple]):
+    """Wrap ingest()'s three steps (looked up as module globals at call time) to time each and take its peak RSS,
+    and pipeline.db's run/materialize to time each SQL file; after each materialize, DuckDB's own memory and
+    what it spilled to its temp_directory (duckdb_memory()) are recorded in `steps`."""
     originals = {name: getattr(ingest_mod, name) for name in ("plan_ingest", "probe_source", "finish_ingest")}
+    db_originals = {name: getattr(db, name) for name in ("run", "materialize")}
+
+    def wrap_sql(name, fn):
+        def timed(con, sql_name, **params):
+            t = time.perf_counter()
+            result = fn(con, sql_name, **params)
+            dt = time.perf_counter() - t
+            mem = con.execute(DUCKDB_MEMORY).fetchall()[0] if name == "materialize" else None  # run's result is pending
+            steps.append((sql_name, dt, mem))
+            return result
+        return timed
 
     def wrap(name, fn):
         def timed(*args, **kwargs):
@@ -301,11 +319,15 @@ def timed_steps(phases: dict[str, float], sampler: RssSampler, peaks: dict[str, 
 
     for name, fn in originals.items():
         setattr(ingest_mod, name, wrap(name, fn))
+    for name, fn in db_originals.items():
+        setattr(db, name, wrap_sql(name, fn))
     try:
         yield
     finally:
         for name, fn in originals.items():
             setattr(ingest_mod, name, fn)
+        for name, fn in db_originals.items():
+            setattr(db, name, fn)
 
 
 def mb(n: int) -> str:
@@ -381,8 +403,9 @@ def run(rows: int, work: Path) -> int:
     # 3. first ingest, fresh lake; 4. re-ingest
     phases: dict[str, float] = {}
     peaks: dict[str, int] = {}
+    steps: list[tuple] = []
     with RssSampler() as sampler:
-        with timed_steps(phases, sampler, peaks):
+        with timed_steps(phases, sampler, peaks, steps):
             t = time.perf_counter()
             summary = ingest_mod.ingest(str(manifest), settings)
             t_ingest = time.perf_counter() - t
@@ -397,7 +420,7 @@ def run(rows: int, work: Path) -> int:
         peak_again = sampler.peak
     maxrss_end = max_rss_bytes()
     counts = lake.row_counts(Storage.at(settings.lake))
-    spill = [str(p) for p in work.glob(".tmp*")]
+    mems = [m for _, _, m in steps if m]
 
     # 5. report
     probes = int(phases.get("probe_calls", 0))
@@ -430,8 +453,13 @@ def run(rows: int, work: Path) -> int:
           f"wrote {sum(again.new_rows.values())} rows, peak RSS {mb(peak_again)}")
     print("                           (the one source re-probed is the missing file: missing_file is retried by design)")
     print(f"  lake after both          {', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}")
-    if spill:
-        print(f"  DuckDB spilled to disk:  {', '.join(spill)}")
+    print("  slowest SQL files (first ingest; execute time, DuckDB memory / spilled after a materialize)")
+    for sql_name, dt, mem in sorted(steps, key=lambda s: -s[1])[:6]:
+        extra = f"   duckdb {mb(mem[0])} in memory, {mb(mem[1])} spilled" if mem else ""
+        print(f"    {sql_name:<28} {dt:6.2f} s{extra}")
+    if mems:
+        print(f"  DuckDB memory_limit {mems[0][3]}: peak {mb(max(m[0] for m in mems))} in memory, "
+              f"peak {mb(max(m[1] for m in mems))} spilled to temp_directory '{mems[0][2]}'")
 
     # consistency with what the generator wrote
     problems = []

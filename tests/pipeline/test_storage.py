@@ -198,8 +198,8 @@ def test_s3_arrow_file_system_honours_endpoint(s3) -> None:
 
 def test_lake_on_s3_round_trip(s3) -> None:
     store = Storage.at(f"s3://{s3.bucket}/lake")
-    first = lake.append(store, "videos", video_rows("a", "b"))
-    second = lake.append(store, "videos", video_rows("c"))
+    first = lake.append(store, "videos", video_rows("a", "b")).path
+    second = lake.append(store, "videos", video_rows("c")).path
     assert first and second and first != second
     assert store.list_files("videos", ".parquet") == sorted([first, second])
     table = lake.read_table(store, "videos")
@@ -218,8 +218,8 @@ def test_lake_on_s3_round_trip(s3) -> None:
 def test_lake_appends_read_as_one_table(tmp_path: Path) -> None:
     store = Storage.at(tmp_path / "lake")
     shuffled = video_rows("x").select(list(reversed(lake.VIDEOS.names))).append_column("extra", pa.array([1]))
-    first = lake.append(store, "videos", video_rows("a", "b"))
-    second = lake.append(store, "videos", shuffled)  # column order and extra columns do not matter
+    first = lake.append(store, "videos", video_rows("a", "b")).path
+    second = lake.append(store, "videos", shuffled).path  # column order and extra columns do not matter
     assert first.startswith("videos/part-") and first.endswith(".parquet")
     assert store.list_files("videos", ".parquet") == sorted([first, second])
     table = lake.read_table(store, "videos")
@@ -233,7 +233,7 @@ def test_lake_appends_read_as_one_table(tmp_path: Path) -> None:
 
 def test_lake_empty_append_writes_nothing(tmp_path: Path) -> None:
     store = Storage.at(tmp_path / "lake")
-    assert lake.append(store, "videos", lake.VIDEOS.empty_table()) is None
+    assert lake.append(store, "videos", lake.VIDEOS.empty_table()) == (None, 0)
     assert store.list_files("") == []
     assert not (tmp_path / "lake").exists()
 
