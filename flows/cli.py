@@ -1,6 +1,8 @@
 """The `cogflow` command: a thin layer over the flows and the plain functions in pipeline/.
 
-Settings come from the environment (pipeline/settings.py); options given here override them.
+Settings come from the environment (pipeline/settings.py). Options given here override it by setting the
+same environment variables for this process, so the flows, their tasks and every library they call
+(boto3, pyarrow) see one consistent set of settings.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+from pipeline.settings import ENV_LIMITS
 
 
 def _sample_data(args: argparse.Namespace) -> int:
@@ -28,7 +32,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from pipeline.manifest import ManifestError
     from pipeline.settings import load_settings
 
-    settings = load_settings(lake=args.lake, probe_workers=args.workers)
+    settings = load_settings()
     try:
         summary = run_ingest(
             settings,
@@ -53,7 +57,7 @@ def _status(args: argparse.Namespace) -> int:
     from pipeline.settings import load_settings
     from pipeline.storage import Storage, safe_uri
 
-    settings = load_settings(lake=args.lake)
+    settings = load_settings()
     counts = lake.row_counts(Storage.at(settings.lake))
     print(f"lake {safe_uri(settings.lake)}")
     width = max(len(name) for name in counts)
@@ -62,8 +66,35 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limit(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or name not in ENV_LIMITS:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(ENV_LIMITS)}")
+    return name, value
+
+
+def apply_options(args: argparse.Namespace) -> None:
+    """Command-line options win over the environment: write them into it."""
+    chosen = {
+        "COGFLOW_HOME": args.home,
+        "COGFLOW_LAKE": getattr(args, "lake", None),
+        "COGFLOW_PROBE_WORKERS": getattr(args, "workers", None),
+        "MLFLOW_TRACKING_URI": args.mlflow_tracking_uri,
+        "AWS_ENDPOINT_URL_S3": args.s3_endpoint,
+    }
+    chosen.update({ENV_LIMITS[name]: value for name, value in args.limit})
+    os.environ.update({k: str(v) for k, v in chosen.items() if v is not None})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogflow", description="Captioned videos in, a CogVideo-style model out.")
+    parser.add_argument("--home", help="working folder (default $COGFLOW_HOME or .cogflow)")
+    parser.add_argument("--mlflow-tracking-uri", help="default $MLFLOW_TRACKING_URI or sqlite:///$COGFLOW_HOME/mlflow.db")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
+    parser.add_argument(
+        "--limit", type=_limit, action="append", default=[], metavar="NAME=VALUE",
+        help=f"override an ingest limit, e.g. max_bytes=1e9 (names: {', '.join(ENV_LIMITS)})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("sample-data", help="write N synthetic captioned videos and a manifest.csv")
@@ -89,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_options(args)
     # No telemetry from a local Prefect server on machines without internet, unless the user decided otherwise.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return args.run(args)

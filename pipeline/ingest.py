@@ -10,6 +10,7 @@ Three plain steps, which `flows/ingest.py` orders and parallelises:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -23,7 +24,7 @@ from pipeline import db, lake
 from pipeline.manifest import load_manifest
 from pipeline.settings import Limits, Settings
 from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
-from pipeline.video import ProbeError, probe
+from pipeline.video import ProbeError, ProbeResult, probe
 
 # Reasons that lie in a source's bytes: remembered, so the source is not probed again on every run.
 # Transient ones (missing_file, download_failed, probe_error) are retried by the next run.
@@ -41,23 +42,10 @@ CACHED_REASONS = [
     "bytes_over_limit",
 ]
 
+# One row per probed source: a reason, or the ProbeResult fields (typed as in videos/).
 PROBES = pa.schema(
-    [
-        ("source_uri", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("sha256", pa.string()),
-        ("bytes", pa.int64()),
-        ("container", pa.string()),
-        ("codec", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("fps", pa.float64()),
-        ("duration_s", pa.float64()),
-        ("frame_count", pa.int64()),
-        ("rotation", pa.int32()),
-        ("header_duration_s", pa.float64()),
-    ]
+    [("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+    + [lake.VIDEOS.field(f.name) for f in dataclasses.fields(ProbeResult)]
 )
 
 # The columns each step needs from the lake as it was before this run.

@@ -26,6 +26,15 @@ os.environ.update(
 )
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """The CLI writes its options into os.environ (that is how they reach every library): undo it per test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A real S3 API (moto's server) on 127.0.0.1, for boto3 and pyarrow alike."""
