@@ -19,7 +19,8 @@ def _sample_data(args: argparse.Namespace) -> int:
     from pipeline.sample_data import generate_sample_data
 
     def progress(done: int, total: int) -> None:
-        print(f"\rencoding sample videos {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():  # a redrawn line on a terminal; logs get only the result line below
+            print(f"\rencoding sample videos {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     manifest = generate_sample_data(args.out_dir, args.videos, seed=args.seed, progress=progress)
     print(f"wrote {args.videos} videos and {manifest}")
