@@ -11,6 +11,7 @@ Three plain steps, which `flows/ingest.py` orders and parallelises:
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -21,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline import db, lake
-from pipeline.manifest import load_manifest
+from pipeline.manifest import json_key, load_manifest, local_path
 from pipeline.settings import Limits, Settings
 from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
 from pipeline.video import ProbeError, ProbeResult, probe
@@ -150,7 +151,8 @@ def plan_ingest(
 ) -> IngestPlan:
     """Read and clean the manifest and list the sources to probe. Raises ManifestError for unusable manifests."""
     started = time.monotonic()
-    manifest_uri = safe_uri(manifest if is_remote(manifest) else str(Path(manifest).absolute()))
+    # One manifest, one identity: the same file reached through '..', a symlink or file:// is the same manifest.
+    manifest_uri = safe_uri(manifest) if is_remote(manifest) else os.path.realpath(local_path(manifest))
     workdir = Path(tempfile.mkdtemp(prefix="cogflow-ingest-"))
     con = db.connect(temp_directory=str(workdir / "duckdb"))
     try:
@@ -159,7 +161,10 @@ def plan_ingest(
             allowed_roots=settings.allowed_roots, limits=settings.limits, workdir=workdir,
         )
         params = _params(settings, manifest_uri)
-        db.materialize(con, "staging/stg_manifest", video_col=video_col, caption_col=caption_col, **params)
+        db.materialize(
+            con, "staging/stg_manifest", video_col=video_col, caption_col=caption_col,
+            video_key=json_key(video_col), caption_key=json_key(caption_col), **params,
+        )
         db.run(con, "staging/drop_raw_rows")  # stg_manifest carries all of it; free the memory for what follows
         _register_lake(con, Storage.at(settings.lake), KNOWN_COLUMNS, prefix="lake_")
         to_probe = db.run(con, "marts/sources_to_probe", retry_rejects=retry_rejects, **params).fetchall()
@@ -226,22 +231,32 @@ def finish_ingest(plan: IngestPlan, probes: list[dict[str, object]]) -> IngestSu
     con, settings = plan.con, plan.settings
     store = Storage.at(settings.lake)
     try:
-        db.register(con, probes=pa.Table.from_pylist(probes, schema=PROBES))
-        params = {**_params(settings, plan.manifest_uri), "now": lake.now()}
-        db.materialize(con, "marts/source_outcomes", **params)
-        db.materialize(con, "marts/row_outcomes", **params)
-        new_rows = {}
-        for table in ("videos", "sources", "captions", "rejects"):  # this order keeps a crash recoverable
-            new = con.table(db.materialize(con, f"marts/{table}_new", **params))
-            new_rows[table] = lake.append(store, table, new.to_arrow_reader()).rows
-        outcomes = dict(db.run(con, "marts/outcome_counts").fetchall())
-        manifest_rows, accepted, distinct_captions, usable_sources = db.run(con, "marts/run_counts").fetchall()[0]
-        db.run(con, "marts/drop_run_tables")  # the checks read the whole lake: give them the memory
-        _register_lake(con, store, CHECK_COLUMNS, prefix="")
-        checks = run_checks(con)
+        with lake.writer_lock(store):
+            summary = _write(plan, store, probes)
     finally:
         con.close()
         shutil.rmtree(plan.workdir, ignore_errors=True)
+    return summary
+
+
+def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) -> IngestSummary:
+    """The part of finish_ingest that runs under the lake's writer lock."""
+    con, settings = plan.con, plan.settings
+    # Another run may have written since this one planned: anti-join against the lake as it is now.
+    _register_lake(con, store, KNOWN_COLUMNS, prefix="lake_")
+    db.register(con, probes=pa.Table.from_pylist(probes, schema=PROBES))
+    params = {**_params(settings, plan.manifest_uri), "now": lake.now()}
+    db.materialize(con, "marts/source_outcomes", **params)
+    db.materialize(con, "marts/row_outcomes", **params)
+    new_rows = {}
+    for table in ("videos", "sources", "captions", "rejects"):  # this order keeps a crash recoverable
+        new = con.table(db.materialize(con, f"marts/{table}_new", **params))
+        new_rows[table] = lake.append(store, table, new.to_arrow_reader()).rows
+    outcomes = dict(db.run(con, "marts/outcome_counts").fetchall())
+    manifest_rows, accepted, distinct_captions, usable_sources = db.run(con, "marts/run_counts").fetchall()[0]
+    db.run(con, "marts/drop_run_tables")  # the checks read the whole lake: give them the memory
+    _register_lake(con, store, CHECK_COLUMNS, prefix="")
+    checks = run_checks(con)
     return IngestSummary(
         manifest_uri=plan.manifest_uri,
         lake=safe_uri(settings.lake),

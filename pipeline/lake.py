@@ -7,16 +7,19 @@ that crashed half way is finished by the next run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import Storage
+from pipeline.storage import LocalStorage, Storage
 
 VIDEOS = pa.schema(
     [
@@ -127,6 +130,26 @@ def append(store: Storage, name: str, data: pa.Table | pa.RecordBatchReader) -> 
             rel = f"{name}/part-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
             store.put_file(rel, local)
     return Written(rel, rows)
+
+
+@contextlib.contextmanager
+def writer_lock(store: Storage) -> Iterator[None]:
+    """One writer at a time on a local lake (an advisory lock on `<lake>/.writer.lock`).
+
+    Writers re-read the keys under the lock before appending, so two runs that planned at the same time
+    still add each row once. S3 has no lock to take: there, one run at a time is the deployment's
+    concurrency limit (prefect.yaml).
+    """
+    if not isinstance(store, LocalStorage):
+        yield
+        return
+    Path(store.root).mkdir(parents=True, exist_ok=True)
+    with open(Path(store.root) / ".writer.lock", "a") as handle:  # "a": never truncated, mtime kept
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def row_counts(store: Storage) -> dict[str, int]:

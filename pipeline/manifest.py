@@ -10,6 +10,7 @@ read `../../etc/passwd`; a remote manifest may only point at remote videos or pa
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import posixpath
@@ -55,8 +56,7 @@ def manifest_format(uri: str) -> str:
 
 def manifest_base(uri: str) -> str:
     """What relative paths resolve against: the manifest's folder (real path) or its remote prefix."""
-    if uri.startswith("file://"):
-        uri = urllib.request.url2pathname(urllib.parse.urlparse(uri).path)
+    uri = local_path(uri)
     if is_remote(uri):
         parsed = urllib.parse.urlparse(uri)
         folder = posixpath.dirname(parsed.path).rstrip("/") + "/"
@@ -68,40 +68,59 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def json_key(column: str) -> str:
+    """A JSON path that reads `column` as a plain key, whatever it contains ('$video', 'a.b', 'we"ird')."""
+    return "$." + json.dumps(column, ensure_ascii=False)
+
+
 def resolve_source(value: str | None, base: str, allowed_roots: Sequence[str] = ()) -> Resolved:
     """Turn a manifest's video (or subtitles) value into a source URI, or a reason it cannot be used."""
     value = (value or "").strip()
     if not value:
         return Resolved(None, None, "missing_video", "the row names no video")
-    scheme = urllib.parse.urlparse(value).scheme.lower()
+    if "\x00" in value:
+        return Resolved(None, None, "unsupported_uri", "the path contains a NUL character")
+    parsed = urllib.parse.urlparse(value)
+    scheme = parsed.scheme.lower()
     if scheme in ("s3", "http", "https"):
-        return Resolved(safe_uri(value), value)
+        if not parsed.netloc:
+            return Resolved(None, None, "unsupported_uri", f"{safe_uri(value)!r} names no host or bucket")
+        uri = urllib.parse.urlunparse(parsed._replace(scheme=scheme))
+        return Resolved(safe_uri(uri), uri)
     if scheme == "file":
-        value = urllib.request.url2pathname(urllib.parse.urlparse(value).path)
+        value = urllib.request.url2pathname(parsed.path)
     elif len(scheme) > 1:  # one letter is a Windows drive, not a scheme
         return Resolved(None, None, "unsupported_uri", f"{scheme}:// is not supported (local path, file://, s3://, http(s)://)")
 
     if is_remote(base):
         if os.path.isabs(value) or scheme == "file":
             return Resolved(None, None, "path_outside_roots", f"{value!r}: a remote manifest cannot point at local files")
-        parsed = urllib.parse.urlparse(base)
-        path = posixpath.normpath(posixpath.join(parsed.path, value))
-        if not path.startswith(parsed.path):
-            return Resolved(None, None, "path_outside_roots", f"{value!r} leaves the manifest's prefix {safe_uri(base)}")
-        uri = urllib.parse.urlunparse((parsed.scheme, parsed.netloc, path, "", "", ""))
-        return Resolved(uri, uri)
+        prefix = urllib.parse.urlparse(base)
+        path = posixpath.normpath(posixpath.join(prefix.path, parsed.path))
+        # the server decodes %2e%2e into '..': the decoded path must stay below the prefix too
+        if not (path.startswith(prefix.path) and urllib.parse.unquote(path) == posixpath.normpath(urllib.parse.unquote(path))):
+            return Resolved(None, None, "path_outside_roots", f"{parsed.path!r} leaves the manifest's prefix {safe_uri(base)}")
+        uri = urllib.parse.urlunparse((prefix.scheme, prefix.netloc, path, "", parsed.query, ""))
+        return Resolved(safe_uri(uri), uri)
 
-    path = os.path.realpath(os.path.join(base, os.path.expanduser(value)))  # realpath: symlinks cannot escape
+    try:
+        path = os.path.realpath(os.path.join(base, os.path.expanduser(value)))  # realpath: symlinks cannot escape
+    except (ValueError, OSError) as exc:
+        return Resolved(None, None, "unsupported_uri", f"{value!r}: {exc}")
     roots = [base, *(os.path.realpath(r) for r in allowed_roots)]
     if not any(_inside(path, root) for root in roots):
         return Resolved(None, None, "path_outside_roots", f"{value!r} resolves to {path}, outside {', '.join(roots)}")
     return Resolved(path, path)
 
 
+def local_path(uri: str) -> str:
+    """A file:// URI as a plain path; other values unchanged."""
+    return urllib.request.url2pathname(urllib.parse.urlparse(uri).path) if uri.startswith("file://") else uri
+
+
 def local_copy(uri: str, workdir: Path, limits: Limits) -> Path:
     """A local file with the content at `uri` (the file itself when it is local)."""
-    if uri.startswith("file://"):
-        uri = urllib.request.url2pathname(urllib.parse.urlparse(uri).path)
+    uri = local_path(uri)
     if not is_remote(uri):
         if not Path(uri).is_file():
             raise FileNotFoundError(uri)
@@ -205,7 +224,9 @@ def load_manifest(
     db.run(con, "staging/create_raw_rows")
     try:
         if fmt == "csv":
-            db.run(con, "staging/load_csv", path=str(path))
+            delim, columns = csv_header(path)
+            if columns:  # an empty file has no rows to load
+                db.run(con, "staging/load_csv", path=str(path), delim=delim, columns=columns)
             db.run(con, "staging/load_csv_malformed")
         elif fmt == "parquet":
             db.run(con, "staging/load_parquet", path=str(path))
@@ -223,13 +244,13 @@ def load_manifest(
 
     _expand_subtitle_column(con, base, allowed_roots, caption_col, workdir, limits)
     readable, with_video, with_caption, columns = db.run(
-        con, "staging/manifest_columns", video_col=video_col, caption_col=caption_col
+        con, "staging/manifest_columns", video_key=json_key(video_col), caption_key=json_key(caption_col)
     ).fetchall()[0]
     for col, count, option in ((video_col, with_video, "--video-col"), (caption_col, with_caption, "--caption-col")):
         if readable and not count:
             raise ManifestError(f"no row of {safe_uri(uri)} has a {col!r} column (columns: {columns}); map it with {option}")
 
-    values = [v for (v,) in db.run(con, "staging/distinct_videos", video_col=video_col).fetchall()]
+    values = [v for (v,) in db.run(con, "staging/distinct_videos", video_key=json_key(video_col)).fetchall()]
     resolved = [resolve_source(v, base, allowed_roots) for v in values]
     db.register(
         con,
@@ -243,6 +264,29 @@ def load_manifest(
             }
         ),
     )
+
+
+def csv_header(path: Path) -> tuple[str, dict[str, str]]:
+    """The delimiter (the most frequent of , TAB ; | in the header line) and the columns, all as text.
+
+    Blank and repeated names get DuckDB's own style (column3, caption_1), so every column is kept.
+    """
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        first = f.readline()
+        if not first.strip():
+            return ",", {}
+        delim = max([",", "\t", ";", "|"], key=first.count)
+        f.seek(0)
+        names = next(csv.reader(f, delimiter=delim))
+    columns: dict[str, str] = {}
+    for i, name in enumerate(names):
+        name = name.strip() or f"column{i}"
+        unique, n = name, 0
+        while unique in columns:
+            n += 1
+            unique = f"{name}_{n}"
+        columns[unique] = "VARCHAR"
+    return delim, columns
 
 
 def _jsonl_lines(path: Path) -> pa.Table:

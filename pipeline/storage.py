@@ -60,7 +60,7 @@ def arrow_s3_filesystem() -> pafs.S3FileSystem:
 
 
 def is_remote(uri: str) -> bool:
-    return uri.startswith(("s3://", "http://", "https://"))
+    return uri[:8].lower().startswith(("s3://", "http://", "https://"))
 
 
 class Storage:

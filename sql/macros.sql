@@ -1,8 +1,9 @@
 -- Helpers for the other SQL files, created on every connection (pipeline.db.connect).
 
--- Seconds from '12.5', '00:01:02.5' or '1:02,5' (subtitle and editor style); NULL for blank or unreadable text.
+-- Seconds from '12.5', '00:01:02.5', '75:30' or '1:02,5' (subtitle and editor style); NULL for blank or
+-- unreadable text, and for clock times whose minutes or seconds reach 60 ('0:75').
 CREATE OR REPLACE MACRO span_seconds(x) AS CASE
-    WHEN regexp_full_match(trim(x), '(\d+:){1,2}\d+([.,]\d+)?')
+    WHEN regexp_full_match(trim(x), '\d+(:[0-5]?\d){1,2}([.,]\d+)?')
         THEN list_reduce(list_transform(string_split(replace(trim(x), ',', '.'), ':'), lambda s: s::DOUBLE), lambda a, b: a * 60 + b)
     ELSE TRY_CAST(nullif(trim(x), '') AS DOUBLE)
 END;
@@ -23,20 +24,22 @@ CREATE OR REPLACE MACRO language_tag(s) AS CASE
     ELSE 'other'
 END;
 
--- Caption cleaning, one step per line: tags out (a '<' must open a tag name, so 'a < b' survives); entities decoded (only values with '&' pay for the UDF);
--- line breaks and tabs become spaces; other control and zero-width characters go; every run of white space
--- (including the ideographic space U+3000 and no-break space U+00A0) becomes one space; ends trimmed.
+-- Caption cleaning, one step per line: tags out (a '<' must open a tag name, so 'a < b' survives), and again
+-- after entities are decoded (captions scraped from HTML are often escaped twice); line breaks become
+-- spaces; control and format characters go (zero-width, soft hyphen, direction marks); every run of
+-- white space, in any script (U+3000, U+00A0, U+2003, ...), becomes one space; ends trimmed.
+-- RE2's \s and [[:cntrl:]] are ASCII-only, hence the Unicode classes.
+CREATE OR REPLACE MACRO strip_tags(s) AS regexp_replace(s, '<!--.*?-->|</?[A-Za-z][^<>]*>', ' ', 'g');
 CREATE OR REPLACE MACRO clean_caption(s) AS trim(
     regexp_replace(
         regexp_replace(
             regexp_replace(
-                CASE WHEN contains(s, '&') THEN unescape_entities(regexp_replace(s, '<!--.*?-->|</?[A-Za-z][^<>]*>', ' ', 'g'))
-                     ELSE regexp_replace(s, '<!--.*?-->|</?[A-Za-z][^<>]*>', ' ', 'g') END,
-                '[\t\n\r\f\v]', ' ', 'g'),
-            '[[:cntrl:]]|[\x{200B}-\x{200D}\x{2060}\x{FEFF}]', '', 'g'),
-        '[\s\x{3000}\x{00A0}]+', ' ', 'g')
+                CASE WHEN contains(s, '&') THEN strip_tags(unescape_entities(strip_tags(s))) ELSE strip_tags(s) END,
+                '[\t\n\r\f\v\x{85}\x{2028}\x{2029}]', ' ', 'g'),
+            '[\p{Cc}\p{Cf}]', '', 'g'),
+        '[\s\p{Z}]+', ' ', 'g')
 );
 
 -- Strip credentials from URLs inside a text (user:password@ and query strings such as presigned signatures).
 CREATE OR REPLACE MACRO scrub_urls(s) AS regexp_replace(
-    s, '((?:https?|s3)://)(?:[^/@"\s]*@)?([^?"\s]*)\?[^"\s]*', '\1\2', 'g');
+    s, '(?i)((?:https?|s3)://)(?:[^/@"\s]*@)?([^?"\s]*)(?:\?[^"\s]*)?', '\1\2', 'g');

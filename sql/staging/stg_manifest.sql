@@ -1,5 +1,6 @@
 -- One row per manifest row: typed, cleaned, resolved, and with the first reason (if any) it cannot be used
 -- before its video is even looked at. Inputs: raw_rows (loaders), resolved (pipeline.manifest.resolve_source).
+-- Columns are read through JSON paths ($video_key = $."<name>") so any column name is a plain key.
 WITH fields AS (
     SELECT
         r.row_number,
@@ -7,8 +8,8 @@ WITH fields AS (
         scrub_urls(r.raw) AS raw,  -- presigned signatures and passwords in URLs never reach the lake
         r.load_reason,
         r.load_detail,
-        r.raw ->> $video_col AS video_value,
-        r.raw ->> $caption_col AS caption_raw,
+        r.raw ->> $video_key AS video_value,
+        r.raw ->> $caption_key AS caption_raw,
         nullif(trim(r.raw ->> 'start_s'), '') AS start_text,
         nullif(trim(r.raw ->> 'end_s'), '') AS end_text,
         nullif(trim(r.raw ->> 'video_id'), '') AS source_video_id,

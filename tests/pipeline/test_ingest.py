@@ -10,7 +10,7 @@ import pytest
 from helpers import copy_sample, make_bad_corpus, upload_tree, write_csv
 
 from pipeline import lake
-from pipeline.ingest import DataCheckError, ingest
+from pipeline.ingest import DataCheckError, finish_ingest, ingest, plan_ingest, probe_source
 from pipeline.settings import load_settings
 from pipeline.storage import Storage
 
@@ -97,6 +97,29 @@ def test_reingest_of_bad_inputs_retries_only_transient_failures(tmp_path, corpus
     assert retried.sources_probed == 8 and retried.new_rows["rejects"] == 0
 
 
+def test_the_same_manifest_by_another_path_is_the_same_manifest(tmp_path, corpus):
+    manifest, _expected = corpus
+    settings = load_settings(home=str(tmp_path / "home"))
+    first = ingest(str(manifest), settings)
+    (tmp_path / "link").symlink_to(manifest.parent)
+    for other in (f"{manifest.parent}/bad/../manifest.csv", f"file://{manifest}", str(tmp_path / "link" / "manifest.csv")):
+        again = ingest(other, settings)
+        assert again.manifest_uri == first.manifest_uri
+        assert again.new_rows["rejects"] == 0 and again.new_rows["captions"] == 0
+
+
+def test_runs_that_planned_at_the_same_time_write_each_row_once(tmp_path, sample_dir):
+    data = tmp_path / "data"
+    rows = copy_sample(sample_dir, data)
+    manifest = write_csv(data / "manifest.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
+    settings = load_settings(home=str(tmp_path / "home"))
+    plans = [plan_ingest(str(manifest), settings) for _ in range(2)]  # both see an empty lake
+    probes = [[probe_source(uri, fetch, settings.limits) for uri, fetch in plan.to_probe] for plan in plans]
+    first, second = (finish_ingest(plan, found) for plan, found in zip(plans, probes))
+    assert first.new_rows["captions"] == len(rows)
+    assert second.new_rows == {"videos": 0, "sources": 0, "captions": 0, "rejects": 0}  # re-read under the lock
+
+
 def test_a_crash_between_appends_is_finished_by_the_next_run(tmp_path, sample_dir, monkeypatch):
     data = tmp_path / "data"
     rows = copy_sample(sample_dir, data)
@@ -181,11 +204,17 @@ def test_credentials_in_urls_never_reach_the_lake(tmp_path, sample_dir, http_roo
     host = base.replace("http://", "http://user:hunter2@")
     manifest_rows = [{"video": f"{host}/{r['video']}?{secret}", "caption": r["caption"]} for r in rows]
     manifest_rows.append({"video": f"{host}/videos/nope.mp4?{secret}", "caption": "a 404 with a signature"})
+    manifest_rows.append({"video": f"HTTP://user:hunter2@127.0.0.1:1/x.mp4?{secret}", "caption": "upper-case scheme"})
     manifest = write_csv(tmp_path / "manifest.csv", manifest_rows)
+    # and a remote manifest, fetched with credentials, whose rows use relative paths
+    write_csv(www / "remote.csv", [{"video": f"{r['video']}?{secret}", "caption": r["caption"]} for r in rows])
     settings = load_settings(home=str(tmp_path / "home"))
+    settings = settings.replace(limits=settings.limits.__class__(**{**vars(settings.limits), "download_retries": 0}))
 
     summary = ingest(str(manifest), settings)
     assert summary.outcomes["accepted"] == len(rows)
+    remote = ingest(f"{host}/remote.csv?{secret}", settings)
+    assert remote.outcomes == {"accepted": len(rows)}
     for part in Path(settings.lake).rglob("*.parquet"):
         text = json.dumps(pq.read_table(part).to_pylist(), default=str)
         assert "deadbeefsecret" not in text and "hunter2" not in text, part

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from helpers import write_csv
 
 from pipeline import db
-from pipeline.manifest import ManifestError, load_manifest, manifest_base, resolve_source
+from pipeline.manifest import ManifestError, json_key, load_manifest, manifest_base, resolve_source
 from pipeline.subtitles import SubtitleError, parse_subtitles
 
 
@@ -30,6 +31,9 @@ def test_relative_paths_resolve_against_the_manifest_folder(tmp_path):
         ("file:///etc/passwd", "path_outside_roots"),
         ("~/secrets.mp4", "path_outside_roots"),
         ("ftp://host/a.mp4", "unsupported_uri"),
+        ("videos/a.mp4\x00.txt", "unsupported_uri"),
+        ("s3:/bucket-without-slashes/a.mp4", "unsupported_uri"),
+        ("http:relative.mp4", "unsupported_uri"),
         ("javascript:alert(1)", "unsupported_uri"),
         ("", "missing_video"),
         ("   ", "missing_video"),
@@ -67,6 +71,14 @@ def test_urls_keep_their_credentials_only_for_fetching():
     resolved = resolve_source("https://user:pw@host/v.mp4?X-Amz-Signature=abc", "/data")
     assert resolved.source_uri == "https://host/v.mp4"
     assert resolved.fetch_uri == "https://user:pw@host/v.mp4?X-Amz-Signature=abc"
+    upper = resolve_source("HTTP://user:pw@host/v.mp4?sig=1", "/data")
+    assert (upper.source_uri, upper.fetch_uri) == ("http://host/v.mp4", "http://user:pw@host/v.mp4?sig=1")
+    # relative paths under a manifest fetched with credentials inherit them for fetching, never for the lake
+    base = manifest_base("https://user:pw@host/data/m.csv?sig=1")
+    relative = resolve_source("videos/a.mp4?part=2", base)
+    assert relative.source_uri == "https://host/data/videos/a.mp4"
+    assert relative.fetch_uri == "https://user:pw@host/data/videos/a.mp4?part=2"
+    assert resolve_source("%2e%2e/secret.mp4", base).reason == "path_outside_roots"
 
 
 # --- reading manifests -----------------------------------------------------------------------------------------
@@ -84,6 +96,26 @@ def test_malformed_csv_lines_are_kept_as_rejects(tmp_path):
     rows = _load(path)
     assert [r[2] for r in rows] == [None, None, "malformed_row"]
     assert "line 3" in rows[2][3] and "TOO MANY COLUMNS" in rows[2][3]
+
+
+def test_one_stray_quote_does_not_change_how_other_rows_are_read(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('video,caption\nv1,"a cat, a dog"\nv1,"He said ""hi"""\nv0,"unterminated start\nv1,plain\n')
+    rows = _load(path)
+    assert [json.loads(r[1]).get("caption") for r in rows[:2]] == ["a cat, a dog", 'He said "hi"']
+    assert rows[2][2] == "malformed_row" and "unterminated start" in rows[2][1]
+
+
+def test_semicolon_csv_tsv_and_awkward_column_names(tmp_path):
+    (tmp_path / "m.csv").write_text("video;caption\nv.mp4;un chat\n", encoding="utf-8-sig")
+    assert json.loads(_load(tmp_path / "m.csv")[0][1]) == {"video": "v.mp4", "caption": "un chat"}
+    (tmp_path / "m.tsv").write_text("video\tcaption\tcaption\nv.mp4\tx y\tsecond\n")
+    assert json.loads(_load(tmp_path / "m.tsv")[0][1]) == {"video": "v.mp4", "caption": "x y", "caption_1": "second"}
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"$video": "odd.mp4", "video": "plain.mp4", "a.b": "dotted caption"}) + "\n")
+    con = db.connect()
+    load_manifest(con, str(jsonl), video_col="$video", caption_col="a.b", workdir=tmp_path)
+    assert con.table("resolved").select("video_value").fetchall() == [("odd.mp4",)]
 
 
 def test_missing_columns_and_unknown_formats_are_usage_errors(tmp_path):
@@ -154,6 +186,10 @@ def con():
         ("   ", ""),
         ("<br/><p></p>", ""),
         ("a < b and c > d", "a < b and c > d"),
+        ("&lt;i&gt;escaped twice&lt;/i&gt;", "escaped twice"),
+        ("\u200e\u200f\xad", ""),
+        ("em\u2003\u2003space, line\u2028separator", "em space, line separator"),
+        ("&#x202E;override", "override"),
     ],
 )
 def test_clean_caption(con, raw, clean):
@@ -177,7 +213,10 @@ def test_language_tag_by_script(con, text, language):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("12.5", 12.5), ("00:01:02.5", 62.5), ("1:05", 65.0), ("00:00:01,250", 1.25), ("", None), ("soon", None)],
+    [
+        ("12.5", 12.5), ("00:01:02.5", 62.5), ("1:05", 65.0), ("75:30", 4530.0), ("00:00:01,250", 1.25),
+        ("", None), ("soon", None), ("0:75", None), ("1:99:99", None),
+    ],
 )
 def test_span_seconds(con, text, seconds):
     assert con.execute("SELECT span_seconds($s)", {"s": text}).fetchall()[0][0] == seconds
@@ -187,5 +226,6 @@ def test_length_bounds_count_characters_not_bytes(tmp_path, con):
     path = write_csv(tmp_path / "m.csv", [{"video": "v.mp4", "caption": "猫跑"}, {"video": "v.mp4", "caption": "猫"}])
     load_manifest(con, str(path), workdir=tmp_path)
     params = dict(manifest_uri="m", video_col="video", caption_col="caption", min_caption_chars=2, max_caption_chars=5)
+    params.update(video_key=json_key("video"), caption_key=json_key("caption"))
     db.materialize(con, "staging/stg_manifest", **params)
     assert con.table("stg_manifest").order("row_number").select("reason").fetchall() == [(None,), ("caption_too_short",)]
