@@ -53,7 +53,12 @@ def ingest_flow(
     logger.info("%d new sources to probe with %d workers", len(plan.to_probe), settings.probe_workers)
     summary = finish_task(plan, _probe_all(plan))
     create_table_artifact(key="ingest-summary", table=summary.table(), description=f"ingest {summary.manifest_uri}")
-    logger.info(summary.text())
+    # One line in the run's log; the full table is the artifact (and what the CLI prints).
+    logger.info(
+        "%d of %d rows accepted (%d new captions), %d rejected, %d videos probed",
+        summary.accepted_rows, summary.manifest_rows, summary.new_rows["captions"], summary.rejected_rows,
+        summary.sources_probed,
+    )
     return summary
 
 
