@@ -213,8 +213,8 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
 
 def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Run every query in sql/checks/ against the registered lake tables; raise if any returns rows."""
-    failures = []
-    for name in db.check_names():
+    failures, names = [], db.check_names()
+    for name in names:
         result = db.run(con, name)
         columns = [d[0] for d in result.description]
         rows = result.fetchall()
@@ -223,7 +223,7 @@ def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:
             failures.append(f"{name} returned {len(rows)} rows, e.g. {sample}")
     if failures:
         raise DataCheckError("data checks failed:\n  " + "\n  ".join(failures))
-    return db.check_names()
+    return names
 
 
 def finish_ingest(plan: IngestPlan, probes: list[dict[str, object]]) -> IngestSummary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def test_http_sources_with_size_limit_and_missing_urls(tmp_path, sample_dir, htt
     manifest_rows.append({"video": f"{base}/videos/nope.mp4", "caption": "a 404"})
     manifest = write_csv(tmp_path / "manifest.csv", manifest_rows)
     settings = load_settings(home=str(tmp_path / "home"))
-    settings = settings.replace(limits=settings.limits.__class__(**{**vars(settings.limits), "max_bytes": limit}))
+    settings = settings.replace(limits=dataclasses.replace(settings.limits, max_bytes=limit))
 
     summary = ingest(str(manifest), settings)
     assert summary.outcomes == {"accepted": len(rows) - 1, "bytes_over_limit": 1, "missing_file": 1}
@@ -209,7 +210,7 @@ def test_credentials_in_urls_never_reach_the_lake(tmp_path, sample_dir, http_roo
     # and a remote manifest, fetched with credentials, whose rows use relative paths
     write_csv(www / "remote.csv", [{"video": f"{r['video']}?{secret}", "caption": r["caption"]} for r in rows])
     settings = load_settings(home=str(tmp_path / "home"))
-    settings = settings.replace(limits=settings.limits.__class__(**{**vars(settings.limits), "download_retries": 0}))
+    settings = settings.replace(limits=dataclasses.replace(settings.limits, download_retries=0))
 
     summary = ingest(str(manifest), settings)
     assert summary.outcomes["accepted"] == len(rows)
