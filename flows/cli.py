@@ -29,7 +29,7 @@ def _sample_data(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from flows.ingest import run_ingest
-    from pipeline.ingest import DataCheckError
+    from pipeline.checks import DataCheckError
     from pipeline.manifest import ManifestError
     from pipeline.settings import load_settings
 
@@ -53,17 +53,58 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(args: argparse.Namespace) -> int:
+    from flows.split import run_split
+    from pipeline.checks import DataCheckError
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    try:
+        summary = run_split(settings, task_runner=args.task_runner, lake=settings.lake, stage=args.stage)
+    except DataCheckError as exc:
+        print(f"cogflow split: the lake failed its data checks\n{exc}", file=sys.stderr)
+        return 1
+    print(summary.text())
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from pipeline.preview import find_font, write_preview
+    from pipeline.settings import load_settings
+    from pipeline.storage import Storage
+
+    store = Storage.at(load_settings().lake)
+    try:
+        out, clips = write_preview(store, args.output, clip_ids=args.clip_id, random_n=args.random, stage=args.stage, seed=args.seed)
+    except (KeyError, LookupError) as exc:
+        print(f"cogflow preview: {exc.args[0]}", file=sys.stderr)
+        return 2
+    for clip in clips:
+        print(f"{clip['clip_id']}  stage {clip['stage']}  {clip['fps_token']:<10}  {clip['caption']}")
+    if any(ord(ch) > 0x2E7F for clip in clips for ch in clip["caption"]) and "dejavu" in str(find_font()).lower():
+        print("note: no CJK font found, Chinese shows as boxes (install fonts-wqy-microhei or set COGFLOW_FONT)", file=sys.stderr)
+    print(f"wrote {len(clips)} clips to {out}")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from pipeline import lake
     from pipeline.settings import load_settings
+    from pipeline.split import clip_counts
     from pipeline.storage import Storage, safe_uri
 
     settings = load_settings()
-    counts = lake.row_counts(Storage.at(settings.lake))
+    store = Storage.at(settings.lake)
+    counts = lake.row_counts(store)
     print(f"lake {safe_uri(settings.lake)}")
     width = max(len(name) for name in counts)
     for name, rows in counts.items():
         print(f"  {name:<{width}}  {rows:>10,} rows")
+    clips = clip_counts(store)
+    if clips:
+        print("clips of finished shards")
+        for (stage, token), n in sorted(clips.items(), key=lambda kv: (kv[0][0], float(kv[0][1][5:-1]))):
+            print(f"  stage {stage}  {token:<10}  {n:>10,}")
     return 0
 
 
@@ -80,6 +121,7 @@ def apply_options(args: argparse.Namespace) -> None:
         "COGFLOW_HOME": args.home,
         "COGFLOW_LAKE": getattr(args, "lake", None),
         "COGFLOW_PROBE_WORKERS": getattr(args, "workers", None),
+        "COGFLOW_SPLIT_WORKERS": getattr(args, "split_workers", None),
         "MLFLOW_TRACKING_URI": args.mlflow_tracking_uri,
         "AWS_ENDPOINT_URL_S3": args.s3_endpoint,
     }
@@ -113,7 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-rejects", action="store_true", help="probe again sources rejected by an earlier run")
     p.set_defaults(run=_ingest)
 
-    p = commands.add_parser("status", help="row counts of every lake table")
+    p = commands.add_parser("split", help="cut the lake's captioned videos into 5-frame 160x160 clips")
+    p.add_argument("--lake", help="lake root: a folder or s3://bucket/prefix")
+    p.add_argument("--stage", default="all", choices=["1", "2", "all"], help="plan windows for stage 1, 2 or both (default)")
+    p.add_argument("--workers", dest="split_workers", type=int, help="shards split at once (default $COGFLOW_SPLIT_WORKERS or the cores)")
+    p.add_argument(
+        "--task-runner", default="processes",
+        help="processes (default), threads, dask or ray; dask://HOST:PORT or ray://HOST:PORT for a running cluster",
+    )
+    p.set_defaults(run=_split)
+
+    p = commands.add_parser("preview", help="write a contact sheet of clips (frames in a row, caption beneath)")
+    p.add_argument("--lake")
+    p.add_argument("--clip-id", action="append", help="a clip to show (repeatable)")
+    p.add_argument("--random", type=int, help="show N clips drawn at random (default 8)")
+    p.add_argument("--stage", type=int, choices=[1, 2], help="draw only from this stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="clips.png", help="image file to write (PNG or JPEG)")
+    p.set_defaults(run=_preview)
+
+    p = commands.add_parser("status", help="row counts of every lake table, clips per stage and frame rate")
     p.add_argument("--lake")
     p.set_defaults(run=_status)
     return parser

@@ -87,8 +87,14 @@ def materialize(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> str
     return table
 
 
+def relation(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> duckdb.DuckDBPyRelation:
+    """The SELECT in `sql/<name>.sql` as a relation, to stream (`to_arrow_reader()`) or fetch as Arrow."""
+    text = sql_text(name)
+    return con.sql(text, params=_used_params(text, params))
+
+
 def query_arrow(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pa.Table:
-    return run(con, name, **params).to_arrow_table()
+    return relation(con, name, **params).to_arrow_table()
 
 
 def register(con: duckdb.DuckDBPyConnection, **tables: pa.Table) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from pipeline import db, lake
+from pipeline import checks, db, lake
+from pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
 from pipeline.manifest import json_key, load_manifest, local_path
 from pipeline.settings import Limits, Settings
 from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
@@ -56,19 +57,6 @@ KNOWN_COLUMNS = {
     "captions": ["caption_id"],
     "rejects": ["reject_id", "source_uri", "reason", "detail"],
 }
-# And what the data checks read after writing.
-CHECK_COLUMNS = {
-    "videos": ["video_id", "duration_s"],
-    "sources": ["source_uri", "video_id"],
-    "captions": ["caption_id", "video_id", "caption", "language", "start_s", "end_s", "split"],
-    "rejects": ["reject_id", "reason", "detail"],
-}
-
-
-class DataCheckError(Exception):
-    """A check in sql/checks/ returned rows: the lake breaks one of its promises."""
-
-
 @dataclass
 class IngestPlan:
     manifest_uri: str  # as recorded (credentials removed)
@@ -211,21 +199,6 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
     return row
 
 
-def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Run every query in sql/checks/ against the registered lake tables; raise if any returns rows."""
-    failures, names = [], db.check_names()
-    for name in names:
-        result = db.run(con, name)
-        columns = [d[0] for d in result.description]
-        rows = result.fetchall()
-        if rows:
-            sample = "; ".join(str(dict(zip(columns, r))) for r in rows[:5])
-            failures.append(f"{name} returned {len(rows)} rows, e.g. {sample}")
-    if failures:
-        raise DataCheckError("data checks failed:\n  " + "\n  ".join(failures))
-    return names
-
-
 def finish_ingest(plan: IngestPlan, probes: list[dict[str, object]]) -> IngestSummary:
     """Write what the probes decided, run the data checks, and summarise the run."""
     con, settings = plan.con, plan.settings
@@ -255,8 +228,8 @@ def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) ->
     outcomes = dict(db.run(con, "marts/outcome_counts").fetchall())
     manifest_rows, accepted, distinct_captions, usable_sources = db.run(con, "marts/run_counts").fetchall()[0]
     db.run(con, "marts/drop_run_tables")  # the checks read the whole lake: give them the memory
-    _register_lake(con, store, CHECK_COLUMNS, prefix="")
-    checks = run_checks(con)
+    checks.register_lake(con, store)
+    check_names = checks.run_checks(con)
     return IngestSummary(
         manifest_uri=plan.manifest_uri,
         lake=safe_uri(settings.lake),
@@ -268,7 +241,7 @@ def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) ->
         new_rows=new_rows,
         duplicate_rows=accepted - distinct_captions,
         known_captions=distinct_captions - new_rows["captions"],
-        checks=checks,
+        checks=check_names,
         seconds=time.monotonic() - plan.started,
     )
 

@@ -84,17 +84,106 @@ REJECTS = pa.schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"videos": VIDEOS, "sources": SOURCES, "captions": CAPTIONS, "rejects": REJECTS}
+# Clip windows as planned by `split` (sql/marts/clip_plan.sql): what each shard must produce. A caption is
+# planned once per stage; a run that dies mid-shard finds its shards here and finishes them.
+CLIP_PLAN = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("stage", pa.int8()),
+        ("clip_id", pa.string()),  # hash of (caption_id, stage, fps, start_s)
+        ("video_id", pa.string()),
+        ("caption_id", pa.string()),
+        ("caption", pa.string()),
+        ("language", pa.string()),
+        ("split", pa.string()),
+        ("fps", pa.float64()),
+        ("fps_token", pa.string()),
+        ("start_s", pa.float64()),
+        ("source_uris", pa.list_(pa.string())),  # the video's known paths, the first one first
+        ("sha256", pa.string()),  # what the file must still hold
+        ("bytes", pa.int64()),
+        ("planned_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# One 5-frame clip, in `clips/stage=S/shard-<shard_id>.parquet`.
+CLIPS = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("video_id", pa.string()),
+        ("caption_id", pa.string()),
+        ("caption", pa.string()),
+        ("language", pa.string()),
+        ("stage", pa.int8()),
+        ("fps", pa.float64()),
+        ("fps_token", pa.string()),  # '<fps_0.25>' ... '<fps_8>', a reserved piece of the text vocabulary
+        ("start_s", pa.float64()),  # first target instant, seconds from the video's start
+        ("frame_times", pa.list_(pa.float64())),  # presentation time of each frame picked (nearest to its instant)
+        ("frames", pa.binary()),  # 5 x 160 x 160 x 3 uint8, time order, row-major RGB
+        ("split", pa.string()),
+        ("shard_id", pa.string()),
+    ]
+)
+
+# A caption that got no window, or a planned clip that could not be decoded.
+CLIP_REJECTS = pa.schema(
+    [
+        ("reject_id", pa.string()),
+        ("stage", pa.int8()),
+        ("clip_id", pa.string()),  # NULL for a caption rejected at planning
+        ("caption_id", pa.string()),
+        ("video_id", pa.string()),
+        ("fps", pa.float64()),
+        ("start_s", pa.float64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("shard_id", pa.string()),  # NULL for a caption rejected at planning
+        ("seen_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# The completion record of a shard, written after its clips and rejects: only shards listed here count.
+CLIP_SHARDS = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("videos", pa.int64()),
+        ("clips_planned", pa.int64()),
+        ("clips_written", pa.int64()),
+        ("stage1_clips", pa.int64()),
+        ("stage2_clips", pa.int64()),
+        ("rejects", pa.int64()),
+        ("frames_decoded", pa.int64()),
+        ("seeks", pa.int64()),
+        ("bytes_written", pa.int64()),
+        ("decode_seconds", pa.float64()),
+        ("seconds", pa.float64()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "videos": VIDEOS,
+    "sources": SOURCES,
+    "captions": CAPTIONS,
+    "rejects": REJECTS,
+    "clip_plan": CLIP_PLAN,
+    "clips": CLIPS,
+    "clip_rejects": CLIP_REJECTS,
+    "clip_shards": CLIP_SHARDS,
+}
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def read_table(store: Storage, name: str, columns: list[str] | None = None) -> pa.Table:
-    """All parts of table `name` as one Arrow table (empty, with the schema, when there are none)."""
+def read_table(store: Storage, name: str, columns: list[str] | None = None, parts: list[str] | None = None) -> pa.Table:
+    """All parts of table `name` (or just `parts`, paths relative to the lake) as one Arrow table.
+
+    Empty, with the schema, when there are none. Folder names such as `stage=1` are not read as columns.
+    """
     schema = SCHEMAS.get(name)
-    parts = store.list_files(name, ".parquet")
+    parts = store.list_files(name, ".parquet") if parts is None else parts
     if not parts:
         if schema is None:
             raise FileNotFoundError(f"no table {name!r} under {store.root}")
@@ -102,8 +191,7 @@ def read_table(store: Storage, name: str, columns: list[str] | None = None) -> p
         return empty.select(columns) if columns else empty
     fs, _ = store.arrow("")
     paths = [store.arrow(p)[1] for p in parts]
-    table = pq.ParquetDataset(paths, filesystem=fs, schema=schema).read(columns=columns)
-    return table
+    return pq.ParquetDataset(paths, filesystem=fs, schema=schema, partitioning=None).read(columns=columns)
 
 
 class Written(NamedTuple):
@@ -152,12 +240,37 @@ def writer_lock(store: Storage) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+CLIP_STAGES = (1, 2)
+
+
+def finished_shards(store: Storage) -> set[str]:
+    """Ids of the shards whose completion record exists."""
+    return {Path(rel).stem.removeprefix("shard-") for rel in store.list_files("clip_shards", ".parquet")}
+
+
+def clip_parts(store: Storage, stage: int | None = None) -> list[str]:
+    """The clip files of finished shards (of one stage, or both)."""
+    done = finished_shards(store)
+    stages = CLIP_STAGES if stage is None else (stage,)
+    return [
+        rel for s in stages for rel in store.list_files(f"clips/stage={s}", ".parquet")
+        if Path(rel).stem.removeprefix("shard-") in done
+    ]
+
+
+def read_clips(store: Storage, columns: list[str] | None = None, stage: int | None = None) -> pa.Table:
+    """Clips of finished shards only: a shard a killed run left half done is not read."""
+    return read_table(store, "clips", columns, parts=clip_parts(store, stage))
+
+
 def row_counts(store: Storage) -> dict[str, int]:
-    """Rows per table for every table folder in the lake, read from Parquet footers only."""
+    """Rows per table (top-level folder) of the lake, read from Parquet footers only."""
     fs, _ = store.arrow("")
     counts: dict[str, int] = {name: 0 for name in SCHEMAS}
     for rel in store.list_files("", ".parquet"):
-        table = "/".join(part for part in rel.split("/")[:-1] if part)  # e.g. "clips/stage=1"
+        table = rel.split("/")[0]
+        if table == rel:
+            continue  # a file at the lake's root is no table's part
         with fs.open_input_file(store.arrow(rel)[1]) as f:
             counts[table] = counts.get(table, 0) + pq.ParquetFile(f).metadata.num_rows
     return counts

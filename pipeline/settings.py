@@ -47,6 +47,32 @@ ENV_LIMITS = {
 
 
 @dataclass(frozen=True)
+class SplitOptions:
+    """How `split` plans windows, sizes shards and decodes (DESIGN.md §3.3)."""
+
+    stage1_windows: int = 4  # most stage-1 windows per caption span (spread evenly over a long span)
+    stage2_windows: int = 4  # most stage-2 windows per caption span and frame rate
+    shard_mb: float = 256.0  # target shard size (clips are about 190 kB each once compressed)
+    shard_videos: int = 64  # most videos per shard: what a killed run may have to redo per worker
+    workers: int = max(1, os.cpu_count() or 1)  # shards split at once, each by its own decoder process
+    decode_threads: int = 0  # FFmpeg threads per decoder; 0: the cores shared out among the workers
+    video_timeout_s: float = 600.0  # a decoder that takes longer on one video is stopped
+    seek_gap_s: float = 10.0  # skip ahead by seeking when the next frame needed is this far ahead
+
+
+ENV_SPLIT = {
+    "stage1_windows": "COGFLOW_STAGE1_WINDOWS",
+    "stage2_windows": "COGFLOW_STAGE2_WINDOWS",
+    "shard_mb": "COGFLOW_SHARD_MB",
+    "shard_videos": "COGFLOW_SHARD_VIDEOS",
+    "workers": "COGFLOW_SPLIT_WORKERS",
+    "decode_threads": "COGFLOW_DECODE_THREADS",
+    "video_timeout_s": "COGFLOW_VIDEO_TIMEOUT_S",
+    "seek_gap_s": "COGFLOW_SEEK_GAP_S",
+}
+
+
+@dataclass(frozen=True)
 class Settings:
     home: str = ".cogflow"
     lake: str = ".cogflow/lake"
@@ -56,6 +82,7 @@ class Settings:
     probe_workers: int = 4
     val_percent: int = 5  # share of videos in the `val` split, by a stable hash of video_id
     limits: Limits = field(default_factory=Limits)
+    split: SplitOptions = field(default_factory=SplitOptions)
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -69,10 +96,6 @@ def load_settings(**overrides: Any) -> Settings:
     """Defaults, then the environment, then `overrides` (None means "not given")."""
     env = os.environ
     home = overrides.pop("home", None) or env.get("COGFLOW_HOME") or ".cogflow"
-    limits = Limits()
-    limits = dataclasses.replace(
-        limits, **{k: _cast(env[v], getattr(limits, k)) for k, v in ENV_LIMITS.items() if env.get(v)}
-    )
     roots = tuple(p for p in env.get("COGFLOW_ALLOWED_ROOTS", "").split(os.pathsep) if p)
     settings = Settings(
         home=home,
@@ -82,6 +105,12 @@ def load_settings(**overrides: Any) -> Settings:
         allowed_roots=roots,
         probe_workers=int(env.get("COGFLOW_PROBE_WORKERS", 4)),
         val_percent=int(env.get("COGFLOW_VAL_PERCENT", 5)),
-        limits=limits,
+        limits=_from_env(Limits(), ENV_LIMITS),
+        split=_from_env(SplitOptions(), ENV_SPLIT),
     )
     return settings.replace(**overrides)
+
+
+def _from_env(defaults: Any, names: dict[str, str]) -> Any:
+    env = os.environ
+    return dataclasses.replace(defaults, **{k: _cast(env[v], getattr(defaults, k)) for k, v in names.items() if env.get(v)})

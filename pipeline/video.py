@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -63,21 +64,15 @@ def _header_duration(container: "av.container.InputContainer", stream: "av.video
     return None
 
 
-def _rotation(stream: "av.video.stream.VideoStream") -> int:
-    # PyAV exposes the display matrix through side data on newer builds and through metadata on older files.
-    rotate = stream.metadata.get("rotate")
-    if rotate is not None:
-        try:
-            return int(float(rotate)) % 360
-        except ValueError:
-            return 0
+def _rotation(frame: "av.VideoFrame") -> int:
+    """Counter-clockwise degrees (0, 90, 180, 270) that turn a decoded frame upright (phone videos).
+
+    FFmpeg exposes the container's display matrix (MP4 `tkhd`) as side data on every decoded frame.
+    """
     try:
-        for side in stream.side_data or []:
-            if "DISPLAYMATRIX" in str(getattr(side, "type", "")).upper():
-                return int(round(-side.to_dict().get("rotation", 0))) % 360  # pragma: no cover - build dependent
-    except Exception:  # side data API differs across PyAV builds; rotation is advisory at probe time
-        pass
-    return 0
+        return int(round(frame.rotation / 90.0)) * 90 % 360
+    except (AttributeError, TypeError, ValueError):  # no display matrix
+        return 0
 
 
 def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int) -> ProbeResult:
@@ -145,7 +140,7 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
         if demuxed_duration <= 0 and frame_count == 1:
             demuxed_duration = 1.0 / fps
         duration = demuxed_duration  # the packets are the truth: headers of re-muxed files lie
-        _decode_first_frame(path)
+        rotation = _decode_first_frame(path)
         return ProbeResult(
             sha256=sha256,
             bytes=size,
@@ -156,22 +151,234 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
             fps=round(fps, 6),
             duration_s=round(duration, 6),
             frame_count=frame_count,
-            rotation=_rotation(stream),
+            rotation=rotation,
             header_duration_s=None if header_duration is None else round(header_duration, 6),
         )
     finally:
         container.close()
 
 
-def _decode_first_frame(path: Path) -> None:
-    """Decode one frame to prove the codec can read the stream (a renamed text file can still 'open')."""
+def _decode_first_frame(path: Path) -> int:
+    """Decode one frame to prove the codec can read the stream (a renamed text file can still 'open').
+
+    Returns the frame's rotation, which only a decoded frame carries."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            for _frame in container.decode(video=0):
-                return
+            for frame in container.decode(video=0):
+                return _rotation(frame)
     except av.error.FFmpegError as exc:
         raise ProbeError("undecodable_stream", str(exc)) from exc
     raise ProbeError("undecodable_stream", "no frame could be decoded")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling clip frames: one decode pass per video for all of its windows
+
+CLIP_FRAMES = 5
+CLIP_SIZE = 160
+SEEK_MARGIN_S = 1.0  # seek this far before a target, so the frame just before it is decoded too
+
+
+@dataclass(frozen=True)
+class WindowFrames:
+    """The frames of one window, upright, resized and center-cropped."""
+
+    index: int  # position of the window in the request
+    frames: np.ndarray  # (CLIP_FRAMES, size, size, 3) uint8, in time order
+    times: tuple[float, ...]  # presentation time of each frame picked, in seconds from the stream's start
+
+
+@dataclass(frozen=True)
+class WindowFailed:
+    index: int
+    reason: str  # reject code recorded in the lake
+    detail: str
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    frames_decoded: int
+    seeks: int
+    seconds: float
+
+
+def _frame_seconds(frame: "av.VideoFrame", time_base: Fraction) -> float | None:
+    ts = frame.pts if frame.pts is not None else frame.dts
+    return None if ts is None else float(ts * time_base)
+
+
+class _Picker:
+    """Turns decoded frames into RGB clips: display aspect and rotation honoured, interlacing removed."""
+
+    def __init__(self, stream: "av.video.stream.VideoStream", first: "av.VideoFrame", size: int) -> None:
+        self.size = size
+        self.rotation = _rotation(first)
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        sar = float(sar) if sar and sar > 0 else 1.0
+        # Scale the stored frame so the shorter side of the displayed picture becomes `size`; the sample aspect
+        # ratio stretches the stored width (anamorphic DVD/broadcast video), rotation only swaps the axes.
+        width, height = first.width * sar, first.height
+        scale = size / min(width, height)
+        self.width = max(size, round(width * scale))
+        self.height = max(size, round(height * scale))
+        self.graph = None
+        if first.interlaced_frame:
+            # Keep one field: combing would survive the downscale, and a field has enough lines for 160.
+            self.graph = av.filter.Graph()
+            source = self.graph.add_buffer(template=stream)
+            field = self.graph.add("field", "top")
+            sink = self.graph.add("buffersink")
+            source.link_to(field)
+            field.link_to(sink)
+            self.graph.configure()
+
+    def rgb(self, frame: "av.VideoFrame") -> np.ndarray:
+        if self.graph is not None and frame.interlaced_frame:
+            self.graph.push(frame)
+            frame = self.graph.pull()
+        # swscale converts and downsizes in one pass; AREA averages every source pixel (antialiased).
+        image = frame.reformat(width=self.width, height=self.height, format="rgb24", interpolation="AREA").to_ndarray()
+        if self.rotation:
+            image = np.rot90(image, self.rotation // 90)
+        top = (image.shape[0] - self.size) // 2
+        left = (image.shape[1] - self.size) // 2
+        return np.ascontiguousarray(image[top : top + self.size, left : left + self.size])
+
+
+class _Decoded:
+    """A decoded frame, its time, and its RGB clip frame once a target has picked it."""
+
+    __slots__ = ("t", "frame", "rgb")
+
+    def __init__(self, t: float, frame: "av.VideoFrame") -> None:
+        self.t, self.frame, self.rgb = t, frame, None
+
+
+def sample_windows(
+    path: str | Path,
+    windows: list[list[float]],
+    *,
+    size: int = CLIP_SIZE,
+    threads: int = 0,
+    seek_gap_s: float = 10.0,
+) -> Iterator[WindowFrames | WindowFailed | DecodeStats]:
+    """Decode `path` once and yield the frames of every window as soon as the window is complete.
+
+    `windows` holds, per window, its target instants in seconds from the stream's start (the time players
+    show, whatever the container's start time). Each instant takes the decoded frame nearest to it by
+    presentation time. Decoding stops at the frame after the last instant, and skips ahead by seeking when the
+    next instant lies more than `seek_gap_s` past the current frame. Windows that cannot be completed (the
+    stream ends early or breaks) come out as WindowFailed; the last item is always DecodeStats.
+    """
+    started = time.monotonic()
+    targets = sorted((t, w, k) for w, times in enumerate(windows) for k, t in enumerate(times))
+    slots: dict[int, list[np.ndarray | None]] = {}
+    picked_times: dict[int, list[float]] = {}
+    missing = {w: len(ts) for w, ts in enumerate(windows)}
+    decoded = seeks = 0
+    failure: tuple[str, str] | None = None
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        for w in range(len(windows)):
+            yield WindowFailed(w, "unreadable_container", str(exc))
+        yield DecodeStats(0, 0, time.monotonic() - started)
+        return
+
+    def pick(target: tuple[float, int, int], chosen: _Decoded) -> WindowFrames | None:
+        _, w, k = target
+        if chosen.rgb is None:
+            chosen.rgb = picker.rgb(chosen.frame)
+        slots.setdefault(w, [None] * len(windows[w]))[k] = chosen.rgb
+        picked_times.setdefault(w, [0.0] * len(windows[w]))[k] = round(chosen.t, 6)
+        missing[w] -= 1
+        if missing[w]:
+            return None
+        return WindowFrames(w, np.stack(slots.pop(w)), tuple(picked_times.pop(w)))
+
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads; with `threads` 0 FFmpeg picks the count
+        stream.codec_context.thread_count = threads
+        time_base = stream.time_base or Fraction(1, 1000)
+        origin = None if stream.start_time is None else float(stream.start_time * time_base)
+        rate = stream.average_rate or stream.guessed_rate
+        frame_s = 1.0 / float(rate) if rate else 0.04  # a frame's display time; refined from the pts steps
+        picker: _Picker | None = None
+        i = 0  # the next target to fill
+        prev: _Decoded | None = None  # the last frame before targets[i]
+        last_t = -math.inf
+        seeking = True  # turned off when a seek lands after its target (a bad index)
+
+        def seek_to(t: float) -> Iterator["av.Packet"]:
+            nonlocal seeks, prev
+            offset = int(max(0.0, (origin or 0.0) + t - SEEK_MARGIN_S) / time_base)
+            container.seek(offset, stream=stream, backward=True, any_frame=False)
+            seeks += 1
+            prev = None
+            return container.demux(stream)
+
+        packets = seek_to(targets[0][0]) if targets and targets[0][0] > seek_gap_s else container.demux(stream)
+        done = not targets
+        while not done and failure is None:
+            packet = None
+            try:
+                packet = next(packets, None)
+                if packet is None:
+                    break
+                if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
+                    continue  # an empty packet inside the stream (Ogg/Theora repeats): decoding it would end the stream
+                for frame in stream.decode(packet):
+                    decoded += 1
+                    t = _frame_seconds(frame, time_base)
+                    if origin is None:
+                        origin = t if t is not None else 0.0
+                    t = (last_t + frame_s if last_t > -math.inf else 0.0) if t is None else t - origin
+                    if t <= last_t:
+                        continue  # repeated or backward timestamps (broken muxers, a seek that went back)
+                    if picker is None:
+                        picker = _Picker(stream, frame, size)
+                    if prev is None and seeks and seeking and t > targets[i][0] + frame_s:
+                        # The seek landed after its target: go back to the start and decode without seeking.
+                        seeking = False
+                        container.seek(0, stream=stream, backward=True, any_frame=True)
+                        packets, last_t = container.demux(stream), -math.inf
+                        break
+                    current = _Decoded(t, frame)
+                    while i < len(targets) and targets[i][0] <= t:
+                        nearer_prev = prev is not None and targets[i][0] - prev.t <= t - targets[i][0]
+                        result = pick(targets[i], prev if nearer_prev else current)
+                        if result is not None:
+                            yield result
+                        i += 1
+                    if i == len(targets):
+                        done = True
+                        break
+                    if prev is not None:
+                        frame_s = min(max(t - prev.t, 1e-4), 10.0)
+                    prev, last_t = current, t
+                    if seeking and targets[i][0] - t > seek_gap_s:
+                        packets = seek_to(targets[i][0])
+                        break
+            except av.error.FFmpegError as exc:
+                failure = ("decode_error", f"the stream broke after {decoded} frames (t={max(last_t, 0):.3f} s): {exc}")
+        # The stream ended: its last frame stands for the instants inside its display time.
+        if prev is not None and failure is None:
+            while i < len(targets) and targets[i][0] <= prev.t + frame_s * 1.5:
+                result = pick(targets[i], prev)
+                if result is not None:
+                    yield result
+                i += 1
+        if i < len(targets):
+            reason, detail = failure or (
+                "video_ended_early",
+                f"the stream ended at {max(last_t, 0):.3f} s after {decoded} frames, before {targets[i][0]:.3f} s",
+            )
+            for w in sorted({w for _, w, _ in targets[i:]}):
+                yield WindowFailed(w, reason, detail)
+    finally:
+        container.close()
+    yield DecodeStats(decoded, seeks, time.monotonic() - started)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def test_cli_sample_data_ingest_and_status(tmp_path, capsys, monkeypatch):
     assert main(["status", "--lake", str(other)]) == 0
     status = capsys.readouterr().out.split(f"lake {other}")[1]
     assert [line.split() for line in status.strip().splitlines()] == [
-        ["videos", "3", "rows"], ["sources", "3", "rows"], ["captions", "3", "rows"], ["rejects", "0", "rows"]
+        ["videos", "3", "rows"], ["sources", "3", "rows"], ["captions", "3", "rows"], ["rejects", "0", "rows"],
+        ["clip_plan", "0", "rows"], ["clips", "0", "rows"], ["clip_rejects", "0", "rows"], ["clip_shards", "0", "rows"],
     ]
 
 

@@ -228,7 +228,7 @@ def test_lake_appends_read_as_one_table(tmp_path: Path) -> None:
     by_id = {r["video_id"]: r for r in table.to_pylist()}
     assert set(by_id) == {"a", "b", "x"}
     assert by_id["b"]["frame_count"] == 75 and by_id["b"]["header_duration_s"] is None
-    assert lake.row_counts(store) == {"videos": 3, "sources": 0, "captions": 0, "rejects": 0}
+    assert lake.row_counts(store) == {name: 3 if name == "videos" else 0 for name in lake.SCHEMAS}
 
 
 def test_lake_empty_append_writes_nothing(tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ def test_lake_missing_table_reads_as_empty(tmp_path: Path) -> None:
     assert picked.column_names == ["caption_id", "caption"] and picked.num_rows == 0
     with pytest.raises(FileNotFoundError):
         lake.read_table(store, "no_such_table")
-    assert lake.row_counts(store) == {"videos": 0, "sources": 0, "captions": 0, "rejects": 0}
+    assert lake.row_counts(store) == {name: 0 for name in lake.SCHEMAS}
 
 
 # ---------------------------------------------------------------------------------------------------------------

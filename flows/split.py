@@ -1,0 +1,108 @@
+"""The split flow: the lake's captioned videos into clip shards (plain steps in pipeline/split.py).
+
+Planning runs once; the shards fan out over the flow's task runner. Each shard task drives its own decoder
+process, so the work runs on as many cores as there are workers, whichever runner carries the tasks:
+`processes` (the default: a local process pool), `threads` (lighter: the decoding is in child processes
+anyway), or `dask` / `ray` for a cluster (`dask://host:8786`, `ray://host:10001`, or a local cluster).
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+from flows.progress import Progress
+from pipeline.settings import Settings, load_settings
+from pipeline.storage import Storage
+from pipeline.split import STAGES, ShardResult, ShardTask, SplitSummary, finish_split, plan_split, split_shard
+
+TASK_RUNNERS = ("processes", "threads", "dask", "ray")
+
+plan_task = task(plan_split, name="plan-clips", cache_policy=NO_CACHE)
+finish_task = task(finish_split, name="check-clips", cache_policy=NO_CACHE)
+
+
+@task(name="split-shard", cache_policy=NO_CACHE, task_run_name="shard {shard.shard_id}")
+def shard_task(settings: Settings, shard: ShardTask) -> ShardResult:
+    logger = get_run_logger()
+
+    def on_video(result: ShardResult) -> None:
+        logger.info("shard %s: %d/%d videos, %d clips", shard.shard_id, result.videos, shard.videos, result.clips_written)
+
+    return split_shard(settings, shard, on_video=on_video)
+
+
+def parse_stages(stage: str | int) -> tuple[int, ...]:
+    if str(stage) == "all":
+        return STAGES
+    if str(stage) in {"1", "2"}:
+        return (int(stage),)
+    raise ValueError(f"stage must be 1, 2 or all, not {stage!r}")
+
+
+def make_task_runner(spec: str, workers: int) -> TaskRunner:
+    """`processes`, `threads`, `dask[://address]` or `ray[://address]`; local ones get `workers` slots."""
+    kind, _, address = spec.partition("://")
+    if kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:
+            raise ValueError("--task-runner dask needs prefect-dask: pip install 'cogflow[cluster]'") from exc
+        if address:
+            return DaskTaskRunner(address=f"tcp://{address}")
+        # One single-threaded worker process per slot: the decoding happens in child processes anyway.
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as exc:
+            raise ValueError("--task-runner ray needs prefect-ray: pip install prefect-ray") from exc
+        return RayTaskRunner(address=f"ray://{address}") if address else RayTaskRunner(init_kwargs={"num_cpus": workers})
+    raise ValueError(f"unknown task runner {spec!r}: use one of {', '.join(TASK_RUNNERS)} (dask and ray may add ://address)")
+
+
+def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]:
+    if not shards:
+        return []
+    progress = Progress(sum(s.clips for s in shards), "splitting clips", key="split-progress")
+    clips = {shard.shard_id: shard.clips for shard in shards}
+    futures = [shard_task.submit(settings, shard) for shard in shards]
+    results = []
+    for future in as_completed(futures):
+        results.append(future.result())
+        progress.advance(clips[results[-1].shard_id])
+    return results
+
+
+@flow(name="split", task_runner=ProcessPoolTaskRunner(max_workers=load_settings().split.workers))
+def split_flow(lake: str | None = None, stage: str = "all") -> SplitSummary:
+    """Cut every captioned video of the lake not split yet into 5-frame 160x160 clips (stage 1, 2 or all)."""
+    # Tasks may run in other processes (or machines, with the lake on S3): hand them an absolute lake path.
+    settings = load_settings(lake=lake)
+    settings = settings.replace(lake=Storage.at(settings.lake).root)
+    logger = get_run_logger()
+    plan = plan_task(settings, parse_stages(stage))
+    logger.info(
+        "%d new windows planned; %d shards to split (%d clips), %d already finished",
+        plan.new_windows, len(plan.pending), sum(s.clips for s in plan.pending), plan.finished_before,
+    )
+    summary = finish_task(settings, plan, _split_all(settings, plan.pending))
+    create_table_artifact(key="split-summary", table=summary.table(), description=f"split {summary.lake}")
+    logger.info(
+        "%d clips written from %d videos (%d frames decoded), %d rejected",
+        summary.clips_written, summary.videos, summary.frames_decoded, sum(summary.rejects.values()),
+    )
+    return summary
+
+
+def run_split(settings: Settings, task_runner: str = "processes", **parameters: object) -> SplitSummary:
+    """Run the flow on the named task runner, sized from the settings."""
+    runner = make_task_runner(task_runner, settings.split.workers)
+    return split_flow.with_options(task_runner=runner)(**parameters)

@@ -1,0 +1,394 @@
+"""Split: captioned videos of the lake into 5-frame 160x160 clips with frame-rate tokens (DESIGN.md §3.3).
+
+Three plain steps, which `flows/split.py` orders and fans out:
+1. `plan_split` plans the windows of every caption not yet planned, in SQL (sql/marts/clip_windows.sql,
+   clip_plan.sql), groups them into shards of whole videos, and appends that plan and the captions that got
+   no window to the lake. It returns every planned shard without a completion record: this run's, and any
+   that a killed run left behind.
+2. `split_shard` decodes each video of one shard once, in a child process (pipeline/decoder.py), and writes
+   the shard: its clips per stage, its rejects, and last its completion record in `clip_shards/`. Every name
+   derives from the shard id, so redoing a shard overwrites whatever a killed attempt left; readers trust
+   only shards that have a record.
+3. `finish_split` runs the data checks over the whole lake and sums the run up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import checks, db, lake
+from pipeline.decoder import DecodeJob, Decoder
+from pipeline.settings import Limits, Settings
+from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
+from pipeline.video import CLIP_FRAMES, DecodeStats, WindowFailed, WindowFrames
+
+RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # frames per second a clip may be sampled at, each with its token
+STAGE2_RATES = (2.0, 4.0, 8.0)  # the rates of the three interpolation rounds
+STAGES = lake.CLIP_STAGES
+EST_CLIP_BYTES = 190_000  # one clip once compressed (384,000 raw bytes), for sizing shards
+ROW_GROUP_CLIPS = 32  # clips per Parquet row group: about 12 MB of frames in memory per stage
+
+
+def fps_token(fps: float) -> str:
+    """The text token of a frame rate: 0.25 -> '<fps_0.25>', 1.0 -> '<fps_1>' (as the SQL writes it)."""
+    return f"<fps_{fps:g}>"
+
+
+def frame_instants(start_s: float, fps: float) -> list[float]:
+    """The 5 target instants of a window, in seconds from the video's start."""
+    return [round(start_s + k / fps, 6) for k in range(CLIP_FRAMES)]
+
+
+def shard_paths(shard_id: str) -> dict[str, str]:
+    """Where a shard's outputs live, relative to the lake."""
+    return {
+        "record": f"clip_shards/shard-{shard_id}.parquet",
+        "rejects": f"clip_rejects/shard-{shard_id}.parquet",
+        **{f"stage{s}": f"clips/stage={s}/shard-{shard_id}.parquet" for s in STAGES},
+    }
+
+
+def clip_counts(store: Storage) -> dict[tuple[int, str], int]:
+    """Clips of finished shards per (stage, frame-rate token)."""
+    table = lake.read_clips(store, ["stage", "fps_token"])
+    grouped = table.group_by(["stage", "fps_token"]).aggregate([("stage", "count")])
+    return {(s, t): n for s, t, n in zip(*(grouped[c].to_pylist() for c in ("stage", "fps_token", "stage_count")))}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Plan
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    shard_id: str
+    plan_part: str  # the clip_plan part listing its windows
+    videos: int
+    clips: int
+
+
+@dataclass
+class SplitPlan:
+    lake: str  # as shown (credentials removed)
+    stages: tuple[int, ...]
+    new_windows: int  # planned by this run
+    plan_rejects: dict[str, int]  # reason -> captions this run found no window for
+    pending: list[ShardTask]  # shards to do, this run's and those a killed run left
+    finished_before: int  # shards complete before this run
+    started: float = field(default_factory=time.monotonic)
+
+
+def _plan_params(settings: Settings, stages: tuple[int, ...]) -> dict[str, object]:
+    opts = settings.split
+    return {
+        "stages": list(stages),
+        "rates": list(RATES),
+        "stage2_rates": list(STAGE2_RATES),
+        "stage1_windows": opts.stage1_windows,
+        "stage2_windows": opts.stage2_windows,
+        "clip_bytes": EST_CLIP_BYTES,
+        "shard_bytes": opts.shard_mb * 1e6,
+        "shard_videos": opts.shard_videos,
+        "min_shards": 2 * opts.workers,  # enough shards that every worker stays busy to the end
+        "now": lake.now(),
+    }
+
+
+def _planned(store: Storage) -> pa.Table:
+    """(caption_id, stage) already planned: windows in clip_plan, or a planning reject."""
+    plan = lake.read_table(store, "clip_plan", ["caption_id", "stage"])
+    rejects = lake.read_table(store, "clip_rejects", ["caption_id", "stage", "clip_id"])
+    rejects = rejects.filter(pa.compute.is_null(rejects["clip_id"])).select(["caption_id", "stage"])
+    return pa.concat_tables([plan, rejects])
+
+
+def pending_shards(store: Storage) -> tuple[list[ShardTask], int]:
+    """Planned shards without a completion record, and how many have one."""
+    done = lake.finished_shards(store)
+    pending = []
+    for part in store.list_files("clip_plan", ".parquet"):
+        rows = lake.read_table(store, "clip_plan", ["shard_id", "video_id"], parts=[part])
+        grouped = rows.group_by("shard_id").aggregate([("video_id", "count_distinct"), ("video_id", "count")])
+        for shard_id, videos, clips in zip(*(grouped[c].to_pylist() for c in ("shard_id", "video_id_count_distinct", "video_id_count"))):
+            if shard_id not in done:
+                pending.append(ShardTask(shard_id, part, videos, clips))
+    return sorted(pending, key=lambda s: s.shard_id), len(done)
+
+
+def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES) -> SplitPlan:
+    """Plan the windows of captions not yet planned for `stages` and list every unfinished shard."""
+    started = time.monotonic()
+    store = Storage.at(settings.lake)
+    with lake.writer_lock(store), tempfile.TemporaryDirectory(prefix="cogflow-plan-") as tmp:
+        con = db.connect(temp_directory=str(Path(tmp) / "duckdb"))
+        try:
+            db.register(
+                con,
+                captions=lake.read_table(store, "captions", ["caption_id", "video_id", "caption", "language", "split", "start_s", "end_s"]),
+                videos=lake.read_table(store, "videos", ["video_id", "source_uri", "sha256", "bytes", "fps"]),
+                sources=lake.read_table(store, "sources", ["source_uri", "video_id"]),
+                planned=_planned(store),
+            )
+            params = _plan_params(settings, stages)
+            db.materialize(con, "marts/clip_windows", **params)
+            plan = lake.append(store, "clip_plan", db.relation(con, "marts/clip_plan", **params).to_arrow_reader())
+            rejects = db.query_arrow(con, "marts/clip_plan_rejects", **params)
+            lake.append(store, "clip_rejects", rejects)
+        finally:
+            con.close()
+    pending, finished = pending_shards(store)
+    reasons = dict(Counter(rejects["reason"].to_pylist()))
+    return SplitPlan(safe_uri(settings.lake), tuple(stages), plan.rows, reasons, pending, finished, started)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. One shard
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    videos: int = 0
+    clips_planned: int = 0
+    clips: Counter = field(default_factory=Counter)  # (stage, fps) -> clips written
+    rejects: Counter = field(default_factory=Counter)  # reason -> clips rejected
+    frames_decoded: int = 0
+    seeks: int = 0
+    bytes_written: int = 0
+    decode_seconds: float = 0.0
+    seconds: float = 0.0
+    already_done: bool = False  # another run (or an earlier attempt) had finished it
+
+    @property
+    def clips_written(self) -> int:
+        return sum(self.clips.values())
+
+
+class _ShardWriter:
+    """The clips of one shard, per stage, streamed into local Parquet files a row group at a time."""
+
+    def __init__(self, folder: Path, shard_id: str, stages: set[int]) -> None:
+        self.shard_id = shard_id
+        self.paths = {s: folder / f"stage{s}.parquet" for s in stages}
+        self.writers = {s: pq.ParquetWriter(p, lake.CLIPS, compression="zstd", use_dictionary=["video_id", "caption_id", "caption", "language", "fps_token", "split", "shard_id"]) for s, p in self.paths.items()}
+        self.rows: dict[int, list[dict]] = {s: [] for s in stages}
+
+    def add(self, window: dict, result: WindowFrames) -> None:
+        stage = window["stage"]
+        self.rows[stage].append({
+            **{k: window[k] for k in ("clip_id", "video_id", "caption_id", "caption", "language", "stage", "fps", "fps_token", "start_s", "split")},
+            "frame_times": list(result.times),
+            "frames": result.frames.tobytes(),  # (5, 160, 160, 3) uint8
+            "shard_id": self.shard_id,
+        })
+        if len(self.rows[stage]) >= ROW_GROUP_CLIPS:
+            self._flush(stage)
+
+    def _flush(self, stage: int) -> None:
+        if self.rows[stage]:
+            self.writers[stage].write_table(pa.Table.from_pylist(self.rows[stage], schema=lake.CLIPS))
+            self.rows[stage] = []
+
+    def close(self) -> dict[int, Path]:
+        for stage, writer in self.writers.items():
+            self._flush(stage)
+            writer.close()
+        return self.paths
+
+
+def _read_shard_plan(store: Storage, shard: ShardTask) -> list[dict]:
+    fs, path = store.arrow(shard.plan_part)
+    table = pq.read_table(path, filesystem=fs, filters=[("shard_id", "=", shard.shard_id)], partitioning=None)
+    return table.to_pylist()
+
+
+def _by_video(windows: list[dict]) -> Iterator[tuple[str, list[dict]]]:
+    group: list[dict] = []
+    for window in windows:  # the plan is sorted by video within a shard
+        if group and window["video_id"] != group[0]["video_id"]:
+            yield group[0]["video_id"], group
+            group = []
+        group.append(window)
+    if group:
+        yield group[0]["video_id"], group
+
+
+def _local_source(uris: list[str], folder: Path, limits: Limits) -> tuple[Path | None, tuple[str, str]]:
+    """The first of the video's known paths that can be read, fetched into `folder` if remote."""
+    problem = ("missing_file", "the video has no known path")
+    for uri in uris:
+        if not is_remote(uri):
+            if Path(uri).is_file():
+                return Path(uri), problem
+            problem = ("missing_file", f"{uri} does not exist any more")
+            continue
+        try:
+            return fetch(uri, folder / "video", max_bytes=limits.max_bytes, timeout_s=limits.download_timeout_s,
+                         retries=limits.download_retries), problem
+        except FetchError as exc:
+            problem = (exc.reason, exc.detail)
+    return None, problem
+
+
+def _reject_row(window: dict, reason: str, detail: str, shard_id: str) -> dict:
+    return {
+        "reject_id": hashlib.md5(f"{window['clip_id']}|{reason}".encode()).hexdigest(),
+        "stage": window["stage"], "clip_id": window["clip_id"], "caption_id": window["caption_id"],
+        "video_id": window["video_id"], "fps": window["fps"], "start_s": window["start_s"],
+        "reason": reason, "detail": detail[:2000], "shard_id": shard_id, "seen_at": lake.now(),
+    }
+
+
+def _decode_threads(settings: Settings) -> int:
+    import os
+
+    opts = settings.split
+    return opts.decode_threads or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
+
+
+def split_shard(settings: Settings, shard: ShardTask, on_video: object = None) -> ShardResult:
+    """Decode and write one shard; skip it when its completion record exists. Never fails for a bad video."""
+    started = time.monotonic()
+    store = Storage.at(settings.lake)
+    paths = shard_paths(shard.shard_id)
+    result = ShardResult(shard.shard_id)
+    if store.exists(paths["record"]):
+        result.already_done = True
+        return result
+    windows = _read_shard_plan(store, shard)
+    result.clips_planned = len(windows)
+    rejects: list[dict] = []
+    threads = _decode_threads(settings)
+    with tempfile.TemporaryDirectory(prefix="cogflow-shard-") as tmp, Decoder() as decoder:
+        folder = Path(tmp)
+        writer = _ShardWriter(folder, shard.shard_id, {w["stage"] for w in windows})
+        try:
+            for video_id, group in _by_video(windows):
+                result.videos += 1
+                download = folder / "download"
+                download.mkdir(exist_ok=True)
+                local, problem = _local_source(group[0]["source_uris"], download, settings.limits)
+                if local is None:
+                    rejects += [_reject_row(w, *problem, shard.shard_id) for w in group]
+                    continue
+                job = DecodeJob(str(local), [frame_instants(w["start_s"], w["fps"]) for w in group], sha256=group[0]["sha256"],
+                                threads=threads, seek_gap_s=settings.split.seek_gap_s)
+                for item in decoder.run(job, settings.split.video_timeout_s):
+                    if isinstance(item, WindowFrames):
+                        writer.add(group[item.index], item)
+                        result.clips[(group[item.index]["stage"], group[item.index]["fps"])] += 1
+                    elif isinstance(item, WindowFailed):
+                        rejects.append(_reject_row(group[item.index], item.reason, item.detail, shard.shard_id))
+                    elif isinstance(item, DecodeStats):
+                        result.frames_decoded += item.frames_decoded
+                        result.seeks += item.seeks
+                        result.decode_seconds += item.seconds
+                shutil.rmtree(download, ignore_errors=True)
+                if callable(on_video):
+                    on_video(result)
+        finally:
+            files = writer.close()
+        # Publish the clips and rejects, then the record that makes them count (each write is atomic).
+        for stage, local_file in files.items():
+            store.put_file(paths[f"stage{stage}"], local_file)
+            result.bytes_written += local_file.stat().st_size
+        rejects_file = folder / "rejects.parquet"
+        pq.write_table(pa.Table.from_pylist(rejects, schema=lake.CLIP_REJECTS), rejects_file, compression="zstd")
+        store.put_file(paths["rejects"], rejects_file)
+        result.rejects.update(r["reason"] for r in rejects)
+        result.seconds = time.monotonic() - started
+        record = {
+            "shard_id": shard.shard_id, "videos": result.videos, "clips_planned": result.clips_planned,
+            "clips_written": result.clips_written,
+            "stage1_clips": sum(n for (s, _), n in result.clips.items() if s == 1),
+            "stage2_clips": sum(n for (s, _), n in result.clips.items() if s == 2),
+            "rejects": len(rejects), "frames_decoded": result.frames_decoded, "seeks": result.seeks,
+            "bytes_written": result.bytes_written, "decode_seconds": result.decode_seconds,
+            "seconds": result.seconds, "finished_at": lake.now(),
+        }
+        record_file = folder / "record.parquet"
+        pq.write_table(pa.Table.from_pylist([record], schema=lake.CLIP_SHARDS), record_file)
+        store.put_file(paths["record"], record_file)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Finish
+
+
+@dataclass
+class SplitSummary:
+    lake: str
+    stages: tuple[int, ...]
+    new_windows: int
+    shards_done: int  # by this run
+    shards_skipped: int  # finished before this run started
+    videos: int
+    clips: dict[tuple[int, float], int]  # (stage, fps) -> clips written by this run
+    rejects: dict[str, int]  # reason -> clips rejected by this run (decoding) or captions (planning)
+    frames_decoded: int
+    bytes_written: int
+    decode_seconds: float
+    checks: list[str]
+    seconds: float
+
+    @property
+    def clips_written(self) -> int:
+        return sum(self.clips.values())
+
+    def table(self) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = [
+            {"what": "windows planned", "count": self.new_windows},
+            {"what": "shards split", "count": self.shards_done},
+            {"what": "shards already finished", "count": self.shards_skipped},
+            {"what": "videos decoded", "count": self.videos},
+            {"what": "frames decoded", "count": self.frames_decoded},
+            {"what": "clips written", "count": self.clips_written},
+        ]
+        rows += [{"what": f"  stage {s} at {fps_token(f)}", "count": n} for (s, f), n in sorted(self.clips.items())]
+        rows.append({"what": "rejected", "count": sum(self.rejects.values())})
+        rows += [{"what": f"  {reason}", "count": n} for reason, n in sorted(self.rejects.items())]
+        return rows
+
+    def text(self) -> str:
+        width = max(len(str(r["what"])) for r in self.table())
+        rate = self.frames_decoded / self.decode_seconds if self.decode_seconds else 0.0
+        lines = [f"split {self.lake} stages {','.join(map(str, self.stages))} ({self.seconds:.1f} s, {rate:,.0f} frames/s per decoder)"]
+        lines += [f"  {str(r['what']):<{width}}  {r['count']:>9,}" for r in self.table()]
+        lines.append(f"  data checks passed: {len(self.checks)}")
+        return "\n".join(lines)
+
+
+def finish_split(settings: Settings, plan: SplitPlan, results: list[ShardResult]) -> SplitSummary:
+    """Run the data checks over the whole lake and sum up the run."""
+    store = Storage.at(settings.lake)
+    with tempfile.TemporaryDirectory(prefix="cogflow-checks-") as tmp:
+        con = db.connect(temp_directory=str(Path(tmp) / "duckdb"))
+        try:
+            checks.register_lake(con, store)
+            names = checks.run_checks(con)
+        finally:
+            con.close()
+    done = [r for r in results if not r.already_done]
+    clips: Counter = Counter()
+    rejects: Counter = Counter(plan.plan_rejects)
+    for r in done:
+        clips.update(r.clips)
+        rejects.update(r.rejects)
+    return SplitSummary(
+        lake=plan.lake, stages=plan.stages, new_windows=plan.new_windows,
+        shards_done=len(done), shards_skipped=plan.finished_before + len(results) - len(done),
+        videos=sum(r.videos for r in done), clips=dict(clips), rejects=dict(rejects),
+        frames_decoded=sum(r.frames_decoded for r in done), bytes_written=sum(r.bytes_written for r in done),
+        decode_seconds=sum(r.decode_seconds for r in done), checks=names, seconds=time.monotonic() - plan.started,
+    )

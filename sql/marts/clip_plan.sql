@@ -1,0 +1,52 @@
+-- The new windows grouped into shards: all windows of a video (both stages) in one shard, so each video is
+-- decoded once. Videos are dealt in video_id order into n shards balanced on clips and on videos alike,
+-- n = enough for $shard_bytes per shard, for $shard_videos videos per shard, and for $min_shards workers.
+-- A shard is named by the hash of its clip ids: the same windows make the same shard.
+WITH per_video AS (
+    SELECT video_id, count(*) AS clips FROM clip_windows WHERE clip_id IS NOT NULL GROUP BY video_id
+),
+
+weighted AS (
+    SELECT
+        video_id,
+        -- a video weighs its share of the clips plus its share of the videos (all weights sum to 2)
+        clips / sum(clips) OVER () + 1.0 / count(*) OVER () AS weight,
+        greatest(
+            ceil(sum(clips) OVER () * $clip_bytes / $shard_bytes),
+            ceil(count(*) OVER () / $shard_videos),
+            least(count(*) OVER (), $min_shards)
+        ) AS n
+    FROM per_video
+),
+
+assigned AS (
+    -- the shard under the video's midpoint on the weight axis, so shards get equal weight
+    SELECT video_id, least(floor((sum(weight) OVER (ORDER BY video_id) - weight / 2) * n / 2.0), n - 1)::BIGINT AS shard_index
+    FROM weighted
+),
+
+other_sources AS (
+    -- the video's other known paths, tried in turn when its first path is gone
+    SELECT s.video_id, list(s.source_uri ORDER BY s.source_uri) AS uris
+    FROM sources AS s
+    JOIN videos AS v ON v.video_id = s.video_id AND s.source_uri <> v.source_uri
+    GROUP BY s.video_id
+),
+
+named AS (
+    SELECT
+        left(sha256(string_agg(w.clip_id, ',' ORDER BY w.clip_id) OVER (PARTITION BY a.shard_index)), 16) AS shard_id,
+        w.*
+    FROM clip_windows AS w
+    JOIN assigned AS a USING (video_id)
+    WHERE w.clip_id IS NOT NULL
+)
+
+SELECT
+    n.shard_id, n.stage, n.clip_id, n.video_id, n.caption_id, n.caption, n.language, n.split, n.fps, n.fps_token,
+    n.start_s, list_prepend(v.source_uri, coalesce(o.uris, [])) AS source_uris, v.sha256, v.bytes,
+    $now AS planned_at
+FROM named AS n
+JOIN videos AS v USING (video_id)
+LEFT JOIN other_sources AS o USING (video_id)
+ORDER BY n.shard_id, n.video_id, n.stage, n.start_s, n.fps, n.clip_id

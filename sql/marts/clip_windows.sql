@@ -1,0 +1,61 @@
+-- Every 5-frame window of every caption not yet planned for a requested stage (DESIGN.md §3.3).
+-- A window at `fps` has its 5 frames at start_s + k/fps (k = 0..4), so it spans 4/fps seconds; it fits a
+-- caption span [s, e) when its last frame falls strictly before e. Rates above the source's own frame rate
+-- are never used: they would repeat frames.
+--   stage 1: the lowest rate in $rates that fits (CogVideo: one clip covers the whole action);
+--   stage 2: every rate in $stage2_rates that fits (the rates of the three interpolation rounds).
+-- n windows of a span have their centres evenly spread, at s + D(2i+1)/(2n): as many as fit (they then
+-- tile the span with gaps under one frame interval), capped per span (and per rate in stage 2).
+-- A caption with no window keeps one row with fps NULL and the reason, for clip_plan_rejects.
+WITH todo AS (
+    SELECT c.caption_id, c.video_id, c.caption, c.language, c.split, c.start_s AS span_start,
+           c.end_s - c.start_s AS span, v.fps AS source_fps, s.stage
+    FROM captions AS c
+    JOIN videos AS v ON v.video_id = c.video_id
+    CROSS JOIN (SELECT unnest($stages) AS stage) AS s
+    ANTI JOIN planned AS p ON p.caption_id = c.caption_id AND p.stage = s.stage
+),
+
+fitting AS (
+    SELECT t.*, r.fps,
+           -- how many windows fit end to end (5 frame intervals apart) strictly inside the span
+           floor((t.span - 4.0 / r.fps) * r.fps / 5.0 - 1e-9)::BIGINT + 1 AS n_fit
+    FROM todo AS t
+    CROSS JOIN (SELECT unnest($rates) AS fps) AS r
+    WHERE 4.0 / r.fps < t.span - 1e-9
+      AND r.fps <= t.source_fps * (1 + 1e-6)
+      AND (t.stage = 1 OR list_contains($stage2_rates, r.fps))
+),
+
+chosen AS (
+    SELECT *, least(n_fit, CASE WHEN stage = 1 THEN $stage1_windows ELSE $stage2_windows END) AS n
+    FROM fitting
+    QUALIFY stage = 2 OR row_number() OVER (PARTITION BY caption_id, stage ORDER BY fps) = 1
+),
+
+windows AS (
+    SELECT c.*, round(c.span_start + c.span * (2 * i + 1) / (2.0 * c.n) - 2.0 / c.fps, 3) AS start_s
+    FROM chosen AS c
+    CROSS JOIN LATERAL (SELECT unnest(range(c.n)) AS i) AS w
+)
+
+SELECT
+    left(sha256(caption_id || '|' || stage || '|' || printf('%g', fps) || '|' || printf('%.3f', start_s)), 16) AS clip_id,
+    stage::TINYINT AS stage, video_id, caption_id, caption, language, split, fps,
+    '<fps_' || printf('%g', fps) || '>' AS fps_token, start_s, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail
+FROM windows
+
+UNION ALL
+
+SELECT
+    NULL, t.stage::TINYINT, t.video_id, t.caption_id, t.caption, t.language, t.split, NULL, NULL, NULL,
+    CASE WHEN t.span <= 4.0 / list_max($rates) + 1e-9 THEN 'span_too_short' ELSE 'source_fps_too_low' END,
+    CASE
+        WHEN t.span <= 4.0 / list_max($rates) + 1e-9
+            THEN printf('a %.3f s span holds no 5-frame window (the shortest, at %g fps, needs more than %g s)',
+                        t.span, list_max($rates), 4.0 / list_max($rates))
+        ELSE printf('the source has %.3f fps; stage %d needs a window rate at or below it among %s',
+                    t.source_fps, t.stage, CASE WHEN t.stage = 1 THEN $rates ELSE $stage2_rates END::VARCHAR)
+    END
+FROM todo AS t
+ANTI JOIN fitting AS f ON f.caption_id = t.caption_id AND f.stage = t.stage
