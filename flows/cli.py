@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="all", choices=["1", "2", "all"], help="plan windows for stage 1, 2 or both (default)")
     p.add_argument("--workers", dest="split_workers", type=int, help="shards split at once (default $COGFLOW_SPLIT_WORKERS or the cores)")
     p.add_argument(
-        "--task-runner", default="processes",
-        help="processes (default), threads, dask or ray; dask://HOST:PORT or ray://HOST:PORT for a running cluster",
+        "--task-runner", default="threads",
+        help="threads (default; each shard decodes in its own process), processes, dask or ray; "
+        "dask://HOST:PORT or ray://HOST:PORT for a running cluster",
     )
     p.set_defaults(run=_split)
 

@@ -1,9 +1,12 @@
 """The split flow: the lake's captioned videos into clip shards (plain steps in pipeline/split.py).
 
 Planning runs once; the shards fan out over the flow's task runner. Each shard task drives its own decoder
-process, so the work runs on as many cores as there are workers, whichever runner carries the tasks:
-`processes` (the default: a local process pool), `threads` (lighter: the decoding is in child processes
-anyway), or `dask` / `ray` for a cluster (`dask://host:8786`, `ray://host:10001`, or a local cluster).
+process (pipeline/decoder.py), so `workers` shards decode in `workers` processes whichever runner carries
+the tasks. The default runner is a bounded thread pool: a shard task only relays its decoder's clips into
+Parquet, and threads start in no time. `processes` puts each task in a Prefect process pool as well (each
+pool process then talks to the Prefect API itself: against the temporary local API every one of them starts
+its own server, so use it with a Prefect server), and `dask` / `ray` spread the shards over a cluster
+(`dask://host:8786`, `ray://host:10001`, or a local cluster when no address is given).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pipeline.settings import Settings, load_settings
 from pipeline.storage import Storage
 from pipeline.split import STAGES, ShardResult, ShardTask, SplitSummary, finish_split, plan_split, split_shard
 
-TASK_RUNNERS = ("processes", "threads", "dask", "ray")
+TASK_RUNNERS = ("threads", "processes", "dask", "ray")
 
 plan_task = task(plan_split, name="plan-clips", cache_policy=NO_CACHE)
 finish_task = task(finish_split, name="check-clips", cache_policy=NO_CACHE)
@@ -44,7 +47,7 @@ def parse_stages(stage: str | int) -> tuple[int, ...]:
 
 
 def make_task_runner(spec: str, workers: int) -> TaskRunner:
-    """`processes`, `threads`, `dask[://address]` or `ray[://address]`; local ones get `workers` slots."""
+    """`threads`, `processes`, `dask[://address]` or `ray[://address]`; local ones get `workers` slots."""
     kind, _, address = spec.partition("://")
     if kind == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
@@ -81,7 +84,7 @@ def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]
     return results
 
 
-@flow(name="split", task_runner=ProcessPoolTaskRunner(max_workers=load_settings().split.workers))
+@flow(name="split", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().split.workers))
 def split_flow(lake: str | None = None, stage: str = "all") -> SplitSummary:
     """Cut every captioned video of the lake not split yet into 5-frame 160x160 clips (stage 1, 2 or all)."""
     # Tasks may run in other processes (or machines, with the lake on S3): hand them an absolute lake path.
@@ -102,7 +105,7 @@ def split_flow(lake: str | None = None, stage: str = "all") -> SplitSummary:
     return summary
 
 
-def run_split(settings: Settings, task_runner: str = "processes", **parameters: object) -> SplitSummary:
+def run_split(settings: Settings, task_runner: str = "threads", **parameters: object) -> SplitSummary:
     """Run the flow on the named task runner, sized from the settings."""
     runner = make_task_runner(task_runner, settings.split.workers)
     return split_flow.with_options(task_runner=runner)(**parameters)
