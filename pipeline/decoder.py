@@ -48,7 +48,7 @@ def run_job(job: DecodeJob) -> Iterator[Result]:
     """The child's work for one video: check the file is the one ingested, then sample its windows."""
     path = Path(job.path)
     problem = None
-    if not path.is_file():
+    if not path.exists():
         problem = ("missing_file", f"{job.path} does not exist any more")
     elif job.sha256 is not None and file_sha256(path)[0] != job.sha256:
         problem = ("video_changed", f"{job.path} no longer holds the bytes ingested (sha256 {job.sha256[:16]}…)")

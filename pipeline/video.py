@@ -346,7 +346,8 @@ def sample_windows(
                         break
                     current = _Decoded(t, frame)
                     while i < len(targets) and targets[i][0] <= t:
-                        nearer_prev = prev is not None and targets[i][0] - prev.t <= t - targets[i][0]
+                        # nearer of the two frames around the instant, to the microsecond; a tie goes to the earlier one
+                        nearer_prev = prev is not None and round(targets[i][0] - prev.t, 6) <= round(t - targets[i][0], 6)
                         result = pick(targets[i], prev if nearer_prev else current)
                         if result is not None:
                             yield result

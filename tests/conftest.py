@@ -84,3 +84,11 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sample")
     generate_sample_data(out, 4, seed=7, min_duration_s=2.0, max_duration_s=3.0)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Videos with real-world quirks whose frames carry their own index (tests/real_world.py); read-only."""
+    from real_world import real_world_corpus
+
+    return real_world_corpus(tmp_path_factory.mktemp("real_world"))
