@@ -135,7 +135,7 @@ def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES) -> SplitPla
             db.register(
                 con,
                 captions=lake.read_table(store, "captions", ["caption_id", "video_id", "caption", "language", "split", "start_s", "end_s"]),
-                videos=lake.read_table(store, "videos", ["video_id", "source_uri", "sha256", "bytes", "fps"]),
+                videos=lake.read_table(store, "videos", ["video_id", "source_uri", "sha256", "bytes", "fps", "frame_count", "duration_s"]),
                 sources=lake.read_table(store, "sources", ["source_uri", "video_id"]),
                 planned=_planned(store),
             )
@@ -392,3 +392,9 @@ def finish_split(settings: Settings, plan: SplitPlan, results: list[ShardResult]
         frames_decoded=sum(r.frames_decoded for r in done), bytes_written=sum(r.bytes_written for r in done),
         decode_seconds=sum(r.decode_seconds for r in done), checks=names, seconds=time.monotonic() - plan.started,
     )
+
+
+def split(settings: Settings, stages: tuple[int, ...] = STAGES) -> SplitSummary:
+    """The whole split in one process, one shard after another (the flow splits shards in parallel)."""
+    plan = plan_split(settings, stages)
+    return finish_split(settings, plan, [split_shard(settings, shard) for shard in plan.pending])

@@ -285,7 +285,7 @@ def sample_windows(
         yield DecodeStats(0, 0, time.monotonic() - started)
         return
 
-    def pick(target: tuple[float, int, int], chosen: _Decoded) -> WindowFrames | None:
+    def pick(target: tuple[float, int, int], chosen: _Decoded) -> WindowFrames | WindowFailed | None:
         _, w, k = target
         if chosen.rgb is None:
             chosen.rgb = picker.rgb(chosen.frame)
@@ -294,7 +294,14 @@ def sample_windows(
         missing[w] -= 1
         if missing[w]:
             return None
-        return WindowFrames(w, np.stack(slots.pop(w)), tuple(picked_times.pop(w)))
+        frames, times = np.stack(slots.pop(w)), tuple(picked_times.pop(w))
+        # A frame farther than half a window interval from its instant (a pause in a variable-rate stream)
+        # would make the clip stutter at a rate its frame-rate token does not describe.
+        interval = (windows[w][-1] - windows[w][0]) / max(len(windows[w]) - 1, 1)
+        worst = max(abs(picked - target) for picked, target in zip(times, windows[w]))
+        if worst > interval / 2 + 1e-3:
+            return WindowFailed(w, "frame_gap", f"no frame within {worst:.3f} s of an instant; the window needs one every {interval:.3f} s")
+        return WindowFrames(w, frames, times)
 
     try:
         stream = container.streams.video[0]

@@ -1,7 +1,8 @@
 -- Every 5-frame window of every caption not yet planned for a requested stage (DESIGN.md §3.3).
 -- A window at `fps` has its 5 frames at start_s + k/fps (k = 0..4), so it spans 4/fps seconds; it fits a
 -- caption span [s, e) when its last frame falls strictly before e. Rates above the source's own frame rate
--- are never used: they would repeat frames.
+-- are never used: they would repeat frames. The source's rate is the lower of what its header says and
+-- what its frames hold (frame_count / duration): a stream of repeats (Ogg/Theora's empty packets) has few.
 --   stage 1: the lowest rate in $rates that fits (CogVideo: one clip covers the whole action);
 --   stage 2: every rate in $stage2_rates that fits (the rates of the three interpolation rounds).
 -- n windows of a span have their centres evenly spread, at s + D(2i+1)/(2n): as many as fit (they then
@@ -9,7 +10,8 @@
 -- A caption with no window keeps one row with fps NULL and the reason, for clip_plan_rejects.
 WITH todo AS (
     SELECT c.caption_id, c.video_id, c.caption, c.language, c.split, c.start_s AS span_start,
-           c.end_s - c.start_s AS span, v.fps AS source_fps, s.stage
+           c.end_s - c.start_s AS span,
+           least(v.fps, v.frame_count / v.duration_s) AS source_fps, s.stage
     FROM captions AS c
     JOIN videos AS v ON v.video_id = c.video_id
     CROSS JOIN (SELECT unnest($stages) AS stage) AS s

@@ -57,9 +57,14 @@ def test_every_instant_gets_the_nearest_frame_upright_and_centred(real_world: di
     footage = real_world[name]
     windows = windows_over(footage, fps) if footage.times[-1] > 4 / fps + 0.03 else windows_over(footage, 4)
     ok, failed, stats = sample(footage.path, windows)
-    assert not failed
     assert_picked_nearest(footage, windows, ok)
     assert stats.frames_decoded <= len(footage.times)
+    if name in ("vfr", "theora") and fps == 8:
+        # windows that fall in a pause (or between Theora's 5 real frames a second) are refused, not padded
+        # with stale frames
+        assert {f.reason for f in failed.values()} <= {"frame_gap"}
+    else:
+        assert not failed
 
 
 def test_quirks_are_really_there(real_world: dict) -> None:
