@@ -18,6 +18,8 @@ install: $(BIN)/cogflow
 run: install
 	$(BIN)/cogflow sample-data $(SAMPLE) --videos 12
 	$(BIN)/cogflow ingest $(SAMPLE)/manifest.csv
+	$(BIN)/cogflow split
+	$(BIN)/cogflow preview --random 8 -o .cogflow/clips.png
 	$(BIN)/cogflow status
 
 test: install
@@ -25,6 +27,7 @@ test: install
 
 bench: install
 	$(BIN)/python tests/bench/bench_ingest.py
+	$(BIN)/python tests/bench/bench_split.py
 
 clean:
 	rm -rf $(VENV) .cogflow *.egg-info
