@@ -7,7 +7,6 @@ completion record (a shard a killed run left half written is not part of the lak
 from __future__ import annotations
 
 import duckdb
-import pyarrow as pa
 
 from pipeline import db, lake
 from pipeline.storage import Storage
@@ -48,6 +47,3 @@ def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:
     if failures:
         raise DataCheckError("data checks failed:\n  " + "\n  ".join(failures))
     return names
-
-
-

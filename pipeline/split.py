@@ -15,11 +15,12 @@ Three plain steps, which `flows/split.py` orders and fans out:
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,20 +178,27 @@ class ShardResult:
 class _ShardWriter:
     """The clips of one shard, per stage, streamed into local Parquet files a row group at a time."""
 
+    PLAN_COLUMNS = ["clip_id", "video_id", "caption_id", "caption", "language", "stage", "fps", "fps_token", "start_s", "split"]
+
     def __init__(self, folder: Path, shard_id: str, stages: set[int]) -> None:
         self.shard_id = shard_id
         self.paths = {s: folder / f"stage{s}.parquet" for s in stages}
-        self.writers = {s: pq.ParquetWriter(p, lake.CLIPS, compression="zstd", use_dictionary=["video_id", "caption_id", "caption", "language", "fps_token", "split", "shard_id"]) for s, p in self.paths.items()}
+        self.writers = {
+            s: pq.ParquetWriter(
+                path, lake.CLIPS, compression="zstd",
+                # repeated text compresses by dictionary; min/max statistics only where readers filter
+                use_dictionary=["video_id", "caption_id", "caption", "language", "fps_token", "split", "shard_id"],
+                write_statistics=["clip_id", "video_id", "caption_id", "stage", "fps", "start_s", "shard_id"],
+            )
+            for s, path in self.paths.items()
+        }
         self.rows: dict[int, list[dict]] = {s: [] for s in stages}
 
     def add(self, window: dict, result: WindowFrames) -> None:
         stage = window["stage"]
-        self.rows[stage].append({
-            **{k: window[k] for k in ("clip_id", "video_id", "caption_id", "caption", "language", "stage", "fps", "fps_token", "start_s", "split")},
-            "frame_times": list(result.times),
-            "frames": result.frames.tobytes(),  # (5, 160, 160, 3) uint8
-            "shard_id": self.shard_id,
-        })
+        row = {k: window[k] for k in self.PLAN_COLUMNS}
+        row.update(frame_times=list(result.times), frames=result.frames.tobytes(), shard_id=self.shard_id)  # (5, 160, 160, 3)
+        self.rows[stage].append(row)
         if len(self.rows[stage]) >= ROW_GROUP_CLIPS:
             self._flush(stage)
 
@@ -250,13 +258,13 @@ def _reject_row(window: dict, reason: str, detail: str, shard_id: str) -> dict:
 
 
 def _decode_threads(settings: Settings) -> int:
-    import os
-
     opts = settings.split
     return opts.decode_threads or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
 
 
-def split_shard(settings: Settings, shard: ShardTask, on_video: object = None) -> ShardResult:
+def split_shard(
+    settings: Settings, shard: ShardTask, on_video: Callable[[ShardResult], None] | None = None
+) -> ShardResult:
     """Decode and write one shard; skip it when its completion record exists. Never fails for a bad video."""
     started = time.monotonic()
     store = Storage.at(settings.lake)
@@ -294,7 +302,7 @@ def split_shard(settings: Settings, shard: ShardTask, on_video: object = None) -
                         result.seeks += item.seeks
                         result.decode_seconds += item.seconds
                 shutil.rmtree(download, ignore_errors=True)
-                if callable(on_video):
+                if on_video is not None:
                     on_video(result)
         finally:
             files = writer.close()

@@ -194,7 +194,7 @@ class SplitRun:
     plan_s: float
     shards_s: float
     finish_s: float
-    decoder_s: float  # the decoders' own time for their videos (DecodeStats.seconds, summed)
+    decoder_s: float  # DecodeStats.seconds summed: each video's time in its decoder, waits to hand results over included
     frames_bytes: int  # compressed size of the `frames` column in the clip shards
     file_bytes: int  # size of the clip shard files
     instants: dict[str, list[list[float]]]  # source path -> its windows' target instants, as the decoders got them
@@ -374,8 +374,9 @@ def measure_rates(sets: dict[str, str], paths: dict[str, list[Path]], templates:
     row("  frames decoded", lambda p, i, s: f"{s.rate.frames:,}")
     row("  wall: plan + shards + finish", lambda p, i, s: f"{s.plan_s:.2f} + {s.shards_s:.2f} + {s.finish_s:.2f} s")
     row("  wall / frames/s", lambda p, i, s: f"{s.seconds:.3f} s / {s.rate.fps:,.0f}")
-    row("  decoders' own time / frames per decoder-s", lambda p, i, s: f"{s.decoder_s:.3f} s / {s.rate.frames / s.decoder_s:,.0f}")
+    row("  decoders' time (with pipe waits) / frames/s", lambda p, i, s: f"{s.decoder_s:.3f} s / {s.rate.frames / s.decoder_s:,.0f}")
     row("  CPU, all processes / frames per CPU-s", lambda p, i, s: f"{s.rate.cpu_seconds:.2f} s / {s.rate.frames / s.rate.cpu_seconds:,.0f}")
+    row("  cores busy (CPU / wall)", lambda p, i, s: f"{s.rate.cpu_seconds / s.seconds:.2f}")
     row(f"  fixed: plan + finish + shards x {start_s * 1000:.0f} ms start",
         lambda p, i, s: f"{s.plan_s + s.finish_s + s.shards * start_s:.2f} s ({(s.plan_s + s.finish_s + s.shards * start_s) / s.seconds:.0%})")
     row("  frames bytes per clip (raw 384,000)", lambda p, i, s: f"{s.frames_bytes / max(s.clips, 1):,.0f}")
