@@ -310,3 +310,10 @@ def test_encode_video_needs_frames(tmp_path: Path) -> None:
         encode_video(tmp_path / "none.mp4", [], 25)
     with pytest.raises(ValueError):
         encode_video(tmp_path / "none_gen.avi", iter(()), 25, "avi")
+
+
+def test_probe_reads_the_rotation_of_phone_videos(real_world) -> None:
+    """Counter-clockwise degrees that turn the stored frames upright, from the display matrix."""
+    assert probe(real_world["phone90"].path, **GENEROUS).rotation == 90
+    assert probe(real_world["phone270"].path, **GENEROUS).rotation == 270
+    assert probe(real_world["cfr"].path, **GENEROUS).rotation == 0
