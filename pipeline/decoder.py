@@ -13,14 +13,17 @@ to stderr. Both sides are cogflow, so unpickling the child's replies is safe.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
-import select
+import queue
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import BinaryIO
 from pipeline.video import CLIP_SIZE, DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
 
 HEADER = struct.Struct(">Q")
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,6 @@ def _send(out: BinaryIO, message: object) -> None:
     out.flush()
 
 
-def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
-    data = stream.read(n)
-    return data if data and len(data) == n else None
-
-
 def child_main() -> None:
     """Serve jobs from stdin until it closes."""
     jobs = os.fdopen(os.dup(0), "rb")
@@ -88,11 +87,17 @@ def child_main() -> None:
 
 
 class Decoder:
-    """A child decoder process, started on first use and replaced after a timeout, a crash or `recycle_after` jobs."""
+    """A child decoder process, started on first use and replaced after a timeout, a crash or `recycle_after` jobs.
 
-    def __init__(self, recycle_after: int = 100) -> None:
+    A thread reads the child's replies as fast as it writes them, into a bounded queue, so the child keeps
+    decoding while the caller compresses and writes what it already has.
+    """
+
+    def __init__(self, recycle_after: int = 100, queue_size: int = 64) -> None:
         self.recycle_after = recycle_after
+        self.queue_size = queue_size  # replies held at most: 64 clips are 25 MB
         self._proc: subprocess.Popen[bytes] | None = None
+        self._replies: queue.Queue = queue.Queue()
         self._jobs = 0
 
     def __enter__(self) -> "Decoder":
@@ -101,11 +106,21 @@ class Decoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start the child now (it is started on first use otherwise)."""
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.decoder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
             )
+            try:  # a 1 MB pipe holds two clips: fewer switches between the child and the reader (Linux only)
+                fcntl.fcntl(self._proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
+            except (AttributeError, OSError):
+                pass
+            self._replies = queue.Queue(maxsize=self.queue_size)
+            threading.Thread(target=_pump, args=(self._proc.stdout, self._replies), daemon=True).start()
+            # A decoder dropped without close() (its thread ended) still lets its child go: closing the child's
+            # input ends it.
+            weakref.finalize(self, self._proc.stdin.close)
             self._jobs = 0
         return self._proc
 
@@ -115,9 +130,9 @@ class Decoder:
             return None
         proc.kill()
         code = proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        _drain(self._replies)  # unblock the reader thread, which then sees the end of the pipe and stops
         return code
 
     def close(self) -> None:
@@ -132,25 +147,7 @@ class Decoder:
         except (subprocess.TimeoutExpired, OSError):
             proc.kill()
             proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def _receive(self, fd: int, deadline: float) -> object:
-        header = self._read(fd, HEADER.size, deadline)
-        return pickle.loads(self._read(fd, HEADER.unpack(header)[0], deadline))
-
-    @staticmethod
-    def _read(fd: int, n: int, deadline: float) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                raise TimeoutError
-            chunk = os.read(fd, min(n - len(buf), 1 << 20))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return bytes(buf)
+        _drain(self._replies)
 
     def run(self, job: DecodeJob, timeout_s: float) -> Iterator[Result]:
         """The windows of `job` as they complete, then DecodeStats. Never raises for a bad video."""
@@ -158,17 +155,21 @@ class Decoder:
         pending = set(range(len(job.windows)))
         finished = False
         try:
-            proc = self._start()
+            proc = self.start()
             try:
                 _send(proc.stdin, job)
-            except (BrokenPipeError, OSError):  # the child died between jobs: one fresh try
+            except OSError:  # the child died between jobs: one fresh try
                 self._kill()
-                proc = self._start()
+                proc = self.start()
                 _send(proc.stdin, job)
             deadline = started + timeout_s
-            fd = proc.stdout.fileno()
             while True:
-                result = self._receive(fd, deadline)
+                try:
+                    result = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise TimeoutError from None
+                if result is _CLOSED:
+                    raise EOFError
                 if isinstance(result, DecodeStats):
                     finished = True
                     yield result
@@ -181,7 +182,7 @@ class Decoder:
                 yield WindowFailed(w, "decode_timeout", f"no result within {timeout_s:g} s; the decoder was stopped")
             finished = True
             yield DecodeStats(0, 0, time.monotonic() - started)
-        except (EOFError, BrokenPipeError, OSError) as exc:
+        except (EOFError, OSError) as exc:
             code = self._kill()
             detail = f"the decoder process died (exit code {code})" if isinstance(exc, EOFError) else str(exc)
             for w in sorted(pending):
@@ -194,6 +195,43 @@ class Decoder:
         self._jobs += 1
         if self._jobs >= self.recycle_after:
             self.close()
+
+
+_CLOSED = object()  # put on the queue when the child's output ends
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    """n bytes from a pipe (which hands out what it has), or None at its end."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _pump(stream: BinaryIO, replies: queue.Queue) -> None:
+    """Move the child's replies from its stdout into `replies` until the pipe ends."""
+    try:
+        while (header := _read_exactly(stream, HEADER.size)) is not None:
+            payload = _read_exactly(stream, HEADER.unpack(header)[0])
+            if payload is None:
+                break
+            replies.put(pickle.loads(payload))
+    except (OSError, ValueError):  # the pipe was closed under us: the child is gone
+        pass
+    finally:
+        replies.put(_CLOSED)
+        stream.close()
+
+
+def _drain(replies: queue.Queue) -> None:
+    while True:
+        try:
+            replies.get_nowait()
+        except queue.Empty:
+            return
 
 
 if __name__ == "__main__":

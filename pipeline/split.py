@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from pipeline.video import CLIP_FRAMES, DecodeStats, WindowFailed, WindowFrames
 RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # frames per second a clip may be sampled at, each with its token
 STAGE2_RATES = (2.0, 4.0, 8.0)  # the rates of the three interpolation rounds
 STAGES = lake.CLIP_STAGES
-EST_CLIP_BYTES = 190_000  # one clip once compressed (384,000 raw bytes), for sizing shards
+EST_CLIP_BYTES = 250_000  # one clip of real footage once compressed (384,000 raw bytes), for sizing shards
 ROW_GROUP_CLIPS = 32  # clips per Parquet row group: about 12 MB of frames in memory per stage
 
 
@@ -100,7 +101,8 @@ def _plan_params(settings: Settings, stages: tuple[int, ...]) -> dict[str, objec
         "clip_bytes": EST_CLIP_BYTES,
         "shard_bytes": opts.shard_mb * 1e6,
         "shard_videos": opts.shard_videos,
-        "min_shards": 2 * opts.workers,  # enough shards that every worker stays busy to the end
+        # enough shards that no worker idles long at the end (a worker keeps its decoder from shard to shard)
+        "min_shards": 4 * opts.workers,
         "now": lake.now(),
     }
 
@@ -136,7 +138,7 @@ def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES) -> SplitPla
             db.register(
                 con,
                 captions=lake.read_table(store, "captions", ["caption_id", "video_id", "caption", "language", "split", "start_s", "end_s"]),
-                videos=lake.read_table(store, "videos", ["video_id", "source_uri", "sha256", "bytes", "fps", "frame_count", "duration_s"]),
+                videos=lake.read_table(store, "videos", ["video_id", "source_uri", "sha256", "bytes", "fps", "frame_count", "duration_s", "width", "height"]),
                 sources=lake.read_table(store, "sources", ["source_uri", "video_id"]),
                 planned=_planned(store),
             )
@@ -257,6 +259,18 @@ def _reject_row(window: dict, reason: str, detail: str, shard_id: str) -> dict:
     }
 
 
+_worker = threading.local()
+
+
+def _thread_decoder() -> Decoder:
+    """The decoder of this worker thread, kept from shard to shard: starting one costs a tenth of a second.
+
+    It goes when the thread goes (its child exits when its input closes) or after `recycle_after` videos."""
+    if getattr(_worker, "decoder", None) is None:
+        _worker.decoder = Decoder()
+    return _worker.decoder
+
+
 def _decode_threads(settings: Settings) -> int:
     opts = settings.split
     return opts.decode_threads or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
@@ -273,11 +287,13 @@ def split_shard(
     if store.exists(paths["record"]):
         result.already_done = True
         return result
-    windows = _read_shard_plan(store, shard)
-    result.clips_planned = len(windows)
     rejects: list[dict] = []
     threads = _decode_threads(settings)
-    with tempfile.TemporaryDirectory(prefix="cogflow-shard-") as tmp, Decoder() as decoder:
+    decoder = _thread_decoder()
+    with tempfile.TemporaryDirectory(prefix="cogflow-shard-") as tmp:
+        decoder.start()  # a new child imports PyAV while the plan is read
+        windows = _read_shard_plan(store, shard)
+        result.clips_planned = len(windows)
         folder = Path(tmp)
         writer = _ShardWriter(folder, shard.shard_id, {w["stage"] for w in windows})
         try:

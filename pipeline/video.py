@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.video.reformatter
 import numpy as np
 
 HASH_CHUNK = 1 << 20
@@ -221,6 +222,8 @@ class _Picker:
         scale = size / min(width, height)
         self.width = max(size, round(width * scale))
         self.height = max(size, round(height * scale))
+        # One resizer for the whole video: `frame.reformat` would set FFmpeg's scaler up again for every frame.
+        self.resizer = av.video.reformatter.VideoReformatter()
         self.graph = None
         if first.interlaced_frame:
             # Keep one field: combing would survive the downscale, and a field has enough lines for 160.
@@ -237,7 +240,7 @@ class _Picker:
             self.graph.push(frame)
             frame = self.graph.pull()
         # swscale converts and downsizes in one pass; AREA averages every source pixel (antialiased).
-        image = frame.reformat(width=self.width, height=self.height, format="rgb24", interpolation="AREA").to_ndarray()
+        image = self.resizer.reformat(frame, self.width, self.height, "rgb24", interpolation="AREA").to_ndarray()
         if self.rotation:
             image = np.rot90(image, self.rotation // 90)
         top = (image.shape[0] - self.size) // 2

@@ -1,16 +1,23 @@
 -- The new windows grouped into shards: all windows of a video (both stages) in one shard, so each video is
--- decoded once. Videos are dealt in video_id order into n shards balanced on clips and on videos alike,
--- n = enough for $shard_bytes per shard, for $shard_videos videos per shard, and for $min_shards workers.
+-- decoded once. Videos are dealt in video_id order into n shards of equal work, a video's work being its share
+-- of the pixels to decode (up to its last window's end) plus its share of the clips to write, and
+-- n = enough for $shard_bytes per shard, for $shard_videos videos per shard, and for $min_shards shards.
 -- A shard is named by the hash of its clip ids: the same windows make the same shard.
 WITH per_video AS (
-    SELECT video_id, count(*) AS clips FROM clip_windows WHERE clip_id IS NOT NULL GROUP BY video_id
+    SELECT
+        w.video_id,
+        count(*) AS clips,
+        v.width * v.height * (v.frame_count / v.duration_s) * max(w.start_s + 4.0 / w.fps) AS pixels
+    FROM clip_windows AS w
+    JOIN videos AS v USING (video_id)
+    WHERE w.clip_id IS NOT NULL
+    GROUP BY w.video_id, v.width, v.height, v.frame_count, v.duration_s
 ),
 
 weighted AS (
     SELECT
         video_id,
-        -- a video weighs its share of the clips plus its share of the videos (all weights sum to 2)
-        clips / sum(clips) OVER () + 1.0 / count(*) OVER () AS weight,
+        clips / sum(clips) OVER () + pixels / sum(pixels) OVER () AS work,  -- all of it sums to 2
         greatest(
             ceil(sum(clips) OVER () * $clip_bytes / $shard_bytes),
             ceil(count(*) OVER () / $shard_videos),
@@ -20,8 +27,8 @@ weighted AS (
 ),
 
 assigned AS (
-    -- the shard under the video's midpoint on the weight axis, so shards get equal weight
-    SELECT video_id, least(floor((sum(weight) OVER (ORDER BY video_id) - weight / 2) * n / 2.0), n - 1)::BIGINT AS shard_index
+    -- the shard under the video's midpoint on the work axis, so shards get equal work
+    SELECT video_id, least(floor((sum(work) OVER (ORDER BY video_id) - work / 2) * n / 2.0), n - 1)::BIGINT AS shard_index
     FROM weighted
 ),
 
