@@ -53,7 +53,7 @@ class SplitOptions:
     stage1_windows: int = 4  # most stage-1 windows per caption span (spread evenly over a long span)
     stage2_windows: int = 4  # most stage-2 windows per caption span and frame rate
     shard_mb: float = 256.0  # target shard size (a clip of real footage is about 250 kB once compressed)
-    shard_videos: int = 64  # most videos per shard: what a killed run may have to redo per worker
+    shard_videos: int = 64  # videos per shard, on average: about what a killed run may have to redo per worker
     workers: int = max(1, os.cpu_count() or 1)  # shards split at once, each by its own decoder process
     decode_threads: int = 0  # FFmpeg threads per decoder; 0: the cores shared out among the workers
     video_timeout_s: float = 600.0  # a decoder that takes longer on one video is stopped
