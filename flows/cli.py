@@ -27,6 +27,11 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checks_failed(command: str, exc: Exception) -> int:
+    print(f"cogflow {command}: the lake failed its data checks\n{exc}", file=sys.stderr)
+    return 1
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from flows.ingest import run_ingest
     from pipeline.checks import DataCheckError
@@ -47,8 +52,7 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"cogflow ingest: {exc}", file=sys.stderr)
         return 2
     except DataCheckError as exc:
-        print(f"cogflow ingest: the lake failed its data checks\n{exc}", file=sys.stderr)
-        return 1
+        return _checks_failed("ingest", exc)
     print(summary.text())
     return 0
 
@@ -62,8 +66,7 @@ def _split(args: argparse.Namespace) -> int:
     try:
         summary = run_split(settings, task_runner=args.task_runner, lake=settings.lake, stage=args.stage)
     except DataCheckError as exc:
-        print(f"cogflow split: the lake failed its data checks\n{exc}", file=sys.stderr)
-        return 1
+        return _checks_failed("split", exc)
     print(summary.text())
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,16 +29,22 @@ def windows_over(footage: Footage, fps: float, count: int = 3) -> list[list[floa
     return [[round(s + k / fps, 6) for k in range(5)] for s in starts]
 
 
-def sample(path: Path, windows: list[list[float]], **kw: object) -> tuple[dict[int, WindowFrames], dict[int, WindowFailed], DecodeStats]:
+def collect(items: Iterator[WindowFrames | WindowFailed | DecodeStats]) -> tuple[dict[int, WindowFrames], dict[int, WindowFailed], DecodeStats]:
     ok, failed, stats = {}, {}, None
-    for item in sample_windows(path, windows, **kw):
+    for item in items:
         if isinstance(item, WindowFrames):
             ok[item.index] = item
         elif isinstance(item, WindowFailed):
             failed[item.index] = item
         else:
             stats = item
-    assert stats is not None and len(ok) + len(failed) == len(windows)
+    assert stats is not None
+    return ok, failed, stats
+
+
+def sample(path: Path, windows: list[list[float]], **kw: object) -> tuple[dict[int, WindowFrames], dict[int, WindowFailed], DecodeStats]:
+    ok, failed, stats = collect(sample_windows(path, windows, **kw))
+    assert len(ok) + len(failed) == len(windows)
     return ok, failed, stats
 
 
@@ -160,15 +167,7 @@ def test_small_and_portrait_videos_fill_160x160(tmp_path: Path) -> None:
 
 
 def results(decoder: Decoder, job: DecodeJob, timeout_s: float = 30) -> tuple[dict, dict, DecodeStats]:
-    ok, failed, stats = {}, {}, None
-    for item in decoder.run(job, timeout_s):
-        if isinstance(item, WindowFrames):
-            ok[item.index] = item
-        elif isinstance(item, WindowFailed):
-            failed[item.index] = item
-        else:
-            stats = item
-    return ok, failed, stats
+    return collect(decoder.run(job, timeout_s))
 
 
 def test_the_decoder_process_checks_the_file_is_the_one_ingested(real_world: dict, tmp_path: Path) -> None:
@@ -185,8 +184,10 @@ def test_the_decoder_process_checks_the_file_is_the_one_ingested(real_world: dic
         assert {f.reason for f in failed.values()} == {"missing_file"}
 
 
-def test_a_decoder_that_hangs_is_stopped_and_the_windows_before_are_kept(real_world: dict, tmp_path: Path) -> None:
-    """A FIFO that delivers the first half of the file, then nothing: the decoder blocks inside FFmpeg's read."""
+@pytest.fixture
+def stalled_video(tmp_path: Path) -> Iterator[tuple[Footage, Path]]:
+    """A FIFO that delivers the first half of a streamable MP4, then nothing: a decoder reading it blocks
+    inside FFmpeg's read, as on a stalled network mount. Yields the footage and the FIFO."""
     footage = cfr_mp4(tmp_path / "streamable.mp4", container_options={"movflags": "faststart"})  # index first
     data = footage.path.read_bytes()
     fifo = tmp_path / "stalled.mp4"
@@ -201,33 +202,39 @@ def test_a_decoder_that_hangs_is_stopped_and_the_windows_before_are_kept(real_wo
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    windows = [[0.0, 0.1, 0.2, 0.3, 0.4], [3.5, 3.6, 3.7, 3.8, 3.9]]
-    with Decoder() as decoder:
-        started = time.monotonic()
-        ok, failed, _ = results(decoder, DecodeJob(str(fifo), windows), timeout_s=3)
-        assert 3 <= time.monotonic() - started < 15
-        assert set(ok) == {0}
-        assert_picked_nearest(footage, windows, ok)
-        assert failed[1].reason == "decode_timeout" and "stopped" in failed[1].detail
-        release.set()
-        # the next video gets a fresh decoder
-        ok2, failed2, _ = results(decoder, DecodeJob(str(footage.path), windows))
-        assert set(ok2) == {0, 1} and not failed2
+    yield footage, fifo
+    release.set()
     thread.join(5)
 
 
-def test_a_decoder_that_crashes_costs_only_its_video(real_world: dict) -> None:
-    footage = real_world["vfr"]
-    windows = windows_over(real_world["cfr"], 8, count=6)
+STALL_WINDOWS = [[0.0, 0.1, 0.2, 0.3, 0.4], [3.5, 3.6, 3.7, 3.8, 3.9]]  # before and after the stall
+
+
+def test_a_decoder_that_hangs_is_stopped_and_the_windows_before_are_kept(stalled_video) -> None:
+    footage, fifo = stalled_video
+    with Decoder() as decoder:
+        started = time.monotonic()
+        ok, failed, _ = results(decoder, DecodeJob(str(fifo), STALL_WINDOWS), timeout_s=3)
+        assert 3 <= time.monotonic() - started < 15
+        assert set(ok) == {0}
+        assert_picked_nearest(footage, STALL_WINDOWS, ok)
+        assert failed[1].reason == "decode_timeout" and "stopped" in failed[1].detail
+        # the next video gets a fresh decoder
+        ok2, failed2, _ = results(decoder, DecodeJob(str(footage.path), STALL_WINDOWS))
+        assert set(ok2) == {0, 1} and not failed2
+
+
+def test_a_decoder_that_crashes_costs_only_its_video(stalled_video, real_world: dict) -> None:
+    footage, fifo = stalled_video
     with Decoder() as decoder:
         seen = []
-        for item in decoder.run(DecodeJob(str(real_world["cfr"].path), windows), 30):
+        for item in decoder.run(DecodeJob(str(fifo), STALL_WINDOWS), 30):
             seen.append(item)
-            if len(seen) == 1:
+            if len(seen) == 1:  # the first window is out, the decoder is blocked before the second
                 os.kill(decoder._proc.pid, 9)  # a segfault inside a codec looks the same from here
-        failed = [i for i in seen if isinstance(i, WindowFailed)]
-        assert isinstance(seen[0], WindowFrames) and failed
-        assert {f.reason for f in failed} == {"decoder_crashed"} and "exit code -9" in failed[0].detail
-        assert len(seen) == len(windows) + 1
-        ok, failed, _ = results(decoder, DecodeJob(str(footage.path), windows_over(footage, 2)))
-        assert ok and not failed
+        assert isinstance(seen[0], WindowFrames) and seen[0].index == 0
+        assert isinstance(seen[1], WindowFailed) and seen[1].index == 1 and seen[1].reason == "decoder_crashed"
+        assert "exit code -9" in seen[1].detail and isinstance(seen[2], DecodeStats) and len(seen) == 3
+        other = real_world["vfr"]
+        ok, failed, _ = results(decoder, DecodeJob(str(other.path), windows_over(other, 1)))
+        assert len(ok) == 3 and not failed
