@@ -69,6 +69,7 @@ SAMPLE_SEED, MEMORY_SEED = 11, 12
 SAMPLE_DURATIONS_S = (2.0, 12.0)  # generate_sample_data's defaults
 MEMORY_DURATIONS_S = (2.0, 6.0)  # short: generating 200 clips must not dominate the run
 MEMORY_WORKERS = 2  # the memory runs split as a 2-core machine does by default
+MEMORY_SHARD_VIDEOS = 2  # 20 videos make 10 shards of 2 (more than the 4 per worker split plans at least)
 RSS_INTERVAL_S = 0.05
 
 TARGET_RATE_RATIO = 0.7
@@ -122,10 +123,11 @@ def video_paths(manifest: Path) -> list[Path]:
         return [manifest.parent / row["video"] for row in csv.DictReader(f)]
 
 
-def lake_settings(folder: Path, workers: int = 1, decode_threads: int = 1) -> Settings:
+def lake_settings(folder: Path, workers: int = 1, decode_threads: int = 1, shard_videos: int | None = None) -> Settings:
     """Settings for a lake at `folder/lake` (explicit, so COGFLOW_LAKE in the environment cannot redirect it)."""
     settings = load_settings(home=str(folder), lake=str(folder / "lake"))
-    return settings.replace(split=dataclasses.replace(settings.split, workers=workers, decode_threads=decode_threads))
+    split = dataclasses.replace(settings.split, workers=workers, decode_threads=decode_threads)
+    return settings.replace(split=split if shard_videos is None else dataclasses.replace(split, shard_videos=shard_videos))
 
 
 def ingest_template(folder: Path, manifests: list[Path]) -> Path:
@@ -249,9 +251,9 @@ def planned_instants(lake_dir: Path) -> dict[str, list[list[float]]]:
     return instants
 
 
-def run_split(lake_dir: Path, workers: int) -> SplitRun:
+def run_split(lake_dir: Path, workers: int, shard_videos: int | None = None) -> SplitRun:
     """plan_split, every pending shard on `workers` threads (each drives its own decoder process), finish_split."""
-    settings = lake_settings(lake_dir.parent, workers, decode_threads=1)
+    settings = lake_settings(lake_dir.parent, workers, decode_threads=1, shard_videos=shard_videos)
     cpu, t0 = cpu_seconds(), time.perf_counter()
     plan = plan_split(settings)
     t1 = time.perf_counter()
@@ -327,7 +329,9 @@ class TreeRss:
 def memory_run(lake_dir: Path) -> dict[str, float]:
     """The hidden --_memory-run mode: split `lake_dir` with MEMORY_WORKERS workers under TreeRss."""
     with TreeRss() as rss:
-        run = run_split(lake_dir, MEMORY_WORKERS)
+        # Shards of the same size whatever the count (what COGFLOW_SHARD_MB and _VIDEOS do at scale), so the two
+        # runs differ only in how many videos go through: a memory that grew with them would show.
+        run = run_split(lake_dir, MEMORY_WORKERS, shard_videos=MEMORY_SHARD_VIDEOS)
     return {
         "videos": run.videos, "shards": run.shards, "windows": run.windows, "clips": run.clips, "rejects": run.rejects,
         "frames": run.rate.frames, "seconds": run.seconds, "frames_bytes": run.frames_bytes,
@@ -447,7 +451,7 @@ def measure_memory(manifest: Path, small: int, large: int, work: Path, problems:
                             f"planned, {sizes[n]['rejects']} rejected")
     growth = sizes[large]["peak_total"] / sizes[small]["peak_total"]
     print(f"\n3. memory: split of the first {small} vs all {large} short sample videos, workers={MEMORY_WORKERS}, "
-          f"decode_threads=1, each in a fresh process;\n   RSS of that process + its decoders, summed, sampled every "
+          f"decode_threads=1, shards of {MEMORY_SHARD_VIDEOS} videos, each in a fresh process;\n   RSS of that process + its decoders, summed, sampled every "
           f"{RSS_INTERVAL_S * 1000:.0f} ms (ingest ran beforehand, in the parent)")
     print(f"  {'videos':>7} {'shards':>6} {'decoders':>8} {'frames':>8} {'clips':>7} {'wall s':>7} {'before split':>12} "
           f"{'peak parent':>11} {'peak decoders':>13} {'peak total':>10} {'frames B/clip':>13} {'file B/clip':>11}")
