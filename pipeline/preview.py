@@ -118,15 +118,14 @@ def select_clips(
     store: Storage, clip_ids: list[str] | None = None, random_n: int | None = None, stage: int | None = None, seed: int = 0
 ) -> list[dict]:
     """Clips by id, or `random_n` drawn at random (seeded); frames are read only for the clips chosen."""
-    index = lake.read_clips(store, ["clip_id", "shard_id", "stage"], stage=stage)
+    index = lake.read_clips(store, ["clip_id", "shard_id", "stage", "fps"], stage=stage)
     if clip_ids:
         wanted = [c for c in clip_ids if c in set(index["clip_id"].to_pylist())]
         missing = sorted(set(clip_ids) - set(wanted))
         if missing:
             raise KeyError(f"no finished clip with id {', '.join(missing)}")
     else:
-        ids = sorted(index["clip_id"].to_pylist())
-        wanted = random.Random(seed).sample(ids, min(random_n or 8, len(ids)))
+        wanted = _spread_sample(index, random_n or 8, seed)
     chosen = index.filter(pc.is_in(index["clip_id"], pa.array(wanted)))
     rows: dict[str, dict] = {}
     for shard_id, shard_stage in {(s, st) for s, st in zip(chosen["shard_id"].to_pylist(), chosen["stage"].to_pylist())}:
@@ -134,6 +133,20 @@ def select_clips(
         table = pq.read_table(path, filesystem=fs, columns=PREVIEW_COLUMNS, filters=[("clip_id", "in", wanted)], partitioning=None)
         rows.update({row["clip_id"]: row for row in table.to_pylist()})
     return [rows[c] for c in wanted]
+
+
+def _spread_sample(index: pa.Table, n: int, seed: int) -> list[str]:
+    """`n` clip ids drawn at random, taking from every (stage, frame rate) in turn: stage 2 has many more
+    clips than stage 1, and a uniform draw would hardly ever show a key-frame clip."""
+    rng = random.Random(seed)
+    groups: dict[tuple[int, float], list[str]] = {}
+    for clip_id, stage, fps in zip(*(index[c].to_pylist() for c in ("clip_id", "stage", "fps"))):
+        groups.setdefault((stage, fps), []).append(clip_id)
+    pools = [rng.sample(sorted(ids), len(ids)) for _, ids in sorted(groups.items())]
+    wanted: list[str] = []
+    while len(wanted) < n and any(pools):
+        wanted += [pool.pop() for pool in pools if pool][: n - len(wanted)]
+    return wanted
 
 
 def write_preview(store: Storage, out: str | Path, **selection: object) -> tuple[Path, list[dict]]:

@@ -240,3 +240,20 @@ def test_split_with_the_lake_and_the_videos_on_s3(tmp_path, sample_dir, s3) -> N
     assert len(lake.finished_shards(store)) == summary.shards_done
     assert store.list_files("clips/stage=1", ".parquet") and store.list_files("clips/stage=2", ".parquet")
     assert split(settings).shards_done == 0
+
+
+def test_a_random_preview_shows_every_stage_and_rate(split_lake, tmp_path) -> None:
+    from PIL import Image
+
+    from pipeline.preview import select_clips, write_preview
+
+    settings, _, _ = split_lake
+    store = Storage.at(settings.lake)
+    picked = select_clips(store, random_n=12, seed=3)
+    assert len(picked) == 12 and len({c["clip_id"] for c in picked}) == 12
+    assert {(c["stage"], c["fps"]) for c in picked} >= {(2, 2.0), (2, 4.0), (2, 8.0)} and {c["stage"] for c in picked} == {1, 2}
+    assert [c["clip_id"] for c in select_clips(store, random_n=12, seed=3)] == [c["clip_id"] for c in picked]  # seeded
+    out, clips = write_preview(store, tmp_path / "sheet.png", clip_ids=[picked[0]["clip_id"]])
+    image = np.asarray(Image.open(out))
+    frame = np.frombuffer(clips[0]["frames"], np.uint8).reshape(5, 160, 160, 3)[0]
+    assert (image[8 : 8 + 160, 8 : 8 + 160] == frame).all()  # the frames are drawn as stored
