@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,15 +223,14 @@ def _read_shard_plan(store: Storage, shard: ShardTask) -> list[dict]:
     return table.to_pylist()
 
 
-def _by_video(windows: list[dict]) -> Iterator[tuple[str, list[dict]]]:
-    group: list[dict] = []
-    for window in windows:  # the plan is sorted by video within a shard
-        if group and window["video_id"] != group[0]["video_id"]:
-            yield group[0]["video_id"], group
-            group = []
-        group.append(window)
-    if group:
-        yield group[0]["video_id"], group
+def _by_video(windows: list[dict]) -> list[list[dict]]:
+    """The shard's windows in groups of one video each (the plan is sorted by video within a shard)."""
+    groups: list[list[dict]] = []
+    for window in windows:
+        if not groups or window["video_id"] != groups[-1][0]["video_id"]:
+            groups.append([])
+        groups[-1].append(window)
+    return groups
 
 
 def _local_source(uris: list[str], folder: Path, limits: Limits) -> tuple[Path | None, tuple[str, str]]:
@@ -276,74 +276,94 @@ def _decode_threads(settings: Settings) -> int:
     return opts.decode_threads or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
 
 
+def _fetched(groups: list[list[dict]], folder: Path, limits: Limits) -> Iterator[tuple[list[dict], Path | None, tuple[str, str]]]:
+    """Each video's windows with a readable copy of the video; a remote one is fetched while the one before it
+    decodes. Yields (windows, local path or None, the reason when None); each download goes once it is used."""
+
+    def fetch_one(i: int) -> tuple[Path | None, tuple[str, str]]:
+        target = folder / f"download-{i}"
+        target.mkdir()
+        return _local_source(groups[i][0]["source_uris"], target, limits)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="cogflow-fetch") as pool:
+        upcoming = pool.submit(fetch_one, 0) if groups else None
+        for i, group in enumerate(groups):
+            local, problem = upcoming.result()
+            upcoming = pool.submit(fetch_one, i + 1) if i + 1 < len(groups) else None
+            yield group, local, problem
+            shutil.rmtree(folder / f"download-{i}", ignore_errors=True)
+
+
 def split_shard(
     settings: Settings, shard: ShardTask, on_video: Callable[[ShardResult], None] | None = None
 ) -> ShardResult:
     """Decode and write one shard; skip it when its completion record exists. Never fails for a bad video."""
     started = time.monotonic()
     store = Storage.at(settings.lake)
-    paths = shard_paths(shard.shard_id)
     result = ShardResult(shard.shard_id)
-    if store.exists(paths["record"]):
+    if store.exists(shard_paths(shard.shard_id)["record"]):
         result.already_done = True
         return result
     rejects: list[dict] = []
-    threads = _decode_threads(settings)
     decoder = _thread_decoder()
+    decoder.start()  # a new child imports PyAV while the plan is read
+    windows = _read_shard_plan(store, shard)
+    result.clips_planned = len(windows)
     with tempfile.TemporaryDirectory(prefix="cogflow-shard-") as tmp:
-        decoder.start()  # a new child imports PyAV while the plan is read
-        windows = _read_shard_plan(store, shard)
-        result.clips_planned = len(windows)
         folder = Path(tmp)
         writer = _ShardWriter(folder, shard.shard_id, {w["stage"] for w in windows})
         try:
-            for video_id, group in _by_video(windows):
+            for group, local, problem in _fetched(_by_video(windows), folder, settings.limits):
                 result.videos += 1
-                download = folder / "download"
-                download.mkdir(exist_ok=True)
-                local, problem = _local_source(group[0]["source_uris"], download, settings.limits)
                 if local is None:
                     rejects += [_reject_row(w, *problem, shard.shard_id) for w in group]
                     continue
-                job = DecodeJob(str(local), [frame_instants(w["start_s"], w["fps"]) for w in group], sha256=group[0]["sha256"],
-                                threads=threads, seek_gap_s=settings.split.seek_gap_s)
+                job = DecodeJob(
+                    str(local), [frame_instants(w["start_s"], w["fps"]) for w in group], sha256=group[0]["sha256"],
+                    threads=_decode_threads(settings), seek_gap_s=settings.split.seek_gap_s,
+                )
                 for item in decoder.run(job, settings.split.video_timeout_s):
                     if isinstance(item, WindowFrames):
                         writer.add(group[item.index], item)
                         result.clips[(group[item.index]["stage"], group[item.index]["fps"])] += 1
                     elif isinstance(item, WindowFailed):
                         rejects.append(_reject_row(group[item.index], item.reason, item.detail, shard.shard_id))
-                    elif isinstance(item, DecodeStats):
+                    else:
                         result.frames_decoded += item.frames_decoded
                         result.seeks += item.seeks
                         result.decode_seconds += item.seconds
-                shutil.rmtree(download, ignore_errors=True)
                 if on_video is not None:
                     on_video(result)
         finally:
             files = writer.close()
-        # Publish the clips and rejects, then the record that makes them count (each write is atomic).
-        for stage, local_file in files.items():
-            store.put_file(paths[f"stage{stage}"], local_file)
-            result.bytes_written += local_file.stat().st_size
-        rejects_file = folder / "rejects.parquet"
-        pq.write_table(pa.Table.from_pylist(rejects, schema=lake.CLIP_REJECTS), rejects_file, compression="zstd")
-        store.put_file(paths["rejects"], rejects_file)
-        result.rejects.update(r["reason"] for r in rejects)
-        result.seconds = time.monotonic() - started
-        record = {
-            "shard_id": shard.shard_id, "videos": result.videos, "clips_planned": result.clips_planned,
-            "clips_written": result.clips_written,
-            "stage1_clips": sum(n for (s, _), n in result.clips.items() if s == 1),
-            "stage2_clips": sum(n for (s, _), n in result.clips.items() if s == 2),
-            "rejects": len(rejects), "frames_decoded": result.frames_decoded, "seeks": result.seeks,
-            "bytes_written": result.bytes_written, "decode_seconds": result.decode_seconds,
-            "seconds": result.seconds, "finished_at": lake.now(),
-        }
-        record_file = folder / "record.parquet"
-        pq.write_table(pa.Table.from_pylist([record], schema=lake.CLIP_SHARDS), record_file)
-        store.put_file(paths["record"], record_file)
+        _publish(store, shard.shard_id, files, rejects, result, folder, started)
     return result
+
+
+def _publish(store: Storage, shard_id: str, files: dict[int, Path], rejects: list[dict], result: ShardResult,
+             folder: Path, started: float) -> None:
+    """The shard's clips and rejects, then the record that makes them count (each write atomic on its own)."""
+    paths = shard_paths(shard_id)
+    for stage, local_file in files.items():
+        store.put_file(paths[f"stage{stage}"], local_file)
+        result.bytes_written += local_file.stat().st_size
+    rejects_file = folder / "rejects.parquet"
+    pq.write_table(pa.Table.from_pylist(rejects, schema=lake.CLIP_REJECTS), rejects_file, compression="zstd")
+    store.put_file(paths["rejects"], rejects_file)
+    result.rejects.update(r["reason"] for r in rejects)
+    result.seconds = time.monotonic() - started
+    record = {
+        "shard_id": shard_id, "videos": result.videos, "clips_planned": result.clips_planned,
+        "clips_written": result.clips_written,
+        "stage1_clips": sum(n for (s, _), n in result.clips.items() if s == 1),
+        "stage2_clips": sum(n for (s, _), n in result.clips.items() if s == 2),
+        "rejects": len(rejects), "frames_decoded": result.frames_decoded, "seeks": result.seeks,
+        "bytes_written": result.bytes_written, "decode_seconds": result.decode_seconds,
+        "seconds": result.seconds, "finished_at": lake.now(),
+    }
+    record_file = folder / "record.parquet"
+    pq.write_table(pa.Table.from_pylist([record], schema=lake.CLIP_SHARDS), record_file)
+    store.put_file(paths["record"], record_file)
 
 
 # ---------------------------------------------------------------------------------------------------------------
