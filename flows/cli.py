@@ -93,7 +93,7 @@ def _preview(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from pipeline import lake
     from pipeline.settings import load_settings
-    from pipeline.split import clip_counts
+    from pipeline.split import clip_counts, fps_token
     from pipeline.storage import Storage, safe_uri
 
     settings = load_settings()
@@ -106,9 +106,15 @@ def _status(args: argparse.Namespace) -> int:
     clips = clip_counts(store)
     if clips:
         print("clips of finished shards")
-        for (stage, token), n in sorted(clips.items(), key=lambda kv: (kv[0][0], float(kv[0][1][5:-1]))):
-            print(f"  stage {stage}  {token:<10}  {n:>10,}")
+        for (stage, fps), n in sorted(clips.items()):
+            print(f"  stage {stage}  {fps_token(fps):<10}  {n:>10,}")
     return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def _limit(text: str) -> tuple[str, str]:
@@ -172,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("preview", help="write a contact sheet of clips (frames in a row, caption beneath)")
     p.add_argument("--lake")
     p.add_argument("--clip-id", action="append", help="a clip to show (repeatable)")
-    p.add_argument("--random", type=int, help="show N clips drawn at random (default 8)")
+    p.add_argument("--random", type=_positive, help="show N clips drawn at random, from every stage and rate in turn (default 8)")
     p.add_argument("--stage", type=int, choices=[1, 2], help="draw only from this stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default="clips.png", help="image file to write (PNG or JPEG)")

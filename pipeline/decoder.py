@@ -120,7 +120,7 @@ class Decoder:
             threading.Thread(target=_pump, args=(self._proc.stdout, self._replies), daemon=True).start()
             # A decoder dropped without close() (its thread ended) still lets its child go: closing the child's
             # input ends it.
-            weakref.finalize(self, self._proc.stdin.close)
+            self._finalizer = weakref.finalize(self, self._proc.stdin.close)
             self._jobs = 0
         return self._proc
 
@@ -128,6 +128,7 @@ class Decoder:
         proc, self._proc = self._proc, None
         if proc is None:
             return None
+        self._finalizer.detach()
         proc.kill()
         code = proc.wait()
         if proc.stdin is not None:
@@ -140,6 +141,7 @@ class Decoder:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        self._finalizer.detach()
         try:
             if proc.stdin is not None:
                 proc.stdin.close()

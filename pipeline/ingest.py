@@ -35,6 +35,7 @@ CACHED_REASONS = [
     "unreadable_container",
     "no_video_stream",
     "resolution_over_limit",
+    "aspect_ratio_over_limit",
     "truncated_container",
     "no_frames",
     "undecodable_stream",
@@ -184,7 +185,10 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
     try:
         with tempfile.TemporaryDirectory(prefix="cogflow-probe-") as tmp:
             path = _local_video(fetch_uri, Path(tmp), limits)
-            result = probe(path, max_width=limits.max_width, max_height=limits.max_height, max_pixels=limits.max_pixels)
+            result = probe(
+                path, max_width=limits.max_width, max_height=limits.max_height, max_pixels=limits.max_pixels,
+                max_aspect_ratio=limits.max_aspect_ratio,
+            )
         if result.duration_s <= 0:
             raise ProbeError("zero_duration", f"{result.frame_count} frames over {result.duration_s} s")
         if result.duration_s < limits.min_duration_s:

@@ -221,6 +221,21 @@ def append(store: Storage, name: str, data: pa.Table | pa.RecordBatchReader) -> 
 
 
 @contextlib.contextmanager
+def _flock(path: Path, remove: bool = False) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if need be); `remove` deletes it before letting go,
+    which is safe only when whoever gets the lock next re-checks what the lock guards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:  # "a": never truncated
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if remove:
+                path.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def writer_lock(store: Storage) -> Iterator[None]:
     """One writer at a time on a local lake (an advisory lock on `<lake>/.writer.lock`).
 
@@ -231,13 +246,23 @@ def writer_lock(store: Storage) -> Iterator[None]:
     if not isinstance(store, LocalStorage):
         yield
         return
-    Path(store.root).mkdir(parents=True, exist_ok=True)
-    with open(Path(store.root) / ".writer.lock", "a") as handle:  # "a": never truncated, mtime kept
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _flock(Path(store.root) / ".writer.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def shard_lock(store: Storage, shard_id: str) -> Iterator[None]:
+    """One splitter per shard on a local lake, so two runs never write the same shard at once.
+
+    Whoever gets the lock must check for the shard's completion record first: the lock file goes when its
+    holder is done, and a run that waited for it finds the shard finished. On S3, as for writer_lock, the
+    deployment's concurrency limit keeps runs apart.
+    """
+    if not isinstance(store, LocalStorage):
+        yield
+        return
+    with _flock(Path(store.root) / ".locks" / f"shard-{shard_id}.lock", remove=True):
+        yield
 
 
 CLIP_STAGES = (1, 2)

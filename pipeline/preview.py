@@ -125,8 +125,10 @@ def select_clips(
         if missing:
             raise KeyError(f"no finished clip with id {', '.join(missing)}")
     else:
-        wanted = _spread_sample(index, random_n or 8, seed)
-    chosen = index.filter(pc.is_in(index["clip_id"], pa.array(wanted)))
+        wanted = _spread_sample(index, 8 if random_n is None else random_n, seed)
+    if not wanted:
+        return []
+    chosen = index.filter(pc.is_in(index["clip_id"], pa.array(wanted, pa.string())))
     rows: dict[str, dict] = {}
     for shard_id, shard_stage in {(s, st) for s, st in zip(chosen["shard_id"].to_pylist(), chosen["stage"].to_pylist())}:
         fs, path = store.arrow(f"clips/stage={shard_stage}/shard-{shard_id}.parquet")
@@ -153,7 +155,9 @@ def write_preview(store: Storage, out: str | Path, **selection: object) -> tuple
     """Select clips and write their contact sheet to `out` (PNG or JPEG, by suffix)."""
     clips = select_clips(store, **selection)  # type: ignore[arg-type]
     if not clips:
-        raise LookupError(f"the lake at {store.root} has no finished clips yet: run `cogflow split` first")
+        stage = selection.get("stage")
+        which = f"no finished stage-{stage} clips" if stage else "no finished clips"
+        raise LookupError(f"the lake at {store.root} has {which} yet: run `cogflow split` first")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(clips).save(out)

@@ -22,6 +22,7 @@ class Limits:
     max_width: int = 7680
     max_height: int = 7680
     max_pixels: int = 3840 * 2160  # a guard against decompression bombs (huge frames in a tiny file)
+    max_aspect_ratio: float = 8.0  # longer side over shorter side (stored pixels); split crops the centre square
     max_duration_s: float = 4 * 3600.0
     min_duration_s: float = 0.5
     min_caption_chars: int = 2  # counted in characters: Chinese has no spaces
@@ -36,6 +37,7 @@ ENV_LIMITS = {
     "max_width": "COGFLOW_MAX_WIDTH",
     "max_height": "COGFLOW_MAX_HEIGHT",
     "max_pixels": "COGFLOW_MAX_PIXELS",
+    "max_aspect_ratio": "COGFLOW_MAX_ASPECT_RATIO",
     "max_duration_s": "COGFLOW_MAX_DURATION_S",
     "min_duration_s": "COGFLOW_MIN_DURATION_S",
     "min_caption_chars": "COGFLOW_MIN_CAPTION_CHARS",

@@ -61,11 +61,11 @@ def shard_paths(shard_id: str) -> dict[str, str]:
     }
 
 
-def clip_counts(store: Storage) -> dict[tuple[int, str], int]:
-    """Clips of finished shards per (stage, frame-rate token)."""
-    table = lake.read_clips(store, ["stage", "fps_token"])
-    grouped = table.group_by(["stage", "fps_token"]).aggregate([("stage", "count")])
-    return {(s, t): n for s, t, n in zip(*(grouped[c].to_pylist() for c in ("stage", "fps_token", "stage_count")))}
+def clip_counts(store: Storage) -> dict[tuple[int, float], int]:
+    """Clips of finished shards per (stage, frame rate)."""
+    table = lake.read_clips(store, ["stage", "fps"])
+    grouped = table.group_by(["stage", "fps"]).aggregate([("stage", "count")])
+    return {(s, f): n for s, f, n in zip(*(grouped[c].to_pylist() for c in ("stage", "fps", "stage_count")))}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,12 +298,18 @@ def split_shard(
     settings: Settings, shard: ShardTask, on_video: Callable[[ShardResult], None] | None = None
 ) -> ShardResult:
     """Decode and write one shard; skip it when its completion record exists. Never fails for a bad video."""
-    started = time.monotonic()
     store = Storage.at(settings.lake)
+    with lake.shard_lock(store, shard.shard_id):  # another run on this lake may be splitting it right now
+        if store.exists(shard_paths(shard.shard_id)["record"]):
+            return ShardResult(shard.shard_id, already_done=True)
+        return _split_shard(settings, store, shard, on_video)
+
+
+def _split_shard(
+    settings: Settings, store: Storage, shard: ShardTask, on_video: Callable[[ShardResult], None] | None
+) -> ShardResult:
+    started = time.monotonic()
     result = ShardResult(shard.shard_id)
-    if store.exists(shard_paths(shard.shard_id)["record"]):
-        result.already_done = True
-        return result
     rejects: list[dict] = []
     decoder = _thread_decoder()
     decoder.start()  # a new child imports PyAV while the plan is read

@@ -76,7 +76,9 @@ def _rotation(frame: "av.VideoFrame") -> int:
         return 0
 
 
-def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int) -> ProbeResult:
+def probe(
+    path: str | Path, *, max_width: int, max_height: int, max_pixels: int, max_aspect_ratio: float = 8.0
+) -> ProbeResult:
     """Open, check and measure one local video file. Raises ProbeError with a reject reason.
 
     Resolution limits are checked from the header before a single frame is decoded, so a decompression bomb
@@ -103,6 +105,10 @@ def probe(path: str | Path, *, max_width: int, max_height: int, max_pixels: int)
                 "resolution_over_limit",
                 f"{width}x{height} exceeds the limit ({max_width}x{max_height}, {max_pixels} pixels)",
             )
+        if max(width, height) > max_aspect_ratio * min(width, height):
+            # A strip of a picture: no 160x160 centre of it shows what its caption says (and scaling its short
+            # side to 160 would take gigabytes).
+            raise ProbeError("aspect_ratio_over_limit", f"{width}x{height} is more than {max_aspect_ratio:g}:1")
         header_duration = _header_duration(container, stream)
         time_base = stream.time_base or Fraction(1, 1000)
 
@@ -178,6 +184,7 @@ def _decode_first_frame(path: Path) -> int:
 CLIP_FRAMES = 5
 CLIP_SIZE = 160
 SEEK_MARGIN_S = 1.0  # seek this far before a target, so the frame just before it is decoded too
+MAX_ASPECT = 8  # wider (or taller) pictures are refused: ingest's aspect-ratio limit, checked again here
 
 
 @dataclass(frozen=True)
@@ -208,11 +215,11 @@ def _frame_seconds(frame: "av.VideoFrame", time_base: Fraction) -> float | None:
     return None if ts is None else float(ts * time_base)
 
 
-class _Picker:
-    """Turns decoded frames into RGB clips: display aspect and rotation honoured, interlacing removed."""
+class _FrameConverter:
+    """Turns decoded frames into clip frames: display aspect and rotation honoured, interlacing removed."""
 
     def __init__(self, stream: "av.video.stream.VideoStream", first: "av.VideoFrame", size: int) -> None:
-        self.size = size
+        self.stream, self.size = stream, size
         self.rotation = _rotation(first)
         sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
         sar = float(sar) if sar and sar > 0 else 1.0
@@ -222,23 +229,29 @@ class _Picker:
         scale = size / min(width, height)
         self.width = max(size, round(width * scale))
         self.height = max(size, round(height * scale))
+        if max(self.width, self.height) > MAX_ASPECT * size:
+            # the scaled strip would take gigabytes (a 2x7680 video): no 160x160 centre of it is worth that
+            raise ValueError(f"a {first.width}x{first.height} picture is more than {MAX_ASPECT}:1")
         # One resizer for the whole video: `frame.reformat` would set FFmpeg's scaler up again for every frame.
         self.resizer = av.video.reformatter.VideoReformatter()
-        self.graph = None
-        if first.interlaced_frame:
-            # Keep one field: combing would survive the downscale, and a field has enough lines for 160.
+        self.graph: "av.filter.Graph | None" = None
+
+    def _top_field(self, frame: "av.VideoFrame") -> "av.VideoFrame":
+        """One field of an interlaced frame: combing would survive the downscale, and a field has enough lines."""
+        if self.graph is None:
             self.graph = av.filter.Graph()
-            source = self.graph.add_buffer(template=stream)
+            source = self.graph.add_buffer(template=self.stream)
             field = self.graph.add("field", "top")
             sink = self.graph.add("buffersink")
             source.link_to(field)
             field.link_to(sink)
             self.graph.configure()
+        self.graph.push(frame)
+        return self.graph.pull()
 
     def rgb(self, frame: "av.VideoFrame") -> np.ndarray:
-        if self.graph is not None and frame.interlaced_frame:
-            self.graph.push(frame)
-            frame = self.graph.pull()
+        if frame.interlaced_frame:
+            frame = self._top_field(frame)
         # swscale converts and downsizes in one pass; AREA averages every source pixel (antialiased).
         image = self.resizer.reformat(frame, self.width, self.height, "rgb24", interpolation="AREA").to_ndarray()
         if self.rotation:
@@ -291,7 +304,7 @@ def sample_windows(
     def pick(target: tuple[float, int, int], chosen: _Decoded) -> WindowFrames | WindowFailed | None:
         _, w, k = target
         if chosen.rgb is None:
-            chosen.rgb = picker.rgb(chosen.frame)
+            chosen.rgb = converter.rgb(chosen.frame)
         slots.setdefault(w, [None] * len(windows[w]))[k] = chosen.rgb
         picked_times.setdefault(w, [0.0] * len(windows[w]))[k] = round(chosen.t, 6)
         missing[w] -= 1
@@ -314,21 +327,30 @@ def sample_windows(
         origin = None if stream.start_time is None else float(stream.start_time * time_base)
         rate = stream.average_rate or stream.guessed_rate
         frame_s = 1.0 / float(rate) if rate else 0.04  # a frame's display time; refined from the pts steps
-        picker: _Picker | None = None
+        converter: _FrameConverter | None = None
         i = 0  # the next target to fill
         prev: _Decoded | None = None  # the last frame before targets[i]
         last_t = -math.inf
-        seeking = True  # turned off when a seek lands after its target (a bad index)
+        seeking = True  # turned off when a seek lands after its target (a bad index) or frames carry no time
+        sought = -math.inf  # the target of the last seek: each target is sought at most once
+        seek_gap_s = max(seek_gap_s, 2 * SEEK_MARGIN_S)  # a shorter gap would seek past the frame before a target
 
         def seek_to(t: float) -> Iterator["av.Packet"]:
-            nonlocal seeks, prev
-            offset = int(max(0.0, (origin or 0.0) + t - SEEK_MARGIN_S) / time_base)
+            nonlocal seeks, prev, sought
+            offset = int(max(0.0, origin + t - SEEK_MARGIN_S) / time_base)
             container.seek(offset, stream=stream, backward=True, any_frame=False)
-            seeks += 1
-            prev = None
+            seeks, prev, sought = seeks + 1, None, t
             return container.demux(stream)
 
-        packets = seek_to(targets[0][0]) if targets and targets[0][0] > seek_gap_s else container.demux(stream)
+        def restart_without_seeking() -> Iterator["av.Packet"]:
+            nonlocal seeking, last_t, prev
+            seeking, last_t, prev = False, -math.inf, None
+            container.seek(0, stream=stream, backward=True, any_frame=True)
+            return container.demux(stream)
+
+        # Without a start time the first frame sets the clock, so the first seek waits for it.
+        first_seek = targets and origin is not None and targets[0][0] > seek_gap_s
+        packets = seek_to(targets[0][0]) if first_seek else container.demux(stream)
         done = not targets
         while not done and failure is None:
             packet = None
@@ -341,18 +363,22 @@ def sample_windows(
                 for frame in stream.decode(packet):
                     decoded += 1
                     t = _frame_seconds(frame, time_base)
+                    if t is None and seeks and seeking:
+                        packets = restart_without_seeking()  # after a seek, an untimed frame cannot be placed
+                        break
                     if origin is None:
                         origin = t if t is not None else 0.0
                     t = (last_t + frame_s if last_t > -math.inf else 0.0) if t is None else t - origin
                     if t <= last_t:
+                        if prev is None and seeks:
+                            # The seek went back behind frames already seen: keyframes are too sparse for seeking
+                            # to save anything in this video, so decode straight on from here.
+                            seeking = False
                         continue  # repeated or backward timestamps (broken muxers, a seek that went back)
-                    if picker is None:
-                        picker = _Picker(stream, frame, size)
+                    if converter is None:
+                        converter = _FrameConverter(stream, frame, size)
                     if prev is None and seeks and seeking and t > targets[i][0] + frame_s:
-                        # The seek landed after its target: go back to the start and decode without seeking.
-                        seeking = False
-                        container.seek(0, stream=stream, backward=True, any_frame=True)
-                        packets, last_t = container.demux(stream), -math.inf
+                        packets = restart_without_seeking()  # the seek landed after its target
                         break
                     current = _Decoded(t, frame)
                     while i < len(targets) and targets[i][0] <= t:
@@ -368,11 +394,13 @@ def sample_windows(
                     if prev is not None:
                         frame_s = min(max(t - prev.t, 1e-4), 10.0)
                     prev, last_t = current, t
-                    if seeking and targets[i][0] - t > seek_gap_s:
+                    if seeking and targets[i][0] - t > seek_gap_s and targets[i][0] > sought:
                         packets = seek_to(targets[i][0])
                         break
             except av.error.FFmpegError as exc:
                 failure = ("decode_error", f"the stream broke after {decoded} frames (t={max(last_t, 0):.3f} s): {exc}")
+            except ValueError as exc:  # a picture no clip can be cut from (see _FrameConverter)
+                failure = ("decode_error", str(exc))
         # The stream ended: its last frame stands for the instants inside its display time.
         if prev is not None and failure is None:
             while i < len(targets) and targets[i][0] <= prev.t + frame_s * 1.5:
@@ -380,13 +408,15 @@ def sample_windows(
                 if result is not None:
                     yield result
                 i += 1
-        if i < len(targets):
+        unfilled: dict[int, float] = {}  # window -> its first instant without a frame
+        for t, w, _ in targets[i:]:
+            unfilled.setdefault(w, t)
+        for w, t in sorted(unfilled.items()):
             reason, detail = failure or (
                 "video_ended_early",
-                f"the stream ended at {max(last_t, 0):.3f} s after {decoded} frames, before {targets[i][0]:.3f} s",
+                f"the stream ended at {max(last_t, 0):.3f} s after {decoded} frames, before {t:.3f} s",
             )
-            for w in sorted({w for _, w, _ in targets[i:]}):
-                yield WindowFailed(w, reason, detail)
+            yield WindowFailed(w, reason, detail)
     finally:
         container.close()
     yield DecodeStats(decoded, seeks, time.monotonic() - started)

@@ -5,8 +5,8 @@
 -- what its frames hold (frame_count / duration): a stream of repeats (Ogg/Theora's empty packets) has few.
 --   stage 1: the lowest rate in $rates that fits (CogVideo: one clip covers the whole action);
 --   stage 2: every rate in $stage2_rates that fits (the rates of the three interpolation rounds).
--- n windows of a span have their centres evenly spread, at s + D(2i+1)/(2n): as many as fit (they then
--- tile the span with gaps under one frame interval), capped per span (and per rate in stage 2).
+-- n windows of a span have their centres evenly spread, at s + D(2i+1)/(2n): as many as fit end to end
+-- (5 frame intervals apart or more), capped per span (and per rate in stage 2).
 -- A caption with no window keeps one row with fps NULL and the reason, for clip_plan_rejects.
 WITH todo AS (
     SELECT c.caption_id, c.video_id, c.caption, c.language, c.split, c.start_s AS span_start,
@@ -18,15 +18,21 @@ WITH todo AS (
     ANTI JOIN planned AS p ON p.caption_id = c.caption_id AND p.stage = s.stage
 ),
 
-fitting AS (
-    SELECT t.*, r.fps,
-           -- how many windows fit end to end (5 frame intervals apart) strictly inside the span
-           floor((t.span - 4.0 / r.fps) * r.fps / 5.0 - 1e-9)::BIGINT + 1 AS n_fit
+allowed AS (
+    -- the rates each caption's stage may use on its source, whatever the span
+    SELECT t.*, r.fps
     FROM todo AS t
     CROSS JOIN (SELECT unnest($rates) AS fps) AS r
-    WHERE 4.0 / r.fps < t.span - 1e-9
-      AND r.fps <= t.source_fps * (1 + 1e-6)
+    WHERE r.fps <= t.source_fps * (1 + 1e-6)
       AND (t.stage = 1 OR list_contains($stage2_rates, r.fps))
+),
+
+fitting AS (
+    SELECT *,
+           -- how many windows fit end to end (5 frame intervals apart) strictly inside the span
+           floor((span - 4.0 / fps) * fps / 5.0 - 1e-9)::BIGINT + 1 AS n_fit
+    FROM allowed
+    WHERE 4.0 / fps < span - 1e-9
 ),
 
 chosen AS (
@@ -36,7 +42,8 @@ chosen AS (
 ),
 
 windows AS (
-    SELECT c.*, round(c.span_start + c.span * (2 * i + 1) / (2.0 * c.n) - 2.0 / c.fps, 3) AS start_s
+    -- rounded down to the millisecond: never later, so the last frame stays strictly inside the span
+    SELECT c.*, floor((c.span_start + c.span * (2 * i + 1) / (2.0 * c.n) - 2.0 / c.fps) * 1000 + 1e-6) / 1000 AS start_s
     FROM chosen AS c
     CROSS JOIN LATERAL (SELECT unnest(range(c.n)) AS i) AS w
 )
@@ -51,13 +58,15 @@ UNION ALL
 
 SELECT
     NULL, t.stage::TINYINT, t.video_id, t.caption_id, t.caption, t.language, t.split, NULL, NULL, NULL,
-    CASE WHEN t.span <= 4.0 / list_max($rates) + 1e-9 THEN 'span_too_short' ELSE 'source_fps_too_low' END,
+    CASE WHEN a.fastest IS NULL THEN 'source_fps_too_low' ELSE 'span_too_short' END,
     CASE
-        WHEN t.span <= 4.0 / list_max($rates) + 1e-9
-            THEN printf('a %.3f s span holds no 5-frame window (the shortest, at %g fps, needs more than %g s)',
-                        t.span, list_max($rates), 4.0 / list_max($rates))
-        ELSE printf('the source has %.3f fps; stage %d needs a window rate at or below it among %s',
-                    t.source_fps, t.stage, CASE WHEN t.stage = 1 THEN $rates ELSE $stage2_rates END::VARCHAR)
+        WHEN a.fastest IS NULL
+            THEN printf('the source has %.3f fps; stage %d needs a rate at or below it among %s',
+                        t.source_fps, t.stage, CASE WHEN t.stage = 1 THEN $rates ELSE $stage2_rates END::VARCHAR)
+        ELSE printf('a %.3f s span holds no 5-frame window (the shortest this source allows, at %g fps, needs more than %g s)',
+                    t.span, a.fastest, 4.0 / a.fastest)
     END
 FROM todo AS t
+LEFT JOIN (SELECT caption_id, stage, max(fps) AS fastest FROM allowed GROUP BY ALL) AS a
+    ON a.caption_id = t.caption_id AND a.stage = t.stage
 ANTI JOIN fitting AS f ON f.caption_id = t.caption_id AND f.stage = t.stage

@@ -104,6 +104,10 @@ def test_cli_split_status_and_preview(tmp_path, capsys, monkeypatch, sample_dir)
     assert Image.open(tmp_path / "one.png").height < image.height
     assert main(["preview", "--clip-id", "0000000000000000", "-o", str(tmp_path / "none.png")]) == 2
     assert "no finished clip" in capsys.readouterr().err
+    assert main(["preview", "--stage", "2", "-o", str(tmp_path / "none.png")]) == 2
+    assert "no finished stage-2 clips" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["preview", "--random", "0"])
 
 
 KILLER = """

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from real_world import Footage, broken_mid_stream_mp4, cfr_mp4, code_frame, long_mp4, read_code, rotated_phone_mp4, write_frames
+from real_world import Footage, broken_mid_stream_mp4, cfr_mp4, code_frame, long_mp4, read_code, write_frames
 
 from pipeline.decoder import DecodeJob, Decoder
 from pipeline.video import DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
@@ -238,3 +238,42 @@ def test_a_decoder_that_crashes_costs_only_its_video(stalled_video, real_world: 
         other = real_world["vfr"]
         ok, failed, _ = results(decoder, DecodeJob(str(other.path), windows_over(other, 1)))
         assert len(ok) == 3 and not failed
+
+
+def test_sparse_keyframes_are_not_sought_again_and_again(tmp_path: Path) -> None:
+    """One keyframe in 30 s: every seek lands on it, behind frames already decoded. Seeking stops paying, so the
+    sampler decodes straight on instead of going back to the start for every window."""
+    footage = cfr_mp4(tmp_path / "one_keyframe.mp4", 30.0, 10, size=(160, 120), options={"g": "1000", "keyint_min": "1000"})
+    windows = [[t + 0.2 * k for k in range(5)] for t in range(3, 28, 3)]  # 9 windows, 3 s apart
+    ok, failed, stats = sample(footage.path, windows, seek_gap_s=2.5)
+    assert not failed
+    assert_picked_nearest(footage, windows, ok)
+    # one seek lands behind and teaches that seeking does not pay here: at most one pass is wasted, where
+    # seeking on would go back to the start for each of the 9 windows (about 1,400 frames)
+    assert stats.seeks <= 2 and stats.frames_decoded < 2 * len(footage.times)
+
+
+def test_a_stream_without_a_start_time_is_timed_from_its_first_frame(tmp_path: Path) -> None:
+    """A raw MPEG-2 stream has no container clock: the first frame sets it, before any seek."""
+    from real_world import ffmpeg_encode
+
+    n, fps = 500, 25
+    path = ffmpeg_encode(tmp_path / "raw.m2v", [code_frame(i, 320, 240) for i in range(n)], str(fps),
+                         "-c:v", "mpeg2video", "-g", "25", "-q:v", "2", "-f", "mpeg2video")
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].start_time is None
+    footage = Footage(path, [i / fps for i in range(n)], "raw MPEG-2")
+    windows = [[1.0, 1.2, 1.4, 1.6, 1.8], [15.0, 15.2, 15.4, 15.6, 15.8]]
+    ok, failed, stats = sample(path, windows)
+    assert not failed and stats.seeks == 1
+    assert_picked_nearest(footage, windows, ok)
+
+
+def test_a_picture_thinner_than_8_to_1_is_refused_not_blown_up(tmp_path: Path) -> None:
+    strip = write_frames(tmp_path / "strip.mp4", [np.full((160, 16, 3), 128, np.uint8)] * 10, rate=10)
+    _, failed, _ = sample(strip, [[0.0, 0.2, 0.4, 0.6, 0.8]])
+    assert failed[0].reason == "decode_error" and "more than 8:1" in failed[0].detail
+    from pipeline.video import ProbeError, probe
+
+    with pytest.raises(ProbeError, match="aspect_ratio_over_limit"):
+        probe(strip, max_width=7680, max_height=7680, max_pixels=10**8)

@@ -257,3 +257,51 @@ def test_a_random_preview_shows_every_stage_and_rate(split_lake, tmp_path) -> No
     image = np.asarray(Image.open(out))
     frame = np.frombuffer(clips[0]["frames"], np.uint8).reshape(5, 160, 160, 3)[0]
     assert (image[8 : 8 + 160, 8 : 8 + 160] == frame).all()  # the frames are drawn as stored
+
+
+def test_window_starts_round_down_so_millisecond_spans_stay_valid(tmp_path) -> None:
+    """A span just over 4/fps (subtitle times in milliseconds): the window must still end inside it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_frames(data / "v.mp4", [code_frame(i, 320, 240) for i in range(50)], rate=25)
+    write_frames(data / "six.mp4", [code_frame(i, 320, 240) for i in range(12)], rate=6)  # 2 s at 6 fps
+    rows = [{"video": "v.mp4", "caption": f"span number {k}", "start_s": 0.0, "end_s": 0.5 + k / 1000} for k in range(1, 20)]
+    rows.append({"video": "six.mp4", "caption": "one second at six frames a second", "start_s": 0.5, "end_s": 1.5})
+    settings = settings_for(tmp_path / "home")
+    ingest(str(write_csv(data / "m.csv", rows)), settings)
+    summary = split(settings)  # raises DataCheckError if a window ends on or past its span
+    assert summary.checks and summary.clips_written >= 2 * 19
+    for clip in clip_table(settings):
+        assert clip["start_s"] >= 0 and clip["start_s"] + 4 / clip["fps"] < 0.5 + 19 / 1000 + 1e-9
+    # 4 fps would need more than 1 s and 8 fps is above the source's rate: the span is too short, the source
+    # itself allows 4 fps
+    six = [r for r in lake.read_table(Storage.at(settings.lake), "clip_rejects").to_pylist() if r["caption_id"]]
+    assert {(r["stage"], r["reason"]) for r in six} == {(1, "span_too_short"), (2, "span_too_short")}
+    assert "at 4 fps" in six[0]["detail"]
+
+
+def test_two_runs_on_one_lake_split_each_shard_once(tmp_path, sample_dir) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = settings_for(tmp_path / "home")
+    ingest(str(build_manifest(tmp_path / "data", sample_dir)), settings)
+    plan = plan_split(settings)
+    shard = plan.pending[0]
+    with ThreadPoolExecutor(2) as pool:  # the same shard, twice at once, as two runs would
+        results = list(pool.map(lambda _: split_shard(settings, shard), range(2)))
+    assert sorted(r.already_done for r in results) == [False, True]
+    done = next(r for r in results if not r.already_done)
+    record = lake.read_table(Storage.at(settings.lake), "clip_shards").to_pylist()
+    assert len(record) == 1 and record[0]["clips_written"] == done.clips_written == len(clip_table(settings))
+
+
+def test_preview_of_a_lake_without_clips_says_so(tmp_path, sample_dir) -> None:
+    from pipeline.preview import write_preview
+
+    settings = settings_for(tmp_path / "home")
+    ingest(str(build_manifest(tmp_path / "data", sample_dir)), settings)
+    with pytest.raises(LookupError, match="no finished clips yet"):
+        write_preview(Storage.at(settings.lake), tmp_path / "sheet.png", random_n=4)
+    split(settings, (2,))
+    with pytest.raises(LookupError, match="no finished stage-1 clips"):
+        write_preview(Storage.at(settings.lake), tmp_path / "sheet.png", random_n=4, stage=1)
