@@ -64,7 +64,9 @@ def _split(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        summary = run_split(settings, task_runner=args.task_runner, lake=settings.lake, stage=args.stage)
+        summary = run_split(
+            settings, task_runner=args.task_runner, lake=settings.lake, stage=args.stage, retry_rejects=args.retry_rejects
+        )
     except DataCheckError as exc:
         return _checks_failed("split", exc)
     print(summary.text())
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads (default; each shard decodes in its own process), processes, dask or ray; "
         "dask://HOST:PORT or ray://HOST:PORT for a running cluster",
     )
+    p.add_argument("--retry-rejects", action="store_true", help="plan again the clips that failed to decode (missing files, timeouts, ...)")
     p.set_defaults(run=_split)
 
     p = commands.add_parser("preview", help="write a contact sheet of clips (frames in a row, caption beneath)")

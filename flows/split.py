@@ -85,13 +85,15 @@ def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]
 
 
 @flow(name="split", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().split.workers))
-def split_flow(lake: str | None = None, stage: str = "all") -> SplitSummary:
-    """Cut every captioned video of the lake not split yet into 5-frame 160x160 clips (stage 1, 2 or all)."""
+def split_flow(lake: str | None = None, stage: str = "all", retry_rejects: bool = False) -> SplitSummary:
+    """Cut every captioned video of the lake not split yet into 5-frame 160x160 clips (stage 1, 2 or all).
+
+    `retry_rejects` plans again the clips that failed to decode (say, after a missing file came back)."""
     # Tasks may run in other processes (or machines, with the lake on S3): hand them an absolute lake path.
     settings = load_settings(lake=lake)
     settings = settings.replace(lake=Storage.at(settings.lake).root)
     logger = get_run_logger()
-    plan = plan_task(settings, parse_stages(stage))
+    plan = plan_task(settings, parse_stages(stage), retry_rejects)
     logger.info(
         "%d new windows planned; %d shards to split (%d clips), %d already finished",
         plan.new_windows, len(plan.pending), sum(s.clips for s in plan.pending), plan.finished_before,

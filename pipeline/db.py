@@ -76,12 +76,13 @@ def run(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> duckdb.Duck
     return con.execute(text, _used_params(text, params))
 
 
-def materialize(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> str:
-    """Run the SELECT in `sql/<name>.sql` into a temporary table named after the file; returns that name.
+def materialize(con: duckdb.DuckDBPyConnection, name: str, table: str | None = None, **params: Any) -> str:
+    """Run the SELECT in `sql/<name>.sql` into a temporary table named after the file (or `table`, for a file
+    that stands in for another); returns that name.
 
-    The identifier comes from our own file name, never from input, so formatting it into the statement is safe.
+    The identifier comes from our own code, never from input, so formatting it into the statement is safe.
     """
-    table = name.rsplit("/", 1)[-1]
+    table = table or name.rsplit("/", 1)[-1]
     text = sql_text(name)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {text}", _used_params(text, params))
     return table

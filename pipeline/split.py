@@ -129,10 +129,14 @@ def pending_shards(store: Storage) -> tuple[list[ShardTask], int]:
     return sorted(pending, key=lambda s: s.shard_id), len(done)
 
 
-def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES) -> SplitPlan:
-    """Plan the windows of captions not yet planned for `stages` and list every unfinished shard."""
+def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES, retry_rejects: bool = False) -> SplitPlan:
+    """Plan the windows of captions not yet planned for `stages` and list every unfinished shard.
+
+    With `retry_rejects`, windows a shard failed to decode (and none has made since) are planned again, in new
+    shards."""
     started = time.monotonic()
     store = Storage.at(settings.lake)
+    params = _plan_params(settings, stages)
     with lake.writer_lock(store), tempfile.TemporaryDirectory(prefix="cogflow-plan-") as tmp:
         con = db.connect(temp_directory=str(Path(tmp) / "duckdb"))
         try:
@@ -143,16 +147,25 @@ def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES) -> SplitPla
                 sources=lake.read_table(store, "sources", ["source_uri", "video_id"]),
                 planned=_planned(store),
             )
-            params = _plan_params(settings, stages)
             db.materialize(con, "marts/clip_windows", **params)
-            plan = lake.append(store, "clip_plan", db.relation(con, "marts/clip_plan", **params).to_arrow_reader())
+            windows = lake.append(store, "clip_plan", db.relation(con, "marts/clip_plan", salt="", **params).to_arrow_reader()).rows
             rejects = db.query_arrow(con, "marts/clip_plan_rejects", **params)
             lake.append(store, "clip_rejects", rejects)
+            if retry_rejects:
+                db.register(
+                    con,
+                    clip_plan=lake.read_table(store, "clip_plan"),
+                    clip_rejects=lake.read_table(store, "clip_rejects", ["clip_id", "stage", "shard_id"]),
+                    made=lake.read_clips(store, ["clip_id"]),
+                )
+                db.materialize(con, "marts/clip_retry", table="clip_windows", **params)
+                retry = db.relation(con, "marts/clip_plan", salt=f"retry {params['now'].isoformat()} ", **params)
+                windows += lake.append(store, "clip_plan", retry.to_arrow_reader()).rows
         finally:
             con.close()
     pending, finished = pending_shards(store)
     reasons = dict(Counter(rejects["reason"].to_pylist()))
-    return SplitPlan(safe_uri(settings.lake), tuple(stages), plan.rows, reasons, pending, finished, started)
+    return SplitPlan(safe_uri(settings.lake), tuple(stages), windows, reasons, pending, finished, started)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -444,7 +457,7 @@ def finish_split(settings: Settings, plan: SplitPlan, results: list[ShardResult]
     )
 
 
-def split(settings: Settings, stages: tuple[int, ...] = STAGES) -> SplitSummary:
+def split(settings: Settings, stages: tuple[int, ...] = STAGES, retry_rejects: bool = False) -> SplitSummary:
     """The whole split in one process, one shard after another (the flow splits shards in parallel)."""
-    plan = plan_split(settings, stages)
+    plan = plan_split(settings, stages, retry_rejects)
     return finish_split(settings, plan, [split_shard(settings, shard) for shard in plan.pending])

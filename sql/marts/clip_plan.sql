@@ -2,7 +2,8 @@
 -- decoded once. Videos are dealt in video_id order into n shards of equal work, a video's work being its share
 -- of the pixels to decode (up to its last window's end) plus its share of the clips to write, and
 -- n = enough for $shard_bytes per shard, for $shard_videos videos per shard, and for $min_shards shards.
--- A shard is named by the hash of its clip ids: the same windows make the same shard.
+-- A shard is named by the hash of its clip ids (and of $salt, which tells a retry of the same windows apart):
+-- the same windows make the same shard.
 WITH per_video AS (
     SELECT
         w.video_id,
@@ -42,7 +43,7 @@ other_sources AS (
 
 named AS (
     SELECT
-        left(sha256(string_agg(w.clip_id, ',' ORDER BY w.clip_id) OVER (PARTITION BY a.shard_index)), 16) AS shard_id,
+        left(sha256($salt || string_agg(w.clip_id, ',' ORDER BY w.clip_id) OVER (PARTITION BY a.shard_index)), 16) AS shard_id,
         w.*
     FROM clip_windows AS w
     JOIN assigned AS a USING (video_id)

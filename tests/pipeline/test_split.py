@@ -305,3 +305,27 @@ def test_preview_of_a_lake_without_clips_says_so(tmp_path, sample_dir) -> None:
     split(settings, (2,))
     with pytest.raises(LookupError, match="no finished stage-1 clips"):
         write_preview(Storage.at(settings.lake), tmp_path / "sheet.png", random_n=4, stage=1)
+
+
+def test_retry_rejects_makes_the_clips_that_failed_once_their_file_is_back(tmp_path, sample_dir) -> None:
+    data = tmp_path / "data"
+    rows = copy_sample(sample_dir, data)
+    manifest = write_csv(data / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
+    settings = settings_for(tmp_path / "home")
+    ingest(str(manifest), settings)
+    away = data / rows[0]["video"]
+    away.rename(tmp_path / "away")
+    first = split(settings)
+    assert set(first.rejects) == {"missing_file"}
+    assert split(settings).new_windows == 0  # a plain re-run leaves the rejects alone
+
+    (tmp_path / "away").rename(away)
+    retried = split(settings, retry_rejects=True)
+    assert retried.new_windows == first.rejects["missing_file"] == retried.clips_written and not retried.rejects
+    assert retried.checks  # a clip made in a later shard than its reject is no inconsistency
+    assert split(settings, retry_rejects=True).new_windows == 0
+
+    reference = settings_for(tmp_path / "reference")
+    ingest(str(manifest), reference)
+    split(reference)
+    assert clip_fingerprint(settings) == clip_fingerprint(reference)
