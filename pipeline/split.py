@@ -21,12 +21,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import checks, db, lake
@@ -112,7 +113,7 @@ def _planned(store: Storage) -> pa.Table:
     """(caption_id, stage) already planned: windows in clip_plan, or a planning reject."""
     plan = lake.read_table(store, "clip_plan", ["caption_id", "stage"])
     rejects = lake.read_table(store, "clip_rejects", ["caption_id", "stage", "clip_id"])
-    rejects = rejects.filter(pa.compute.is_null(rejects["clip_id"])).select(["caption_id", "stage"])
+    rejects = rejects.filter(pc.is_null(rejects["clip_id"])).select(["caption_id", "stage"])
     return pa.concat_tables([plan, rejects])
 
 
