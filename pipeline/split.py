@@ -103,8 +103,9 @@ def _plan_params(settings: Settings, stages: tuple[int, ...]) -> dict[str, objec
         "clip_bytes": EST_CLIP_BYTES,
         "shard_bytes": opts.shard_mb * 1e6,
         "shard_videos": opts.shard_videos,
-        # enough shards that no worker idles long at the end (a worker keeps its decoder from shard to shard)
-        "min_shards": 4 * opts.workers,
+        # Several workers need several shards each, so that they finish close together; one worker needs one
+        # (each shard's start and finish leaves its decoder idle for a moment).
+        "min_shards": 1 if opts.workers == 1 else 4 * opts.workers,
         "now": lake.now(),
     }
 

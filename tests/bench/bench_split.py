@@ -468,9 +468,9 @@ def measure_memory(manifest: Path, small: int, large: int, work: Path, problems:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample-videos", type=int, default=24, help="generated videos for the rate and scaling runs (default 24)")
-    ap.add_argument("--real-copies", type=int, default=6, help="re-muxed copies of each real file (default 6)")
+    ap.add_argument("--real-copies", type=int, default=16, help="re-muxed copies of each real file (default 16)")
     ap.add_argument("--memory-videos", default="20,200", help="the two video counts the memory runs compare (default 20,200)")
-    ap.add_argument("--repeats", type=int, default=5, help="runs per timing; the fastest is reported (default 5)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per timing; the fastest is reported (default 3)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 3 sample videos, memory runs of 3 and 6, 1 repeat")
     ap.add_argument("--keep", type=Path, help="work in this new folder and keep it (default: a temp folder, removed)")
     ap.add_argument("--_memory-run", dest="memory_run", type=Path, help=argparse.SUPPRESS)
