@@ -73,6 +73,24 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenize(args: argparse.Namespace) -> int:
+    from flows.tokenize import tokenize_flow
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    try:
+        text = tokenize_flow(lake=settings.lake, vocab_size=args.vocab_size)
+    except ValueError as exc:
+        print(f"cogflow tokenize: {exc}", file=sys.stderr)
+        return 2
+    what = "trained and registered" if text.trained else "already registered (same captions, same config)"
+    print(f"cogflow-text-tokenizer v{text.version}: {what}; {text.vocab_size} pieces from {text.captions} captions")
+    if text.note:
+        print(f"  {text.note}")
+    print(f"  MLflow run {text.run_id} at {settings.mlflow_tracking_uri}")
+    return 0
+
+
 def _preview(args: argparse.Namespace) -> int:
     from pipeline.preview import find_font, write_preview
     from pipeline.settings import load_settings
@@ -177,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-rejects", action="store_true", help="plan again the clips that failed to decode (missing files, timeouts, ...)")
     p.set_defaults(run=_split)
+
+    p = commands.add_parser("tokenize", help="train the tokenizers from the lake and register them in MLflow")
+    p.add_argument("what", choices=["text"], help="text: the SentencePiece caption tokenizer")
+    p.add_argument("--lake")
+    p.add_argument("--vocab-size", type=_positive, default=16000, help="pieces wanted (a small corpus gets fewer; default 16000)")
+    p.set_defaults(run=_tokenize)
 
     p = commands.add_parser("preview", help="write a contact sheet of clips (frames in a row, caption beneath)")
     p.add_argument("--lake")

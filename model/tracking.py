@@ -1,0 +1,78 @@
+"""MLflow for cogflow: where runs go, and the one place (with model/registry.py) that imports mlflow.
+
+The embedded default needs no server: runs in `sqlite:///$COGFLOW_HOME/mlflow.db`, artifacts under
+`$COGFLOW_HOME/mlartifacts`. Any other tracking URI (an `http://` server, which stores artifacts where it
+is told) or artifact root (`s3://bucket/prefix`, with the endpoint from `AWS_ENDPOINT_URL_S3`) comes from
+configuration alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT = "cogflow"
+
+# No telemetry from machines without internet, unless the user decided otherwise.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def artifact_root(tracking_uri: str, home: str) -> str | None:
+    """Where a new experiment keeps its artifacts: $COGFLOW_ARTIFACTS, else beside a local database; a
+    tracking server decides for itself (None)."""
+    chosen = os.environ.get("COGFLOW_ARTIFACTS")
+    if chosen:
+        return chosen
+    if tracking_uri.startswith("sqlite:"):
+        return (Path(home).absolute() / "mlartifacts").as_uri()
+    return None
+
+
+def use(tracking_uri: str, home: str, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at `tracking_uri` and make sure the experiment exists; returns its id."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        mlflow.set_experiment(experiment)
+        return found.experiment_id
+    experiment_id = client.create_experiment(experiment, artifact_location=artifact_root(tracking_uri, home))
+    mlflow.set_experiment(experiment)
+    return experiment_id
+
+
+@contextlib.contextmanager
+def run(name: str, params: dict[str, object], tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run with the resolved config as params (flattened with dots) and cogflow's tags."""
+    with mlflow.start_run(run_name=name, tags={"cogflow.kind": name, **(tags or {})}) as active:
+        mlflow.log_params(_flatten(params))
+        yield active
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path, folder: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_text(text: str, name: str) -> None:
+    mlflow.log_text(text, name)
+
+
+def _flatten(params: dict[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
