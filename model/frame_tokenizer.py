@@ -1,0 +1,234 @@
+"""The frame tokenizer: a VQ-VAE that turns a 160x160 RGB frame into a grid of codebook ids and back.
+
+CogVideo used icetk's pretrained hierarchical VQ-VAE (20,000 EMA codes, compression 8: 20x20 codes per
+160x160 frame; reference/cogvideo.md §5.2), which cannot be fetched here. This one is trained from the lake's
+clip frames. Read top to bottom: config, building blocks, quantizer, the model.
+
+- Compression 8 gives 20x20 codes (the paper's layout), 16 gives 10x10 (small configurations).
+- The codebook learns by exponential moving averages of the encoder outputs assigned to each code (no
+  codebook gradient), with a commitment loss pulling the encoder towards its codes; a code nobody has used
+  for a while is restarted on a random encoder output of the batch, so the codebook stays in use.
+- Under DDP the quantizer sums its statistics over all ranks, so every rank keeps the same codebook.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FrameTokenizerConfig:
+    compression: int = 16  # 8: 20x20 codes per 160x160 frame (CogVideo), 16: 10x10
+    channels: int = 32  # width of the full-resolution level; it doubles on the way down, up to 8x
+    res_blocks: int = 1  # residual blocks per level
+    codebook_size: int = 1024
+    code_dim: int = 64
+    ema_decay: float = 0.99
+    commitment: float = 0.25
+    dead_after: float = 0.01  # a code whose EMA usage falls below this many assignments per batch is restarted
+
+    def __post_init__(self) -> None:
+        if self.compression not in (4, 8, 16, 32):
+            raise ValueError(f"compression must be 4, 8, 16 or 32, not {self.compression}")
+
+    @property
+    def levels(self) -> int:
+        return int(math.log2(self.compression))
+
+    def grid(self, size: int = 160) -> int:
+        """Codes per side of a `size` frame."""
+        return size // self.compression
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels // 4) or 1, channels)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+def _widths(config: FrameTokenizerConfig) -> list[int]:
+    """Channels at each level, from the full-resolution one down: C, 2C, 4C, 8C, 8C, ..."""
+    return [config.channels * min(2**i, 8) for i in range(config.levels + 1)]
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) in [-1, 1] -> (B, code_dim, H/c, W/c)."""
+
+    def __init__(self, config: FrameTokenizerConfig) -> None:
+        super().__init__()
+        widths = _widths(config)
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        for i in range(config.levels):
+            layers += [ResBlock(widths[i]) for _ in range(config.res_blocks)]
+            layers.append(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1))  # halves H and W
+        layers += [ResBlock(widths[-1]) for _ in range(config.res_blocks)]
+        layers += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], config.code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, code_dim, h, w) -> (B, 3, h*c, w*c) in about [-1, 1]."""
+
+    def __init__(self, config: FrameTokenizerConfig) -> None:
+        super().__init__()
+        widths = _widths(config)[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(config.code_dim, widths[0], 3, padding=1)]
+        layers += [ResBlock(widths[0]) for _ in range(config.res_blocks)]
+        for i in range(config.levels):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)]
+            layers += [ResBlock(widths[i + 1]) for _ in range(config.res_blocks)]
+        layers += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quantizer
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+class EMAQuantizer(nn.Module):
+    """Nearest-code quantization with an EMA codebook and restarts of dead codes."""
+
+    def __init__(self, config: FrameTokenizerConfig) -> None:
+        super().__init__()
+        self.decay, self.dead_after = config.ema_decay, config.dead_after
+        embed = torch.randn(config.codebook_size, config.code_dim) * 0.1
+        self.register_buffer("embed", embed)  # (K, D)
+        # EMA of assignments per code; starting at 0, every code is restarted on an encoder output at the first
+        # update, which seeds the codebook from the data
+        self.register_buffer("cluster_size", torch.zeros(config.codebook_size))
+        self.register_buffer("embed_sum", torch.zeros_like(embed))  # EMA of the sum of vectors assigned per code
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, h, w) ids of the nearest codes."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (N, D)
+        distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed.t() + self.embed.pow(2).sum(1)[None]  # (N, K)
+        return distance.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) ids -> (B, D, h, w) code vectors."""
+        return F.embedding(codes, self.embed).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(quantized with a straight-through gradient, codes, commitment loss)."""
+        codes = self.codes(z)
+        quantized = self.lookup(codes).to(z.dtype)
+        if self.training:
+            self._update(z.detach(), codes)
+        commitment = F.mse_loss(z, quantized.detach())
+        return z + (quantized - z).detach(), codes, commitment
+
+    @torch.no_grad()
+    def _update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (N, D)
+        onehot = F.one_hot(codes.view(-1), self.embed.shape[0]).float()  # (N, K)
+        counts = _all_sum(onehot.sum(0))  # (K,)
+        sums = _all_sum(onehot.t() @ flat)  # (K, D)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        # Laplace smoothing keeps a rarely used code from dividing by ~0.
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + 1e-5) / (n + self.embed.shape[0] * 1e-5) * n
+        self.embed.copy_(self.embed_sum / smoothed[:, None])
+        self._restart_dead(flat)
+
+    def _restart_dead(self, flat: torch.Tensor) -> None:
+        dead = self.cluster_size < self.dead_after
+        if not dead.any():
+            return
+        # Random encoder outputs of this batch (rank 0's, broadcast, so every rank restarts alike).
+        picks = flat[torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(picks, 0)
+        self.embed[dead] = picks
+        self.embed_sum[dead] = picks
+        self.cluster_size[dead] = 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class FrameTokenizer(nn.Module):
+    def __init__(self, config: FrameTokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = EMAQuantizer(config)
+        self.decoder = Decoder(config)
+
+    @staticmethod
+    def to_input(frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+        return frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+    @staticmethod
+    def to_frames(x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+        return x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) in [-1, 1] -> (reconstruction, codes (B, h, w), commitment loss)."""
+        quantized, codes, commitment = self.quantizer(self.encoder(x))
+        return self.decoder(quantized), codes, commitment
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        reconstruction, codes, commitment = self(x)
+        mse = F.mse_loss(reconstruction.float(), x.float())
+        total = mse + self.config.commitment * commitment
+        return total, {"mse": mse.detach(), "commitment": commitment.detach(), "codes": codes}
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, h, w) int64 code ids."""
+        return self.quantizer.codes(self.encoder(self.to_input(frames)))
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) code ids -> (B, H, W, 3) uint8."""
+        return self.to_frames(self.decoder(self.quantizer.lookup(codes)))
+
+
+def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of uint8 images (any shape)."""
+    mse = (reference.float() - reconstruction.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:
+    """(fraction of the codebook used, perplexity of the code distribution) over `codes`."""
+    counts = torch.bincount(codes.reshape(-1), minlength=codebook_size).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    return float((counts > 0).float().mean()), math.exp(entropy)

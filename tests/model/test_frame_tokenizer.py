@@ -1,0 +1,72 @@
+"""model.frame_tokenizer: shapes and layouts, the EMA codebook and its restarts, and learning on real frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr
+
+TINY = FrameTokenizerConfig(compression=16, channels=8, res_blocks=1, codebook_size=64, code_dim=16)
+
+
+@pytest.mark.parametrize("compression, grid", [(8, 20), (16, 10)])
+def test_a_160_frame_becomes_the_code_grid_of_its_compression_and_back(compression: int, grid: int) -> None:
+    model = FrameTokenizer(FrameTokenizerConfig(compression=compression, channels=8, codebook_size=32, code_dim=8)).eval()
+    frames = torch.randint(0, 256, (2, 160, 160, 3), dtype=torch.uint8)
+    codes = model.encode(frames)
+    assert codes.shape == (2, grid, grid) and codes.dtype == torch.int64 and int(codes.max()) < 32
+    decoded = model.decode(codes)
+    assert decoded.shape == (2, 160, 160, 3) and decoded.dtype == torch.uint8
+    assert model.config.grid() == grid
+
+
+def test_bad_compression_is_refused() -> None:
+    with pytest.raises(ValueError, match="compression"):
+        FrameTokenizerConfig(compression=12)
+
+
+def test_the_first_update_seeds_every_code_from_the_data_and_ema_follows_it() -> None:
+    torch.manual_seed(0)
+    model = FrameTokenizer(TINY)
+    quantizer = model.quantizer
+    z = torch.randn(4, TINY.code_dim, 10, 10) * 3 + 7  # far from the random initial codes
+    quantizer(z)
+    # a code that got vectors is now their mean, every other one sits on an encoder output: all of the
+    # codebook is among the data (mean 7), none where the random initial codes were (mean 0)
+    assert float((quantizer.embed.mean(1) - 7).abs().max()) < 2.5
+    # codes then move towards the mean of what they are assigned (by EMA), and used ones are not restarted
+    before = quantizer.embed.clone()
+    for _ in range(20):
+        quantizer(z)
+    used = quantizer.cluster_size > TINY.dead_after
+    assert used.any() and not torch.equal(before[used], quantizer.embed[used])
+
+
+def test_a_code_nobody_uses_is_restarted() -> None:
+    torch.manual_seed(0)
+    quantizer = FrameTokenizer(TINY).quantizer
+    z = torch.randn(2, TINY.code_dim, 4, 4)
+    quantizer(z)
+    quantizer.embed[5] = 1e6  # far from everything: never chosen again
+    quantizer.cluster_size[5] = 0.0
+    quantizer(z)
+    assert float(quantizer.embed[5].abs().max()) < 100 and quantizer.cluster_size[5] == 1.0
+
+
+def test_straight_through_gradients_reach_the_encoder() -> None:
+    model = FrameTokenizer(TINY)
+    frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    loss, info = model.loss(model.to_input(frames))
+    loss.backward()
+    assert model.encoder.net[0].weight.grad is not None and float(model.encoder.net[0].weight.grad.abs().sum()) > 0
+    assert set(info) == {"mse", "commitment", "codes"}
+
+
+def test_psnr_and_codebook_usage() -> None:
+    a = torch.full((4, 4, 3), 100, dtype=torch.uint8)
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, a + 1) == pytest.approx(10 * np.log10(255**2 / 1), rel=1e-6)
+    used, perplexity = codebook_usage(torch.tensor([0, 1, 2, 3]), 8)
+    assert used == 0.5 and perplexity == pytest.approx(4.0)
