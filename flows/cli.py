@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pipeline.settings import ENV_LIMITS
 
@@ -27,50 +27,42 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checks_failed(command: str, exc: Exception) -> int:
-    print(f"cogflow {command}: the lake failed its data checks\n{exc}", file=sys.stderr)
-    return 1
+def _report(command: str, run: Callable[[], object], usage_errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run a flow and print its summary; a usage error is exit 2, a lake that fails its data checks exit 1."""
+    from pipeline.checks import DataCheckError
+
+    try:
+        summary = run()
+    except usage_errors as exc:
+        print(f"cogflow {command}: {exc}", file=sys.stderr)
+        return 2
+    except DataCheckError as exc:
+        print(f"cogflow {command}: the lake failed its data checks\n{exc}", file=sys.stderr)
+        return 1
+    print(summary.text())  # type: ignore[attr-defined]
+    return 0
 
 
 def _ingest(args: argparse.Namespace) -> int:
     from flows.ingest import run_ingest
-    from pipeline.checks import DataCheckError
     from pipeline.manifest import ManifestError
     from pipeline.settings import load_settings
 
     settings = load_settings()
-    try:
-        summary = run_ingest(
-            settings,
-            manifest=args.manifest,
-            lake=settings.lake,
-            video_col=args.video_col,
-            caption_col=args.caption_col,
-            retry_rejects=args.retry_rejects,
-        )
-    except ManifestError as exc:
-        print(f"cogflow ingest: {exc}", file=sys.stderr)
-        return 2
-    except DataCheckError as exc:
-        return _checks_failed("ingest", exc)
-    print(summary.text())
-    return 0
+    return _report("ingest", lambda: run_ingest(
+        settings, manifest=args.manifest, lake=settings.lake, video_col=args.video_col,
+        caption_col=args.caption_col, retry_rejects=args.retry_rejects,
+    ), usage_errors=(ManifestError,))
 
 
 def _split(args: argparse.Namespace) -> int:
     from flows.split import run_split
-    from pipeline.checks import DataCheckError
     from pipeline.settings import load_settings
 
     settings = load_settings()
-    try:
-        summary = run_split(
-            settings, task_runner=args.task_runner, lake=settings.lake, stage=args.stage, retry_rejects=args.retry_rejects
-        )
-    except DataCheckError as exc:
-        return _checks_failed("split", exc)
-    print(summary.text())
-    return 0
+    return _report("split", lambda: run_split(
+        settings, task_runner=args.task_runner, lake=settings.lake, stage=args.stage, retry_rejects=args.retry_rejects,
+    ))
 
 
 def _tokenize(args: argparse.Namespace) -> int:
