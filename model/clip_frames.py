@@ -1,7 +1,8 @@
 """Frames of the lake's clips, streamed for the frame tokenizer: one Parquet row group at a time, never the lake.
 
 The units of work are the row groups of finished clip shards (pipeline.lake.clip_parts), dealt round-robin
-over every (rank, data-loader worker) pair, so no two readers see the same clip. Within a reader, frames go
+over every (rank, data-loader worker) pair, so no two readers see the same clip (a lake with fewer row groups
+than readers deals frames instead). Within a reader, frames go
 through a shuffle buffer of bounded size.
 """
 
@@ -48,15 +49,20 @@ class ClipFrames(IterableDataset):
         self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
         self.epoch = 0
 
-    def _frames(self, units: list[tuple[str, int]], store: Storage) -> Iterator[torch.Tensor]:
+    def _frames(self, units: list[tuple[str, int]], store: Storage, every: int = 1, first: int = 0) -> Iterator[torch.Tensor]:
+        """The frames of `units`, in order; with `every` > 1 only frames first, first + every, ..."""
         fs, _ = store.arrow("")
+        n = 0
         for rel, group in units:
             with fs.open_input_file(store.arrow(rel)[1]) as f:
                 table = pq.ParquetFile(f).read_row_group(group, columns=["frames", "split"])
             for blob, split in zip(table["frames"].to_pylist(), table["split"].to_pylist()):
                 if split == self.split:
                     clip = np.frombuffer(blob, np.uint8).reshape(CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)
-                    yield from torch.from_numpy(clip.copy())
+                    for frame in torch.from_numpy(clip.copy()):
+                        if n % every == first:
+                            yield frame
+                        n += 1
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         store = Storage.at(self.lake_uri)
@@ -64,10 +70,13 @@ class ClipFrames(IterableDataset):
         while True:
             units = row_groups(store, self.stage)
             random.Random(self.seed + self.epoch).shuffle(units)  # the same order on every rank
-            mine = units[slot::readers]
+            if len(units) >= readers:
+                mine, frames = units[slot::readers], self._frames(units[slot::readers], store)
+            else:  # a lake too small to give every reader a row group: all read all, each keeps its share of frames
+                mine, frames = units, self._frames(units, store, every=readers, first=slot)
             rng = random.Random(self.seed * 1000 + self.epoch * 100 + slot)
             buffer: list[torch.Tensor] = []
-            for frame in self._frames(mine, store):
+            for frame in frames:
                 buffer.append(frame)
                 if len(buffer) >= self.shuffle_buffer:
                     yield buffer.pop(rng.randrange(len(buffer)))
@@ -76,3 +85,30 @@ class ClipFrames(IterableDataset):
             self.epoch += 1
             if not self.repeat or not mine:
                 return
+
+
+def sample_frames(lake_uri: str, split: str, n: int, seed: int = 0) -> torch.Tensor:
+    """Up to `n` frames of `split` as (N, H, W, 3) uint8, the same on every call and every rank: row groups are
+    visited in a seeded random order and give a few clips each, so the frames come from across the lake
+    without reading all of it."""
+    store = Storage.at(lake_uri)
+    units = row_groups(store)
+    random.Random(seed).shuffle(units)
+    per_unit = max(CLIP_FRAMES, n // 8)
+    fs, _ = store.arrow("")
+    frames: list[np.ndarray] = []
+    for rel, group in units:
+        if len(frames) >= n:
+            break
+        with fs.open_input_file(store.arrow(rel)[1]) as f:
+            table = pq.ParquetFile(f).read_row_group(group, columns=["frames", "split"])
+        taken = 0
+        for blob, row_split in zip(table["frames"].to_pylist(), table["split"].to_pylist()):
+            if row_split == split and taken < per_unit and len(frames) < n:
+                clip = np.frombuffer(blob, np.uint8).reshape(CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)
+                chosen = clip[: min(CLIP_FRAMES, per_unit - taken, n - len(frames))]
+                frames += list(chosen)
+                taken += len(chosen)
+    if not frames:
+        return torch.empty(0, CLIP_SIZE, CLIP_SIZE, 3, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(frames))

@@ -14,7 +14,8 @@ clip frames. Read top to bottom: config, building blocks, quantizer, the model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -142,10 +143,13 @@ class EMAQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(quantized with a straight-through gradient, codes, commitment loss)."""
-        codes = self.codes(z)
-        quantized = self.lookup(codes).to(z.dtype)
-        if self.training:
-            self._update(z.detach(), codes)
+        # Distances and codebook statistics in float32 even under bf16 autocast: in bf16 the nearest code
+        # would often be the wrong one.
+        with torch.autocast(z.device.type, enabled=False):
+            codes = self.codes(z)
+            quantized = self.lookup(codes).to(z.dtype)
+            if self.training:
+                self._update(z.detach(), codes)
         commitment = F.mse_loss(z, quantized.detach())
         return z + (quantized - z).detach(), codes, commitment
 
@@ -204,10 +208,7 @@ class FrameTokenizer(nn.Module):
         return self.decoder(quantized), codes, commitment
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        reconstruction, codes, commitment = self(x)
-        mse = F.mse_loss(reconstruction.float(), x.float())
-        total = mse + self.config.commitment * commitment
-        return total, {"mse": mse.detach(), "commitment": commitment.detach(), "codes": codes}
+        return training_loss(x, self(x), self.config.commitment)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -218,6 +219,30 @@ class FrameTokenizer(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) code ids -> (B, H, W, 3) uint8."""
         return self.to_frames(self.decoder(self.quantizer.lookup(codes)))
+
+
+def training_loss(x: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  commitment_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The VQ-VAE objective from a forward pass's (reconstruction, codes, commitment): reconstruction MSE plus
+    the weighted commitment loss (the codebook itself learns by EMA, not by gradient). Separate from the model
+    so a DDP-wrapped forward can use it."""
+    reconstruction, codes, commitment = outputs
+    mse = F.mse_loss(reconstruction.float(), x.float())
+    total = mse + commitment_weight * commitment
+    return total, {"mse": mse.detach(), "commitment": commitment.detach(), "codes": codes}
+
+
+def save(model: FrameTokenizer, path: str | Path) -> Path:
+    """The model as one file: its config and weights (codebook included); read back with `load`."""
+    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, path)
+    return Path(path)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> FrameTokenizer:
+    saved = torch.load(path, map_location=device, weights_only=True)
+    model = FrameTokenizer(FrameTokenizerConfig(**saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
 
 
 def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:

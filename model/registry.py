@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 TEXT_TOKENIZER = "cogflow-text-tokenizer"
 FRAME_TOKENIZER = "cogflow-frame-tokenizer"
 PYFUNC_TEXT_TOKENIZER = Path(__file__).with_name("text_tokenizer_pyfunc.py")
+PYFUNC_FRAME_TOKENIZER = Path(__file__).with_name("frame_tokenizer_pyfunc.py")
 
 
 def find_version(name: str, data_hash: str, config_hash: str) -> ModelVersion | None:
@@ -28,21 +29,57 @@ def find_version(name: str, data_hash: str, config_hash: str) -> ModelVersion | 
     return max(same, key=lambda v: int(v.version)) if same else None
 
 
-def register_text_tokenizer(model_file: Path, tags: dict[str, str], example: list[str]) -> ModelVersion:
-    """Log the SentencePiece model as a pyfunc in the active run and register a new version with `tags`."""
+def latest_version(name: str) -> ModelVersion | None:
+    """The newest registered version of `name`, if any."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def get_version(name: str, version: str) -> ModelVersion | None:
+    """Version `version` of `name`, or None when the registry has no such version."""
+    try:
+        return MlflowClient().get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _register(name: str, code: Path, artifacts: dict[str, str], example: object, requirements: list[str],
+              tags: dict[str, str]) -> ModelVersion:
+    """Log a models-from-code pyfunc (`code`) in the active run, register it as a new version of `name`, tag it."""
     info = mlflow.pyfunc.log_model(
-        name="text-tokenizer",
-        python_model=str(PYFUNC_TEXT_TOKENIZER),
-        artifacts={"sentencepiece": str(model_file)},
+        name=name.removeprefix("cogflow-"),
+        python_model=str(code),
+        artifacts=artifacts,
         input_example=example,
-        pip_requirements=["sentencepiece==0.2.3"],
-        registered_model_name=TEXT_TOKENIZER,
+        pip_requirements=requirements,
+        registered_model_name=name,
     )
     client = MlflowClient()
-    version = client.get_model_version(TEXT_TOKENIZER, str(info.registered_model_version))
+    version = str(info.registered_model_version)
     for key, value in tags.items():
-        client.set_model_version_tag(TEXT_TOKENIZER, version.version, key, value)
-    return client.get_model_version(TEXT_TOKENIZER, version.version)
+        client.set_model_version_tag(name, version, key, value)
+    return client.get_model_version(name, version)
+
+
+def register_text_tokenizer(model_file: Path, tags: dict[str, str], example: list[str]) -> ModelVersion:
+    """The SentencePiece model (`artifacts/text.model`), predicting piece ids of captions."""
+    return _register(TEXT_TOKENIZER, PYFUNC_TEXT_TOKENIZER, {"sentencepiece": str(model_file)}, example,
+                     ["sentencepiece==0.2.3"], tags)
+
+
+def register_frame_tokenizer(weights_file: Path, tags: dict[str, str], example: object) -> ModelVersion:
+    """The VQ-VAE (`artifacts/frame_tokenizer.pt`: config and weights), predicting codes of uint8 frames."""
+    return _register(FRAME_TOKENIZER, PYFUNC_FRAME_TOKENIZER, {"weights": str(weights_file)}, example,
+                     [f"torch=={torch_version()}"], tags)
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
 
 
 def download(name: str, version: str, artifact: str, dest: Path) -> Path:

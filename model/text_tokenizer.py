@@ -115,17 +115,17 @@ class TextTokenizer:
         """Text back from ids; pads (and anything masked as pad) are dropped."""
         return self.sp.decode([int(i) for i in ids if int(i) != self.pad_id])
 
-    def encode_batch(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Texts as `length` slots each, left-padded as CogVideo does: (ids, mask, how many were cut short).
+    def encode_batch(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Texts as `length` slots each, left-padded as CogVideo does: (ids, mask, cut).
 
-        ids (B, length) int32, pads first; mask (B, length) bool, True on real pieces. A text with more pieces
-        than slots keeps its beginning (CogVideo keeps at most 64 text tokens)."""
+        ids (B, length) int32, pads first; mask (B, length) bool, True on real pieces; cut (B,) bool, True for a
+        text with more pieces than slots, which keeps its beginning (CogVideo keeps at most 64 text tokens)."""
         ids = np.full((len(texts), length), self.pad_id, np.int32)
         mask = np.zeros((len(texts), length), bool)
-        cut = 0
+        cut = np.zeros(len(texts), bool)
         for row, pieces in enumerate(self.sp.encode(list(texts))):
             if len(pieces) > length:
-                pieces, cut = pieces[:length], cut + 1
+                pieces, cut[row] = pieces[:length], True
             if pieces:
                 ids[row, length - len(pieces):] = pieces
                 mask[row, length - len(pieces):] = True

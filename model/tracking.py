@@ -37,7 +37,14 @@ def use(tracking_uri: str, home: str, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at `tracking_uri` and make sure the experiment exists; returns its id."""
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
+    # MLflow 3 also writes the URI into os.environ, where cogflow's settings would read it back as if the user
+    # had set it: a later load_settings(home=...) in this process would then ignore its home's database.
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is not None:
@@ -49,11 +56,25 @@ def use(tracking_uri: str, home: str, experiment: str = EXPERIMENT) -> str:
 
 
 @contextlib.contextmanager
-def run(name: str, params: dict[str, object], tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run with the resolved config as params (flattened with dots) and cogflow's tags."""
+def run(name: str, params: dict[str, object], tags: dict[str, str] | None = None,
+        run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run with the resolved config as params (flattened with dots) and cogflow's tags; with `run_id`,
+    that run again (a training resumed from its checkpoint carries on in the same run)."""
+    if run_id is not None and _exists(run_id):
+        with mlflow.start_run(run_id=run_id) as active:
+            yield active
+        return
     with mlflow.start_run(run_name=name, tags={"cogflow.kind": name, **(tags or {})}) as active:
         mlflow.log_params(_flatten(params))
         yield active
+
+
+def _exists(run_id: str) -> bool:
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

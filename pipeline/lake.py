@@ -161,6 +161,42 @@ CLIP_SHARDS = pa.schema(
     ]
 )
 
+# One encoded clip, in `tokens/v<frame tokenizer version>/stage=S/shard-<shard_id>.parquet` (model/encode_clips.py):
+# what both CogVideo stages train on.
+TOKENS = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("caption_id", pa.string()),
+        ("video_id", pa.string()),
+        ("stage", pa.int8()),
+        ("fps", pa.float64()),
+        ("split", pa.string()),
+        ("text_ids", pa.list_(pa.int32())),  # the caption's pieces, left-padded with <pad> (0) to the text length
+        ("text_mask", pa.list_(pa.bool_())),  # True where text_ids holds a piece
+        ("text_truncated", pa.bool_()),  # the caption had more pieces than the text length (the tail was cut)
+        ("fps_token_id", pa.int32()),  # the id of '<fps_...>' in the text vocabulary
+        ("frame_codes", pa.binary()),  # 5 x code_grid x code_grid int16, little-endian, time order, row-major
+        ("code_grid", pa.int16()),  # codes per side of a frame: 10 (compression 16) or 20 (compression 8)
+        ("text_tokenizer_version", pa.string()),
+        ("frame_tokenizer_version", pa.string()),
+        ("shard_id", pa.string()),  # the split shard the clip came from; its token file has the same name
+    ]
+)
+
+# The completion record of one encoded clip file, in `token_shards/v<frame version>/stage=S/shard-<id>.parquet`,
+# written after its token rows: only token files with a record count.
+TOKEN_SHARDS = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("stage", pa.int8()),
+        ("frame_tokenizer_version", pa.string()),
+        ("text_tokenizer_version", pa.string()),
+        ("clips", pa.int64()),
+        ("seconds", pa.float64()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS,
     "sources": SOURCES,
@@ -170,6 +206,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "clips": CLIPS,
     "clip_rejects": CLIP_REJECTS,
     "clip_shards": CLIP_SHARDS,
+    "tokens": TOKENS,
+    "token_shards": TOKEN_SHARDS,
 }
 
 
@@ -299,3 +337,29 @@ def row_counts(store: Storage) -> dict[str, int]:
         with fs.open_input_file(store.arrow(rel)[1]) as f:
             counts[table] = counts.get(table, 0) + pq.ParquetFile(f).metadata.num_rows
     return counts
+
+
+def token_paths(frame_version: str, stage: int, shard_id: str) -> dict[str, str]:
+    """Where the tokens of one clip file (a split shard's clips of one stage) and their record live."""
+    return {
+        "tokens": f"tokens/v{frame_version}/stage={stage}/shard-{shard_id}.parquet",
+        "record": f"token_shards/v{frame_version}/stage={stage}/shard-{shard_id}.parquet",
+    }
+
+
+def token_records(store: Storage, frame_version: str | None = None) -> pa.Table:
+    """Completion records of encoded clip files (of one frame tokenizer version, or all)."""
+    prefix = "token_shards" if frame_version is None else f"token_shards/v{frame_version}"
+    return read_table(store, "token_shards", parts=store.list_files(prefix, ".parquet"))
+
+
+def token_parts(store: Storage, frame_version: str, stage: int | None = None) -> list[str]:
+    """The token files of `frame_version` that have a completion record (of one stage, or both)."""
+    records = token_records(store, frame_version).to_pylist()
+    return sorted(token_paths(frame_version, r["stage"], r["shard_id"])["tokens"] for r in records
+                  if stage is None or r["stage"] == stage)
+
+
+def read_tokens(store: Storage, frame_version: str, columns: list[str] | None = None, stage: int | None = None) -> pa.Table:
+    """Token rows of finished token files only."""
+    return read_table(store, "tokens", columns, parts=token_parts(store, frame_version, stage))

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 
-import pytest
 import torch
-from helpers import copy_sample, write_csv
 
 from model.clip_frames import ClipFrames, row_groups
 from pipeline import lake
-from pipeline.ingest import ingest
-from pipeline.settings import load_settings
-from pipeline.split import split
 from pipeline.storage import Storage
-
-
-@pytest.fixture(scope="module")
-def clip_lake(tmp_path_factory, sample_dir) -> str:
-    root = tmp_path_factory.mktemp("frames")
-    rows = copy_sample(sample_dir, root / "data")
-    manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
-    settings = load_settings(home=str(root / "home"))
-    settings = dataclasses.replace(settings, val_percent=50, split=dataclasses.replace(settings.split, workers=2))
-    ingest(str(manifest), settings)
-    split(settings)
-    return settings.lake
 
 
 def digest(frame: torch.Tensor) -> str:
@@ -58,3 +40,15 @@ def test_a_data_loader_with_workers_and_repeat(clip_lake: str) -> None:
     loader = torch.utils.data.DataLoader(ClipFrames(clip_lake, "train", repeat=True), batch_size=16, num_workers=2)
     batches = [b for _, b in zip(range(3), loader)]
     assert all(b.shape == (16, 160, 160, 3) for b in batches)
+
+
+def test_more_readers_than_row_groups_still_share_every_frame_once(clip_lake: str, monkeypatch) -> None:
+    import model.clip_frames as module
+
+    readers = len(row_groups(Storage.at(clip_lake))) + 3
+    everything = sorted(digest(f) for f in ClipFrames(clip_lake, "train"))
+    seen = []
+    for slot in range(readers):
+        monkeypatch.setattr(module, "_reader_slot", lambda slot=slot: (slot, readers))
+        seen += [digest(f) for f in ClipFrames(clip_lake, "train")]
+    assert sorted(seen) == everything

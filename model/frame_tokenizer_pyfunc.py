@@ -1,0 +1,27 @@
+"""The frame tokenizer as an MLflow pyfunc model, logged from this file (models-from-code).
+
+`predict` takes uint8 frames (N, 160, 160, 3) and returns their codes (N, h, w) as int16; `load_context` reads
+the config and weights saved by `model.frame_tokenizer.save`. Loading `models:/cogflow-frame-tokenizer/<version>`
+needs only cogflow installed.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from model import frame_tokenizer
+
+
+class FrameTokenizerModel(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
+        self.model = frame_tokenizer.load(context.artifacts["weights"])
+
+    def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        frames = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))  # (N, H, W, 3)
+        return self.model.encode(frames).to(torch.int16).numpy()  # (N, h, w)
+
+
+mlflow.models.set_model(FrameTokenizerModel())

@@ -1,0 +1,392 @@
+"""Train the frame tokenizer (VQ-VAE) on the lake's clip frames, track it in MLflow and register it.
+
+    python -m model.train_frame_tokenizer --config demo [--set train.steps=600]     (or `cogflow tokenize frames`)
+    torchrun --nproc_per_node=2 -m model.train_frame_tokenizer --config demo
+
+Read top to bottom in execution order: config, data, schedule, checkpoints, evaluation, the training loop.
+
+- Frames stream from the finished clip shards (model/clip_frames.py), dealt over ranks and data-loader
+  workers. Training sees random crops aligned to the code grid; evaluation sees whole frames of the `val`
+  split (of `train` when the lake has no val clips, and the metrics say so).
+- A checkpoint (model, optimizer, step, RNG state, MLflow run) is written atomically every `checkpoint_every`
+  steps, on SIGTERM and at the end. A later run with the same frames, config and number of processes picks it
+  up and ends exactly where an uninterrupted run would have.
+- Rank 0 alone talks to MLflow. A training the registry already holds (same frames, same config) is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from model import config as configs
+from model import distributed, registry, tracking
+from model.clip_frames import ClipFrames, _reader_slot, sample_frames
+from model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr, save, training_loss
+from model.progress import StepProgress
+from pipeline import lake
+from pipeline.settings import Settings, load_settings
+from pipeline.storage import Storage
+
+KIND = "frame_tokenizer"  # configs in model/configs/frame_tokenizer/
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class FrameTrainConfig:
+    steps: int = 1200
+    batch_size: int = 32  # frames per process and step
+    crop: int = 64  # side of the random training crops, a multiple of the compression; 160: whole frames
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    val_every: int = 300
+    val_frames: int = 256
+    log_every: int = 25
+    checkpoint_every: int = 300
+    shuffle_buffer: int = 512
+    loader_workers: int = 0  # data-loader processes per training process
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FrameTokenizerRun:
+    model: FrameTokenizerConfig = field(default_factory=FrameTokenizerConfig)
+    train: FrameTrainConfig = field(default_factory=FrameTrainConfig)
+
+    def __post_init__(self) -> None:
+        crop, c = self.train.crop, self.model.compression
+        if crop % c or not 0 < crop <= 160:
+            raise ValueError(f"train.crop must be a multiple of the compression ({c}) up to 160, not {crop}")
+
+
+def load_config(name: str = "demo", overrides: list[str] | tuple[str, ...] = ()) -> FrameTokenizerRun:
+    return configs.load(FrameTokenizerRun, KIND, name, overrides)
+
+
+@dataclass(frozen=True)
+class FrameTokenizerResult:
+    version: str  # registered version of cogflow-frame-tokenizer; "" when the run stopped early (until_step)
+    run_id: str
+    trained: bool  # False when an identical training was registered already
+    steps: int
+    eval_split: str  # the split the metrics below were measured on: "val", or "train" for a lake without val clips
+    psnr: float
+    thumbnail_psnr: float  # a bicubic thumbnail with as many pixels as the frame has codes, upscaled back
+    codebook_used: float
+    perplexity: float
+    note: str = ""
+
+
+def _hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+class TrainCrops(IterableDataset):
+    """Endless (B, crop, crop, 3) uint8 batches of random crops of train frames, aligned to the code grid.
+
+    The first `skip_steps` steps' batches are drawn and dropped, so a resumed run sees exactly the batches an
+    uninterrupted one would have: a data loader takes batches from its workers in turn."""
+
+    def __init__(self, lake_uri: str, train: FrameTrainConfig, align: int, skip_steps: int = 0) -> None:
+        self.lake_uri, self.train, self.align, self.skip_steps = lake_uri, train, align, skip_steps
+
+    def __iter__(self):
+        cfg = self.train
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        skip = len(range(worker, self.skip_steps, workers))  # batches this worker made before the checkpoint
+        slot, _ = _reader_slot()
+        rng = random.Random(f"crops {cfg.seed} {slot}")
+        offsets = range(0, 160 - cfg.crop + 1, self.align)
+        frames = ClipFrames(self.lake_uri, "train", shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, repeat=True)
+        batch: list[torch.Tensor] = []
+        made = 0
+        for frame in frames:  # (160, 160, 3)
+            top, left = rng.choice(offsets), rng.choice(offsets)
+            batch.append(frame[top:top + cfg.crop, left:left + cfg.crop])
+            if len(batch) == cfg.batch_size:
+                if made >= skip:
+                    yield torch.stack(batch)  # (B, crop, crop, 3)
+                made += 1
+                batch = []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schedule
+
+
+def learning_rate(step: int, train: FrameTrainConfig) -> float:
+    """Linear warmup to `lr`, then a cosine down to lr * min_lr_ratio at the last step."""
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    floor = train.lr * train.min_lr_ratio
+    return floor + (train.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_store(settings: Settings) -> Storage:
+    """Where checkpoints go: $COGFLOW_CHECKPOINTS (a folder or s3://...), else $COGFLOW_HOME/checkpoints."""
+    return Storage.at(os.environ.get("COGFLOW_CHECKPOINTS") or str(Path(settings.home) / "checkpoints"))
+
+
+def save_checkpoint(store: Storage, rel: str, state: dict) -> None:
+    """All or nothing: a reader finds the previous checkpoint or this one, never half of one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    store.put_bytes(rel, buffer.getvalue())
+
+
+def load_checkpoint(store: Storage, rel: str) -> dict | None:
+    if not store.exists(rel):
+        return None
+    return torch.load(io.BytesIO(store.read_bytes(rel)), map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(model: FrameTokenizer, frames: torch.Tensor, device: torch.device, batch: int = 64) -> tuple[dict[str, float], torch.Tensor]:
+    """PSNR of whole frames through the tokenizer and codebook usage; returns (metrics, reconstructions)."""
+    was_training = model.training
+    model.eval()
+    codes, reconstructions = [], []
+    for chunk in frames.split(batch):
+        c = model.encode(chunk.to(device))  # (b, h, w)
+        codes.append(c.cpu())
+        reconstructions.append(model.decode(c).cpu())  # (b, 160, 160, 3) uint8
+    model.train(was_training)
+    codes_all, rec = torch.cat(codes), torch.cat(reconstructions)
+    used, perplexity = codebook_usage(codes_all, model.config.codebook_size)
+    return {"psnr": psnr(frames, rec), "codebook_used": used, "perplexity": perplexity}, rec
+
+
+def thumbnail(frames: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> the same frames through a side x side bicubic thumbnail and back (the baseline a
+    tokenizer with side x side codes should beat... or at least approach)."""
+    x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+    small = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    back = F.interpolate(small, size=frames.shape[1:3], mode="bicubic", align_corners=False)
+    return back.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def comparison_grid(frames: torch.Tensor, reconstructions: torch.Tensor, baseline: torch.Tensor, path: Path, n: int = 8) -> Path:
+    """A PNG with n frames per row: originals, tokenizer reconstructions, bicubic thumbnails."""
+    rows = [torch.cat(list(t[:n]), dim=1) for t in (frames, reconstructions, baseline)]  # each (H, n*W, 3)
+    Image.fromarray(torch.cat(rows, dim=0).numpy()).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+class _Stop:
+    """Set by SIGTERM (what torchrun and schedulers send before killing): the loop checkpoints and leaves."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        cls.requested = False
+        if threading.current_thread() is threading.main_thread():  # signals can only be set from there
+            signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+
+
+def _train_frames(store: Storage) -> int:
+    clips = lake.read_clips(store, ["split"])
+    return 5 * sum(1 for s in clips["split"].to_pylist() if s == "train")
+
+
+def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart: bool = False,
+                          until_step: int | None = None, progress: bool = True) -> FrameTokenizerResult:
+    """Train (or resume, or find already registered) the frame tokenizer of `run` on the lake's clip frames.
+
+    `until_step` stops early after checkpointing that step, without registering (training in slices)."""
+    env = distributed.setup()
+    torch.manual_seed(run.train.seed)
+    store = Storage.at(settings.lake)
+    parts = lake.clip_parts(store)
+    if not parts or _train_frames(store) < run.train.batch_size * env.world:
+        raise ValueError(f"the lake at {settings.lake} has too few train clips for a batch: run `cogflow split` first")
+    data_hash = _hash(parts)
+    config_hash = _hash({**configs.as_dict(run), "world_size": env.world})
+    tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash}
+
+    # Already registered? Rank 0 asks MLflow; everyone follows.
+    known = None
+    if env.main:
+        tracking.use(settings.mlflow_tracking_uri, settings.home)
+        known = registry.find_version(registry.FRAME_TOKENIZER, data_hash, config_hash)
+        known = None if known is None else (str(known.version), known.run_id, dict(known.tags))
+    known = distributed.from_main(known)
+    if known is not None:
+        version, run_id, vtags = known
+        return FrameTokenizerResult(version, run_id, False, run.train.steps, vtags.get("cogflow.eval_split", ""),
+                                    float(vtags.get("cogflow.psnr", "nan")), float(vtags.get("cogflow.thumbnail_psnr", "nan")),
+                                    float(vtags.get("cogflow.codebook_used", "nan")), float(vtags.get("cogflow.perplexity", "nan")),
+                                    "the registry holds a frame tokenizer trained on these clips with this config")
+
+    # The model, the optimizer, and where a killed run of the same training left off.
+    model = FrameTokenizer(run.model).to(env.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
+    ckpt_store, ckpt_rel = checkpoint_store(settings), f"frame-tokenizer/{_hash([data_hash, config_hash])}/checkpoint.pt"
+    state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
+    step, run_id = 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, run_id = state["step"], state["run_id"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if env.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], env.device)
+    ddp = DistributedDataParallel(model) if env.world > 1 else model  # the quantizer syncs its own statistics
+
+    loader = DataLoader(TrainCrops(settings.lake, run.train, run.model.compression, skip_steps=step), batch_size=None,
+                        num_workers=run.train.loader_workers, persistent_workers=run.train.loader_workers > 0)
+    eval_frames, eval_split = sample_frames(settings.lake, "val", run.train.val_frames), "val"
+    if len(eval_frames) == 0:
+        eval_frames, eval_split = sample_frames(settings.lake, "train", run.train.val_frames), "train"
+    side = run.model.grid()
+    baseline = thumbnail(eval_frames, side)
+    thumbnail_psnr = psnr(eval_frames, baseline)
+    params = {**configs.as_dict(run), "world_size": env.world, "device": env.device.type, "eval_split": eval_split}
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda")
+
+    def checkpoint(at: int) -> None:
+        if env.main:
+            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None}
+            save_checkpoint(ckpt_store, ckpt_rel, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                   "step": at, "run_id": run_id, "rng": rng, "config": configs.as_dict(run)})
+        distributed.barrier()
+
+    _Stop.install()
+    bar = StepProgress("frame tokenizer", run.train.steps, step, enabled=progress and env.main, every=run.train.log_every)
+    last = {}
+    with (tracking.run("frame-tokenizer", params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
+            tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp:
+        run_id = distributed.from_main(active.info.run_id if env.main else None)
+        if env.main and step == 0:
+            tracking.log_metrics({f"{eval_split}/thumbnail_psnr": thumbnail_psnr}, step=0)
+        window_started, window_frames = time.monotonic(), 0
+        batches = iter(loader)
+        while step < run.train.steps:
+            batch = next(batches).to(env.device, non_blocking=True)  # (B, crop, crop, 3) uint8
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, run.train)
+            x = FrameTokenizer.to_input(batch)  # (B, 3, crop, crop) in [-1, 1]
+            with autocast:
+                loss, parts_ = training_loss(x, ddp(x), run.model.commitment)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
+            optimizer.step()
+            step += 1
+            window_frames += batch.shape[0] * env.world
+
+            if env.main and (step % run.train.log_every == 0 or step == run.train.steps):
+                seconds = time.monotonic() - window_started
+                used, perplexity = codebook_usage(parts_["codes"], run.model.codebook_size)
+                last = {"loss": loss.item(), "mse": parts_["mse"].item(), "commitment": parts_["commitment"].item(),
+                        "lr": learning_rate(step - 1, run.train), "frames_per_s": window_frames / max(seconds, 1e-9),
+                        "batch_codebook_used": used, "batch_perplexity": perplexity}
+                if env.device.type == "cuda":
+                    last["memory_gb"] = torch.cuda.max_memory_allocated(env.device) / 1e9
+                tracking.log_metrics({f"train/{k}": v for k, v in last.items()}, step=step)
+                window_started, window_frames = time.monotonic(), 0
+            if env.main and (step % run.train.val_every == 0 or step == run.train.steps):
+                metrics, rec = evaluate(model, eval_frames, env.device)
+                tracking.log_metrics({f"{eval_split}/{k}": v for k, v in metrics.items()}, step=step)
+                grid = comparison_grid(eval_frames, rec, baseline, Path(tmp) / f"step-{step:07d}.png")
+                tracking.log_artifact(grid, "reconstructions")
+                bar.log(f"step {step}: {eval_split} PSNR {metrics['psnr']:.2f} dB (thumbnail {thumbnail_psnr:.2f} dB), "
+                        f"codebook used {metrics['codebook_used']:.0%}, perplexity {metrics['perplexity']:.1f}")
+            bar.update(step, f"loss {loss.item():.4f}")
+            stop = until_step is not None and step >= until_step
+            if step % run.train.checkpoint_every == 0 or step == run.train.steps or stop or _Stop.requested:
+                checkpoint(step)
+            if (stop or _Stop.requested) and step < run.train.steps:
+                bar.close()
+                return FrameTokenizerResult("", run_id, True, step, eval_split, float("nan"), thumbnail_psnr,
+                                            float("nan"), float("nan"), f"stopped at step {step}; run again to resume")
+        bar.close()
+
+        # Register the trained tokenizer (rank 0), and tell every rank which version it became.
+        metrics, rec = evaluate(model, eval_frames, env.device)
+        version = ""
+        if env.main:
+            tags.update({f"cogflow.{k}": f"{v:.6g}" for k, v in metrics.items()})
+            tags.update({"cogflow.thumbnail_psnr": f"{thumbnail_psnr:.6g}", "cogflow.eval_split": eval_split})
+            comparison_grid(eval_frames, rec, baseline, Path(tmp) / "before_after.png")
+            tracking.log_artifact(Path(tmp) / "before_after.png")
+            weights = save(model, Path(tmp) / "frame_tokenizer.pt")
+            version = str(registry.register_frame_tokenizer(weights, tags, eval_frames[:1].numpy()).version)
+        version = distributed.from_main(version)
+    return FrameTokenizerResult(version, run_id, True, step, eval_split, metrics["psnr"], thumbnail_psnr,
+                                metrics["codebook_used"], metrics["perplexity"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="demo", help=f"a named config ({', '.join(configs.named(KIND))}) or a .toml file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600")
+    parser.add_argument("--lake", help="the lake to read clips from (default: $COGFLOW_LAKE)")
+    parser.add_argument("--restart", action="store_true", help="ignore a checkpoint of this training and start over")
+    parser.add_argument("--until-step", type=int, help="checkpoint and stop at this step (train in slices; run again to go on)")
+    parser.add_argument("--result-file", help="also write the result as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        run = load_config(args.config, args.set)
+        result = train_frame_tokenizer(load_settings(lake=args.lake), run, restart=args.restart,
+                                       until_step=args.until_step, progress=not args.quiet)
+    except ValueError as exc:
+        print(f"train_frame_tokenizer: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.teardown()
+    if main_rank:
+        text = json.dumps(asdict(result))
+        print(text)
+        if args.result_file:
+            Path(args.result_file).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
