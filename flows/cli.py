@@ -27,8 +27,10 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(command: str, run: Callable[[], object], usage_errors: tuple[type[Exception], ...] = ()) -> int:
-    """Run a flow and print its summary; a usage error is exit 2, a lake that fails its data checks exit 1."""
+def _report(command: str, run: Callable[[], object], usage_errors: tuple[type[Exception], ...] = (),
+            failures: tuple[type[Exception], ...] = ()) -> int:
+    """Run a flow and print its summary; a usage error is exit 2, a lake that fails its data checks (or another
+    expected failure, such as a training child that crashed) exit 1."""
     from pipeline.checks import DataCheckError
 
     try:
@@ -38,6 +40,9 @@ def _report(command: str, run: Callable[[], object], usage_errors: tuple[type[Ex
         return 2
     except DataCheckError as exc:
         print(f"cogflow {command}: the lake failed its data checks\n{exc}", file=sys.stderr)
+        return 1
+    except failures as exc:
+        print(f"cogflow {command}: {exc}", file=sys.stderr)
         return 1
     print(summary.text())  # type: ignore[attr-defined]
     return 0
@@ -66,21 +71,17 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
+    from flows.launch import ChildFailed
     from flows.tokenize import tokenize_flow
     from pipeline.settings import load_settings
 
     settings = load_settings()
-    try:
-        text = tokenize_flow(lake=settings.lake, vocab_size=args.vocab_size)
-    except ValueError as exc:
-        print(f"cogflow tokenize: {exc}", file=sys.stderr)
-        return 2
-    what = "trained and registered" if text.trained else "already registered (same captions, same config)"
-    print(f"cogflow-text-tokenizer v{text.version}: {what}; {text.vocab_size} pieces from {text.captions} captions")
-    if text.note:
-        print(f"  {text.note}")
-    print(f"  MLflow run {text.run_id} at {settings.mlflow_tracking_uri}")
-    return 0
+    code = _report("tokenize", lambda: tokenize_flow(
+        lake=settings.lake, steps=args.what, vocab_size=args.vocab_size, frame_config=args.config,
+        frame_overrides=args.set, nproc=args.nproc, restart=args.restart, frame_tokenizer_version=args.frame_tokenizer,
+        text_tokenizer_version=args.text_tokenizer, batch_clips=args.batch_clips,
+    ), usage_errors=(ValueError,), failures=(ChildFailed,))
+    return code
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -120,6 +121,15 @@ def _status(args: argparse.Namespace) -> int:
         print("clips of finished shards")
         for (stage, fps), n in sorted(clips.items()):
             print(f"  stage {stage}  {fps_token(fps):<10}  {n:>10,}")
+    records = lake.token_records(store).to_pylist()
+    if records:
+        print("encoded clips of finished token files")
+        encoded: dict[tuple[str, str, int], int] = {}
+        for r in records:
+            key = (r["frame_tokenizer_version"], r["text_tokenizer_version"], r["stage"])
+            encoded[key] = encoded.get(key, 0) + r["clips"]
+        for (frames, text, stage), n in sorted(encoded.items()):
+            print(f"  tokens/v{frames}  stage {stage}  (text tokenizer v{text})  {n:>10,}")
     return 0
 
 
@@ -188,10 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-rejects", action="store_true", help="plan again the clips that failed to decode (missing files, timeouts, ...)")
     p.set_defaults(run=_split)
 
-    p = commands.add_parser("tokenize", help="train the tokenizers from the lake and register them in MLflow")
-    p.add_argument("what", choices=["text"], help="text: the SentencePiece caption tokenizer")
+    p = commands.add_parser("tokenize", help="train the tokenizers from the lake, register them in MLflow, encode every clip")
+    p.add_argument("what", nargs="?", default="all",
+                   help="all (default), or any of text, frames, encode (comma-separated): text trains the SentencePiece "
+                        "caption tokenizer, frames the VQ-VAE frame tokenizer, encode writes tokens/<version>/ rows")
     p.add_argument("--lake")
-    p.add_argument("--vocab-size", type=_positive, default=16000, help="pieces wanted (a small corpus gets fewer; default 16000)")
+    p.add_argument("--vocab-size", type=_positive, default=16000, help="text pieces wanted (a small corpus gets fewer; default 16000)")
+    p.add_argument("--config", default="demo", help="frame tokenizer config: debug, demo, base or a .toml file (default demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a frame tokenizer config key, e.g. train.steps=600")
+    p.add_argument("--nproc", type=_positive, default=1, help="training processes (torchrun --standalone when more than 1)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint of the same frame tokenizer training")
+    p.add_argument("--frame-tokenizer", help="encode with this version of cogflow-frame-tokenizer (default: trained now, or newest)")
+    p.add_argument("--text-tokenizer", help="encode with this version of cogflow-text-tokenizer (default: trained now, or newest)")
+    p.add_argument("--batch-clips", type=_positive, default=16, help="clips per frame tokenizer batch when encoding")
     p.set_defaults(run=_tokenize)
 
     p = commands.add_parser("preview", help="write a contact sheet of clips (frames in a row, caption beneath)")

@@ -1,36 +1,144 @@
-"""The tokenize flow: tokenizers trained from the lake, tracked and registered in MLflow (model/).
+"""The tokenize flow: both tokenizers trained from the lake and registered in MLflow, then every clip encoded
+into token rows (plain steps in model/).
 
-For now it trains the text tokenizer; the frame tokenizer and the encoding of clips into token shards join
-it in this order (issue #4). A training the registry already holds (same data, same config) is skipped.
+In order: the text tokenizer (SentencePiece, in this process), the frame tokenizer (a VQ-VAE, in a child process:
+`python -m model.train_frame_tokenizer`, or torchrun for `nproc` > 1), then the encoding of every clip file not
+yet encoded with those two versions, and the lake's data checks. A training the registry already holds (same
+data, same config) is skipped, so a scheduled run on an unchanged lake only looks.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.launch import run_module
+from flows.progress import Progress
+from model.encode_clips import EncodeResult, encode_clips
+from model.train_frame_tokenizer import FrameTokenizerResult
 from model.train_text_tokenizer import TextTokenizerConfig, TextTokenizerResult, train_text_tokenizer
-from pipeline.settings import load_settings
-from pipeline.storage import safe_uri
+from pipeline import checks, db
+from pipeline.settings import Settings, load_settings
+from pipeline.storage import Storage, safe_uri
+
+STEPS = ("text", "frames", "encode")
 
 text_task = task(train_text_tokenizer, name="train-text-tokenizer", cache_policy=NO_CACHE)
 
 
-@flow(name="tokenize")
-def tokenize_flow(lake: str | None = None, vocab_size: int = TextTokenizerConfig.vocab_size) -> TextTokenizerResult:
-    """Train (or find, when already registered) the text tokenizer of the lake's captions."""
-    settings = load_settings(lake=lake)
+@task(name="train-frame-tokenizer", cache_policy=NO_CACHE)
+def frames_task(settings: Settings, config: str, overrides: list[str], nproc: int, restart: bool) -> FrameTokenizerResult:
     logger = get_run_logger()
-    text = text_task(settings, TextTokenizerConfig(vocab_size=vocab_size))
-    what = "trained and registered" if text.trained else "already registered"
-    logger.info("text tokenizer %s as cogflow-text-tokenizer v%s (%d pieces, %d captions)", what, text.version,
-                text.vocab_size, text.captions)
-    if text.note:
-        logger.info(text.note)
-    create_markdown_artifact(
-        key="tokenize-summary",
-        markdown=f"**cogflow-text-tokenizer v{text.version}** ({what}): {text.vocab_size} pieces from "
-                 f"{text.captions} train captions of `{safe_uri(settings.lake)}`; MLflow run `{text.run_id}`. {text.note}",
-    )
-    return text
+    args = ["--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
+    if restart:
+        args.append("--restart")
+    result = run_module("model.train_frame_tokenizer", args, settings, nproc=nproc, log=logger.info)
+    return FrameTokenizerResult(**result)
+
+
+@task(name="encode-clips", cache_policy=NO_CACHE)
+def encode_task(settings: Settings, frame_version: str | None, text_version: str | None, batch_clips: int) -> EncodeResult:
+    progress: Progress | None = None
+
+    def on_file(result: EncodeResult, total: int) -> None:
+        nonlocal progress
+        progress = progress or Progress(total, "encoding clip files", key="encode-progress")
+        progress.advance()
+
+    return encode_clips(settings, frame_version, text_version, batch_clips=batch_clips, progress=False, on_file=on_file)
+
+
+@task(name="check-tokens", cache_policy=NO_CACHE)
+def checks_task(settings: Settings) -> list[str]:
+    con = db.connect()
+    try:
+        checks.register_lake(con, Storage.at(settings.lake))
+        return checks.run_checks(con)
+    finally:
+        con.close()
+
+
+@dataclass
+class TokenizeSummary:
+    lake: str  # as shown (credentials removed)
+    mlflow: str
+    text_tokenizer: TextTokenizerResult | None = None
+    frame_tokenizer: FrameTokenizerResult | None = None
+    encoding: EncodeResult | None = None
+    checks: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"tokenize {self.lake}"]
+        if (t := self.text_tokenizer) is not None:
+            what = "trained" if t.trained else "already registered: same captions, same config"
+            out.append(f"  text tokenizer   cogflow-text-tokenizer v{t.version} ({what}): {t.vocab_size} pieces from {t.captions} captions")
+            if t.note:
+                out.append(f"                   {t.note}")
+        if (f := self.frame_tokenizer) is not None:
+            what = "trained" if f.trained else "already registered: same clips, same config"
+            name = f"v{f.version}" if f.version else "(not registered yet)"
+            out.append(f"  frame tokenizer  cogflow-frame-tokenizer {name} ({what}, {f.steps} steps): {f.eval_split} PSNR "
+                       f"{f.psnr:.2f} dB against {f.thumbnail_psnr:.2f} dB for a bicubic thumbnail of as many pixels as codes; "
+                       f"codebook {f.codebook_used:.0%} used, perplexity {f.perplexity:.1f}")
+            if f.note:
+                out.append(f"                   {f.note}")
+        if (e := self.encoding) is not None:
+            stages = ", ".join(f"stage {s}: {n}" for s, n in sorted(e.stages.items())) or "nothing new"
+            out.append(f"  encoded          {e.clips} clips from {e.files_encoded} clip files ({stages}) at {e.frames_per_s:.0f} frames/s "
+                       f"into tokens/v{e.frame_tokenizer_version}; {e.files_done_before} files were encoded already")
+        if self.checks:
+            out.append(f"  data checks passed: {len(self.checks)}")
+        out.append(f"  MLflow: {self.mlflow}")
+        return out
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+
+def parse_steps(steps: str) -> tuple[str, ...]:
+    chosen = STEPS if steps == "all" else tuple(s.strip() for s in steps.split(","))
+    unknown = [s for s in chosen if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown tokenize step {', '.join(unknown)}: use all or any of {', '.join(STEPS)}")
+    return chosen
+
+
+@flow(name="tokenize")
+def tokenize_flow(
+    lake: str | None = None,
+    steps: str = "all",
+    vocab_size: int = TextTokenizerConfig.vocab_size,
+    frame_config: str = "demo",
+    frame_overrides: list[str] | None = None,
+    nproc: int = 1,
+    restart: bool = False,
+    frame_tokenizer_version: str | None = None,
+    text_tokenizer_version: str | None = None,
+    batch_clips: int = 16,
+) -> TokenizeSummary:
+    """Train (or find) the text and frame tokenizers of the lake, then encode every clip not encoded with them.
+
+    `steps` is `all` or a comma-separated choice of text, frames, encode. Encoding uses the versions this run
+    trained or found, else the given or newest registered ones."""
+    chosen = parse_steps(steps)
+    settings = load_settings(lake=lake)
+    settings = settings.replace(lake=Storage.at(settings.lake).root)  # the child gets an absolute path
+    logger = get_run_logger()
+    summary = TokenizeSummary(safe_uri(settings.lake), safe_uri(settings.mlflow_tracking_uri))
+    if "text" in chosen:
+        summary.text_tokenizer = text_task(settings, TextTokenizerConfig(vocab_size=vocab_size))
+        text_tokenizer_version = summary.text_tokenizer.version
+    if "frames" in chosen:
+        summary.frame_tokenizer = frames_task(settings, frame_config, list(frame_overrides or []), nproc, restart)
+        frame_tokenizer_version = summary.frame_tokenizer.version or None
+    if "encode" in chosen:
+        summary.encoding = encode_task(settings, frame_tokenizer_version, text_tokenizer_version, batch_clips)
+        summary.checks = checks_task(settings)
+    for line in summary.lines():
+        logger.info(line)
+    create_markdown_artifact(key="tokenize-summary", markdown="\n".join(["```", *summary.lines(), "```"]),
+                             description=f"tokenize {summary.lake}")
+    return summary

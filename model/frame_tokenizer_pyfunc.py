@@ -20,7 +20,7 @@ class FrameTokenizerModel(PythonModel):
         self.model = frame_tokenizer.load(context.artifacts["weights"])
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-        frames = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))  # (N, H, W, 3)
+        frames = torch.from_numpy(np.array(model_input, dtype=np.uint8))  # (N, H, W, 3), a writable copy
         return self.model.encode(frames).to(torch.int16).numpy()  # (N, h, w)
 
 

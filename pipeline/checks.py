@@ -1,7 +1,8 @@
 """The lake's data checks: every query in `sql/checks/` must return zero rows (dbt-style tests).
 
 Each check reads the lake tables registered under their own names. The clip tables hold only shards with a
-completion record (a shard a killed run left half written is not part of the lake yet), and never the frames.
+completion record (a shard a killed run left half written is not part of the lake yet), and never the frames;
+the same goes for token files and their records, of every frame tokenizer version.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ CHECK_COLUMNS = {
     "clip_rejects": ["reject_id", "stage", "clip_id", "caption_id", "reason", "detail", "shard_id"],
     "clip_shards": ["shard_id", "clips_planned", "clips_written", "rejects"],
 }
+TOKEN_CHECK_COLUMNS = ["clip_id", "stage", "shard_id", "frame_tokenizer_version", "text_tokenizer_version"]
 CLIP_CHECK_COLUMNS = ["clip_id", "video_id", "caption_id", "stage", "fps", "fps_token", "start_s", "frame_times", "split", "shard_id"]
 
 
@@ -32,6 +34,7 @@ def register_lake(con: duckdb.DuckDBPyConnection, store: Storage) -> None:
     """Register every table the checks read, as the lake holds it now."""
     db.register(con, **{name: lake.read_table(store, name, cols) for name, cols in CHECK_COLUMNS.items()})
     db.register(con, clips=lake.read_clips(store, CLIP_CHECK_COLUMNS))
+    db.register(con, token_shards=lake.token_records(store), tokens=lake.read_tokens(store, None, TOKEN_CHECK_COLUMNS))
 
 
 def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:

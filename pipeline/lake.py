@@ -353,13 +353,13 @@ def token_records(store: Storage, frame_version: str | None = None) -> pa.Table:
     return read_table(store, "token_shards", parts=store.list_files(prefix, ".parquet"))
 
 
-def token_parts(store: Storage, frame_version: str, stage: int | None = None) -> list[str]:
-    """The token files of `frame_version` that have a completion record (of one stage, or both)."""
+def token_parts(store: Storage, frame_version: str | None = None, stage: int | None = None) -> list[str]:
+    """The token files with a completion record, of one frame tokenizer version (or all), of one stage (or both)."""
     records = token_records(store, frame_version).to_pylist()
-    return sorted(token_paths(frame_version, r["stage"], r["shard_id"])["tokens"] for r in records
+    return sorted(token_paths(r["frame_tokenizer_version"], r["stage"], r["shard_id"])["tokens"] for r in records
                   if stage is None or r["stage"] == stage)
 
 
-def read_tokens(store: Storage, frame_version: str, columns: list[str] | None = None, stage: int | None = None) -> pa.Table:
-    """Token rows of finished token files only."""
+def read_tokens(store: Storage, frame_version: str | None, columns: list[str] | None = None, stage: int | None = None) -> pa.Table:
+    """Token rows of finished token files only (of one frame tokenizer version, or all)."""
     return read_table(store, "tokens", columns, parts=token_parts(store, frame_version, stage))

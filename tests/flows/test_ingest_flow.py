@@ -59,6 +59,7 @@ def test_cli_sample_data_ingest_and_status(tmp_path, capsys, monkeypatch):
     assert [line.split() for line in status.strip().splitlines()] == [
         ["videos", "3", "rows"], ["sources", "3", "rows"], ["captions", "3", "rows"], ["rejects", "0", "rows"],
         ["clip_plan", "0", "rows"], ["clips", "0", "rows"], ["clip_rejects", "0", "rows"], ["clip_shards", "0", "rows"],
+        ["tokens", "0", "rows"], ["token_shards", "0", "rows"],
     ]
 
 
