@@ -20,6 +20,7 @@ run: install
 	$(BIN)/cogflow ingest $(SAMPLE)/manifest.csv
 	$(BIN)/cogflow split
 	$(BIN)/cogflow preview --random 8 -o .cogflow/clips.png
+	$(BIN)/cogflow tokenize
 	$(BIN)/cogflow status
 
 test: install
@@ -28,6 +29,7 @@ test: install
 bench: install
 	$(BIN)/python tests/bench/bench_ingest.py
 	$(BIN)/python tests/bench/bench_split.py
+	$(BIN)/python tests/bench/bench_tokenize.py
 
 clean:
 	rm -rf $(VENV) .cogflow *.egg-info

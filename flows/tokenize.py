@@ -9,6 +9,7 @@ data, same config) is skipped, so a scheduled run on an unchanged lake only look
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, task
@@ -20,11 +21,12 @@ from flows.progress import Progress
 from model.encode_clips import EncodeResult, encode_clips
 from model.train_frame_tokenizer import FrameTokenizerResult
 from model.train_text_tokenizer import TextTokenizerConfig, TextTokenizerResult, train_text_tokenizer
-from pipeline import checks, db
+from pipeline import checks
 from pipeline.settings import Settings, load_settings
 from pipeline.storage import Storage, safe_uri
 
 STEPS = ("text", "frames", "encode")
+STEP_LINE = re.compile(r"^frame tokenizer (\d+)/(\d+) ")
 
 text_task = task(train_text_tokenizer, name="train-text-tokenizer", cache_policy=NO_CACHE)
 
@@ -35,7 +37,18 @@ def frames_task(settings: Settings, config: str, overrides: list[str], nproc: in
     args = ["--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
     if restart:
         args.append("--restart")
-    result = run_module("model.train_frame_tokenizer", args, settings, nproc=nproc, log=logger.info)
+    progress: Progress | None = None
+
+    def log(line: str) -> None:
+        nonlocal progress
+        logger.info(line)
+        step = STEP_LINE.match(line)  # the child's periodic "frame tokenizer 25/1200 ..." lines
+        if step:
+            done, total = int(step[1]), int(step[2])
+            progress = progress or Progress(total, "training the frame tokenizer (steps)", key="frame-tokenizer-progress")
+            progress.advance(done - progress.done)
+
+    result = run_module("model.train_frame_tokenizer", args, settings, nproc=nproc, log=log)
     return FrameTokenizerResult(**result)
 
 
@@ -53,12 +66,7 @@ def encode_task(settings: Settings, frame_version: str | None, text_version: str
 
 @task(name="check-tokens", cache_policy=NO_CACHE)
 def checks_task(settings: Settings) -> list[str]:
-    con = db.connect()
-    try:
-        checks.register_lake(con, Storage.at(settings.lake))
-        return checks.run_checks(con)
-    finally:
-        con.close()
+    return checks.check_lake(Storage.at(settings.lake))
 
 
 @dataclass

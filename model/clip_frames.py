@@ -87,28 +87,29 @@ class ClipFrames(IterableDataset):
                 return
 
 
-def sample_frames(lake_uri: str, split: str, n: int, seed: int = 0) -> torch.Tensor:
-    """Up to `n` frames of `split` as (N, H, W, 3) uint8, the same on every call and every rank: row groups are
-    visited in a seeded random order and give a few clips each, so the frames come from across the lake
-    without reading all of it."""
+def sample_frames(lake_uri: str, split: str, n: int, seed: int = 0, max_units: int = 64) -> torch.Tensor:
+    """Up to `n` frames of `split` as (N, H, W, 3) uint8, the same on every call and every rank, drawn at random
+    from the frames of up to `max_units` row groups (in a seeded random order): frames of many clips rather
+    than all frames of a few, without reading a large lake whole. Only the chosen rows' frames are decoded."""
     store = Storage.at(lake_uri)
     units = row_groups(store)
-    random.Random(seed).shuffle(units)
-    per_unit = max(CLIP_FRAMES, n // 8)
+    rng = random.Random(seed)
+    rng.shuffle(units)
     fs, _ = store.arrow("")
+
+    def read(unit: tuple[str, int], columns: list[str]):
+        with fs.open_input_file(store.arrow(unit[0])[1]) as f:
+            return pq.ParquetFile(f).read_row_group(unit[1], columns=columns)
+
+    candidates = [(u, row, k) for u, unit in enumerate(units[:max_units])
+                  for row, s in enumerate(read(unit, ["split"])["split"].to_pylist()) if s == split
+                  for k in range(CLIP_FRAMES)]
+    chosen = sorted(rng.sample(candidates, min(n, len(candidates))))
     frames: list[np.ndarray] = []
-    for rel, group in units:
-        if len(frames) >= n:
-            break
-        with fs.open_input_file(store.arrow(rel)[1]) as f:
-            table = pq.ParquetFile(f).read_row_group(group, columns=["frames", "split"])
-        taken = 0
-        for blob, row_split in zip(table["frames"].to_pylist(), table["split"].to_pylist()):
-            if row_split == split and taken < per_unit and len(frames) < n:
-                clip = np.frombuffer(blob, np.uint8).reshape(CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)
-                chosen = clip[: min(CLIP_FRAMES, per_unit - taken, n - len(frames))]
-                frames += list(chosen)
-                taken += len(chosen)
+    for u in sorted({c[0] for c in chosen}):
+        blobs = read(units[u], ["frames"])["frames"]
+        for _, row, k in (c for c in chosen if c[0] == u):
+            frames.append(np.frombuffer(blobs[row].as_py(), np.uint8).reshape(CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)[k])
     if not frames:
         return torch.empty(0, CLIP_SIZE, CLIP_SIZE, 3, dtype=torch.uint8)
     return torch.from_numpy(np.stack(frames))

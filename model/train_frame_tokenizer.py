@@ -180,7 +180,7 @@ def load_checkpoint(store: Storage, rel: str) -> dict | None:
 
 
 @torch.no_grad()
-def evaluate(model: FrameTokenizer, frames: torch.Tensor, device: torch.device, batch: int = 64) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate(model: FrameTokenizer, frames: torch.Tensor, device: torch.device, batch: int = 16) -> tuple[dict[str, float], torch.Tensor]:
     """PSNR of whole frames through the tokenizer and codebook usage; returns (metrics, reconstructions)."""
     was_training = model.training
     model.eval()
@@ -221,10 +221,17 @@ class _Stop:
     requested = False
 
     @classmethod
-    def install(cls) -> None:
+    @contextlib.contextmanager
+    def installed(cls):
         cls.requested = False
-        if threading.current_thread() is threading.main_thread():  # signals can only be set from there
-            signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+        if threading.current_thread() is not threading.main_thread():  # signals can only be set from there
+            yield
+            return
+        before = signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _train_frames(store: Storage) -> int:
@@ -294,11 +301,10 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
                                                    "step": at, "run_id": run_id, "rng": rng, "config": configs.as_dict(run)})
         distributed.barrier()
 
-    _Stop.install()
     bar = StepProgress("frame tokenizer", run.train.steps, step, enabled=progress and env.main, every=run.train.log_every)
     last = {}
     with (tracking.run("frame-tokenizer", params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
-            tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp:
+            tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp, _Stop.installed():
         run_id = distributed.from_main(active.info.run_id if env.main else None)
         if env.main and step == 0:
             tracking.log_metrics({f"{eval_split}/thumbnail_psnr": thumbnail_psnr}, step=0)

@@ -7,6 +7,9 @@ the same goes for token files and their records, of every frame tokenizer versio
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import duckdb
 
 from pipeline import db, lake
@@ -50,3 +53,14 @@ def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:
     if failures:
         raise DataCheckError("data checks failed:\n  " + "\n  ".join(failures))
     return names
+
+
+def check_lake(store: Storage) -> list[str]:
+    """Run every check over the lake as it is now, on a connection of its own (spilling to a temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="cogflow-checks-") as tmp:
+        con = db.connect(temp_directory=str(Path(tmp) / "duckdb"))
+        try:
+            register_lake(con, store)
+            return run_checks(con)
+        finally:
+            con.close()

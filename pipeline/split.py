@@ -436,14 +436,7 @@ class SplitSummary:
 
 def finish_split(settings: Settings, plan: SplitPlan, results: list[ShardResult]) -> SplitSummary:
     """Run the data checks over the whole lake and sum up the run."""
-    store = Storage.at(settings.lake)
-    with tempfile.TemporaryDirectory(prefix="cogflow-checks-") as tmp:
-        con = db.connect(temp_directory=str(Path(tmp) / "duckdb"))
-        try:
-            checks.register_lake(con, store)
-            names = checks.run_checks(con)
-        finally:
-            con.close()
+    names = checks.check_lake(Storage.at(settings.lake))
     done = [r for r in results if not r.already_done]
     clips: Counter = Counter()
     rejects: Counter = Counter(plan.plan_rejects)

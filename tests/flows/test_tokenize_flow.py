@@ -3,10 +3,21 @@ a re-run that finds everything done, and clear errors."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import mlflow
-from helpers import copy_sample, write_csv
+import numpy as np
+import pytest
+from helpers import copy_sample, upload_tree, write_csv
 
 from flows.cli import main
+from model import registry
 from pipeline import lake
 from pipeline.storage import Storage
 
@@ -71,3 +82,63 @@ def test_frames_with_two_processes_through_the_flow(tmp_path, capsys, monkeypatc
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["cogflow"])
     assert list(runs["params.world_size"]) == ["2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, s3, moto_endpoint):
+    """A real `mlflow server` on 127.0.0.1: sqlite behind it, artifacts proxied to the moto S3 bucket."""
+    port = _free_port()
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_tokenize_against_a_tracking_server_with_lake_artifacts_and_checkpoints_on_s3(
+        tmp_path, capsys, monkeypatch, sample_dir, s3, mlflow_server):
+    """Configuration alone moves everything off the machine: nothing lands in COGFLOW_HOME."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("COGFLOW_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("COGFLOW_LAKE", f"s3://{s3.bucket}/lake")
+    monkeypatch.setenv("COGFLOW_CHECKPOINTS", f"s3://{s3.bucket}/checkpoints")
+    data = tmp_path / "data"
+    rows = copy_sample(sample_dir, data)
+    write_csv(data / "manifest.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
+    upload_tree(s3, s3.bucket, data, "corpus")
+    assert main(["ingest", f"s3://{s3.bucket}/corpus/manifest.csv"]) == 0 and main(["split"]) == 0
+    capsys.readouterr()
+    assert main(["tokenize", "--config", "debug", "--vocab-size", "400"]) == 0
+    out = capsys.readouterr().out
+    assert "cogflow-frame-tokenizer v1 (trained" in out and f"MLflow: {mlflow_server}" in out
+
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket) for o in page.get("Contents", [])]
+    assert any(k.startswith("lake/tokens/v1/stage=") for k in keys) and any(k.startswith("lake/token_shards/v1/") for k in keys)
+    assert any(k.startswith("checkpoints/frame-tokenizer/") and k.endswith("checkpoint.pt") for k in keys)
+    assert any(k.startswith("mlartifacts/") and k.endswith("frame_tokenizer.pt") for k in keys)
+    assert any(k.startswith("mlartifacts/") and k.endswith("text.model") for k in keys)
+    assert not (home / "mlflow.db").exists() and not (home / "mlartifacts").exists() and not (home / "lake").exists()
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{registry.FRAME_TOKENIZER}/1")
+    assert model.predict(np.zeros((1, 160, 160, 3), np.uint8)).shape == (1, 10, 10)

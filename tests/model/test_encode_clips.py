@@ -24,7 +24,7 @@ from model.encode_clips import encode_clips, load_tokenizers
 from model.text_tokenizer import TextTokenizer
 from model.train_frame_tokenizer import load_config, train_frame_tokenizer
 from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
-from pipeline import checks, db, lake
+from pipeline import checks, lake
 from pipeline.ingest import ingest
 from pipeline.sample_data import generate_sample_data
 from pipeline.settings import load_settings
@@ -65,12 +65,7 @@ def fingerprint(settings) -> pa.Table:
 
 
 def run_checks(settings) -> list[str]:
-    con = db.connect()
-    try:
-        checks.register_lake(con, Storage.at(settings.lake))
-        return checks.run_checks(con)
-    finally:
-        con.close()
+    return checks.check_lake(Storage.at(settings.lake))
 
 
 def test_every_clip_becomes_one_exact_token_row(home: Path) -> None:

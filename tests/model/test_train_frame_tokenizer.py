@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,26 @@ def test_two_process_torchrun_on_cpu(tmp_path, clip_lake) -> None:
 def test_a_lake_without_clips_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="run `cogflow split` first"):
         train_frame_tokenizer(load_settings(home=str(tmp_path)), load_config("debug"), progress=False)
+
+
+def test_sigterm_checkpoints_and_the_next_run_goes_on_from_there(tmp_path, clip_lake) -> None:
+    """What torchrun and schedulers send before killing: the step in flight ends, a checkpoint is written."""
+    env = {**os.environ, "COGFLOW_HOME": str(tmp_path / "home"), "COGFLOW_LAKE": clip_lake}
+    overrides = ["--set", "train.steps=100000", "--set", "train.checkpoint_every=100000", "--set", "train.log_every=1",
+                 "--set", "train.val_every=100000"]
+    out = tmp_path / "result.json"
+    child = subprocess.Popen([sys.executable, "-m", "model.train_frame_tokenizer", "--config", "debug", *overrides,
+                              "--result-file", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    for line in child.stdout:
+        if line.startswith("frame tokenizer 3/"):
+            child.send_signal(signal.SIGTERM)
+            break
+    child.stdout.read()
+    assert child.wait(timeout=120) == 0
+    stopped = json.loads(out.read_text())
+    assert stopped["version"] == "" and stopped["steps"] >= 3 and f"stopped at step {stopped['steps']}" in stopped["note"]
+
+    settings = settings_for(tmp_path / "home", clip_lake)
+    run = load_config("debug", [o for o in overrides if o != "--set"])
+    resumed = train_frame_tokenizer(settings, run, until_step=stopped["steps"] + 2, progress=False)
+    assert resumed.steps == stopped["steps"] + 2 and resumed.run_id == stopped["run_id"]
