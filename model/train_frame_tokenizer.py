@@ -205,8 +205,9 @@ def thumbnail(frames: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def comparison_grid(frames: torch.Tensor, reconstructions: torch.Tensor, baseline: torch.Tensor, path: Path, n: int = 8) -> Path:
-    """A PNG with n frames per row: originals, tokenizer reconstructions, bicubic thumbnails."""
-    rows = [torch.cat(list(t[:n]), dim=1) for t in (frames, reconstructions, baseline)]  # each (H, n*W, 3)
+    """A PNG with n frames per row, spread over the set: originals, tokenizer reconstructions, bicubic thumbnails."""
+    pick = torch.linspace(0, len(frames) - 1, min(n, len(frames))).round().long()
+    rows = [torch.cat(list(t[pick]), dim=1) for t in (frames, reconstructions, baseline)]  # each (H, n*W, 3)
     Image.fromarray(torch.cat(rows, dim=0).numpy()).save(path)
     return path
 
@@ -302,7 +303,6 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
         distributed.barrier()
 
     bar = StepProgress("frame tokenizer", run.train.steps, step, enabled=progress and env.main, every=run.train.log_every)
-    last = {}
     with (tracking.run("frame-tokenizer", params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
             tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp, _Stop.installed():
         run_id = distributed.from_main(active.info.run_id if env.main else None)
@@ -316,7 +316,7 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
                 group["lr"] = learning_rate(step, run.train)
             x = FrameTokenizer.to_input(batch)  # (B, 3, crop, crop) in [-1, 1]
             with autocast:
-                loss, parts_ = training_loss(x, ddp(x), run.model.commitment)
+                loss, terms = training_loss(x, ddp(x), run.model.commitment)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
@@ -326,13 +326,13 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
 
             if env.main and (step % run.train.log_every == 0 or step == run.train.steps):
                 seconds = time.monotonic() - window_started
-                used, perplexity = codebook_usage(parts_["codes"], run.model.codebook_size)
-                last = {"loss": loss.item(), "mse": parts_["mse"].item(), "commitment": parts_["commitment"].item(),
-                        "lr": learning_rate(step - 1, run.train), "frames_per_s": window_frames / max(seconds, 1e-9),
-                        "batch_codebook_used": used, "batch_perplexity": perplexity}
+                used, perplexity = codebook_usage(terms["codes"], run.model.codebook_size)
+                logged = {"loss": loss.item(), "mse": terms["mse"].item(), "commitment": terms["commitment"].item(),
+                          "lr": learning_rate(step - 1, run.train), "frames_per_s": window_frames / max(seconds, 1e-9),
+                          "batch_codebook_used": used, "batch_perplexity": perplexity}
                 if env.device.type == "cuda":
-                    last["memory_gb"] = torch.cuda.max_memory_allocated(env.device) / 1e9
-                tracking.log_metrics({f"train/{k}": v for k, v in last.items()}, step=step)
+                    logged["memory_gb"] = torch.cuda.max_memory_allocated(env.device) / 1e9
+                tracking.log_metrics({f"train/{k}": v for k, v in logged.items()}, step=step)
                 window_started, window_frames = time.monotonic(), 0
             if env.main and (step % run.train.val_every == 0 or step == run.train.steps):
                 metrics, rec = evaluate(model, eval_frames, env.device)
@@ -342,10 +342,11 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
                 bar.log(f"step {step}: {eval_split} PSNR {metrics['psnr']:.2f} dB (thumbnail {thumbnail_psnr:.2f} dB), "
                         f"codebook used {metrics['codebook_used']:.0%}, perplexity {metrics['perplexity']:.1f}")
             bar.update(step, f"loss {loss.item():.4f}")
-            stop = until_step is not None and step >= until_step
-            if step % run.train.checkpoint_every == 0 or step == run.train.steps or stop or _Stop.requested:
+            # Every rank stops after the same step, even when the signal reached them at different moments.
+            stop = distributed.any_rank(_Stop.requested or (until_step is not None and step >= until_step), env.device)
+            if step % run.train.checkpoint_every == 0 or step == run.train.steps or stop:
                 checkpoint(step)
-            if (stop or _Stop.requested) and step < run.train.steps:
+            if stop and step < run.train.steps:
                 bar.close()
                 return FrameTokenizerResult("", run_id, True, step, eval_split, float("nan"), thumbnail_psnr,
                                             float("nan"), float("nan"), f"stopped at step {step}; run again to resume")
