@@ -441,7 +441,8 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], fps: Fraction |
     codec, _suffix, options = ENCODERS[fmt]
     rate = Fraction(fps).limit_denominator(1001)
     path = Path(path)
-    with av.open(str(path), "w", format=fmt) as container:
+    # bitexact: no muxer dates or random segment ids, so the same frames give the same bytes (and the same video_id)
+    with av.open(str(path), "w", format=fmt, options={"fflags": "+bitexact"}) as container:
         stream = None
         for frame in frames:
             if stream is None:

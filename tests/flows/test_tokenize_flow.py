@@ -39,7 +39,7 @@ def test_cli_tokenize_text_registers_once(tmp_path, capsys, monkeypatch, sample_
 
 def test_cli_tokenize_all_trains_encodes_then_finds_everything_done(tmp_path, capsys, monkeypatch, sample_dir):
     monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COGFLOW_VAL_PERCENT", "60")
+    monkeypatch.setenv("COGFLOW_VAL_PERCENT", "10")  # two of the four sample videos
     rows = copy_sample(sample_dir, tmp_path / "data")
     manifest = write_csv(tmp_path / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
     assert main(["tokenize", "frames", "--config", "debug"]) == 2  # nothing split yet: the child says why
@@ -72,6 +72,7 @@ def test_cli_tokenize_all_trains_encodes_then_finds_everything_done(tmp_path, ca
 
 def test_frames_with_two_processes_through_the_flow(tmp_path, capsys, monkeypatch, sample_dir):
     monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COGFLOW_VAL_PERCENT", "0")
     rows = copy_sample(sample_dir, tmp_path / "data")
     manifest = write_csv(tmp_path / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
     assert main(["ingest", str(manifest)]) == 0 and main(["split"]) == 0

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def lake_settings(home: Path):
     settings = load_settings(home=str(home))
     # shards of one video each: several clip files per stage, so a kill can land between them
-    return dataclasses.replace(settings, val_percent=60, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
+    return dataclasses.replace(settings, val_percent=10, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
 
 
 @pytest.fixture(scope="module")
