@@ -32,7 +32,7 @@ def row_groups(store: Storage, stage: int | None = None) -> list[tuple[str, int]
     return units
 
 
-def _reader_slot() -> tuple[int, int]:
+def reader_slot() -> tuple[int, int]:
     """(this reader's index, how many readers) over ranks x data-loader workers."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     info = get_worker_info()
@@ -66,7 +66,7 @@ class ClipFrames(IterableDataset):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         store = Storage.at(self.lake_uri)
-        slot, readers = _reader_slot()
+        slot, readers = reader_slot()
         while True:
             units = row_groups(store, self.stage)
             random.Random(self.seed + self.epoch).shuffle(units)  # the same order on every rank

@@ -18,23 +18,23 @@ PYFUNC_TEXT_TOKENIZER = Path(__file__).with_name("text_tokenizer_pyfunc.py")
 PYFUNC_FRAME_TOKENIZER = Path(__file__).with_name("frame_tokenizer_pyfunc.py")
 
 
+def _versions(name: str) -> list[ModelVersion]:
+    """Every registered version of `name` (none when the model is not registered at all)."""
+    try:
+        return MlflowClient().search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+
+
 def find_version(name: str, data_hash: str, config_hash: str) -> ModelVersion | None:
     """The newest version of `name` trained on the same data with the same config, if any."""
-    client = MlflowClient()
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
-    same = [v for v in versions if v.tags.get("cogflow.data_hash") == data_hash and v.tags.get("cogflow.config_hash") == config_hash]
+    same = [v for v in _versions(name) if v.tags.get("cogflow.data_hash") == data_hash and v.tags.get("cogflow.config_hash") == config_hash]
     return max(same, key=lambda v: int(v.version)) if same else None
 
 
 def latest_version(name: str) -> ModelVersion | None:
     """The newest registered version of `name`, if any."""
-    try:
-        versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
+    versions = _versions(name)
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 

@@ -32,7 +32,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -41,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model import config as configs
 from model import distributed, registry, tracking
-from model.clip_frames import ClipFrames, _reader_slot, sample_frames
+from model.clip_frames import ClipFrames, reader_slot, sample_frames
 from model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr, save, training_loss
 from model.progress import StepProgress
 from pipeline import lake
@@ -124,7 +123,7 @@ class TrainCrops(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         skip = len(range(worker, self.skip_steps, workers))  # batches this worker made before the checkpoint
-        slot, _ = _reader_slot()
+        slot, _ = reader_slot()
         rng = random.Random(f"crops {cfg.seed} {slot}")
         offsets = range(0, 160 - cfg.crop + 1, self.align)
         frames = ClipFrames(self.lake_uri, "train", shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, repeat=True)

@@ -31,7 +31,7 @@ def test_readers_split_the_work_without_overlap(clip_lake: str, monkeypatch) -> 
     everything = sorted(digest(f) for f in ClipFrames(clip_lake, "train"))
     seen = []
     for slot in range(2):
-        monkeypatch.setattr(module, "_reader_slot", lambda slot=slot: (slot, 2))
+        monkeypatch.setattr(module, "reader_slot", lambda slot=slot: (slot, 2))
         seen.append([digest(f) for f in ClipFrames(clip_lake, "train")])
     assert seen[0] and seen[1] and sorted(seen[0] + seen[1]) == everything
 
@@ -49,6 +49,6 @@ def test_more_readers_than_row_groups_still_share_every_frame_once(clip_lake: st
     everything = sorted(digest(f) for f in ClipFrames(clip_lake, "train"))
     seen = []
     for slot in range(readers):
-        monkeypatch.setattr(module, "_reader_slot", lambda slot=slot: (slot, readers))
+        monkeypatch.setattr(module, "reader_slot", lambda slot=slot: (slot, readers))
         seen += [digest(f) for f in ClipFrames(clip_lake, "train")]
     assert sorted(seen) == everything
