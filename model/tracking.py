@@ -97,3 +97,27 @@ def _flatten(params: dict[str, object], prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags on the active run."""
+    mlflow.set_tags(tags)
+
+
+def latest_run(tags: dict[str, str]) -> str | None:
+    """The id of the newest run of cogflow's experiment carrying all of `tags`, if any."""
+    experiment = MlflowClient().get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = MlflowClient().search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
+def download(uri: str, dest: str | Path) -> Path:
+    """An artifact (`runs:/<id>/<path>` or `models:/<name>/<version>/<path>`) as a local file or folder."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))

@@ -1,0 +1,303 @@
+"""The CogVideo transformer: one model file, read top to bottom (reference/cogvideo.md §1-§2, DESIGN.md §4).
+
+- One embedding table over [frame codes 0..K-1 | text pieces K..K+V-1]; logits only over frame codes, tied to
+  their embeddings (CogVideo projects onto word_embeddings[:20000]).
+- Positions: text slots count real pieces from the first one; frame codes add a time embedding (the frame's true
+  time, so stage 2's slots [0 2 4 1 3] stay in order) to row and column embeddings.
+- Every layer is pre-norm dual-channel attention then a shared MLP. The spatial channel sees text and the token's
+  own frame; the temporal channel sees across frames (optionally in 3D windows, shifted on odd layers). A frame
+  code mixes them as sigmoid(a) * spatial + (1 - sigmoid(a)) * temporal, with a per layer and dimension and 0 at
+  the start; text uses the spatial channel alone.
+- The spatial channel (with embeddings, norms and MLPs: everything but the temporal channel, the mixing and the
+  time embedding) can be loaded from a 1-frame run of the same model and frozen, as CogVideo froze CogView2.
+- Attention is PyTorch SDPA with the dense masks of model/layout.py; on CUDA, training can use FlexAttention
+  with block masks made from the same rules, which skips blocks nobody attends.
+- A key-value cache lets generation compute any set of slots whose inputs are known (one code at a time, or a
+  wavefront of codes in several frames at once: model/generate.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from model import layout as layouts
+from model.layout import IGNORE, Layout
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that fixes the model's shapes and masks; saved with its weights."""
+
+    config: TransformerConfig
+    layout: Layout
+    codebook_size: int  # frame codes, from the frame tokenizer
+    text_vocab: int  # text pieces, from the text tokenizer
+    window: int = 0  # temporal window side in codes; 0: the temporal channel sees whole frames
+    shift: int = 0  # how far odd layers move the window cuts
+
+    def __post_init__(self) -> None:
+        if self.window < 0 or self.window > self.layout.grid or not 0 <= self.shift < max(self.window, 1):
+            raise ValueError(f"window must be 0..{self.layout.grid} and shift 0..window-1, not {self.window}, {self.shift}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every slot computed so far: per layer, per channel, (B, heads, S, head_dim)."""
+
+    keys: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+    filled: torch.Tensor  # (S,) bool
+
+    @classmethod
+    def empty(cls, spec: ModelSpec, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> "KVCache":
+        c = spec.config
+        shape = (batch, c.heads, spec.layout.length, c.hidden // c.heads)
+        new = functools.partial(torch.zeros, shape, device=device, dtype=dtype)
+        return cls([{ch: (new(), new()) for ch in ("spatial", "temporal")} for _ in range(c.layers)],
+                   torch.zeros(spec.layout.length, dtype=torch.bool, device=device))
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, dropout: float) -> torch.Tensor:
+    """(B, h, P, d) queries over (B, h, S, d) keys; `mask` is a (B, 1, P, S) bool tensor (True: attend) or a
+    FlexAttention BlockMask."""
+    if isinstance(mask, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return _compiled_flex()(q, k, v, block_mask=mask)
+
+
+class DualAttention(nn.Module):
+    def __init__(self, c: TransformerConfig) -> None:
+        super().__init__()
+        self.heads, self.dropout = c.heads, c.dropout
+        self.spatial_qkv, self.spatial_out = nn.Linear(c.hidden, 3 * c.hidden), nn.Linear(c.hidden, c.hidden)
+        self.temporal_qkv, self.temporal_out = nn.Linear(c.hidden, 3 * c.hidden), nn.Linear(c.hidden, c.hidden)
+        self.alpha = nn.Parameter(torch.zeros(c.hidden))  # sigmoid(0) = 0.5: both channels count equally at first
+
+    def channel(self, name: str, x: torch.Tensor, mask: object, positions: torch.Tensor | None,
+                cache: dict | None) -> torch.Tensor:
+        b, p, hidden = x.shape
+        qkv = self.spatial_qkv if name == "spatial" else self.temporal_qkv
+        q, k, v = qkv(x).view(b, p, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)  # each (B, h, P, d)
+        if cache is not None:  # write this step's slots, attend over every slot (the mask hides the unfilled)
+            keys, values = cache[name]
+            keys[:, :, positions], values[:, :, positions] = k.to(keys.dtype), v.to(values.dtype)
+            k, v = keys.to(q.dtype), values.to(q.dtype)
+        out = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, h, P, d)
+        return out.transpose(1, 2).reshape(b, p, hidden)
+
+    def forward(self, x: torch.Tensor, masks: dict[str, object], is_frame: torch.Tensor,
+                positions: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        spatial = self.spatial_out(self.channel("spatial", x, masks["spatial"], positions, cache))  # (B, P, C)
+        temporal = self.temporal_out(self.channel("temporal", x, masks["temporal"], positions, cache))
+        a = torch.sigmoid(self.alpha)
+        return torch.where(is_frame[:, None], a * spatial + (1 - a) * temporal, spatial)
+
+
+class Block(nn.Module):
+    def __init__(self, c: TransformerConfig) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(c.hidden), nn.LayerNorm(c.hidden)
+        self.attention = DualAttention(c)
+        self.mlp = nn.Sequential(nn.Linear(c.hidden, c.mlp_ratio * c.hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(c.mlp_ratio * c.hidden, c.hidden))
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, masks: dict[str, object], is_frame: torch.Tensor,
+                positions: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attention(self.ln1(x), masks, is_frame, positions, cache))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class CogVideoTransformer(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        c, lay = spec.config, spec.layout
+        self.spec = spec
+        self.embed = nn.Embedding(spec.codebook_size + spec.text_vocab, c.hidden)
+        self.text_position = nn.Embedding(lay.text_slots, c.hidden)
+        self.row_position, self.col_position = nn.Embedding(lay.grid, c.hidden), nn.Embedding(lay.grid, c.hidden)
+        self.time_position = nn.Embedding(layouts.FRAMES, c.hidden)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.hidden)
+        self.activation_checkpointing = False
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled down with depth
+            if name.endswith(("_out.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.layers))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def position_embedding(self, text_valid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, P, C) for the slots at `positions`: text slots count real pieces from the first (pads get 0, the
+        fps token L); frame codes add their frame's true time to their row and column."""
+        lay = self.spec.layout
+        s = layouts.slots(lay, str(text_valid.device))
+        text = (text_valid[:, : lay.text_len].long().cumsum(1) - 1).clamp(min=0)  # (B, L)
+        text = torch.cat([text, text.new_full((text.shape[0], 1), lay.text_len)], dim=1)  # (B, L+1)
+        text = self.text_position(text[:, positions.clamp(max=lay.text_slots - 1)])  # (B, P, C)
+        frames = self.time_position(s.time[positions]) + self.row_position(s.row[positions]) + self.col_position(s.col[positions])
+        return torch.where((positions >= lay.text_slots)[:, None], frames, text)  # (B, P, C)
+
+    def masks(self, text_valid: torch.Tensor, positions: torch.Tensor, filled: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+        """Per layer, the (B, 1, P, S) masks of both channels for the queries at `positions`: the layout's rules,
+        minus text pads (a slot always sees itself), minus slots not computed yet (`filled`, with a cache)."""
+        spec, device = self.spec, str(text_valid.device)
+        visible = layouts.key_visible(text_valid, spec.layout.length)  # (B, S)
+        itself = positions[:, None] == torch.arange(spec.layout.length, device=positions.device)  # (P, S)
+
+        def batch(rule: torch.Tensor) -> torch.Tensor:
+            allowed = rule[positions]  # (P, S)
+            if filled is not None and bool((allowed & ~filled).any()):
+                raise RuntimeError("a slot would attend to a slot not computed yet: the decoding order breaks the masks")
+            return (allowed[None] & (visible[:, None, :] | itself[None]))[:, None]  # (B, 1, P, S)
+
+        spatial = batch(layouts.dense_mask(spec.layout, "spatial", device=device))
+        temporal = {shift: batch(layouts.dense_mask(spec.layout, "temporal", spec.window, shift, device))
+                    for shift in {layouts.layer_shift(i, spec.shift) for i in range(spec.config.layers)}}
+        return [{"spatial": spatial, "temporal": temporal[layouts.layer_shift(i, spec.shift)]} for i in range(spec.config.layers)]
+
+    def block_masks(self, text_valid: torch.Tensor) -> list[dict[str, object]]:
+        """The same masks as FlexAttention BlockMasks over the whole sequence (training on CUDA)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        spec, device = self.spec, text_valid.device
+        s = layouts.slots(spec.layout, str(device))
+        b, n = text_valid.shape[0], spec.layout.length
+
+        def block(rule) -> object:
+            mod = layouts.with_text_mask(rule, text_valid, spec.layout.text_slots)
+            return create_block_mask(mod, b, None, n, n, device=str(device))
+
+        spatial = block(layouts.spatial_rule(s))
+        temporal = {shift: block(layouts.temporal_rule(s, spec.window, shift))
+                    for shift in {layouts.layer_shift(i, spec.shift) for i in range(spec.config.layers)}}
+        return [{"spatial": spatial, "temporal": temporal[layouts.layer_shift(i, spec.shift)]} for i in range(spec.config.layers)]
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, tokens: torch.Tensor, text_valid: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, flex: bool = False) -> torch.Tensor:
+        """Hidden states (B, P, C) of the slots at `positions` (default: every slot, tokens (B, S)).
+
+        With a cache, the slots' keys and values are stored and every filled slot is attended to: a full pass,
+        a pass per code, or a pass per wavefront of codes give the same states."""
+        lay = self.spec.layout
+        if positions is None:
+            positions = torch.arange(lay.length, device=tokens.device)
+        if cache is not None:
+            cache.filled[positions] = True
+        is_frame = positions >= lay.text_slots  # (P,)
+        x = self.embed(tokens) + self.position_embedding(text_valid, positions)  # (B, P, C)
+        if flex:
+            masks = self.block_masks(text_valid)
+        else:
+            masks = self.masks(text_valid, positions, None if cache is None else cache.filled)
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else cache.keys[i]
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, masks[i], is_frame, positions, layer_cache, use_reentrant=False)
+            else:
+                x = block(x, masks[i], is_frame, positions, layer_cache)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., K): scores of the frame codes only, through their embeddings."""
+        return hidden @ self.embed.weight[: self.spec.codebook_size].T
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, text_valid: torch.Tensor, flex: bool = False) -> tuple[torch.Tensor, int]:
+        """Mean cross-entropy (nats) over the predicted codes, and how many codes that was."""
+        hidden = self(tokens, text_valid, flex=flex)  # (B, S, C)
+        predicted = targets != IGNORE
+        logits = self.logits(hidden[predicted])  # (N, K): only where something is predicted
+        return F.cross_entropy(logits.float(), targets[predicted]), int(predicted.sum())
+
+    # ------------------------------------------------------------------------------ the text-to-image channel
+    SPATIAL = (".embed.", ".text_position.", ".row_position.", ".col_position.", ".norm.", ".ln1.", ".ln2.", ".mlp.",
+               ".spatial_qkv.", ".spatial_out.")
+
+    def spatial_names(self) -> list[str]:
+        """The parameters a 1-frame (text-to-image) run of this model trains that a video model can reuse."""
+        return [n for n, _ in self.named_parameters() if any(part in f".{n}" for part in self.SPATIAL)]
+
+    def load_spatial(self, state: dict[str, torch.Tensor], freeze: bool = True) -> list[str]:
+        """Take the spatial channel from a text-to-image model's state dict (shapes must agree), copy its attention
+        into the temporal channel as a starting point (as CogVideo copied CogView2's QKV), optionally freeze it.
+        Returns the names loaded."""
+        names = self.spatial_names()
+        own = self.state_dict()
+        missing = [n for n in names if n not in state or state[n].shape != own[n].shape]
+        if missing:
+            raise ValueError(f"the text-to-image checkpoint does not fit this model: {', '.join(missing[:5])}")
+        with torch.no_grad():
+            params = dict(self.named_parameters())
+            for n in names:
+                params[n].copy_(state[n])
+                if ".spatial_qkv." in n:
+                    params[n.replace(".spatial_qkv.", ".temporal_qkv.")].copy_(state[n])
+                params[n].requires_grad_(not freeze)
+        return names
+
+    # ------------------------------------------------------------------------------------------------ sizes
+    def parameter_count(self, embeddings: bool = False) -> int:
+        return sum(p.numel() for n, p in self.named_parameters() if embeddings or "position" not in n and not n.startswith("embed."))
+
+
+def flops_per_token(spec: ModelSpec, parameters: int) -> float:
+    """Model FLOPs of one training token (forward + backward): 6 per weight (PaLM's count, every weight as if
+    trained), plus both channels' attention scores and values over the whole sequence (SDPA computes masked
+    scores too; the block-sparse kernel skips some, and that saving is not counted as work done)."""
+    c = spec.config
+    return 6 * parameters + 2 * 12 * c.layers * c.hidden * spec.layout.length
+
+
+def save(model: CogVideoTransformer, path: str, extra: dict | None = None) -> str:
+    """Weights and spec in one file (what generation and a 1-frame model's heirs load)."""
+    torch.save({"spec": model.spec, "state": model.state_dict(), **(extra or {})}, path)
+    return path
+
+
+def load(path: str, device: str | torch.device = "cpu") -> tuple[CogVideoTransformer, dict]:
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model = CogVideoTransformer(saved["spec"])
+    model.load_state_dict(saved["state"])
+    return model.to(device).eval(), saved
