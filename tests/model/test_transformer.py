@@ -1,0 +1,111 @@
+"""The transformer: cached passes equal the full one, a tiny model overfits a batch, FlexAttention's block masks
+give SDPA's answer, the spatial channel loads from a text-to-image model and stays frozen."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.layout import Layout, build_inputs
+from model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig
+
+K, V = 40, 30  # frame codes, text pieces
+
+
+def batch(lay: Layout, seed: int = 0, b: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, V, (b, lay.text_len), generator=g)
+    mask = torch.zeros(b, lay.text_len, dtype=torch.bool)
+    mask[0, 2:], mask[1, lay.text_len - 2:] = True, True  # left-padded captions of different lengths
+    codes = torch.randint(0, K, (b, 5, lay.frame_len), generator=g)
+    return build_inputs(lay, ids, mask, torch.tensor([4, 6])[:b], codes, K, 2)
+
+
+@pytest.mark.parametrize("stage,window,shift", [(1, 0, 0), (1, 2, 1), (2, 2, 1), (2, 0, 0)])
+def test_cached_one_slot_at_a_time_equals_the_full_pass(stage: int, window: int, shift: int) -> None:
+    torch.manual_seed(0)
+    lay = Layout(text_len=5, grid=4, stage=stage)
+    spec = ModelSpec(TransformerConfig(layers=3, hidden=32, heads=4), lay, K, V, window, shift)
+    model = CogVideoTransformer(spec).double().eval()
+    tokens, _, valid = batch(lay)
+    with torch.no_grad():
+        full = model.logits(model(tokens, valid))  # (B, S, K)
+        cache = KVCache.empty(spec, 2, torch.device("cpu"), torch.float64)
+        first = lay.text_slots + sum(lay.given_slots) * lay.frame_len  # text and given frames: known, in one pass
+        parts = [model(tokens[:, :first], valid, torch.arange(first), cache)]
+        parts += [model(tokens[:, p:p + 1], valid, torch.tensor([p]), cache) for p in range(first, lay.length)]
+        stepped = model.logits(torch.cat(parts, dim=1))
+    torch.testing.assert_close(stepped, full, rtol=0, atol=1e-10)
+
+
+def test_computing_a_slot_before_what_it_sees_is_refused() -> None:
+    lay = Layout(text_len=5, grid=4, stage=1)
+    spec = ModelSpec(TransformerConfig(layers=1, hidden=16, heads=2), lay, K, V)
+    model = CogVideoTransformer(spec).eval()
+    tokens, _, valid = batch(lay)
+    cache = KVCache.empty(spec, 2, torch.device("cpu"))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="not computed yet"):
+        model(tokens[:, -1:], valid, torch.tensor([lay.length - 1]), cache)
+
+
+def test_a_tiny_model_overfits_one_batch() -> None:
+    torch.manual_seed(0)
+    lay = Layout(text_len=5, grid=4, stage=1)
+    model = CogVideoTransformer(ModelSpec(TransformerConfig(layers=2, hidden=64, heads=4), lay, K, V))
+    tokens, targets, valid = batch(lay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss, n = model.loss(tokens, targets, valid)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert n == 2 * 5 * 16  # every code of every frame is predicted in stage 1
+    assert first > 3.0 and loss.item() < 0.1, (first, loss.item())  # from ln(40) = 3.7 nats to memorised
+
+
+def test_mixing_starts_even_and_text_uses_the_spatial_channel_alone() -> None:
+    lay = Layout(text_len=5, grid=4, stage=1)
+    model = CogVideoTransformer(ModelSpec(TransformerConfig(layers=2, hidden=16, heads=2), lay, K, V)).eval()
+    assert all(torch.equal(b.attention.alpha, torch.zeros(16)) for b in model.blocks)
+    tokens, _, valid = batch(lay)
+    with torch.no_grad():
+        before = model(tokens, valid)
+        for b in model.blocks:  # scrambling the temporal channel changes frames, never text
+            torch.nn.init.normal_(b.attention.temporal_out.weight)
+        after = model(tokens, valid)
+    t = lay.text_slots
+    assert torch.equal(before[:, :t], after[:, :t]) and not torch.allclose(before[:, t:], after[:, t:])
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_block_masks_match_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.nn.attention.flex_attention as fa
+
+    from model import transformer
+
+    # eager FlexAttention on the CPU (slow but exact); the compiled kernel is for CUDA
+    monkeypatch.setattr(transformer, "_compiled_flex", lambda: fa.flex_attention)
+    torch.manual_seed(0)
+    lay = Layout(text_len=5, grid=4, stage=2)
+    spec = ModelSpec(TransformerConfig(layers=2, hidden=32, heads=2), lay, K, V, 2, 1)
+    model = CogVideoTransformer(spec).eval()
+    tokens, _, valid = batch(lay)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, valid, flex=True), model(tokens, valid), rtol=1e-4, atol=1e-5)
+
+
+def test_spatial_channel_from_a_text_to_image_model_is_loaded_and_frozen() -> None:
+    torch.manual_seed(0)
+    config = TransformerConfig(layers=2, hidden=32, heads=2)
+    image = CogVideoTransformer(ModelSpec(config, Layout(text_len=5, grid=4, stage=1, frames=1), K, V))
+    video = CogVideoTransformer(ModelSpec(config, Layout(text_len=5, grid=4, stage=1), K, V))
+    names = video.load_spatial(image.state_dict(), freeze=True)
+    state = video.state_dict()
+    assert "blocks.0.attention.spatial_qkv.weight" in names and "blocks.0.attention.temporal_qkv.weight" not in names
+    assert all(torch.equal(state[n], image.state_dict()[n]) for n in names)
+    assert torch.equal(state["blocks.1.attention.temporal_qkv.weight"], state["blocks.1.attention.spatial_qkv.weight"])
+    trainable = {n for n, p in video.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in video.named_parameters()} - set(names)
+    assert {n.split(".")[-2] for n in trainable if n.startswith("blocks.")} == {"temporal_qkv", "temporal_out"} | {"attention"}
