@@ -84,6 +84,24 @@ def _tokenize(args: argparse.Namespace) -> int:
     return code
 
 
+def _train(args: argparse.Namespace) -> int:
+    from flows.launch import ChildFailed
+    from flows.train import train_flow
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    return _report("train", lambda: train_flow(
+        stage=args.stage, config=args.config, overrides=args.set, lake=settings.lake, nproc=args.nproc,
+        frame_tokenizer_version=args.frame_tokenizer, restart=args.restart, resume=args.resume,
+    ), usage_errors=(ValueError,), failures=(ChildFailed,))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from model.generate import main as generate_main
+
+    return generate_main(args.generate_argv)
+
+
 def _preview(args: argparse.Namespace) -> int:
     from pipeline.preview import find_font, write_preview
     from pipeline.settings import load_settings
@@ -213,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-clips", type=_positive, default=16, help="clips per frame tokenizer batch when encoding")
     p.set_defaults(run=_tokenize)
 
+    p = commands.add_parser("train", help="train CogVideo stage 1 (key frames) or 2 (interpolation) on the lake's token shards")
+    p.add_argument("--stage", type=int, choices=[1, 2], required=True)
+    p.add_argument("--config", default="demo", help="debug, demo, base, paper or a .toml file (default demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600")
+    p.add_argument("--lake")
+    p.add_argument("--nproc", type=_positive, help="training processes (torchrun --standalone when more than 1; default: one per GPU, or 1)")
+    p.add_argument("--frame-tokenizer", help="train on the tokens of this frame tokenizer version (default: newest)")
+    p.add_argument("--resume", action="store_true", help="continue this training from its checkpoint (an error when there is none)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint of this training and start over")
+    p.set_defaults(run=_train)
+
+    # Its options are model.generate's own (`cogflow generate --help`), passed through untouched.
+    p = commands.add_parser("generate", help="a video from a sentence, with the newest trained stages (or the ones named)", add_help=False)
+    p.set_defaults(run=_generate)
+
     p = commands.add_parser("preview", help="write a contact sheet of clips (frames in a row, caption beneath)")
     p.add_argument("--lake")
     p.add_argument("--clip-id", action="append", help="a clip to show (repeatable)")
@@ -229,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "generate":
+        args.generate_argv = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     apply_options(args)
     # No telemetry from a local Prefect server on machines without internet, unless the user decided otherwise.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

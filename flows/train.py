@@ -1,0 +1,99 @@
+"""The train flow: one CogVideo stage trained from the lake's token shards, in a child process (plain steps in
+model/train.py).
+
+`python -m model.train` for one process on a CPU or one GPU, `torchrun --standalone --nproc_per_node=N` for more
+(by default, one process per visible GPU). The child's lines stream into the flow's log and its step lines into
+a progress artifact; a non-zero exit fails the flow with the child's last lines. Returns the MLflow run id (in the
+summary), which `cogflow generate` picks up as the newest trained stage.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.launch import run_module
+from flows.progress import Progress
+from model.train import TrainResult
+from pipeline.settings import Settings, load_settings
+from pipeline.storage import Storage, safe_uri
+
+STEP_LINE = re.compile(r"^(?:stage [12]|text-to-image) (\d+)/(\d+) ")
+
+
+def default_nproc() -> int:
+    """One process per GPU, or one on a machine without CUDA."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+@task(name="train-stage", cache_policy=NO_CACHE)
+def train_task(settings: Settings, stage: int, config: str, overrides: list[str], nproc: int,
+               frame_tokenizer_version: str | None, restart: bool, resume: bool) -> TrainResult:
+    logger = get_run_logger()
+    args = ["--stage", str(stage), "--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
+    if frame_tokenizer_version:
+        args += ["--frame-tokenizer", frame_tokenizer_version]
+    args += ["--restart"] if restart else []
+    args += ["--resume"] if resume else []
+    progress: Progress | None = None
+
+    def log(line: str) -> None:
+        nonlocal progress
+        logger.info(line)
+        step = STEP_LINE.match(line)  # the child's periodic "stage 1 25/300 ..." lines
+        if step:
+            done, total = int(step[1]), int(step[2])
+            progress = progress or Progress(total, f"training stage {stage} (steps)", key=f"stage{stage}-progress")
+            progress.advance(done - progress.done)
+
+    return TrainResult(**run_module("model.train", args, settings, nproc=nproc, log=log))
+
+
+@dataclass
+class TrainSummary:
+    lake: str  # as shown (credentials removed)
+    mlflow: str
+    result: TrainResult
+
+    def lines(self) -> list[str]:
+        r = self.result
+        what = "trained" if r.trained else "found: " + r.note
+        out = [f"train stage {r.stage} on {self.lake}",
+               f"  MLflow run {r.run_id} ({what}, {r.steps} steps, {r.parameters / 1e6:.2f}M parameters)"]
+        if r.complete:
+            out.append(f"  {r.eval_split} bits per token {r.val_bits_per_token:.3f}")
+        else:
+            out.append(f"  {r.note}")
+        if r.trained and r.tokens_per_s == r.tokens_per_s:  # not NaN
+            out.append(f"  {r.tokens_per_s:,.0f} tokens/s, model FLOPs utilisation {r.mfu:.1%} of the measured matmul peak")
+        out.append(f"  MLflow: {self.mlflow}")
+        return out
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+
+@flow(name="train")
+def train_flow(stage: int, config: str = "demo", overrides: list[str] | None = None, lake: str | None = None,
+               nproc: int | None = None, frame_tokenizer_version: str | None = None, restart: bool = False,
+               resume: bool = False) -> TrainSummary:
+    """Train stage 1 (key frames) or 2 (interpolation) on the lake's token shards; returns the MLflow run."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, not {stage}")
+    settings = load_settings(lake=lake)
+    settings = settings.replace(lake=Storage.at(settings.lake).root)  # the child gets an absolute path
+    result = train_task(settings, stage, config, list(overrides or []), nproc or default_nproc(),
+                        frame_tokenizer_version, restart, resume)
+    summary = TrainSummary(safe_uri(settings.lake), safe_uri(settings.mlflow_tracking_uri), result)
+    logger = get_run_logger()
+    for line in summary.lines():
+        logger.info(line)
+    create_markdown_artifact(key=f"train-stage{stage}-summary", markdown="\n".join(["```", *summary.lines(), "```"]),
+                             description=f"train stage {stage}")
+    return summary

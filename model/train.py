@@ -1,0 +1,627 @@
+"""Train a CogVideo stage on the lake's token shards, track it in MLflow.
+
+    python -m model.train --stage 1 --config demo [--set train.steps=600]          (or `cogflow train --stage 1`)
+    torchrun --nproc_per_node=8 -m model.train --stage 2 --config base
+
+Read top to bottom in execution order: config, data, schedule, checkpoints, evaluation, the training loop.
+
+- Token rows stream from the finished token files of one frame tokenizer version (`tokens/v<V>/stage=S`), dealt
+  over ranks and data-loader workers without overlap: whole files when there are enough, rows otherwise.
+- AdamW, warmup + cosine, gradient accumulation and clipping, bf16 autocast on CUDA; DDP, or FSDP
+  (`train.fsdp`) for models that do not fit one GPU; optional activation checkpointing; FlexAttention's block
+  masks on CUDA (`train.flex`).
+- A checkpoint (model, optimizer, step, every worker's data position, every rank's RNG, the MLflow run) is
+  written atomically every `checkpoint_every` steps, on SIGTERM and at the end. The same training started again
+  resumes from it and logs the loss sequence an uninterrupted run would have.
+- Rank 0 alone talks to MLflow: the resolved config, loss, val bits per token, learning rate, tokens/s, model FLOPs
+  utilisation against a matmul peak measured at start, memory, and a sample video every `sample_every` steps.
+  The finished model is the run's artifact `model/stage<N>.pt`, and the run is tagged `cogflow.complete`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from model import config as configs
+from model import distributed, registry, tracking
+from model import transformer as transformers
+from model.encode_clips import Tokenizers, load_tokenizers
+from model.generate import GenerateConfig
+from model.layout import FRAMES, Layout, build_inputs
+from model.progress import StepProgress
+from model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from pipeline import lake
+from pipeline.settings import Settings, load_settings
+from pipeline.storage import Storage, safe_uri
+
+KIND = "cogvideo"  # configs in model/configs/cogvideo/
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    window: int = 0  # temporal window side in codes (0: whole frames, as CogVideo's stage 1)
+    shift: int = 0  # odd layers move the window cuts by this much
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # samples per process and micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95  # CogVideo's
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.1  # share of samples trained without their caption (classifier-free guidance)
+    val_every: int = 200
+    val_batches: int = 4
+    log_every: int = 10
+    checkpoint_every: int = 200
+    sample_every: int = 0  # steps between sample videos logged to MLflow (0: only at the end)
+    loader_workers: int = 0  # data-loader processes per training process
+    seed: int = 0
+    frames: int = FRAMES  # 1: a text-to-image run whose spatial channel a video model can start from
+    spatial_from: str = ""  # a text-to-image run id or .pt file: load its spatial channel
+    freeze_spatial: bool = True  # ... and keep it fixed, as CogVideo kept CogView2
+    activation_checkpointing: bool = False
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2)
+    flex: bool = True  # FlexAttention block masks on CUDA (ignored on the CPU, where SDPA takes dense masks)
+
+
+@dataclass(frozen=True)
+class CogVideoRun:
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(window=5, shift=2))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def stage_config(self, stage: int) -> StageConfig:
+        return self.stage1 if stage == 1 else self.stage2
+
+
+def load_config(name: str = "demo", overrides: list[str] | tuple[str, ...] = ()) -> CogVideoRun:
+    return configs.load(CogVideoRun, KIND, name, overrides)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    stage: int
+    run_id: str
+    trained: bool  # False when a complete run of this training existed already
+    steps: int
+    complete: bool  # False when it stopped early (SIGTERM, until_step): run again to resume
+    eval_split: str  # the split bits per token were measured on ("train" for a lake without val clips)
+    val_bits_per_token: float
+    tokens_per_s: float
+    mfu: float  # model FLOPs utilisation against the matmul peak measured at start
+    parameters: int
+    note: str = ""
+
+
+def _hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def kind(stage: int, frames: int) -> str:
+    """The MLflow run kind: stage1, stage2, or t2i for a 1-frame run."""
+    return "t2i" if frames == 1 else f"stage{stage}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+COLUMNS = ["clip_id", "split", "text_ids", "text_mask", "fps_token_id", "frame_codes"]
+
+
+def to_batch(rows: dict[str, list], grid: int) -> dict[str, torch.Tensor]:
+    """Token rows (columns of COLUMNS as lists) -> tensors: text_ids, text_mask (B, L), fps (B,), codes (B, 5, g*g);
+    and the clip ids, to tell which rows a batch holds."""
+    codes = np.frombuffer(b"".join(rows["frame_codes"]), "<i2").reshape(len(rows["frame_codes"]), FRAMES, grid * grid)
+    return {"text_ids": torch.tensor(rows["text_ids"], dtype=torch.long),
+            "text_mask": torch.tensor(rows["text_mask"], dtype=torch.bool),
+            "fps": torch.tensor(rows["fps_token_id"], dtype=torch.long),
+            "codes": torch.from_numpy(codes.astype(np.int64)), "clip_id": list(rows["clip_id"])}
+
+
+class TokenStream(IterableDataset):
+    """Endless batches of `train` token rows, each with the data position after it.
+
+    Consumer c of C (= ranks x workers) reads files c, c+C, ... when there are at least C files, else every C-th
+    row of every file: no two consumers ever see the same row. Each epoch visits the consumer's files in a seeded
+    order and each file's rows in a seeded order; a position (epoch, file, row) says where the next batch starts,
+    so a resumed run starts there without reading what came before."""
+
+    def __init__(self, lake_uri: str, parts: list[str], grid: int, batch_size: int, seed: int,
+                 rank: int, world: int, start: list[tuple[int, int, int]] | None = None, worker_offset: int = 0) -> None:
+        self.lake_uri, self.parts, self.grid, self.batch_size, self.seed = lake_uri, parts, grid, batch_size, seed
+        self.rank, self.world, self.start, self.worker_offset = rank, world, start, worker_offset
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # A data loader takes batches from its workers in turn, starting with worker 0. A resumed run's next batch
+        # may be due from another worker, so worker ids are rotated to keep every worker's files and position.
+        worker = (worker + self.worker_offset) % workers
+        consumer, consumers = self.rank * workers + worker, self.world * workers
+        whole_files = len(self.parts) >= consumers
+        mine = self.parts[consumer::consumers] if whole_files else self.parts
+        store = Storage.at(self.lake_uri)
+        epoch, file_at, row_at = self.start[worker] if self.start else (0, 0, 0)
+        batch: dict[str, list] = {c: [] for c in COLUMNS}
+        while True:
+            order = random.Random(f"files {self.seed} {epoch} {consumer}").sample(range(len(mine)), len(mine))
+            seen = 0
+            for k in range(file_at, len(order)):
+                fs, path = store.arrow(mine[order[k]])
+                with fs.open_input_file(path) as f:
+                    table = pq.read_table(f, columns=COLUMNS)
+                rows = [i for i in range(table.num_rows) if whole_files or i % consumers == consumer]
+                rows = [i for i in rows if table["split"][i].as_py() == "train"]
+                random.Random(f"rows {self.seed} {epoch} {mine[order[k]]}").shuffle(rows)
+                seen += len(rows)
+                columns = {c: table[c].to_pylist() for c in COLUMNS}
+                for r in range(row_at, len(rows)):
+                    for c in COLUMNS:
+                        batch[c].append(columns[c][rows[r]])
+                    if len(batch["split"]) == self.batch_size:
+                        position = (epoch, k, r + 1) if r + 1 < len(rows) else (epoch, k + 1, 0)
+                        yield to_batch(batch, self.grid), position
+                        batch = {c: [] for c in COLUMNS}
+                row_at = 0
+            if seen == 0 and file_at == 0:
+                raise ValueError(f"data-loader consumer {consumer} of {consumers} has no train rows: too few token files "
+                                 f"or rows for {self.world} processes x {workers} workers")
+            epoch, file_at = epoch + 1, 0
+
+
+def eval_rows(store: Storage, parts: list[str], count: int) -> tuple[dict[str, list], str]:
+    """Up to `count` rows of the val split (of train when the lake has none), in a fixed order."""
+    table = lake.read_table(store, "tokens", COLUMNS, parts=parts).sort_by("clip_id")
+    for split in ("val", "train"):
+        chosen = table.filter(table["split"].to_numpy(zero_copy_only=False) == split).slice(0, count)
+        if chosen.num_rows:
+            return {c: chosen[c].to_pylist() for c in COLUMNS}, split
+    raise ValueError("the token files hold no rows")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schedule
+
+
+def learning_rate(step: int, train: TrainConfig) -> float:
+    """Linear warmup to `lr`, then a cosine down to lr * min_lr_ratio at the last step."""
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    floor = train.lr * train.min_lr_ratio
+    return floor + (train.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_store(settings: Settings) -> Storage:
+    """Where checkpoints go: $COGFLOW_CHECKPOINTS (a folder or s3://...), else $COGFLOW_HOME/checkpoints."""
+    return Storage.at(os.environ.get("COGFLOW_CHECKPOINTS") or str(Path(settings.home) / "checkpoints"))
+
+
+def save_checkpoint(store: Storage, rel: str, state: dict) -> None:
+    """All or nothing: a reader finds the previous checkpoint or this one, never half of one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    store.put_bytes(rel, buffer.getvalue())
+
+
+def load_checkpoint(store: Storage, rel: str) -> dict | None:
+    if not store.exists(rel):
+        return None
+    return torch.load(io.BytesIO(store.read_bytes(rel)), map_location="cpu", weights_only=False)
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state dicts, the same for a plain or an FSDP model (on every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    if optimizer is None:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(model, options=options), {}
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def gather(value: object) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not distributed.active():
+        return [value]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation and sizes
+
+
+@torch.no_grad()
+def bits_per_token(model: torch.nn.Module, layout: Layout, rows: dict[str, list], tokenizers_boi: int, codebook: int,
+                   batch_size: int, device: torch.device, autocast) -> float:
+    """Mean cross-entropy of the predicted codes of `rows`, in bits."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows["split"]), batch_size):
+        part = to_batch({c: v[start:start + batch_size] for c, v in rows.items()}, layout.grid)
+        tokens, targets, valid = build_inputs(layout, part["text_ids"], part["text_mask"], part["fps"], part["codes"],
+                                              codebook, tokenizers_boi)
+        with autocast:
+            loss, n = _loss(model, tokens.to(device), targets.to(device), valid.to(device))
+        total, count = total + loss.item() * n, count + n
+    model.train(was_training)
+    return total / count / math.log(2)
+
+
+def _loss(model: torch.nn.Module, tokens, targets, valid, flex: bool = False):
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if isinstance(model, DistributedDataParallel):  # DDP hooks run through its own forward
+        hidden = model(tokens, valid, flex=flex)
+        predicted = targets != -100
+        logits = inner.logits(hidden[predicted])
+        return torch.nn.functional.cross_entropy(logits.float(), targets[predicted]), int(predicted.sum())
+    return inner.loss(tokens, targets, valid, flex=flex)
+
+
+def matmul_peak(device: torch.device, seconds: float = 1.0) -> float:
+    """FLOP/s of large square matmuls on this device (bf16 on CUDA, float32 on the CPU): MFU's denominator."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm up
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    started, runs = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        a @ b
+        runs += 1
+        sync()
+    return 2 * n**3 * runs / (time.perf_counter() - started)
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # peak RSS; Linux counts in kB
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One optimizer step (also what the 2-process gradient test runs)
+
+
+def micro_batches(batch: dict[str, torch.Tensor], layout: Layout, codebook: int, boi: int, caption_dropout: float,
+                  generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of rows as model inputs, with some captions dropped (pads only) for classifier-free guidance."""
+    text_ids, text_mask = batch["text_ids"].clone(), batch["text_mask"].clone()
+    drop = torch.rand(len(text_ids), generator=generator) < caption_dropout  # (B,)
+    text_ids[drop], text_mask[drop] = 0, False
+    tokens, targets, valid = build_inputs(layout, text_ids, text_mask, batch["fps"], batch["codes"], codebook, boi)
+    return tokens.to(device), targets.to(device), valid.to(device)
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro: list[tuple], lr: float,
+                   grad_clip: float, autocast, flex: bool = False) -> float:
+    """Accumulate gradients over the micro-batches (DDP syncs on the last only), clip, step; the mean loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, (tokens, targets, valid) in enumerate(micro):
+        last = i == len(micro) - 1
+        sync = contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync()
+        with sync:
+            with autocast:
+                loss, _ = _loss(model, tokens, targets, valid, flex)
+            (loss / len(micro)).backward()
+        total += loss.item() / len(micro)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+class _Stop:
+    """Set by SIGTERM (what torchrun and schedulers send before killing): the loop checkpoints and leaves."""
+
+    requested = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def installed(cls):
+        cls.requested = False
+        if threading.current_thread() is not threading.main_thread():  # signals can only be set from there
+            yield
+            return
+        before = signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, before)
+
+
+def token_inputs(settings: Settings, stage: int, frame_version: str | None) -> tuple[str, list[str], str]:
+    """(frame tokenizer version, its finished token files of `stage`, the text tokenizer version they used)."""
+    store = Storage.at(settings.lake)
+    if frame_version is None:
+        tracking.use(settings.mlflow_tracking_uri, settings.home)
+        latest = registry.latest_version(registry.FRAME_TOKENIZER)
+        if latest is None:
+            raise ValueError(f"no frame tokenizer is registered at {safe_uri(settings.mlflow_tracking_uri)}: run `cogflow tokenize` first")
+        frame_version = str(latest.version)
+    records = [r for r in lake.token_records(store, frame_version).to_pylist() if r["stage"] == stage]
+    if not records:
+        raise ValueError(f"the lake at {safe_uri(settings.lake)} has no stage-{stage} tokens of frame tokenizer "
+                         f"v{frame_version}: run `cogflow tokenize` first")
+    text_versions = sorted({r["text_tokenizer_version"] for r in records})
+    if len(text_versions) > 1:
+        raise ValueError(f"stage-{stage} tokens of v{frame_version} mix text tokenizer versions {text_versions}: "
+                         f"run `cogflow tokenize encode` to finish re-encoding")
+    parts = sorted(lake.token_paths(frame_version, stage, r["shard_id"])["tokens"] for r in records)
+    return frame_version, parts, text_versions[0]
+
+
+def resolve_spatial(ref: str, dest: Path) -> Path:
+    """A text-to-image model file: a local .pt, or the model of a t2i run (`runs:/<id>` or the bare id)."""
+    if ref.endswith(".pt") and Path(ref).is_file():
+        return Path(ref)
+    run_id = ref.removeprefix("runs:/").split("/")[0]
+    return tracking.download(f"runs:/{run_id}/model/t2i.pt", dest)
+
+
+def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_version: str | None = None,
+                restart: bool = False, resume: bool = False, until_step: int | None = None,
+                progress: bool = True) -> TrainResult:
+    """Train (or resume, or find already done) one stage of `run` on the lake's token shards.
+
+    `resume` insists on a checkpoint; `restart` ignores one; `until_step` checkpoints and stops at that step."""
+    env = distributed.setup()
+    cfg = run.train
+    torch.manual_seed(cfg.seed)
+    store = Storage.at(settings.lake)
+    if env.main:
+        tracking.use(settings.mlflow_tracking_uri, settings.home)
+    frame_version, parts, text_version = distributed.from_main(token_inputs(settings, stage, frame_version) if env.main else None)
+    tokenizers: Tokenizers = load_tokenizers(settings, frame_version, text_version, device="cpu")
+    grid = tokenizers.frames.config.grid()
+    layout = Layout(text_len=64, grid=grid, stage=stage, frames=cfg.frames)
+    stage_cfg = run.stage_config(stage)
+    spec = ModelSpec(run.model, layout, tokenizers.frames.config.codebook_size, tokenizers.text.vocab_size,
+                     stage_cfg.window, stage_cfg.shift)
+    boi = tokenizers.text.boi_id
+    name = kind(stage, cfg.frames)
+    data_hash = _hash([parts, frame_version, text_version])
+    config_hash = _hash({**configs.as_dict(run), "stage": stage, "world_size": env.world})
+    tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash, "cogflow.stage": str(stage),
+            "cogflow.frame_tokenizer_version": frame_version, "cogflow.text_tokenizer_version": text_version}
+
+    # Done before? Rank 0 asks MLflow; everyone follows.
+    done = None
+    if env.main and not restart:
+        done = tracking.latest_run({"cogflow.kind": name, "cogflow.complete": "true", **tags})
+        done = None if done is None else (done, tracking.run_tags(done))
+    done = distributed.from_main(done)
+    if done is not None:
+        run_id, known = done
+        return TrainResult(stage, run_id, False, cfg.steps, True, known.get("cogflow.eval_split", ""),
+                           float(known.get("cogflow.val_bits_per_token", "nan")), float("nan"), float("nan"),
+                           int(known.get("cogflow.parameters", "0")), "a complete run of this training exists: same tokens, same config")
+
+    # The model (from a text-to-image run's spatial channel, if asked), the optimizer, where a killed run left off.
+    model = CogVideoTransformer(spec)
+    if cfg.spatial_from:
+        with tempfile.TemporaryDirectory(prefix="cogflow-t2i-") as tmp:
+            saved = torch.load(resolve_spatial(cfg.spatial_from, Path(tmp)), map_location="cpu", weights_only=False)
+        model.load_spatial(saved["state"], freeze=cfg.freeze_spatial)
+    model.activation_checkpointing = cfg.activation_checkpointing
+    model.to(env.device)
+    if cfg.fsdp and env.world > 1:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if env.device.type == "cuda" else MixedPrecisionPolicy()
+        for block in model.blocks:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    ckpt_store, ckpt_rel = checkpoint_store(settings), f"{name}/{_hash([data_hash, config_hash])}/checkpoint.pt"
+    state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
+    if resume and state is None:
+        raise ValueError(f"--resume: no checkpoint of this training at {safe_uri(ckpt_store.root)}/{ckpt_rel}")
+    step, run_id, positions = 0, None, None
+    if state is not None:
+        load_full_state(model, optimizer, state["model"], state["optimizer"])
+        step, run_id, positions = state["step"], state["run_id"], state["positions"][env.rank]
+        torch.set_rng_state(state["rng"][env.rank]["torch"])
+        if env.device.type == "cuda" and state["rng"][env.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"][env.rank]["cuda"], env.device)
+    ddp = DistributedDataParallel(model) if env.world > 1 and not cfg.fsdp else model
+    flex = cfg.flex and env.device.type == "cuda"
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda")
+
+    workers = max(1, cfg.loader_workers)
+    stream = TokenStream(settings.lake, parts, grid, cfg.batch_size, cfg.seed, env.rank, env.world, positions,
+                         worker_offset=step * cfg.grad_accum % workers)
+    loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0)
+    worker_positions = list(positions or [(0, 0, 0)] * workers)
+    val, eval_split = eval_rows(store, parts, cfg.val_batches * cfg.batch_size)
+    parameters = model.parameter_count() if not cfg.fsdp else sum(gather(model.parameter_count()))
+    flops_token = transformers.flops_per_token(spec, parameters)
+    peak = matmul_peak(env.device)
+    params = {**configs.as_dict(run), "stage": stage, "world_size": env.world, "device": env.device.type,
+              "eval_split": eval_split, "parameters": parameters, "layout": asdict(layout),
+              "codebook_size": spec.codebook_size, "text_vocab": spec.text_vocab, "matmul_peak_tflops": peak / 1e12}
+
+    def checkpoint(at: int) -> None:
+        model_state, optimizer_state = full_state(model, optimizer)
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None}
+        everyone = gather((worker_positions, rng))
+        if env.main:
+            save_checkpoint(ckpt_store, ckpt_rel, {"model": model_state, "optimizer": optimizer_state, "step": at,
+                                                   "run_id": run_id, "positions": [p for p, _ in everyone],
+                                                   "rng": [r for _, r in everyone], "config": configs.as_dict(run)})
+        distributed.barrier()
+
+    def evaluate() -> float:
+        return bits_per_token(ddp if cfg.fsdp else model, layout, val, boi, spec.codebook_size, cfg.batch_size, env.device, autocast)
+
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * env.world * layout.length
+    bar = StepProgress(f"stage {stage}" if cfg.frames > 1 else "text-to-image", cfg.steps, step,
+                       enabled=progress and env.main, every=cfg.log_every)
+    tokens_per_s = mfu = float("nan")
+    with (tracking.run(name, params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
+            tempfile.TemporaryDirectory(prefix="cogflow-train-") as tmp, _Stop.installed():
+        run_id = distributed.from_main(active.info.run_id if env.main else None)
+        bar.log(f"{name}: {parameters / 1e6:.2f}M parameters, {layout.length} tokens a sample, "
+                f"{len(parts)} token files, evaluating on {eval_split}; MLflow run {run_id}")
+        window_started, window_steps = time.monotonic(), 0
+        batches = iter(loader)
+        while step < cfg.steps:
+            micro = []
+            for m in range(cfg.grad_accum):
+                batch, position = next(batches)
+                worker_positions[(step * cfg.grad_accum + m) % workers] = position  # workers take turns
+                generator = torch.Generator().manual_seed(hash((cfg.seed, step, m, env.rank)) % 2**63)
+                micro.append(micro_batches(batch, layout, spec.codebook_size, boi, cfg.caption_dropout, generator, env.device))
+            loss = optimizer_step(ddp, optimizer, micro, learning_rate(step, cfg), cfg.grad_clip, autocast, flex)
+            step += 1
+            window_steps += 1
+
+            if env.main and (step % cfg.log_every == 0 or step == cfg.steps):
+                seconds = time.monotonic() - window_started
+                tokens_per_s = window_steps * tokens_per_step / max(seconds, 1e-9)
+                mfu = tokens_per_s * flops_token / (peak * env.world)
+                tracking.log_metrics({"train/loss": loss, "train/bits_per_token": loss / math.log(2),
+                                      "train/lr": learning_rate(step - 1, cfg), "train/tokens_per_s": tokens_per_s,
+                                      "train/mfu": mfu, "train/memory_gb": memory_gb(env.device)}, step=step)
+                window_started, window_steps = time.monotonic(), 0
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                bits = evaluate()
+                if env.main:
+                    tracking.log_metrics({f"{eval_split}/bits_per_token": bits}, step=step)
+                    bar.log(f"step {step}: {eval_split} bits per token {bits:.3f} (train loss {loss / math.log(2):.3f} bits)")
+            if env.main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps and not cfg.fsdp:
+                _log_sample(model, layout, tokenizers, val, Path(tmp), step, run.generate)
+            bar.update(step, f"loss {loss:.4f}")
+            # Every rank stops after the same step, even when the signal reached them at different moments.
+            stop = distributed.any_rank(_Stop.requested or (until_step is not None and step >= until_step), env.device)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                checkpoint(step)
+            if stop and step < cfg.steps:
+                bar.close()
+                return TrainResult(stage, run_id, True, step, False, eval_split, float("nan"), tokens_per_s, mfu,
+                                   parameters, f"stopped at step {step}; run again to resume")
+        bar.close()
+
+        # The finished model: the run's artifact, and the tags that say it is complete.
+        bits = evaluate()
+        model_state, _ = full_state(model)
+        if env.main:
+            if not cfg.fsdp:
+                _log_sample(model, layout, tokenizers, val, Path(tmp), step, run.generate)
+            out = Path(tmp) / f"{name}.pt"
+            final = CogVideoTransformer(spec)
+            final.load_state_dict(model_state)
+            transformers.save(final, str(out), {"stage": stage, "text_tokenizer_version": text_version,
+                                                "frame_tokenizer_version": frame_version, "run_config": configs.as_dict(run)})
+            tracking.log_artifact(out, "model")
+            tracking.set_tags({"cogflow.complete": "true", "cogflow.val_bits_per_token": f"{bits:.6g}",
+                               "cogflow.eval_split": eval_split, "cogflow.parameters": str(parameters)})
+        distributed.barrier()
+    return TrainResult(stage, run_id, True, step, True, eval_split, bits, tokens_per_s, mfu, parameters)
+
+
+def _log_sample(model: CogVideoTransformer, layout: Layout, tokenizers: Tokenizers, val: dict[str, list], tmp: Path,
+                step: int, options: GenerateConfig) -> None:
+    """A sample video of the model as it is: stage 1 draws key frames for the first val caption; stage 2 fills
+    frames 1 and 3 of the first val clip from its frames 0, 2, 4. Logged as `samples/step-N.gif`."""
+    from model import generate
+
+    path = generate.sample_for_training(model, layout, tokenizers, val, tmp / f"step-{step:07d}.gif", options)
+    tracking.log_artifact(path, "samples")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--config", default="demo", help=f"a named config ({', '.join(configs.named(KIND))}) or a .toml file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600")
+    parser.add_argument("--lake", help="the lake to read token shards from (default: $COGFLOW_LAKE)")
+    parser.add_argument("--frame-tokenizer", help="the frame tokenizer version whose tokens to train on (default: newest)")
+    parser.add_argument("--resume", action="store_true", help="continue from this training's checkpoint (an error when there is none)")
+    parser.add_argument("--restart", action="store_true", help="ignore a checkpoint of this training and start over")
+    parser.add_argument("--until-step", type=int, help="checkpoint and stop at this step (train in slices; run again to go on)")
+    parser.add_argument("--result-file", help="also write the result as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        if args.resume and args.restart:
+            raise ValueError("--resume and --restart contradict each other")
+        run = load_config(args.config, args.set)
+        result = train_stage(load_settings(lake=args.lake), args.stage, run, frame_version=args.frame_tokenizer,
+                             restart=args.restart, resume=args.resume, until_step=args.until_step, progress=not args.quiet)
+    except ValueError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.teardown()
+    if main_rank:
+        text = json.dumps(asdict(result))
+        print(text)
+        if args.result_file:
+            Path(args.result_file).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

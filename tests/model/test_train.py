@@ -1,0 +1,191 @@
+"""Training both stages from a real lake's token shards: MLflow logging, the finished model, exact resume after a
+kill, the same gradient from one process and from a real 2-process torchrun (DDP and FSDP), and a video model
+started from a text-to-image run's spatial channel."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import copy_sample, write_csv
+from mlflow.tracking import MlflowClient
+
+from model import tracking
+from model.encode_clips import encode_clips
+from model.train import TokenStream, load_config, train_stage
+from model.train_frame_tokenizer import load_config as frame_config
+from model.train_frame_tokenizer import train_frame_tokenizer
+from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+from model.transformer import load as load_model
+from pipeline import lake
+from pipeline.ingest import ingest
+from pipeline.settings import load_settings
+from pipeline.split import split
+from pipeline.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def home_settings(home: Path):
+    settings = load_settings(home=str(home))
+    # shards of one video each: several token files per stage, so ranks and workers get files of their own
+    return dataclasses.replace(settings, val_percent=10, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
+
+
+@pytest.fixture(scope="module")
+def tokens_home(tmp_path_factory, sample_dir) -> Path:
+    """A home whose lake holds token shards of both stages (text tokenizer v1, debug frame tokenizer v1)."""
+    root = tmp_path_factory.mktemp("train")
+    rows = copy_sample(sample_dir, root / "data")
+    manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
+    settings = home_settings(root / "home")
+    ingest(str(manifest), settings)
+    split(settings)
+    train_text_tokenizer(settings, TextTokenizerConfig(vocab_size=400))
+    train_frame_tokenizer(settings, frame_config("debug"), progress=False)
+    encode_clips(settings, progress=False)
+    return root / "home"
+
+
+@pytest.fixture
+def home(tokens_home: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tokens_home, tmp_path / "home"))
+
+
+def metric_steps(run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
+
+
+def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> None:
+    settings = home_settings(home)
+    run = load_config("debug", ["train.sample_every=4"])
+    for stage in (1, 2):
+        result = train_stage(settings, stage, run, progress=False)
+        assert result.trained and result.complete and result.steps == 8 and result.eval_split == "val"
+        assert 0 < result.val_bits_per_token < 10 and result.tokens_per_s > 0 and 0 < result.mfu < 1
+
+        tracking.use(settings.mlflow_tracking_uri, settings.home)
+        client = MlflowClient()
+        info = client.get_run(result.run_id)
+        assert info.data.tags["cogflow.kind"] == f"stage{stage}" and info.data.tags["cogflow.complete"] == "true"
+        assert info.data.params["model.layers"] == "2" and info.data.params["stage"] == str(stage)
+        for key in ("train/loss", "train/lr", "train/tokens_per_s", "train/mfu", "train/memory_gb", "val/bits_per_token"):
+            assert key in info.data.metrics, key
+        assert [s for s, _ in metric_steps(result.run_id, "train/loss")] == [2, 4, 6, 8]
+        lrs = [v for _, v in metric_steps(result.run_id, "train/lr")]
+        assert lrs[0] > lrs[-1]  # warmed up, then decaying
+        artifacts = {a.path for a in client.list_artifacts(result.run_id, "samples")}
+        assert {"samples/step-0000004.gif", "samples/step-0000008.gif"} <= artifacts
+
+        path = tracking.download(f"runs:/{result.run_id}/model/stage{stage}.pt", tmp_path / f"s{stage}")
+        model, saved = load_model(str(path))
+        assert saved["stage"] == stage and saved["frame_tokenizer_version"] == "1" and saved["text_tokenizer_version"] == "1"
+        assert model.spec.layout.stage == stage and model.spec.window == (0 if stage == 1 else 5)
+
+        again = train_stage(settings, stage, run, progress=False)
+        assert not again.trained and again.run_id == result.run_id  # the same training is not done twice
+
+
+def test_no_tokens_is_a_clear_error(tmp_path: Path) -> None:
+    settings = home_settings(tmp_path / "empty")
+    with pytest.raises(ValueError, match="cogflow tokenize"):
+        train_stage(settings, 1, load_config("debug"), progress=False)
+
+
+def test_streams_split_rows_without_overlap_and_resume_from_a_position(tokens_home: Path) -> None:
+    settings = home_settings(tokens_home)
+    store = Storage.at(settings.lake)
+    parts = lake.token_parts(store, "1", 2)
+    assert len(parts) >= 2
+
+    def rows(stream, n):
+        out = []
+        for batch, position in stream:
+            out.append((batch["clip_id"][0], position))
+            if len(out) == n:
+                return out
+
+    first = [rows(TokenStream(settings.lake, parts, 10, 1, 0, rank, 2), 6) for rank in (0, 1)]
+    train_rows = lake.read_tokens(store, "1", ["split"], 2)["split"].to_pylist().count("train")
+    one_epoch = [r for r, _ in first[0][: train_rows // 2]] + [r for r, _ in first[1][: train_rows // 2]]
+    assert len(set(one_epoch)) == len(one_epoch)  # rank 0 and rank 1 never read the same row
+    # starting at a saved position gives what came after it
+    whole = rows(TokenStream(settings.lake, parts, 10, 1, 0, 0, 1), 12)
+    later = rows(TokenStream(settings.lake, parts, 10, 1, 0, 0, 1, start=[whole[4][1]]), 7)
+    assert [r for r, _ in later] == [r for r, _ in whole[5:12]]
+
+
+def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path) -> None:
+    """A training SIGKILLed mid-way, then started again, logs the same loss at every step as one never killed, and
+    ends with the same weights (two data-loader workers, so their turns must survive the resume too)."""
+    overrides = ["train.steps=12", "train.log_every=1", "train.checkpoint_every=3", "train.val_every=100", "train.loader_workers=2"]
+    reference_home = Path(shutil.copytree(home, tmp_path / "reference"))
+    reference = train_stage(home_settings(reference_home), 1, load_config("debug", overrides), progress=False)
+    tracking.use(home_settings(reference_home).mlflow_tracking_uri, str(reference_home))
+    expected = metric_steps(reference.run_id, "train/loss")
+    expected_state = load_model(str(tracking.download(f"runs:/{reference.run_id}/model/stage1.pt", tmp_path / "a")))[0].state_dict()
+
+    command = [sys.executable, "-m", "model.train", "--stage", "1", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
+    env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake"), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in child.stdout:  # kill it once step 7 is done: after the checkpoint of step 6, before that of step 9
+        if line.startswith("stage 1 7/12"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+
+    settings = home_settings(home)
+    resumed = train_stage(settings, 1, load_config("debug", overrides), resume=True, progress=False)
+    assert resumed.complete
+    tracking.use(settings.mlflow_tracking_uri, settings.home)
+    logged = metric_steps(resumed.run_id, "train/loss")
+    assert sorted({s for s, _ in logged}) == list(range(1, 13))
+    assert [s for s, _ in logged].count(7) == 2  # step 7 was logged before the kill, and again after the resume
+    assert dict(logged) == dict(expected) and all(v == dict(expected)[s] for s, v in logged)
+    state = load_model(str(tracking.download(f"runs:/{resumed.run_id}/model/stage1.pt", tmp_path / "b")))[0].state_dict()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state)
+
+
+def test_resume_without_a_checkpoint_is_an_error(home: Path) -> None:
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train_stage(home_settings(home), 1, load_config("debug"), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_process_torchrun_step_matches_one_process(tmp_path: Path, sharding: str) -> None:
+    flags = ["--fsdp"] if sharding == "fsdp" else []
+    script = str(ROOT / "tests" / "model" / "one_step.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], check=True, cwd=ROOT, env=env, timeout=120)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
+                    str(tmp_path / "two.pt"), *flags], check=True, cwd=ROOT, env=env, timeout=180,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["gradient"].keys() == two["gradient"].keys()
+    for name, gradient in one["gradient"].items():
+        assert gradient.abs().max() > 0, name
+        torch.testing.assert_close(two["gradient"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    assert abs(one["loss"] - two["loss"]) < 0.5  # each rank reports its half's loss; the step above is the test
+
+
+def test_video_model_from_a_text_to_image_run(home: Path) -> None:
+    settings = home_settings(home)
+    image = train_stage(settings, 1, load_config("debug", ["train.frames=1"]), progress=False)
+    tracking.use(settings.mlflow_tracking_uri, settings.home)
+    assert MlflowClient().get_run(image.run_id).data.tags["cogflow.kind"] == "t2i"
+    video = train_stage(settings, 1, load_config("debug", [f'train.spatial_from="{image.run_id}"']), progress=False)
+    with_image = load_model(str(tracking.download(f"runs:/{image.run_id}/model/t2i.pt", home / "i")))[0]
+    with_video = load_model(str(tracking.download(f"runs:/{video.run_id}/model/stage1.pt", home / "v")))[0]
+    names = with_video.spatial_names()
+    image_state, video_state = with_image.state_dict(), with_video.state_dict()
+    assert all(torch.equal(video_state[n], image_state[n]) for n in names)  # frozen through training
+    assert not torch.equal(video_state["blocks.0.attention.temporal_qkv.weight"], image_state["blocks.0.attention.spatial_qkv.weight"])
