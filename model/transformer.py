@@ -224,20 +224,24 @@ class CogVideoTransformer(nn.Module):
         lay = self.spec.layout
         if positions is None:
             positions = torch.arange(lay.length, device=tokens.device)
-        if cache is not None:
-            cache.filled[positions] = True
+        filled = None
+        if cache is not None:  # this call's slots count as computed for its own masks; marked in the cache after
+            filled = cache.filled.clone()
+            filled[positions] = True
         is_frame = positions >= lay.text_slots  # (P,)
         x = self.embed(tokens) + self.position_embedding(text_valid, positions)  # (B, P, C)
         if flex:
             masks = self.block_masks(text_valid)
         else:
-            masks = self.masks(text_valid, positions, None if cache is None else cache.filled)
+            masks = self.masks(text_valid, positions, filled)
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else cache.keys[i]
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, masks[i], is_frame, positions, layer_cache, use_reentrant=False)
             else:
                 x = block(x, masks[i], is_frame, positions, layer_cache)
+        if cache is not None:
+            cache.filled[positions] = True
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,6 @@ def test_train_both_stages_then_generate(tmp_path, capsys, monkeypatch, sample_d
 
     out_file = tmp_path / "beach.mp4"
     assert main(["generate", "一个下午在海滩上奔跑的女人", "-o", str(out_file), "--frames-out", str(tmp_path / "sheet.png")]) == 0
-    probe = video.probe(out_file)
+    probe = video.probe(out_file, max_width=4096, max_height=4096, max_pixels=4096 * 4096)
     assert (probe.width, probe.height) == (160, 160) and probe.frame_count == 33
     assert (tmp_path / "sheet.png").stat().st_size > 0
