@@ -21,6 +21,9 @@ run: install
 	$(BIN)/cogflow split
 	$(BIN)/cogflow preview --random 8 -o .cogflow/clips.png
 	$(BIN)/cogflow tokenize
+	$(BIN)/cogflow train --stage 1
+	$(BIN)/cogflow train --stage 2
+	$(BIN)/cogflow generate "一个下午在海滩上奔跑的女人" -o .cogflow/beach.mp4 --frames-out .cogflow/beach.png
 	$(BIN)/cogflow status
 
 test: install
@@ -30,6 +33,8 @@ bench: install
 	$(BIN)/python tests/bench/bench_ingest.py
 	$(BIN)/python tests/bench/bench_split.py
 	$(BIN)/python tests/bench/bench_tokenize.py
+	$(BIN)/python tests/bench/bench_train.py
+	$(BIN)/python tests/bench/bench_generate.py
 
 clean:
 	rm -rf $(VENV) .cogflow *.egg-info

@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from model.generate import main as generate_main
 
-    return generate_main(args.generate_argv)
+    return generate_main(args.generate_argv, prog="cogflow generate")
 
 
 def _preview(args: argparse.Namespace) -> int:

@@ -673,8 +673,8 @@ def generate_from_args(settings: Settings, args: argparse.Namespace, progress: b
                           device=args.device, progress=progress)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         result = generate_from_args(load_settings(), args)
