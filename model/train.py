@@ -3,7 +3,8 @@
     python -m model.train --stage 1 --config demo [--set train.steps=600]          (or `cogflow train --stage 1`)
     torchrun --nproc_per_node=8 -m model.train --stage 2 --config base
 
-Read top to bottom in execution order: config, data, schedule, checkpoints, evaluation, the training loop.
+Read top to bottom in execution order: config, data, checkpoints, evaluation, one optimizer step, the training
+loop (the schedule, atomic checkpoint files and the SIGTERM flag are model/training.py's).
 
 - Token rows stream from the finished token files of one frame tokenizer version (`tokens/v<V>/stage=S`), dealt
   over ranks and data-loader workers without overlap: whole files when there are enough, rows otherwise.
@@ -22,17 +23,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import io
 import json
 import math
 import os
 import random
 import resource
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +48,7 @@ from model.encode_clips import Tokenizers, load_tokenizers
 from model.generate import GenerateConfig
 from model.layout import FRAMES, Layout, build_inputs
 from model.progress import StepProgress
+from model.training import StopSignal, checkpoint_store, learning_rate, load_checkpoint, save_checkpoint, short_hash
 from model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from pipeline import lake
 from pipeline.settings import Settings, load_settings
@@ -125,10 +123,6 @@ class TrainResult:
     mfu: float  # model FLOPs utilisation against the matmul peak measured at start
     parameters: int
     note: str = ""
-
-
-def _hash(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def kind(stage: int, frames: int) -> str:
@@ -214,38 +208,7 @@ def eval_rows(store: Storage, parts: list[str], count: int) -> tuple[dict[str, l
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Schedule
-
-
-def learning_rate(step: int, train: TrainConfig) -> float:
-    """Linear warmup to `lr`, then a cosine down to lr * min_lr_ratio at the last step."""
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
-    floor = train.lr * train.min_lr_ratio
-    return floor + (train.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-def checkpoint_store(settings: Settings) -> Storage:
-    """Where checkpoints go: $COGFLOW_CHECKPOINTS (a folder or s3://...), else $COGFLOW_HOME/checkpoints."""
-    return Storage.at(os.environ.get("COGFLOW_CHECKPOINTS") or str(Path(settings.home) / "checkpoints"))
-
-
-def save_checkpoint(store: Storage, rel: str, state: dict) -> None:
-    """All or nothing: a reader finds the previous checkpoint or this one, never half of one."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    store.put_bytes(rel, buffer.getvalue())
-
-
-def load_checkpoint(store: Storage, rel: str) -> dict | None:
-    if not store.exists(rel):
-        return None
-    return torch.load(io.BytesIO(store.read_bytes(rel)), map_location="cpu", weights_only=False)
 
 
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
@@ -367,25 +330,6 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
 # Training
 
 
-class _Stop:
-    """Set by SIGTERM (what torchrun and schedulers send before killing): the loop checkpoints and leaves."""
-
-    requested = False
-
-    @classmethod
-    @contextlib.contextmanager
-    def installed(cls):
-        cls.requested = False
-        if threading.current_thread() is not threading.main_thread():  # signals can only be set from there
-            yield
-            return
-        before = signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, before)
-
-
 def token_inputs(settings: Settings, stage: int, frame_version: str | None) -> tuple[str, list[str], str]:
     """(frame tokenizer version, its finished token files of `stage`, the text tokenizer version they used)."""
     store = Storage.at(settings.lake)
@@ -436,8 +380,8 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
                      stage_cfg.window, stage_cfg.shift)
     boi = tokenizers.text.boi_id
     name = kind(stage, cfg.frames)
-    data_hash = _hash([parts, frame_version, text_version])
-    config_hash = _hash({**configs.as_dict(run), "stage": stage, "world_size": env.world})
+    data_hash = short_hash([parts, frame_version, text_version])
+    config_hash = short_hash({**configs.as_dict(run), "stage": stage, "world_size": env.world})
     tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash, "cogflow.stage": str(stage),
             "cogflow.frame_tokenizer_version": frame_version, "cogflow.text_tokenizer_version": text_version}
 
@@ -473,7 +417,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    ckpt_store, ckpt_rel = checkpoint_store(settings), f"{name}/{_hash([data_hash, config_hash])}/checkpoint.pt"
+    ckpt_store, ckpt_rel = checkpoint_store(settings), f"{name}/{short_hash([data_hash, config_hash])}/checkpoint.pt"
     state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
     if resume and state is None:
         raise ValueError(f"--resume: no checkpoint of this training at {safe_uri(ckpt_store.root)}/{ckpt_rel}")
@@ -519,7 +463,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
                        enabled=progress and env.main, every=cfg.log_every)
     tokens_per_s = mfu = float("nan")
     with (tracking.run(name, params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
-            tempfile.TemporaryDirectory(prefix="cogflow-train-") as tmp, _Stop.installed():
+            tempfile.TemporaryDirectory(prefix="cogflow-train-") as tmp, StopSignal.installed():
         run_id = distributed.from_main(active.info.run_id if env.main else None)
         bar.log(f"{name}: {parameters / 1e6:.2f}M parameters, {layout.length} tokens a sample, "
                 f"{len(parts)} token files, evaluating on {eval_split}; MLflow run {run_id}")
@@ -553,7 +497,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
                 _log_sample(model, layout, tokenizers, val, Path(tmp), step, run.generate)
             bar.update(step, f"loss {loss:.4f}")
             # Every rank stops after the same step, even when the signal reached them at different moments.
-            stop = distributed.any_rank(_Stop.requested or (until_step is not None and step >= until_step), env.device)
+            stop = distributed.any_rank(StopSignal.requested or (until_step is not None and step >= until_step), env.device)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 checkpoint(step)
             if stop and step < cfg.steps:

@@ -3,7 +3,8 @@
     python -m model.train_frame_tokenizer --config demo [--set train.steps=600]     (or `cogflow tokenize frames`)
     torchrun --nproc_per_node=2 -m model.train_frame_tokenizer --config demo
 
-Read top to bottom in execution order: config, data, schedule, checkpoints, evaluation, the training loop.
+Read top to bottom in execution order: config, data, evaluation, the training loop (the schedule, checkpoints and
+the SIGTERM flag are model/training.py's).
 
 - Frames stream from the finished clip shards (model/clip_frames.py), dealt over ranks and data-loader
   workers. Training sees random crops aligned to the code grid; evaluation sees whole frames of the `val`
@@ -18,16 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import io
 import json
-import math
 import os
 import random
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +39,7 @@ from model import distributed, registry, tracking
 from model.clip_frames import ClipFrames, reader_slot, sample_frames
 from model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr, save, training_loss
 from model.progress import StepProgress
+from model.training import StopSignal, checkpoint_store, learning_rate, load_checkpoint, save_checkpoint, short_hash
 from pipeline import lake
 from pipeline.settings import Settings, load_settings
 from pipeline.storage import Storage
@@ -101,10 +98,6 @@ class FrameTokenizerResult:
     note: str = ""
 
 
-def _hash(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Data
 
@@ -137,41 +130,6 @@ class TrainCrops(IterableDataset):
                     yield torch.stack(batch)  # (B, crop, crop, 3)
                 made += 1
                 batch = []
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Schedule
-
-
-def learning_rate(step: int, train: FrameTrainConfig) -> float:
-    """Linear warmup to `lr`, then a cosine down to lr * min_lr_ratio at the last step."""
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
-    floor = train.lr * train.min_lr_ratio
-    return floor + (train.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_store(settings: Settings) -> Storage:
-    """Where checkpoints go: $COGFLOW_CHECKPOINTS (a folder or s3://...), else $COGFLOW_HOME/checkpoints."""
-    return Storage.at(os.environ.get("COGFLOW_CHECKPOINTS") or str(Path(settings.home) / "checkpoints"))
-
-
-def save_checkpoint(store: Storage, rel: str, state: dict) -> None:
-    """All or nothing: a reader finds the previous checkpoint or this one, never half of one."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    store.put_bytes(rel, buffer.getvalue())
-
-
-def load_checkpoint(store: Storage, rel: str) -> dict | None:
-    if not store.exists(rel):
-        return None
-    return torch.load(io.BytesIO(store.read_bytes(rel)), map_location="cpu", weights_only=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,25 +173,6 @@ def comparison_grid(frames: torch.Tensor, reconstructions: torch.Tensor, baselin
 # Training
 
 
-class _Stop:
-    """Set by SIGTERM (what torchrun and schedulers send before killing): the loop checkpoints and leaves."""
-
-    requested = False
-
-    @classmethod
-    @contextlib.contextmanager
-    def installed(cls):
-        cls.requested = False
-        if threading.current_thread() is not threading.main_thread():  # signals can only be set from there
-            yield
-            return
-        before = signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, before)
-
-
 def _train_frames(store: Storage) -> int:
     clips = lake.read_clips(store, ["split"])
     return 5 * sum(1 for s in clips["split"].to_pylist() if s == "train")
@@ -250,8 +189,8 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
     parts = lake.clip_parts(store)
     if not parts or _train_frames(store) < run.train.batch_size * env.world:
         raise ValueError(f"the lake at {settings.lake} has too few train clips for a batch: run `cogflow split` first")
-    data_hash = _hash(parts)
-    config_hash = _hash({**configs.as_dict(run), "world_size": env.world})
+    data_hash = short_hash(parts)
+    config_hash = short_hash({**configs.as_dict(run), "world_size": env.world})
     tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash}
 
     # Already registered? Rank 0 asks MLflow; everyone follows.
@@ -271,7 +210,7 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
     # The model, the optimizer, and where a killed run of the same training left off.
     model = FrameTokenizer(run.model).to(env.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
-    ckpt_store, ckpt_rel = checkpoint_store(settings), f"frame-tokenizer/{_hash([data_hash, config_hash])}/checkpoint.pt"
+    ckpt_store, ckpt_rel = checkpoint_store(settings), f"frame-tokenizer/{short_hash([data_hash, config_hash])}/checkpoint.pt"
     state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
     step, run_id = 0, None
     if state is not None:
@@ -303,7 +242,7 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
 
     bar = StepProgress("frame tokenizer", run.train.steps, step, enabled=progress and env.main, every=run.train.log_every)
     with (tracking.run("frame-tokenizer", params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
-            tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp, _Stop.installed():
+            tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp, StopSignal.installed():
         run_id = distributed.from_main(active.info.run_id if env.main else None)
         if env.main and step == 0:
             tracking.log_metrics({f"{eval_split}/thumbnail_psnr": thumbnail_psnr}, step=0)
@@ -342,7 +281,7 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
                         f"codebook used {metrics['codebook_used']:.0%}, perplexity {metrics['perplexity']:.1f}")
             bar.update(step, f"loss {loss.item():.4f}")
             # Every rank stops after the same step, even when the signal reached them at different moments.
-            stop = distributed.any_rank(_Stop.requested or (until_step is not None and step >= until_step), env.device)
+            stop = distributed.any_rank(StopSignal.requested or (until_step is not None and step >= until_step), env.device)
             if step % run.train.checkpoint_every == 0 or step == run.train.steps or stop:
                 checkpoint(step)
             if stop and step < run.train.steps:

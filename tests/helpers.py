@@ -124,3 +124,36 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
         "truncated_container": 1,
     }
     return rows, expected
+
+
+def lake_settings(home: Path):
+    """Settings of a test home: two of the four sample videos in `val` (their ids hash to 4, 8, 26 and 98 of 100)
+    and split shards of one video each, so each stage has several clip (and token) files."""
+    import dataclasses
+
+    from pipeline.settings import load_settings
+
+    settings = load_settings(home=str(home))
+    return dataclasses.replace(settings, val_percent=10, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
+
+
+def tokenized_home(root: Path, sample_dir: Path, vocab_size: int = 400, encode: bool = False) -> Path:
+    """A home under `root` whose lake holds the sample videos split into clips and whose MLflow registry holds both
+    tokenizers (text with `vocab_size` pieces, the debug frame tokenizer; version 1 of each); with `encode`, every
+    clip encoded into token shards too. Returns the home."""
+    from model.encode_clips import encode_clips
+    from model.train_frame_tokenizer import load_config, train_frame_tokenizer
+    from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+    from pipeline.ingest import ingest
+    from pipeline.split import split
+
+    rows = copy_sample(sample_dir, root / "data")
+    manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
+    settings = lake_settings(root / "home")
+    ingest(str(manifest), settings)
+    split(settings)
+    train_text_tokenizer(settings, TextTokenizerConfig(vocab_size=vocab_size))
+    train_frame_tokenizer(settings, load_config("debug"), progress=False)
+    if encode:
+        encode_clips(settings, progress=False)
+    return root / "home"

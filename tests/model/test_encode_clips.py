@@ -3,7 +3,6 @@ restartable after a kill at any moment."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -17,12 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_sample, write_csv
+from helpers import lake_settings, tokenized_home
 
 from model import registry
 from model.encode_clips import encode_clips, load_tokenizers
 from model.text_tokenizer import TextTokenizer
-from model.train_frame_tokenizer import load_config, train_frame_tokenizer
 from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
 from pipeline import checks, lake
 from pipeline.ingest import ingest
@@ -34,24 +32,10 @@ from pipeline.storage import Storage
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def lake_settings(home: Path):
-    settings = load_settings(home=str(home))
-    # shards of one video each: several clip files per stage, so a kill can land between them
-    return dataclasses.replace(settings, val_percent=10, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
-
-
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory, sample_dir) -> Path:
     """A home whose lake is split and whose MLflow registry holds both tokenizers (version 1 of each)."""
-    root = tmp_path_factory.mktemp("encode")
-    rows = copy_sample(sample_dir, root / "data")
-    manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
-    settings = lake_settings(root / "home")
-    ingest(str(manifest), settings)
-    split(settings)
-    train_text_tokenizer(settings, TextTokenizerConfig(vocab_size=400))
-    train_frame_tokenizer(settings, load_config("debug"), progress=False)
-    return root / "home"
+    return tokenized_home(tmp_path_factory.mktemp("encode"), sample_dir)
 
 
 @pytest.fixture

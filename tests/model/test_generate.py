@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import copy_sample, write_csv
+from helpers import lake_settings, tokenized_home
 from PIL import Image
 
 from model import generate, tracking
@@ -32,12 +32,7 @@ from model.generate import (
     sequential_schedule,
 )
 from model.layout import IGNORE, Layout, build_inputs, dense_mask, layer_shift, slots
-from model.train_frame_tokenizer import load_config, train_frame_tokenizer
-from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
 from model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig
-from pipeline.ingest import ingest
-from pipeline.settings import load_settings
-from pipeline.split import split
 from pipeline.video import probe
 
 PROMPT = "一个下午在海滩上奔跑的女人"
@@ -57,11 +52,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def lake_settings(home: Path):
-    settings = load_settings(home=str(home))
-    return dataclasses.replace(settings, val_percent=10, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
-
-
 def tiny_model(stage: int, window: int = 0, shift: int = 0, codes: int = CODES, dtype: torch.dtype = torch.float64,
                seed: int = 0, vocab: int = VOCAB) -> CogVideoTransformer:
     """Random weights, spread wider than the init's so that the logits are far from uniform (guidance, top-k and
@@ -77,15 +67,7 @@ def tiny_model(stage: int, window: int = 0, shift: int = 0, codes: int = CODES, 
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory, sample_dir) -> Path:
     """A home whose lake is split and whose MLflow registry holds both tokenizers (version 1 of each)."""
-    root = tmp_path_factory.mktemp("generate")
-    rows = copy_sample(sample_dir, root / "data")
-    manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
-    settings = lake_settings(root / "home")
-    ingest(str(manifest), settings)
-    split(settings)
-    train_text_tokenizer(settings, TextTokenizerConfig(vocab_size=VOCAB))
-    train_frame_tokenizer(settings, load_config("debug"), progress=False)
-    return root / "home"
+    return tokenized_home(tmp_path_factory.mktemp("generate"), sample_dir, vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ started from a text-to-image run's spatial channel."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -14,44 +13,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import copy_sample, write_csv
+from helpers import lake_settings, tokenized_home
 from mlflow.tracking import MlflowClient
 
 from model import tracking
-from model.encode_clips import encode_clips
 from model.train import TokenStream, load_config, train_stage
-from model.train_frame_tokenizer import load_config as frame_config
-from model.train_frame_tokenizer import train_frame_tokenizer
-from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
 from model.transformer import load as load_model
 from pipeline import lake
-from pipeline.ingest import ingest
-from pipeline.settings import load_settings
-from pipeline.split import split
 from pipeline.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def home_settings(home: Path):
-    settings = load_settings(home=str(home))
-    # shards of one video each: several token files per stage, so ranks and workers get files of their own
-    return dataclasses.replace(settings, val_percent=10, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
-
-
 @pytest.fixture(scope="module")
 def tokens_home(tmp_path_factory, sample_dir) -> Path:
     """A home whose lake holds token shards of both stages (text tokenizer v1, debug frame tokenizer v1)."""
-    root = tmp_path_factory.mktemp("train")
-    rows = copy_sample(sample_dir, root / "data")
-    manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
-    settings = home_settings(root / "home")
-    ingest(str(manifest), settings)
-    split(settings)
-    train_text_tokenizer(settings, TextTokenizerConfig(vocab_size=400))
-    train_frame_tokenizer(settings, frame_config("debug"), progress=False)
-    encode_clips(settings, progress=False)
-    return root / "home"
+    return tokenized_home(tmp_path_factory.mktemp("train"), sample_dir, encode=True)
 
 
 @pytest.fixture
@@ -64,7 +41,7 @@ def metric_steps(run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> None:
-    settings = home_settings(home)
+    settings = lake_settings(home)
     run = load_config("debug", ["train.sample_every=4"])
     for stage in (1, 2):
         result = train_stage(settings, stage, run, progress=False)
@@ -94,13 +71,13 @@ def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> 
 
 
 def test_no_tokens_is_a_clear_error(tmp_path: Path) -> None:
-    settings = home_settings(tmp_path / "empty")
+    settings = lake_settings(tmp_path / "empty")
     with pytest.raises(ValueError, match="cogflow tokenize"):
         train_stage(settings, 1, load_config("debug"), progress=False)
 
 
 def test_streams_split_rows_without_overlap_and_resume_from_a_position(tokens_home: Path) -> None:
-    settings = home_settings(tokens_home)
+    settings = lake_settings(tokens_home)
     store = Storage.at(settings.lake)
     parts = lake.token_parts(store, "1", 2)
     assert len(parts) >= 2
@@ -127,8 +104,8 @@ def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path
     ends with the same weights (two data-loader workers, so their turns must survive the resume too)."""
     overrides = ["train.steps=12", "train.log_every=1", "train.checkpoint_every=3", "train.val_every=100", "train.loader_workers=2"]
     reference_home = Path(shutil.copytree(home, tmp_path / "reference"))
-    reference = train_stage(home_settings(reference_home), 1, load_config("debug", overrides), progress=False)
-    tracking.use(home_settings(reference_home).mlflow_tracking_uri, str(reference_home))
+    reference = train_stage(lake_settings(reference_home), 1, load_config("debug", overrides), progress=False)
+    tracking.use(lake_settings(reference_home).mlflow_tracking_uri, str(reference_home))
     expected = metric_steps(reference.run_id, "train/loss")
     expected_state = load_model(str(tracking.download(f"runs:/{reference.run_id}/model/stage1.pt", tmp_path / "a")))[0].state_dict()
 
@@ -143,7 +120,7 @@ def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path
     child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
 
-    settings = home_settings(home)
+    settings = lake_settings(home)
     resumed = train_stage(settings, 1, load_config("debug", overrides), resume=True, progress=False)
     assert resumed.complete
     tracking.use(settings.mlflow_tracking_uri, settings.home)
@@ -157,7 +134,7 @@ def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path
 
 def test_resume_without_a_checkpoint_is_an_error(home: Path) -> None:
     with pytest.raises(ValueError, match="no checkpoint"):
-        train_stage(home_settings(home), 1, load_config("debug"), resume=True, progress=False)
+        train_stage(lake_settings(home), 1, load_config("debug"), resume=True, progress=False)
 
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
@@ -178,7 +155,7 @@ def test_two_process_torchrun_step_matches_one_process(tmp_path: Path, sharding:
 
 
 def test_video_model_from_a_text_to_image_run(home: Path) -> None:
-    settings = home_settings(home)
+    settings = lake_settings(home)
     image = train_stage(settings, 1, load_config("debug", ["train.frames=1"]), progress=False)
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     assert MlflowClient().get_run(image.run_id).data.tags["cogflow.kind"] == "t2i"

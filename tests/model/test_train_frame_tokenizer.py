@@ -17,7 +17,8 @@ import torch
 
 from model import frame_tokenizer, registry
 from model.config import ConfigError, named
-from model.train_frame_tokenizer import FrameTokenizerRun, checkpoint_store, learning_rate, load_config, train_frame_tokenizer
+from model.train_frame_tokenizer import FrameTokenizerRun, load_config, train_frame_tokenizer
+from model.training import checkpoint_store, learning_rate
 from pipeline.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,79 @@
+"""What both training entry points (model/train_frame_tokenizer.py, model/train.py) share: the learning-rate
+schedule, atomic checkpoints in the artifact store, a stop flag set by SIGTERM, and the hash that names a training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from pipeline.settings import Settings
+from pipeline.storage import Storage
+
+
+class Schedule(Protocol):
+    steps: int
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+
+
+def learning_rate(step: int, train: Schedule) -> float:
+    """Linear warmup to `lr`, then a cosine down to lr * min_lr_ratio at the last step."""
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    floor = train.lr * train.min_lr_ratio
+    return floor + (train.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def short_hash(value: object) -> str:
+    """16 hex digits naming `value` (JSON-able): the data, the config, a checkpoint's folder."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_store(settings: Settings) -> Storage:
+    """Where checkpoints go: $COGFLOW_CHECKPOINTS (a folder or s3://...), else $COGFLOW_HOME/checkpoints."""
+    return Storage.at(os.environ.get("COGFLOW_CHECKPOINTS") or str(Path(settings.home) / "checkpoints"))
+
+
+def save_checkpoint(store: Storage, rel: str, state: dict) -> None:
+    """All or nothing: a reader finds the previous checkpoint or this one, never half of one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    store.put_bytes(rel, buffer.getvalue())
+
+
+def load_checkpoint(store: Storage, rel: str) -> dict | None:
+    if not store.exists(rel):
+        return None
+    return torch.load(io.BytesIO(store.read_bytes(rel)), map_location="cpu", weights_only=False)
+
+
+class StopSignal:
+    """Set by SIGTERM (what torchrun and schedulers send before killing): the loop checkpoints and leaves."""
+
+    requested = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def installed(cls):
+        cls.requested = False
+        if threading.current_thread() is not threading.main_thread():  # signals can only be set from there
+            yield
+            return
+        before = signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, before)
