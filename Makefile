@@ -23,6 +23,7 @@ run: install
 	$(BIN)/cogflow tokenize
 	$(BIN)/cogflow train --stage 1
 	$(BIN)/cogflow train --stage 2
+	$(BIN)/cogflow generate "一个红色的圆形在米色背景上从左向右移动。" -o .cogflow/circle.mp4 --frames-out .cogflow/circle.png
 	$(BIN)/cogflow generate "一个下午在海滩上奔跑的女人" -o .cogflow/beach.mp4 --frames-out .cogflow/beach.png
 	$(BIN)/cogflow status
 

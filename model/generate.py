@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import re
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -411,6 +411,8 @@ def contact_sheet(frames: np.ndarray, caption: str, note: str, keyframe_every: i
     top = margin + 2 * 20
     sheet = Image.new("RGB", (width, top + rows * (size + gap) + margin), "white")
     draw = ImageDraw.Draw(sheet)
+    # one line, control characters (a pasted "\r", a tab) shown as spaces: the text shaper refuses some of them
+    caption = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in caption)
     draw.text((margin, margin), caption, fill="black", font=font)
     draw.text((margin, margin + 20), note, fill=(90, 90, 90), font=font)
     for i, frame in enumerate(frames):
@@ -681,7 +683,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ValueError as exc:
         print(f"generate: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result.as_dict(), ensure_ascii=False))
+    r = result
+    print(f"wrote {r.path}: {r.frames} frames of {r.size}x{r.size} at {r.fps:g} fps, seed {r.seed}, in {r.seconds:.1f} s "
+          f"({r.tokens} codes at {r.tokens_per_s:,.0f} codes/s, {r.stage1_steps} + {r.stage2_steps} forward calls, "
+          f"{'wavefront' if r.parallel else 'one code per call'} decoding on {r.device})")
+    print(f"stages: MLflow runs {r.stage1_run} (1) and {r.stage2_run} (2)" + (f"; contact sheet {r.frames_out}" if r.frames_out else ""))
     return 0
 
 
