@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from collections.abc import Callable
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -30,3 +32,20 @@ class Progress:
             filled = int(percent // 4)
             end = "\n" if self.done >= self.total else ""
             print(f"\r{self.label} [{'#' * filled}{'.' * (25 - filled)}] {self.done}/{self.total}", end=end, file=sys.stderr, flush=True)
+
+
+def child_log(log: Callable[[str], None], step_line: re.Pattern[str], label: str, key: str) -> Callable[[str], None]:
+    """A line handler for a training child's output: every line to `log`, and its periodic step lines
+    ("<what> DONE/TOTAL ...", matched by `step_line` with the two numbers as groups) into a progress artifact."""
+    progress: Progress | None = None
+
+    def handle(line: str) -> None:
+        nonlocal progress
+        log(line)
+        step = step_line.match(line)
+        if step:
+            done, total = int(step[1]), int(step[2])
+            progress = progress or Progress(total, label, key=key)
+            progress.advance(done - progress.done)
+
+    return handle

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.launch import run_module
-from flows.progress import Progress
+from flows.progress import Progress, child_log
 from model.encode_clips import EncodeResult, encode_clips
 from model.train_frame_tokenizer import FrameTokenizerResult
 from model.train_text_tokenizer import TextTokenizerConfig, TextTokenizerResult, train_text_tokenizer
@@ -33,21 +33,11 @@ text_task = task(train_text_tokenizer, name="train-text-tokenizer", cache_policy
 
 @task(name="train-frame-tokenizer", cache_policy=NO_CACHE)
 def frames_task(settings: Settings, config: str, overrides: list[str], nproc: int, restart: bool) -> FrameTokenizerResult:
-    logger = get_run_logger()
     args = ["--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
     if restart:
         args.append("--restart")
-    progress: Progress | None = None
-
-    def log(line: str) -> None:
-        nonlocal progress
-        logger.info(line)
-        step = STEP_LINE.match(line)  # the child's periodic "frame tokenizer 25/1200 ..." lines
-        if step:
-            done, total = int(step[1]), int(step[2])
-            progress = progress or Progress(total, "training the frame tokenizer (steps)", key="frame-tokenizer-progress")
-            progress.advance(done - progress.done)
-
+    # the child's periodic "frame tokenizer 25/1200 ..." lines feed a progress artifact
+    log = child_log(get_run_logger().info, STEP_LINE, "training the frame tokenizer (steps)", "frame-tokenizer-progress")
     result = run_module("model.train_frame_tokenizer", args, settings, nproc=nproc, log=log)
     return FrameTokenizerResult(**result)
 

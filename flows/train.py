@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.launch import run_module
-from flows.progress import Progress
+from flows.progress import child_log
 from model.train import TrainResult
 from pipeline.settings import Settings, load_settings
 from pipeline.storage import Storage, safe_uri
@@ -35,23 +35,13 @@ def default_nproc() -> int:
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_task(settings: Settings, stage: int, config: str, overrides: list[str], nproc: int,
                frame_tokenizer_version: str | None, restart: bool, resume: bool) -> TrainResult:
-    logger = get_run_logger()
     args = ["--stage", str(stage), "--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
     if frame_tokenizer_version:
         args += ["--frame-tokenizer", frame_tokenizer_version]
     args += ["--restart"] if restart else []
     args += ["--resume"] if resume else []
-    progress: Progress | None = None
-
-    def log(line: str) -> None:
-        nonlocal progress
-        logger.info(line)
-        step = STEP_LINE.match(line)  # the child's periodic "stage 1 25/300 ..." lines
-        if step:
-            done, total = int(step[1]), int(step[2])
-            progress = progress or Progress(total, f"training stage {stage} (steps)", key=f"stage{stage}-progress")
-            progress.advance(done - progress.done)
-
+    # the child's periodic "stage 1 25/300 ..." lines feed a progress artifact
+    log = child_log(get_run_logger().info, STEP_LINE, f"training stage {stage} (steps)", f"stage{stage}-progress")
     return TrainResult(**run_module("model.train", args, settings, nproc=nproc, log=log))
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import os
 import random
 import resource
 import sys
@@ -48,7 +46,8 @@ from model.encode_clips import Tokenizers, load_tokenizers
 from model.generate import GenerateConfig
 from model.layout import FRAMES, Layout, build_inputs
 from model.progress import StepProgress
-from model.training import StopSignal, checkpoint_store, learning_rate, load_checkpoint, save_checkpoint, short_hash
+from model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
+                            short_hash)
 from model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from pipeline import lake
 from pipeline.settings import Settings, load_settings
@@ -547,25 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-file", help="also write the result as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    try:
-        if args.resume and args.restart:
-            raise ValueError("--resume and --restart contradict each other")
-        run = load_config(args.config, args.set)
-        result = train_stage(load_settings(lake=args.lake), args.stage, run, frame_version=args.frame_tokenizer,
-                             restart=args.restart, resume=args.resume, until_step=args.until_step, progress=not args.quiet)
-    except ValueError as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.teardown()
-    if main_rank:
-        text = json.dumps(asdict(result))
-        print(text)
-        if args.result_file:
-            Path(args.result_file).write_text(text)
-    return 0
-
+    if args.resume and args.restart:
+        parser.error("--resume and --restart contradict each other")
+    return run_entry_point("train", lambda: train_stage(
+        load_settings(lake=args.lake), args.stage, load_config(args.config, args.set), frame_version=args.frame_tokenizer,
+        restart=args.restart, resume=args.resume, until_step=args.until_step, progress=not args.quiet), args.result_file)
 
 if __name__ == "__main__":
     sys.exit(main())

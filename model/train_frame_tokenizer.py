@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,7 +37,8 @@ from model import distributed, registry, tracking
 from model.clip_frames import ClipFrames, reader_slot, sample_frames
 from model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr, save, training_loss
 from model.progress import StepProgress
-from model.training import StopSignal, checkpoint_store, learning_rate, load_checkpoint, save_checkpoint, short_hash
+from model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
+                            short_hash)
 from pipeline import lake
 from pipeline.settings import Settings, load_settings
 from pipeline.storage import Storage
@@ -315,23 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-file", help="also write the result as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    try:
-        run = load_config(args.config, args.set)
-        result = train_frame_tokenizer(load_settings(lake=args.lake), run, restart=args.restart,
-                                       until_step=args.until_step, progress=not args.quiet)
-    except ValueError as exc:
-        print(f"train_frame_tokenizer: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.teardown()
-    if main_rank:
-        text = json.dumps(asdict(result))
-        print(text)
-        if args.result_file:
-            Path(args.result_file).write_text(text)
-    return 0
-
+    return run_entry_point("train_frame_tokenizer", lambda: train_frame_tokenizer(
+        load_settings(lake=args.lake), load_config(args.config, args.set), restart=args.restart,
+        until_step=args.until_step, progress=not args.quiet), args.result_file)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,19 +1,23 @@
 """What both training entry points (model/train_frame_tokenizer.py, model/train.py) share: the learning-rate
-schedule, atomic checkpoints in the artifact store, a stop flag set by SIGTERM, and the hash that names a training.
+schedule, atomic checkpoints in the artifact store, a stop flag set by SIGTERM, the hash that names a training, and
+how an entry point ends (exit codes, the result file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -77,3 +81,25 @@ class StopSignal:
             yield
         finally:
             signal.signal(signal.SIGTERM, before)
+
+
+def run_entry_point(name: str, work: Callable[[], Any], result_file: str | None) -> int:
+    """The end of a training entry point's main(): run `work`; a ValueError (a usage error: bad config, nothing
+    to train on) is one line on stderr and exit 2; the process group is left either way; rank 0 prints the
+    result (a dataclass) as JSON and writes it to `result_file`, which is how flows/launch.py reads it back."""
+    from model import distributed
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        result = work()
+    except ValueError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.teardown()
+    if main_rank:
+        text = json.dumps(dataclasses.asdict(result))
+        print(text)
+        if result_file:
+            Path(result_file).write_text(text)
+    return 0

@@ -109,3 +109,19 @@ def test_spatial_channel_from_a_text_to_image_model_is_loaded_and_frozen() -> No
     trainable = {n for n, p in video.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in video.named_parameters()} - set(names)
     assert {n.split(".")[-2] for n in trainable if n.startswith("blocks.")} == {"temporal_qkv", "temporal_out"} | {"attention"}
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    lay = Layout(text_len=5, grid=4, stage=2)
+    model = CogVideoTransformer(ModelSpec(TransformerConfig(layers=2, hidden=32, heads=2), lay, K, V, 2, 1)).double()
+    tokens, targets, valid = batch(lay)
+    grads = []
+    for recompute in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = recompute
+        loss, _ = model.loss(tokens, targets, valid)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=1e-12, msg=name)
