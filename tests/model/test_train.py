@@ -4,6 +4,7 @@ started from a text-to-image run's spatial channel."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import lake_settings, tokenized_home
+from helpers import lake_settings, tokenized_home, upload_tree
 from mlflow.tracking import MlflowClient
 
 from model import tracking
@@ -166,3 +167,39 @@ def test_video_model_from_a_text_to_image_run(home: Path) -> None:
     image_state, video_state = with_image.state_dict(), with_video.state_dict()
     assert all(torch.equal(video_state[n], image_state[n]) for n in names)  # frozen through training
     assert not torch.equal(video_state["blocks.0.attention.temporal_qkv.weight"], image_state["blocks.0.attention.spatial_qkv.weight"])
+
+
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(home: Path) -> None:
+    overrides = ["train.steps=12", "train.log_every=1", "train.checkpoint_every=100", "train.val_every=100"]
+    command = [sys.executable, "-m", "model.train", "--stage", "2", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
+    env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake"), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if line.startswith("stage 2 3/12"):
+            child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 0, "".join(lines)
+    stopped = json.loads(lines[-1])
+    assert not stopped["complete"] and 3 <= stopped["steps"] < 12 and "run again to resume" in stopped["note"]
+
+    resumed = train_stage(lake_settings(home), 2, load_config("debug", overrides), resume=True, progress=False)
+    assert resumed.complete and resumed.run_id == stopped["run_id"] and resumed.steps == 12
+    tracking.use(lake_settings(home).mlflow_tracking_uri, str(home))
+    assert [s for s, _ in metric_steps(resumed.run_id, "train/loss")] == list(range(1, 13))  # nothing lost, nothing twice
+
+
+def test_lake_and_checkpoints_on_s3(tokens_home: Path, tmp_path: Path, s3, monkeypatch) -> None:
+    """Token shards read from S3, checkpoints written there, resumed from there; nothing lands in the home."""
+    upload_tree(s3, s3.bucket, tokens_home / "lake", "lake")
+    home = Path(shutil.copytree(tokens_home, tmp_path / "home", ignore=shutil.ignore_patterns("lake", "checkpoints")))
+    monkeypatch.setenv("COGFLOW_CHECKPOINTS", f"s3://{s3.bucket}/checkpoints")
+    settings = lake_settings(home).replace(lake=f"s3://{s3.bucket}/lake")
+    first = train_stage(settings, 1, load_config("debug"), until_step=4, progress=False)
+    assert not first.complete
+    saved = s3.list_objects_v2(Bucket=s3.bucket, Prefix="checkpoints/stage1/")["Contents"]
+    assert [o["Key"].rsplit("/", 1)[-1] for o in saved] == ["checkpoint.pt"]
+    done = train_stage(settings, 1, load_config("debug"), resume=True, progress=False)
+    assert done.complete and done.run_id == first.run_id
+    assert not (home / "checkpoints").exists() and not (home / "lake").exists()
