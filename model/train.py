@@ -403,6 +403,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
             saved = torch.load(resolve_spatial(cfg.spatial_from, Path(tmp)), map_location="cpu", weights_only=False)
         model.load_spatial(saved["state"], freeze=cfg.freeze_spatial)
     model.activation_checkpointing = cfg.activation_checkpointing
+    parameters = model.parameter_count()  # before FSDP shards them
     model.to(env.device)
     if cfg.fsdp and env.world > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -437,7 +438,6 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0)
     worker_positions = list(positions or [(0, 0, 0)] * workers)
     val, eval_split = eval_rows(store, parts, cfg.val_batches * cfg.batch_size)
-    parameters = model.parameter_count() if not cfg.fsdp else sum(gather(model.parameter_count()))
     flops_token = transformers.flops_per_token(spec, parameters)
     peak = matmul_peak(env.device)
     params = {**configs.as_dict(run), "stage": stage, "world_size": env.world, "device": env.device.type,

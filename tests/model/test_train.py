@@ -203,3 +203,18 @@ def test_lake_and_checkpoints_on_s3(tokens_home: Path, tmp_path: Path, s3, monke
     done = train_stage(settings, 1, load_config("debug"), resume=True, progress=False)
     assert done.complete and done.run_id == first.run_id
     assert not (home / "checkpoints").exists() and not (home / "lake").exists()
+
+
+def test_fsdp_training_under_torchrun_stops_resumes_and_leaves_a_whole_model(home: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.train",
+               "--stage", "1", "--config", "debug", "--set", "train.fsdp=true", "--set", "train.batch_size=2", "--quiet"]
+    env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for extra in (["--until-step", "4", "--result-file", str(tmp_path / "a.json")], ["--resume", "--result-file", str(tmp_path / "b.json")]):
+        subprocess.run(command + extra, cwd=ROOT, env=env, check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first, done = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert (first["steps"], first["complete"], done["steps"], done["complete"]) == (4, False, 8, True)
+    assert done["run_id"] == first["run_id"]
+    tracking.use(lake_settings(home).mlflow_tracking_uri, str(home))
+    model, _ = load_model(str(tracking.download(f"runs:/{done['run_id']}/model/stage1.pt", tmp_path / "m")))
+    assert model.parameter_count() == done["parameters"]  # gathered whole from the shards
