@@ -51,6 +51,11 @@ class TrainSummary:
     mlflow: str
     result: TrainResult
 
+    @property
+    def run_id(self) -> str:
+        """The MLflow run of the trained (or found) stage: what `cogflow generate --stage1/--stage2` takes."""
+        return self.result.run_id
+
     def lines(self) -> list[str]:
         r = self.result
         what = "trained" if r.trained else "found: " + r.note
