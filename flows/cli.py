@@ -148,7 +148,28 @@ def _status(args: argparse.Namespace) -> int:
             encoded[key] = encoded.get(key, 0) + r["clips"]
         for (frames, text, stage), n in sorted(encoded.items()):
             print(f"  tokens/v{frames}  stage {stage}  (text tokenizer v{text})  {n:>10,}")
+    _status_stages(settings)
     return 0
+
+
+def _status_stages(settings) -> None:
+    """The newest complete training of each stage: what `cogflow generate` uses when not told otherwise."""
+    from pathlib import Path
+
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return  # nothing tracked yet (and no database to create just for looking)
+    from model import tracking
+
+    tracking.use(uri, settings.home)
+    found = [(stage, tracking.latest_run({"cogflow.kind": f"stage{stage}", "cogflow.complete": "true"})) for stage in (1, 2)]
+    if any(run_id for _, run_id in found):
+        print("newest complete trainings (what `cogflow generate` uses)")
+    for stage, run_id in found:
+        if run_id:
+            tags = tracking.run_tags(run_id)
+            print(f"  stage {stage}  MLflow run {run_id}  {tags.get('cogflow.eval_split', 'val')} bits per token "
+                  f"{float(tags.get('cogflow.val_bits_per_token', 'nan')):.3f}  (tokens/v{tags.get('cogflow.frame_tokenizer_version', '?')})")
 
 
 def _positive(text: str) -> int:
@@ -255,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="clips.png", help="image file to write (PNG or JPEG)")
     p.set_defaults(run=_preview)
 
-    p = commands.add_parser("status", help="row counts of every lake table, clips per stage and frame rate")
+    p = commands.add_parser("status", help="row counts of every lake table, clips per stage and frame rate, tokens, trained stages")
     p.add_argument("--lake")
     p.set_defaults(run=_status)
     return parser

@@ -38,6 +38,8 @@ def test_train_both_stages_then_generate(tmp_path, capsys, monkeypatch, sample_d
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     stage1 = tracking.latest_run({"cogflow.kind": "stage1", "cogflow.complete": "true"})
     assert tracking.run_tags(stage1)["cogflow.stage"] == "1"
+    assert main(["status"]) == 0
+    assert f"stage 1  MLflow run {stage1}  val bits per token" in capsys.readouterr().out
 
     out_file = tmp_path / "beach.mp4"
     assert main(["generate", "一个下午在海滩上奔跑的女人", "-o", str(out_file), "--frames-out", str(tmp_path / "sheet.png")]) == 0
