@@ -92,6 +92,7 @@ def run_entry_point(name: str, work: Callable[[], Any], result_file: str | None)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         result = work()
+        distributed.barrier()  # leave together: a rank tearing the group down while another still works can abort it
     except ValueError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2

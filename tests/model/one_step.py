@@ -46,6 +46,7 @@ def main(out: str, fsdp: bool) -> None:
     after, _ = full_state(model)
     if env.main:
         torch.save({"gradient": {k: before[k] - after[k] for k in before}, "loss": loss}, out)
+    distributed.barrier()  # leave together: a rank tearing its group down while the other still works can abort
     distributed.teardown()
 
 

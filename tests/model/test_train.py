@@ -144,9 +144,9 @@ def test_two_process_torchrun_step_matches_one_process(tmp_path: Path, sharding:
     script = str(ROOT / "tests" / "model" / "one_step.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], check=True, cwd=ROOT, env=env, timeout=120)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
-                    str(tmp_path / "two.pt"), *flags], check=True, cwd=ROOT, env=env, timeout=180,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
+                          str(tmp_path / "two.pt"), *flags], cwd=ROOT, env=env, timeout=180, capture_output=True, text=True)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-4000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["gradient"].keys() == two["gradient"].keys()
     for name, gradient in one["gradient"].items():
