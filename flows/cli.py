@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.settings import ENV_LIMITS
+from pipeline.settings import ENV_LIMITS, Settings
 
 
 def _sample_data(args: argparse.Namespace) -> int:
@@ -152,7 +152,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_stages(settings) -> None:
+def _status_stages(settings: Settings) -> None:
     """The newest complete training of each stage: what `cogflow generate` uses when not told otherwise."""
     from pathlib import Path
 

@@ -464,8 +464,7 @@ def _artifact(stage: int) -> str:
 def stage_source(settings: Settings, stage: int, ref: str | None) -> tuple[str, str | None]:
     """Where a stage's weights are: (a runs:/ or models:/ URI or a local path, the run id when known).
 
-    ref: None (the newest complete run of the stage), a 32-hex run id, `runs:/<id>[/path]`, `models:/...`, or
-    a local .pt file."""
+    ref: None (the newest complete run of the stage), or anything `model_source` takes."""
     if ref is None:
         tracking.use(settings.mlflow_tracking_uri, settings.home)
         run_id = tracking.latest_run({"cogflow.kind": f"stage{stage}", "cogflow.complete": "true"})
@@ -473,43 +472,49 @@ def stage_source(settings: Settings, stage: int, ref: str | None) -> tuple[str, 
             raise ValueError(f"no complete stage-{stage} run at {safe_uri(settings.mlflow_tracking_uri)}: "
                              f"run `cogflow train --stage {stage}` first (or pass --stage{stage})")
         return f"runs:/{run_id}/{_artifact(stage)}", run_id
+    return model_source(ref, _artifact(stage), f"--stage{stage}")
+
+
+def model_source(ref: str, artifact: str, option: str) -> tuple[str, str | None]:
+    """(a runs:/ or models:/ URI or a local path, the run id when known) of the model file `ref` names: a 32-hex
+    run id or `runs:/<id>` (its `artifact`), `runs:/<id>/<path>`, `models:/...`, or a local .pt file. `option` is
+    what the user set, for the error message."""
     if RUN_ID.match(ref):
-        return f"runs:/{ref}/{_artifact(stage)}", ref
+        return f"runs:/{ref}/{artifact}", ref
     if ref.startswith("runs:/"):
         run_id, _, path = ref.removeprefix("runs:/").partition("/")
-        return f"runs:/{run_id}/{path or _artifact(stage)}", run_id
+        return f"runs:/{run_id}/{path or artifact}", run_id
     if ref.startswith("models:/"):
         return ref, None
     if Path(ref).suffix == ".pt":
         if not Path(ref).is_file():
-            raise ValueError(f"no stage-{stage} file {ref}")
+            raise ValueError(f"{option}: no file {ref}")
         return ref, None
-    raise ValueError(f"--stage{stage} takes a run id, runs:/<id>[/path], models:/<name>/<version>, or a .pt file; "
-                     f"not {ref!r}")
+    raise ValueError(f"{option} takes a run id, runs:/<id>[/path], models:/<name>/<version>, or a .pt file; not {ref!r}")
 
 
-def fetch_stage(settings: Settings, stage: int, source: str, dest: Path | None = None) -> Path:
-    """The local path of the .pt file at `source` (from `stage_source`), downloaded into `dest` (default: a new
-    temporary folder the caller owns) when it is an MLflow artifact."""
+def fetch_model(settings: Settings, source: str, dest: Path | None = None) -> Path:
+    """The local path of the .pt file at `source` (from `stage_source` or `model_source`), downloaded into `dest`
+    (default: a new temporary folder the caller owns) when it is an MLflow artifact."""
     if not source.startswith(("runs:/", "models:/")):
         return Path(source)
     tracking.use(settings.mlflow_tracking_uri, settings.home)
-    dest = Path(dest or tempfile.mkdtemp(prefix=f"cogflow-stage{stage}-"))
+    dest = Path(dest or tempfile.mkdtemp(prefix="cogflow-model-"))
     try:
-        got = tracking.download(source, dest / f"stage{stage}")
+        got = tracking.download(source, dest / "download")
     except Exception as exc:  # MLflow's own errors (no such run, artifact or model): one clear line instead
-        raise ValueError(f"cannot fetch stage {stage} from {source}: {str(exc).splitlines()[0]}") from exc
+        raise ValueError(f"cannot fetch {source}: {str(exc).splitlines()[0]}") from exc
     if got.is_dir():  # a registered model or a run folder: the one .pt inside
         found = sorted(got.rglob("*.pt"))
         if len(found) != 1:
-            raise ValueError(f"{source} holds {len(found)} .pt files, not one stage file")
+            raise ValueError(f"{source} holds {len(found)} .pt files, not one model file")
         got = found[0]
     return got
 
 
 def find_stage(settings: Settings, stage: int, ref: str | None, dest: Path | None = None) -> Path:
     """The local path of a stage's .pt file, `ref` as in `stage_source`."""
-    return fetch_stage(settings, stage, stage_source(settings, stage, ref)[0], dest)
+    return fetch_model(settings, stage_source(settings, stage, ref)[0], dest)
 
 
 @dataclass
@@ -613,7 +618,7 @@ def generate_video(settings: Settings, prompt: str, out_path: str | Path, *, sta
     with tempfile.TemporaryDirectory(prefix="cogflow-generate-") as tmp:  # downloads live only until loaded
         for stage, ref in ((1, stage1), (2, stage2)):
             source, run_id = stage_source(settings, stage, ref)  # resolved once: the run named is the run loaded
-            loaded.append(load_stage(fetch_stage(settings, stage, source, Path(tmp)), stage, run_id or source, target))
+            loaded.append(load_stage(fetch_model(settings, source, Path(tmp) / f"stage{stage}"), stage, run_id or source, target))
     first, second = loaded
     tokenizers = stage_tokenizers(settings, first, second, target)
     config1, config2 = _config(first, options), _config(second, {**options, "guidance": None})

@@ -35,12 +35,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model import config as configs
-from model import distributed, registry, tracking
+from model import distributed, generate, registry, tracking
 from model import transformer as transformers
 from model.encode_clips import Tokenizers, load_tokenizers
 from model.generate import GenerateConfig
@@ -177,11 +176,11 @@ class TokenStream(IterableDataset):
                 fs, path = store.arrow(mine[order[k]])
                 with fs.open_input_file(path) as f:
                     table = pq.read_table(f, columns=COLUMNS)
-                rows = [i for i in range(table.num_rows) if whole_files or i % consumers == consumer]
-                rows = [i for i in rows if table["split"][i].as_py() == "train"]
+                columns = {c: table[c].to_pylist() for c in COLUMNS}
+                rows = [i for i, split in enumerate(columns["split"])
+                        if split == "train" and (whole_files or i % consumers == consumer)]
                 random.Random(f"rows {self.seed} {epoch} {mine[order[k]]}").shuffle(rows)
                 seen += len(rows)
-                columns = {c: table[c].to_pylist() for c in COLUMNS}
                 for r in range(row_at, len(rows)):
                     for c in COLUMNS:
                         batch[c].append(columns[c][rows[r]])
@@ -229,21 +228,12 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mo
                    options=StateDictOptions(full_state_dict=True))
 
 
-def gather(value: object) -> list:
-    """Every rank's `value`, in rank order, on every rank."""
-    if not distributed.active():
-        return [value]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation and sizes
 
 
 @torch.no_grad()
-def bits_per_token(model: torch.nn.Module, layout: Layout, rows: dict[str, list], tokenizers_boi: int, codebook: int,
+def bits_per_token(model: torch.nn.Module, layout: Layout, rows: dict[str, list], boi: int, codebook: int,
                    batch_size: int, device: torch.device, autocast) -> float:
     """Mean cross-entropy of the predicted codes of `rows`, in bits."""
     was_training = model.training
@@ -252,7 +242,7 @@ def bits_per_token(model: torch.nn.Module, layout: Layout, rows: dict[str, list]
     for start in range(0, len(rows["split"]), batch_size):
         part = to_batch({c: v[start:start + batch_size] for c, v in rows.items()}, layout.grid)
         tokens, targets, valid = build_inputs(layout, part["text_ids"], part["text_mask"], part["fps"], part["codes"],
-                                              codebook, tokenizers_boi)
+                                              codebook, boi)
         with autocast:
             loss, n = _loss(model, tokens.to(device), targets.to(device), valid.to(device))
         total, count = total + loss.item() * n, count + n
@@ -260,14 +250,10 @@ def bits_per_token(model: torch.nn.Module, layout: Layout, rows: dict[str, list]
     return total / count / math.log(2)
 
 
-def _loss(model: torch.nn.Module, tokens, targets, valid, flex: bool = False):
+def _loss(model: torch.nn.Module, tokens, targets, valid, flex: bool = False) -> tuple[torch.Tensor, int]:
+    """The loss through `model`'s own forward, so that DDP's and FSDP's hooks run."""
     inner = model.module if isinstance(model, DistributedDataParallel) else model
-    if isinstance(model, DistributedDataParallel):  # DDP hooks run through its own forward
-        hidden = model(tokens, valid, flex=flex)
-        predicted = targets != -100
-        logits = inner.logits(hidden[predicted])
-        return torch.nn.functional.cross_entropy(logits.float(), targets[predicted]), int(predicted.sum())
-    return inner.loss(tokens, targets, valid, flex=flex)
+    return inner.code_loss(model(tokens, valid, flex=flex), targets)
 
 
 def matmul_peak(device: torch.device, seconds: float = 1.0) -> float:
@@ -330,10 +316,10 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
 
 
 def token_inputs(settings: Settings, stage: int, frame_version: str | None) -> tuple[str, list[str], str]:
-    """(frame tokenizer version, its finished token files of `stage`, the text tokenizer version they used)."""
+    """(frame tokenizer version, its finished token files of `stage`, the text tokenizer version they used).
+    MLflow must be in use (tracking.use) when `frame_version` is None: the newest registered one is taken."""
     store = Storage.at(settings.lake)
     if frame_version is None:
-        tracking.use(settings.mlflow_tracking_uri, settings.home)
         latest = registry.latest_version(registry.FRAME_TOKENIZER)
         if latest is None:
             raise ValueError(f"no frame tokenizer is registered at {safe_uri(settings.mlflow_tracking_uri)}: run `cogflow tokenize` first")
@@ -350,12 +336,10 @@ def token_inputs(settings: Settings, stage: int, frame_version: str | None) -> t
     return frame_version, parts, text_versions[0]
 
 
-def resolve_spatial(ref: str, dest: Path) -> Path:
-    """A text-to-image model file: a local .pt, or the model of a t2i run (`runs:/<id>` or the bare id)."""
-    if ref.endswith(".pt") and Path(ref).is_file():
-        return Path(ref)
-    run_id = ref.removeprefix("runs:/").split("/")[0]
-    return tracking.download(f"runs:/{run_id}/model/t2i.pt", dest)
+def resolve_spatial(settings: Settings, ref: str, dest: Path) -> Path:
+    """A text-to-image model file: a local .pt, or the model of a t2i run (its id, `runs:/<id>[/path]`, `models:/...`)."""
+    source, _ = generate.model_source(ref, "model/t2i.pt", "train.spatial_from")
+    return generate.fetch_model(settings, source, dest)
 
 
 def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_version: str | None = None,
@@ -400,7 +384,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     model = CogVideoTransformer(spec)
     if cfg.spatial_from:
         with tempfile.TemporaryDirectory(prefix="cogflow-t2i-") as tmp:
-            saved = torch.load(resolve_spatial(cfg.spatial_from, Path(tmp)), map_location="cpu", weights_only=False)
+            saved = torch.load(resolve_spatial(settings, cfg.spatial_from, Path(tmp)), map_location="cpu", weights_only=False)
         model.load_spatial(saved["state"], freeze=cfg.freeze_spatial)
     model.activation_checkpointing = cfg.activation_checkpointing
     parameters = model.parameter_count()  # before FSDP shards them
@@ -447,7 +431,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     def checkpoint(at: int) -> None:
         model_state, optimizer_state = full_state(model, optimizer)
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None}
-        everyone = gather((worker_positions, rng))
+        everyone = distributed.gather((worker_positions, rng))
         if env.main:
             save_checkpoint(ckpt_store, ckpt_rel, {"model": model_state, "optimizer": optimizer_state, "step": at,
                                                    "run_id": run_id, "positions": [p for p, _ in everyone],
@@ -455,7 +439,8 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
         distributed.barrier()
 
     def evaluate() -> float:
-        return bits_per_token(ddp if cfg.fsdp else model, layout, val, boi, spec.codebook_size, cfg.batch_size, env.device, autocast)
+        # the bare model (no DDP hooks to sync); under FSDP it is the sharded model, whose forward every rank runs
+        return bits_per_token(model, layout, val, boi, spec.codebook_size, cfg.batch_size, env.device, autocast)
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * env.world * layout.length
     bar = StepProgress(f"stage {stage}" if cfg.frames > 1 else "text-to-image", cfg.steps, step,
@@ -473,6 +458,8 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
             for m in range(cfg.grad_accum):
                 batch, position = next(batches)
                 worker_positions[(step * cfg.grad_accum + m) % workers] = position  # workers take turns
+                # which captions drop depends on (seed, step, micro-step, rank) alone, so a resumed run drops the same
+                # ones (a tuple of ints hashes the same in every process)
                 generator = torch.Generator().manual_seed(hash((cfg.seed, step, m, env.rank)) % 2**63)
                 micro.append(micro_batches(batch, layout, spec.codebook_size, boi, cfg.caption_dropout, generator, env.device))
             loss = optimizer_step(ddp, optimizer, micro, learning_rate(step, cfg), cfg.grad_clip, autocast, flex)
@@ -527,8 +514,6 @@ def _log_sample(model: CogVideoTransformer, layout: Layout, tokenizers: Tokenize
                 step: int, options: GenerateConfig) -> None:
     """A sample video of the model as it is: stage 1 draws key frames for the first val caption; stage 2 fills
     frames 1 and 3 of the first val clip from its frames 0, 2, 4. Logged as `samples/step-N.gif`."""
-    from model import generate
-
     path = generate.sample_for_training(model, layout, tokenizers, val, tmp / f"step-{step:07d}.gif", options)
     tracking.log_artifact(path, "samples")
 
@@ -551,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_entry_point("train", lambda: train_stage(
         load_settings(lake=args.lake), args.stage, load_config(args.config, args.set), frame_version=args.frame_tokenizer,
         restart=args.restart, resume=args.resume, until_step=args.until_step, progress=not args.quiet), args.result_file)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -318,5 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         load_settings(lake=args.lake), load_config(args.config, args.set), restart=args.restart,
         until_step=args.until_step, progress=not args.quiet), args.result_file)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -192,10 +193,8 @@ class CogVideoTransformer(nn.Module):
                 raise RuntimeError("a slot would attend to a slot not computed yet: the decoding order breaks the masks")
             return (allowed[None] & (visible[:, None, :] | itself[None]))[:, None]  # (B, 1, P, S)
 
-        spatial = batch(layouts.dense_mask(spec.layout, "spatial", device=device))
-        temporal = {shift: batch(layouts.dense_mask(spec.layout, "temporal", spec.window, shift, device))
-                    for shift in {layouts.layer_shift(i, spec.shift) for i in range(spec.config.layers)}}
-        return [{"spatial": spatial, "temporal": temporal[layouts.layer_shift(i, spec.shift)]} for i in range(spec.config.layers)]
+        return self._per_layer(batch(layouts.dense_mask(spec.layout, "spatial", device=device)),
+                               lambda shift: batch(layouts.dense_mask(spec.layout, "temporal", spec.window, shift, device)))
 
     def block_masks(self, text_valid: torch.Tensor) -> list[dict[str, object]]:
         """The same masks as FlexAttention BlockMasks over the whole sequence (training on CUDA)."""
@@ -209,10 +208,14 @@ class CogVideoTransformer(nn.Module):
             mod = layouts.with_text_mask(rule, text_valid, spec.layout.text_slots)
             return create_block_mask(mod, b, None, n, n, device=str(device))
 
-        spatial = block(layouts.spatial_rule(s))
-        temporal = {shift: block(layouts.temporal_rule(s, spec.window, shift))
-                    for shift in {layouts.layer_shift(i, spec.shift) for i in range(spec.config.layers)}}
-        return [{"spatial": spatial, "temporal": temporal[layouts.layer_shift(i, spec.shift)]} for i in range(spec.config.layers)]
+        return self._per_layer(block(layouts.spatial_rule(s)), lambda shift: block(layouts.temporal_rule(s, spec.window, shift)))
+
+    def _per_layer(self, spatial: object, temporal: Callable[[int], object]) -> list[dict[str, object]]:
+        """Each layer's masks: the one spatial mask, and the temporal mask of the layer's window shift (built once
+        per distinct shift)."""
+        shifts = [layouts.layer_shift(i, self.spec.shift) for i in range(self.spec.config.layers)]
+        by_shift = {shift: temporal(shift) for shift in set(shifts)}
+        return [{"spatial": spatial, "temporal": by_shift[shift]} for shift in shifts]
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, tokens: torch.Tensor, text_valid: torch.Tensor, positions: torch.Tensor | None = None,
@@ -250,7 +253,10 @@ class CogVideoTransformer(nn.Module):
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor, text_valid: torch.Tensor, flex: bool = False) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy (nats) over the predicted codes, and how many codes that was."""
-        hidden = self(tokens, text_valid, flex=flex)  # (B, S, C)
+        return self.code_loss(self(tokens, text_valid, flex=flex), targets)
+
+    def code_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """`loss` from hidden states (B, S, C) already computed (by a DDP or FSDP wrapper's forward, say)."""
         predicted = targets != IGNORE
         logits = self.logits(hidden[predicted])  # (N, K): only where something is predicted
         return F.cross_entropy(logits.float(), targets[predicted]), int(predicted.sum())
