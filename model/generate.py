@@ -50,6 +50,7 @@ from pipeline.video import encode_video
 ROUNDS = 3  # stage-2 rounds: 5 -> 9 -> 17 -> 33 frames
 KEYFRAME_FPS = 1.0  # stage 1 samples at 1 fps: 5 key frames over 4 s (CogVideo's "4.0秒")
 SUFFIXES = (".mp4", ".gif")
+OPTIONS = ("temperature", "top_k", "top_p", "guidance", "parallel")  # GenerateConfig's fields, as options
 
 
 @dataclass(frozen=True)
@@ -541,16 +542,19 @@ def load_stage(path: Path, stage: int, source: str, device: str | torch.device) 
     return Stage(model, info, source)
 
 
-def stage_tokenizers(settings: Settings, first: Stage, second: Stage, device: str | torch.device) -> Tokenizers:
-    """The tokenizer versions both stages were trained with (they must agree), checked against the models."""
+def pair_versions(first: Stage, second: Stage) -> tuple[str, str]:
+    """(text, frame) tokenizer versions both stages were trained with; they must agree."""
     versions = [(s.info.get("text_tokenizer_version"), s.info.get("frame_tokenizer_version")) for s in (first, second)]
     if versions[0] != versions[1]:
         raise ValueError(f"stage 1 ({first.source}) was trained with text/frame tokenizer versions "
                          f"{versions[0][0]}/{versions[0][1]} and stage 2 ({second.source}) with "
                          f"{versions[1][0]}/{versions[1][1]}: pick stages trained on the same tokens")
-    text_version, frame_version = versions[0]
-    tokenizers = load_tokenizers(settings, frame_version, text_version, str(device))
-    for s in (first, second):
+    return str(versions[0][0]), str(versions[0][1])
+
+
+def check_tokenizers(tokenizers: Tokenizers, *stages: Stage) -> Tokenizers:
+    """`tokenizers`, once checked to fit every stage's codebook, text vocabulary and grid."""
+    for s in stages:
         spec = s.model.spec
         have = (tokenizers.frames.config.codebook_size, tokenizers.text.vocab_size, tokenizers.frames.config.grid())
         if (spec.codebook_size, spec.text_vocab, spec.layout.grid) != have:
@@ -558,6 +562,12 @@ def stage_tokenizers(settings: Settings, first: Stage, second: Stage, device: st
                              f"text pieces and a {spec.layout.grid}x{spec.layout.grid} grid; its tokenizers have "
                              f"{have[0]}, {have[1]} and {have[2]}x{have[2]}")
     return tokenizers
+
+
+def stage_tokenizers(settings: Settings, first: Stage, second: Stage, device: str | torch.device) -> Tokenizers:
+    """The registered tokenizer versions both stages were trained with, checked against the models."""
+    text_version, frame_version = pair_versions(first, second)
+    return check_tokenizers(load_tokenizers(settings, frame_version, text_version, str(device)), first, second)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -592,6 +602,79 @@ def _config(stage: Stage, overrides: dict) -> GenerateConfig:
     return GenerateConfig(**{**stage.defaults, **{k: v for k, v in overrides.items() if v is not None}})
 
 
+def check_keyframe_fps(keyframe_fps: float) -> None:
+    if any(keyframe_fps * 2**r not in FPS_RATES for r in range(ROUNDS + 1)):
+        raise ValueError(f"key frames at {keyframe_fps:g} fps need fps tokens up to {keyframe_fps * 2**ROUNDS:g}; "
+                         f"the text tokenizer has {', '.join(f'{f:g}' for f in FPS_RATES)}")
+
+
+@dataclass(frozen=True)
+class Videos:
+    codes: torch.Tensor  # (B, 33, n): every frame's codes, in time order
+    keyframes: Decoded  # stage 1
+    interpolation: Decoded  # the three stage-2 rounds together
+    truncated: list[bool]  # per prompt: more text pieces than slots (the beginning was kept)
+    configs: tuple[GenerateConfig, GenerateConfig]  # as sampled by stage 1, stage 2
+
+    @property
+    def seconds(self) -> float:
+        return self.keyframes.seconds + self.interpolation.seconds
+
+    @property
+    def tokens(self) -> int:
+        return self.keyframes.tokens + self.interpolation.tokens
+
+
+def text_to_video(first: Stage, second: Stage, tokenizers: Tokenizers, prompts: Sequence[str], options: dict,
+                  seed: int = 0, keyframe_fps: float = KEYFRAME_FPS, progress: bool = False) -> Videos:
+    """prompts (B) -> codes of B 33-frame videos, all in one batch: stage 1's 5 key frames at `keyframe_fps`, then
+    three stage-2 rounds. `options` (GenerateConfig fields, None: the stage's default) override each stage's
+    `[generate]` table; guidance is stage 1's alone. Row i of a batch draws its noise as row i (see `gumbel_noise`)."""
+    check_keyframe_fps(keyframe_fps)
+    config1, config2 = _config(first, options), _config(second, {**options, "guidance": None})
+    text = tokenizers.text
+    ids, mask, cut = text.encode_batch(list(prompts), first.model.spec.layout.text_len)
+    keys = generate_keyframes(first.model, torch.from_numpy(ids), torch.from_numpy(mask), text.fps_id(keyframe_fps),
+                              text.boi_id, text.pad_id, config1, seed, progress)
+    ids2, mask2, cut2 = text.encode_batch(list(prompts), second.model.spec.layout.text_len)
+    video, _ = interpolate(second.model, keys.codes, torch.from_numpy(ids2), torch.from_numpy(mask2), keyframe_fps,
+                           text.boi_id, text.fps_id, config2, seed, progress)
+    return Videos(video.codes, keys, video, [bool(a or b) for a, b in zip(cut, cut2)], (config1, config2))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pair(settings: Settings, stage1: str | None, stage2: str | None, device: torch.device) -> tuple[Stage, Stage, Tokenizers]:
+    """Both stages (references as in `stage_source`) and the tokenizers they were trained with, on `device`."""
+    loaded = []
+    with tempfile.TemporaryDirectory(prefix="cogflow-generate-") as tmp:  # downloads live only until loaded
+        for stage, ref in ((1, stage1), (2, stage2)):
+            source, run_id = stage_source(settings, stage, ref)  # resolved once: the run named is the run loaded
+            loaded.append(load_stage(fetch_model(settings, source, Path(tmp) / f"stage{stage}"), stage, run_id or source, device))
+    first, second = loaded
+    return first, second, stage_tokenizers(settings, first, second, device)
+
+
+def write_outputs(pixels: np.ndarray, out: Path, prompt: str, note: str, fps: float, frames_out: str | Path | None,
+                  upscale: int | None) -> np.ndarray:
+    """One video's frames (33, 160, 160, 3) to `out` (upscaled when asked) and its contact sheet to `frames_out`."""
+    frames = upscaled(pixels, upscale) if upscale else pixels
+    write_video(out, frames, fps)
+    if frames_out is not None:
+        Path(frames_out).parent.mkdir(parents=True, exist_ok=True)
+        contact_sheet(pixels, prompt, note, 2**ROUNDS).save(frames_out)
+    return frames
+
+
+def check_output(out: Path, upscale: int | None) -> None:
+    if out.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"the output must be .mp4 or .gif, not {out.name}")
+    if upscale is not None and (upscale < 16 or (out.suffix.lower() == ".mp4" and upscale % 2)):
+        raise ValueError(f"--upscale must be at least 16 (and even for MP4), not {upscale}")
+
+
 def generate_video(settings: Settings, prompt: str, out_path: str | Path, *, stage1: str | None = None,
                    stage2: str | None = None, seed: int = 0, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, guidance: float | None = None, keyframe_fps: float = KEYFRAME_FPS,
@@ -601,52 +684,26 @@ def generate_video(settings: Settings, prompt: str, out_path: str | Path, *, sta
     stage's `[generate]` table, else GenerateConfig's defaults; stage references as in `stage_source`."""
     started = time.monotonic()
     out = Path(out_path)
-    if out.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"the output must be .mp4 or .gif, not {out.name}")
-    if upscale is not None and (upscale < 16 or (out.suffix.lower() == ".mp4" and upscale % 2)):
-        raise ValueError(f"--upscale must be at least 16 (and even for MP4), not {upscale}")
+    check_output(out, upscale)
     if not prompt.strip():
         raise ValueError("the prompt is empty")
+    check_keyframe_fps(keyframe_fps)
     final_fps = keyframe_fps * 2**ROUNDS  # the last round's fps token, and the video's rate
-    if any(keyframe_fps * 2**r not in FPS_RATES for r in range(ROUNDS + 1)):
-        raise ValueError(f"key frames at {keyframe_fps:g} fps need fps tokens up to {final_fps:g}; "
-                         f"the text tokenizer has {', '.join(f'{f:g}' for f in FPS_RATES)}")
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = torch.device(device) if device else default_device()
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "guidance": guidance, "parallel": parallel}
 
-    loaded = []
-    with tempfile.TemporaryDirectory(prefix="cogflow-generate-") as tmp:  # downloads live only until loaded
-        for stage, ref in ((1, stage1), (2, stage2)):
-            source, run_id = stage_source(settings, stage, ref)  # resolved once: the run named is the run loaded
-            loaded.append(load_stage(fetch_model(settings, source, Path(tmp) / f"stage{stage}"), stage, run_id or source, target))
-    first, second = loaded
-    tokenizers = stage_tokenizers(settings, first, second, target)
-    config1, config2 = _config(first, options), _config(second, {**options, "guidance": None})
-    text = tokenizers.text
-
-    ids, mask, cut = text.encode_batch([prompt], first.model.spec.layout.text_len)
-    keys = generate_keyframes(first.model, torch.from_numpy(ids), torch.from_numpy(mask), text.fps_id(keyframe_fps),
-                              text.boi_id, text.pad_id, config1, seed, progress)
-    ids2, mask2, cut2 = text.encode_batch([prompt], second.model.spec.layout.text_len)
-    video, _ = interpolate(second.model, keys.codes, torch.from_numpy(ids2), torch.from_numpy(mask2), keyframe_fps,
-                           text.boi_id, text.fps_id, config2, seed, progress)
-
-    pixels = to_pixels(tokenizers, video.codes[0])  # (33, 160, 160, 3)
-    frames = upscaled(pixels, upscale) if upscale else pixels
-    write_video(out, frames, final_fps)
-    if frames_out is not None:
-        note = (f"seed {seed}   {len(frames)} frames at {final_fps:g} fps   stage 1 {first.source}   "
-                f"stage 2 {second.source}   key frames framed in red")
-        Path(frames_out).parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(pixels, prompt, note, 2**ROUNDS).save(frames_out)
-    sampling = keys.seconds + video.seconds
-    tokens = keys.tokens + video.tokens
+    first, second, tokenizers = load_pair(settings, stage1, stage2, target)
+    made = text_to_video(first, second, tokenizers, [prompt], options, seed, keyframe_fps, progress)
+    pixels = to_pixels(tokenizers, made.codes[0])  # (33, 160, 160, 3)
+    note = (f"seed {seed}   {len(pixels)} frames at {final_fps:g} fps   stage 1 {first.source}   "
+            f"stage 2 {second.source}   key frames framed in red")
+    frames = write_outputs(pixels, out, prompt, note, final_fps, frames_out, upscale)
     return GenerateResult(
         path=str(out), frames=len(frames), size=int(frames.shape[1]), fps=final_fps,
-        seconds=time.monotonic() - started, stage1_steps=keys.steps, stage2_steps=video.steps, tokens=tokens,
-        sampling_seconds=sampling, tokens_per_s=tokens / sampling if sampling else 0.0,
-        stage1_run=first.source, stage2_run=second.source, seed=seed, parallel=config1.parallel, device=str(target),
-        prompt_truncated=bool(cut[0] or cut2[0]), frames_out=None if frames_out is None else str(frames_out))
+        seconds=time.monotonic() - started, stage1_steps=made.keyframes.steps, stage2_steps=made.interpolation.steps,
+        tokens=made.tokens, sampling_seconds=made.seconds, tokens_per_s=made.tokens / made.seconds if made.seconds else 0.0,
+        stage1_run=first.source, stage2_run=second.source, seed=seed, parallel=made.configs[0].parallel, device=str(target),
+        prompt_truncated=made.truncated[0], frames_out=None if frames_out is None else str(frames_out))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -660,6 +717,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--stage1", help="run id, runs:/<id>[/path], models:/<name>/<version> or a .pt file "
                                          "(default: the newest complete stage-1 run)")
     parser.add_argument("--stage2", help="the same for stage 2")
+    parser.add_argument("--model", help="a registered text-to-video model instead of two stages, e.g. "
+                                        "models:/cogflow-t2v@champion (or /<version>, @candidate)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same video")
     parser.add_argument("--temperature", type=float, help="default: the stage's [generate] table, else 1.0")
     parser.add_argument("--top-k", type=int, help="keep the k likeliest codes (0: off; default: as for temperature)")
@@ -674,10 +733,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def generate_from_args(settings: Settings, args: argparse.Namespace, progress: bool = True) -> GenerateResult:
-    return generate_video(settings, args.prompt, args.out, stage1=args.stage1, stage2=args.stage2, seed=args.seed,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance,
-                          frames_out=args.frames_out, upscale=args.upscale, parallel=False if args.sequential else None,
-                          device=args.device, progress=progress)
+    options = dict(seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   guidance=args.guidance, frames_out=args.frames_out, upscale=args.upscale,
+                   parallel=False if args.sequential else None, progress=progress)
+    if args.model:
+        if args.stage1 or args.stage2:
+            raise ValueError("--model is both stages: give it or --stage1/--stage2, not both")
+        if args.device:
+            raise ValueError("--model runs where the registered model loads (cuda when there is one); drop --device")
+        return generate_from_model(settings, args.model, args.prompt, args.out, **options)
+    return generate_video(settings, args.prompt, args.out, stage1=args.stage1, stage2=args.stage2, device=args.device, **options)
+
+
+def generate_from_model(settings: Settings, uri: str, prompt: str, out_path: str | Path, *, seed: int = 0,
+                        frames_out: str | Path | None = None, upscale: int | None = None, progress: bool = True,
+                        **options: object) -> GenerateResult:
+    """`prompt` -> a video with a registered cogflow-t2v model (model/t2v_pyfunc.py), loaded as any MLflow user
+    would load it; sampling options as in `generate_video`."""
+    from model import registry
+
+    started = time.monotonic()
+    out = Path(out_path)
+    check_output(out, upscale)
+    if not uri.startswith("models:/"):
+        raise ValueError(f"--model takes models:/<name>@<alias> or models:/<name>/<version>, not {uri!r}")
+    tracking.use(settings.mlflow_tracking_uri, settings.home)
+    try:
+        bundle = registry.load_pyfunc(uri).unwrap_python_model()
+    except Exception as exc:  # MLflow's errors (no such model or alias, unreachable store): one clear line
+        raise ValueError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from exc
+    made, pixels = bundle.generate(prompt, seed, {k: v for k, v in options.items() if k in OPTIONS}, progress)
+    fps = KEYFRAME_FPS * 2**ROUNDS
+    note = f"seed {seed}   {len(pixels)} frames at {fps:g} fps   {uri}   key frames framed in red"
+    frames = write_outputs(pixels, out, prompt, note, fps, frames_out, upscale)
+    return GenerateResult(
+        path=str(out), frames=len(frames), size=int(frames.shape[1]), fps=fps, seconds=time.monotonic() - started,
+        stage1_steps=made.keyframes.steps, stage2_steps=made.interpolation.steps, tokens=made.tokens,
+        sampling_seconds=made.seconds, tokens_per_s=made.tokens / made.seconds if made.seconds else 0.0,
+        stage1_run=bundle.first.source, stage2_run=bundle.second.source, seed=seed, parallel=made.configs[0].parallel,
+        device=str(next(bundle.first.model.parameters()).device), prompt_truncated=made.truncated[0],
+        frames_out=None if frames_out is None else str(frames_out))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
