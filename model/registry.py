@@ -1,7 +1,9 @@
 """Registered model versions of cogflow's tokenizers and stages, in the MLflow registry.
 
-Every version carries tags saying what made it (`cogflow.data_hash`, `cogflow.config_hash`), so a flow can
-tell whether training again would make the same thing.
+Every version carries tags saying what made it (`cogflow.data_hash`, `cogflow.config_hash`; for the stages and the
+bundled text-to-video model, the training runs), so a flow can tell whether training again would make the same
+thing. Aliases, not stages: every new stage and text-to-video version is `candidate`; `champion` moves only past
+the gate (flows/register.py), and each decision is written on the version as tags.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ TEXT_TOKENIZER = "cogflow-text-tokenizer"
 FRAME_TOKENIZER = "cogflow-frame-tokenizer"
 PYFUNC_TEXT_TOKENIZER = Path(__file__).with_name("text_tokenizer_pyfunc.py")
 PYFUNC_FRAME_TOKENIZER = Path(__file__).with_name("frame_tokenizer_pyfunc.py")
+STAGES = {1: "cogflow-stage1", 2: "cogflow-stage2"}
+TEXT_TO_VIDEO = "cogflow-t2v"
+PYFUNC_STAGE = Path(__file__).with_name("stage_pyfunc.py")
+PYFUNC_TEXT_TO_VIDEO = Path(__file__).with_name("t2v_pyfunc.py")
+CANDIDATE, CHAMPION = "candidate", "champion"
 
 
 def _versions(name: str) -> list[ModelVersion]:
@@ -46,22 +53,45 @@ def get_version(name: str, version: str) -> ModelVersion | None:
         return None
 
 
+def find_made_from(name: str, tags: dict[str, str]) -> ModelVersion | None:
+    """The newest version of `name` carrying all of `tags` (say, made from the same two training runs)."""
+    same = [v for v in _versions(name) if all(v.tags.get(k) == val for k, val in tags.items())]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def alias_version(name: str, alias: str) -> ModelVersion | None:
+    """The version of `name` that `alias` points at, if any."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
 def _register(name: str, code: Path, artifacts: dict[str, str], example: object, requirements: list[str],
-              tags: dict[str, str]) -> ModelVersion:
+              tags: dict[str, str], signature: object | None = None) -> ModelVersion:
     """Log a models-from-code pyfunc (`code`) in the active run, register it as a new version of `name`, tag it."""
     info = mlflow.pyfunc.log_model(
         name=name.removeprefix("cogflow-"),
         python_model=str(code),
         artifacts=artifacts,
         input_example=example,
+        signature=signature,
         pip_requirements=requirements,
         registered_model_name=name,
     )
-    client = MlflowClient()
     version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    return client.get_model_version(name, version)
+    tag_version(name, version, tags)
+    return MlflowClient().get_model_version(name, version)
 
 
 def register_text_tokenizer(model_file: Path, tags: dict[str, str], example: list[str]) -> ModelVersion:
@@ -74,6 +104,34 @@ def register_frame_tokenizer(weights_file: Path, tags: dict[str, str], example: 
     """The VQ-VAE (`artifacts/frame_tokenizer.pt`: config and weights), predicting codes of uint8 frames."""
     return _register(FRAME_TOKENIZER, PYFUNC_FRAME_TOKENIZER, {"weights": str(weights_file)}, example,
                      [f"torch=={torch_version()}"], tags)
+
+
+def register_stage(stage: int, model_file: Path, example: object, output: object, params: dict[str, object],
+                   tags: dict[str, str]) -> ModelVersion:
+    """A trained stage (`artifacts/stage<N>.pt`) as a version of cogflow-stage<N>: its pyfunc samples frame codes
+    from token rows (model/stage_pyfunc.py), and `cogflow generate --stage<N> models:/...` takes it."""
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, output, params=params)
+    return _register(STAGES[stage], PYFUNC_STAGE, {"stage": str(model_file)}, example,
+                     [f"torch=={torch_version()}"], tags, signature)
+
+
+def register_text_to_video(files: dict[str, Path], example: object, output: object, params: dict[str, object],
+                           tags: dict[str, str]) -> ModelVersion:
+    """Both stages, both tokenizers and what they were made from (`files`: stage1, stage2, text_tokenizer,
+    frame_tokenizer, info) as a version of cogflow-t2v, whose pyfunc turns captions into videos
+    (model/t2v_pyfunc.py). Loading it needs cogflow installed and the artifact store reachable, nothing else."""
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, output, params=params)
+    return _register(TEXT_TO_VIDEO, PYFUNC_TEXT_TO_VIDEO, {k: str(v) for k, v in files.items()}, example,
+                     [f"torch=={torch_version()}", "sentencepiece==0.2.3"], tags, signature)
+
+
+def load_pyfunc(uri: str) -> object:
+    """A registered pyfunc model (`models:/name@alias`, `models:/name/version`), loaded for predict."""
+    return mlflow.pyfunc.load_model(uri)
 
 
 def torch_version() -> str:

@@ -138,6 +138,26 @@ def plan_videos(n: int, seed: int = 0, *, min_duration_s: float = 2.0, max_durat
     return specs
 
 
+def held_out_specs(count: int, exclude: set[str], seed: int = 0) -> list[VideoSpec]:
+    """Up to `count` videos of the sample world (seeded shuffle of every colour, shape, motion, background and
+    language) whose captions are not in `exclude`: prompts with ground truth that no video of a lake had."""
+    combos = [(c, s, m, b, lang) for c in COLOURS for s in SHAPES for m in MOTIONS for b in BACKGROUNDS for lang in LANGUAGES
+              if abs(_luma(BACKGROUNDS[b][0]) - _luma(COLOURS[c][0])) >= MIN_LUMA_CONTRAST]
+    order = np.random.default_rng(seed).permutation(len(combos))
+    specs = []
+    for i in order:
+        colour, shape, motion, background, language = combos[i]
+        spec = VideoSpec(name=f"held_out_{len(specs):04d}", shape=shape, colour=colour, motion=motion,
+                         background=background, fps=24, width=160, height=160, duration_s=4.0, fmt="mp4",
+                         language=language, caption="")
+        spec = replace(spec, caption=caption_for(spec))
+        if spec.caption not in exclude:
+            specs.append(spec)
+        if len(specs) == count:
+            break
+    return specs
+
+
 @lru_cache(maxsize=16)
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates as a column (H, 1) and a row (1, W): broadcasting makes the (H, W) masks."""
