@@ -96,6 +96,48 @@ def _train(args: argparse.Namespace) -> int:
     ), usage_errors=(ValueError,), failures=(ChildFailed,))
 
 
+def _evaluation(args: argparse.Namespace) -> object:
+    from flows.register import EvaluationParams
+
+    chosen = {"prompts": args.prompts, "seed": args.eval_seed, "temperature": args.temperature, "top_k": args.top_k,
+              "guidance": args.guidance, "min_caption_accuracy": args.min_caption_accuracy}
+    return EvaluationParams(**{k: v for k, v in chosen.items() if v is not None})
+
+
+def _register(args: argparse.Namespace) -> int:
+    from flows.register import register_flow
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    return _report("register", lambda: register_flow(stage1=args.stage1, stage2=args.stage2, lake=settings.lake,
+                                                     evaluation=_evaluation(args)), usage_errors=(ValueError,))
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
+    from flows.launch import ChildFailed
+    from pipeline.manifest import ManifestError
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    return _report("pipeline", lambda: data_to_model_flow(
+        lake=settings.lake, ingest=IngestParams(manifest=args.manifest),
+        tokenizer=TokenizerParams(config=args.tokenizer_config, overrides=args.tokenizer_set, vocab_size=args.vocab_size),
+        training=TrainingParams(config=args.config, stage1=args.stage1_set, stage2=args.stage2_set, nproc=args.nproc),
+        evaluation=_evaluation(args),
+    ), usage_errors=(ValueError, ManifestError), failures=(ChildFailed,))
+
+
+def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", type=_positive, help="held-out prompts to make a video for (default 24)")
+    p.add_argument("--eval-seed", type=int, help="seed of the evaluation videos (default 0)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: each stage's [generate] table)")
+    p.add_argument("--top-k", type=int, help="sampling top-k (default: each stage's [generate] table)")
+    p.add_argument("--guidance", type=float, help="stage-1 classifier-free guidance (default: the stage's table)")
+    p.add_argument("--min-caption-accuracy", type=float,
+                   help="gate: mean caption-following accuracy needed to become champion (default 0.3; chance is 0.19)")
+
+
 def _generate(args: argparse.Namespace) -> int:
     from model.generate import main as generate_main
 
@@ -262,6 +304,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue this training from its checkpoint (an error when there is none)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint of this training and start over")
     p.set_defaults(run=_train)
+
+    p = commands.add_parser("register", help="evaluate a trained pair of stages, register them in MLflow, "
+                                             "make them champion if they pass the gate")
+    p.add_argument("--stage1", help="MLflow run of stage 1 (default: the newest complete one)")
+    p.add_argument("--stage2", help="MLflow run of stage 2 (default: the newest complete one)")
+    p.add_argument("--lake")
+    _add_evaluation_options(p)
+    p.set_defaults(run=_register)
+
+    p = commands.add_parser("pipeline", help="the whole data-to-model flow: ingest, split, tokenize, train both "
+                                             "stages, evaluate and register (each step skips work already done)")
+    p.add_argument("manifest", nargs="?", help="a manifest to ingest first (default: work on what the lake holds)")
+    p.add_argument("--lake")
+    p.add_argument("--config", default="demo", help="CogVideo config of both stages (default demo)")
+    p.add_argument("--stage1-set", action="append", default=[], metavar="KEY=VALUE", help="override a stage-1 config key")
+    p.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE", help="override a stage-2 config key")
+    p.add_argument("--tokenizer-config", default="demo", help="frame tokenizer config (default demo)")
+    p.add_argument("--tokenizer-set", action="append", default=[], metavar="KEY=VALUE", help="override a frame tokenizer config key")
+    p.add_argument("--vocab-size", type=_positive, default=16000, help="text pieces wanted (default 16000)")
+    p.add_argument("--nproc", type=_positive, help="training processes (default: one per GPU, or 1)")
+    _add_evaluation_options(p)
+    p.set_defaults(run=_pipeline)
 
     # Its options are model.generate's own (`cogflow generate --help`), passed through untouched.
     p = commands.add_parser("generate", help="a video from a sentence, with the newest trained stages (or the ones named)", add_help=False)

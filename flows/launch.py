@@ -7,13 +7,14 @@ the task with the child's last lines instead of taking the flow (or its worker) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.settings import Settings
@@ -56,3 +57,26 @@ def run_module(module: str, args: list[str], settings: Settings, nproc: int = 1,
         if code != 0 or not result_file.exists():
             raise ChildFailed(f"{module} exited with code {code}; its last lines:\n{last}")
         return json.loads(result_file.read_text())
+
+
+GPU_LIMIT = "cogflow-gpu"  # Prefect global concurrency limit: how many GPU steps may run at once
+
+
+@contextlib.contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold a slot of the `cogflow-gpu` limit (created with $COGFLOW_GPU_SLOTS slots, default 1, when the Prefect
+    server has none) while training or evaluating: two flows never share the GPU, whoever started them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another flow created it meanwhile
+                slots = int(os.environ.get("COGFLOW_GPU_SLOTS", "1"))
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+    with concurrency(GPU_LIMIT, occupy=1):
+        yield

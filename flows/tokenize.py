@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.launch import run_module
+from flows.launch import gpu_slot, run_module
 from flows.progress import Progress, child_log
 from model.encode_clips import EncodeResult, encode_clips
 from model.train_frame_tokenizer import FrameTokenizerResult
@@ -38,7 +38,8 @@ def frames_task(settings: Settings, config: str, overrides: list[str], nproc: in
         args.append("--restart")
     # the child's periodic "frame tokenizer 25/1200 ..." lines feed a progress artifact
     log = child_log(get_run_logger().info, STEP_LINE, "training the frame tokenizer (steps)", "frame-tokenizer-progress")
-    result = run_module("model.train_frame_tokenizer", args, settings, nproc=nproc, log=log)
+    with gpu_slot():
+        result = run_module("model.train_frame_tokenizer", args, settings, nproc=nproc, log=log)
     return FrameTokenizerResult(**result)
 
 

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.launch import run_module
+from flows.launch import gpu_slot, run_module
 from flows.progress import child_log
 from model.train import TrainResult
 from pipeline.settings import Settings, load_settings
@@ -42,7 +42,8 @@ def train_task(settings: Settings, stage: int, config: str, overrides: list[str]
     args += ["--resume"] if resume else []
     # the child's periodic "stage 1 25/300 ..." lines feed a progress artifact
     log = child_log(get_run_logger().info, STEP_LINE, f"training stage {stage} (steps)", f"stage{stage}-progress")
-    return TrainResult(**run_module("model.train", args, settings, nproc=nproc, log=log))
+    with gpu_slot():
+        return TrainResult(**run_module("model.train", args, settings, nproc=nproc, log=log))
 
 
 @dataclass

@@ -1,11 +1,18 @@
-"""Shared fixtures: real components only (encoded videos, a moto S3 server on 127.0.0.1, an HTTP server)."""
+"""Shared fixtures: real components only (encoded videos, a moto S3 server on 127.0.0.1, an HTTP server, an MLflow
+tracking server)."""
 
 from __future__ import annotations
 
 import functools
 import http.server
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +99,33 @@ def real_world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from real_world import real_world_corpus
 
     return real_world_corpus(tmp_path_factory.mktemp("real_world"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, s3, moto_endpoint):
+    """A real `mlflow server` on 127.0.0.1: sqlite behind it, artifacts proxied to the moto S3 bucket."""
+    port = _free_port()
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)

@@ -3,17 +3,8 @@ a re-run that finds everything done, and clear errors."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import mlflow
 import numpy as np
-import pytest
 from helpers import copy_sample, upload_tree, write_csv
 
 from flows.cli import main
@@ -83,36 +74,6 @@ def test_frames_with_two_processes_through_the_flow(tmp_path, capsys, monkeypatc
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["cogflow"])
     assert list(runs["params.world_size"]) == ["2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path, s3, moto_endpoint):
-    """A real `mlflow server` on 127.0.0.1: sqlite behind it, artifacts proxied to the moto S3 bucket."""
-    port = _free_port()
-    env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    yield url
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
 
 
 def test_tokenize_against_a_tracking_server_with_lake_artifacts_and_checkpoints_on_s3(

@@ -1,0 +1,230 @@
+"""The register flow: evaluate a trained pair of stages, register them, and move `champion` only past a gate
+(plain steps in model/evaluate.py and model/registry.py).
+
+1. The two training runs (default: the newest complete run of each stage). A cogflow-t2v version made from the
+   same runs with the same evaluation settings means the work is done: nothing is evaluated or registered again.
+2. Evaluate (a GPU step): val bits per token of both stages, a video per held-out prompt, caption following on
+   the sample data's ground truth. The videos, a sheet of them and prompts.json stay in
+   `$COGFLOW_HOME/evaluations/<runs>/` and go to an MLflow run (`cogflow.kind=evaluation`) with the metrics.
+3. The current champion's stages are measured on the same val rows (not trusted from their own evaluation, which
+   saw another lake).
+4. Register cogflow-stage1, cogflow-stage2 and the bundled cogflow-t2v, all `candidate`. The gate (no stage worse
+   than the champion's on val bits per token; caption following at least `min_caption_accuracy` where there is
+   ground truth) decides whether all three become `champion`; the decision and its reasons are version tags.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from flows.launch import gpu_slot
+from flows.progress import Progress
+from model import generate, registry, tracking
+from model.evaluate import Decision, EvalConfig, Evaluation, evaluate_pair, gate, val_bits
+from model.training import short_hash
+from pipeline.settings import Settings, load_settings
+from pipeline.storage import Storage, safe_uri
+
+
+class EvaluationParams(BaseModel):
+    """How a trained pair is evaluated, and the gate it must pass to become champion."""
+
+    prompts: int = Field(24, ge=1, le=1000, description="held-out prompts to generate a video for")
+    seed: int = Field(0, ge=0)
+    temperature: float | None = Field(None, gt=0, description="default: each stage's [generate] table")
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    guidance: float | None = Field(None, ge=0)
+    val_rows: int = Field(256, ge=1, description="val clips for bits per token")
+    min_caption_accuracy: float = Field(0.3, ge=0, le=1, description="gate: mean caption-following accuracy over "
+                                        "colour, shape and motion, where the lake has ground truth (chance is 19%)")
+    bits_tolerance: float = Field(0.0, ge=0, description="gate: bits per token a stage may lose against the champion")
+
+    def config(self) -> EvalConfig:
+        return EvalConfig(prompts=self.prompts, seed=self.seed, val_rows=self.val_rows, temperature=self.temperature,
+                          top_k=self.top_k, top_p=self.top_p, guidance=self.guidance)
+
+
+@dataclass
+class RegisterSummary:
+    mlflow: str
+    stage_runs: tuple[str, str]
+    versions: dict[str, str]  # registered model -> version
+    registered: bool  # False: found, made from the same runs and settings before
+    promoted: bool
+    reasons: list[str]
+    champion: str | None  # the cogflow-t2v version that is champion now
+    evaluation: Evaluation | None = None
+    evaluation_dir: str | None = None
+
+    def lines(self) -> list[str]:
+        t2v = self.versions.get(registry.TEXT_TO_VIDEO)
+        what = "registered" if self.registered else "found (same runs, same evaluation)"
+        out = [f"register stage runs {self.stage_runs[0]} (1) and {self.stage_runs[1]} (2): {registry.TEXT_TO_VIDEO} v{t2v} {what}"]
+        if self.evaluation is not None:
+            out += ["  " + line for line in self.evaluation.lines()]
+        verdict = "passed: champion" if self.promoted else "failed: stays candidate"
+        out.append(f"  gate {verdict} ({'; '.join(self.reasons)})")
+        out.append(f"  champion: {registry.TEXT_TO_VIDEO} v{self.champion}" if self.champion else "  no champion yet")
+        out.append(f"  MLflow: {self.mlflow}")
+        return out
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+
+def _run_ids(settings: Settings, stage1: str | None, stage2: str | None) -> tuple[str, str]:
+    runs = []
+    for stage, ref in ((1, stage1), (2, stage2)):
+        _, run_id = generate.stage_source(settings, stage, ref)
+        if run_id is None:
+            raise ValueError(f"register takes the MLflow run of stage {stage} (its id or runs:/<id>), not {ref!r}")
+        runs.append(run_id)
+    return runs[0], runs[1]
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(settings: Settings, runs: tuple[str, str], params: EvaluationParams, out_dir: Path) -> tuple[Evaluation, dict]:
+    """The candidate's evaluation, and the champion's val bits per token on the same rows (None without one)."""
+    progress: Progress | None = None
+
+    def on_batch(done: int, total: int) -> None:
+        nonlocal progress
+        progress = progress or Progress(total, "generating evaluation videos", key="evaluate-progress")
+        progress.advance(done - progress.done)
+
+    with gpu_slot():
+        device = generate.default_device()
+        first, second, tokenizers = generate.load_pair(settings, runs[0], runs[1], device)
+        evaluation = evaluate_pair(settings, first, second, tokenizers, params.config(), out_dir, on_batch)
+        champion = registry.alias_version(registry.TEXT_TO_VIDEO, registry.CHAMPION)
+        champion_bits = None
+        if champion is not None:
+            champion_bits = {}
+            with tempfile.TemporaryDirectory(prefix="cogflow-champion-") as tmp:
+                for s in (1, 2):
+                    path = generate.fetch_model(settings, f"models:/{registry.TEXT_TO_VIDEO}/{champion.version}/artifacts/stage{s}.pt", Path(tmp) / str(s))
+                    stage = generate.load_stage(path, s, f"{registry.TEXT_TO_VIDEO} v{champion.version}", device)
+                    champion_bits[s] = val_bits(settings, stage, params.val_rows)[0]
+    return evaluation, {"version": None if champion is None else str(champion.version), "bits": champion_bits}
+
+
+@task(name="register-models", cache_policy=NO_CACHE)
+def register_task(settings: Settings, runs: tuple[str, str], params: EvaluationParams, evaluation: Evaluation,
+                  champion: dict, out_dir: Path, eval_hash: str) -> RegisterSummary:
+    decision: Decision = gate(evaluation, champion["bits"], params.min_caption_accuracy, params.bits_tolerance)
+    made_from = {"cogflow.stage1_run": runs[0], "cogflow.stage2_run": runs[1], "cogflow.eval_hash": eval_hash}
+    versions: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="cogflow-register-") as tmp, \
+            tracking.run("evaluation", {"evaluation": params.model_dump()}, made_from):
+        tmp_dir = Path(tmp)
+        tracking.log_metrics(evaluation.metrics())
+        for path in (Path(evaluation.sheet), out_dir / "prompts.json"):
+            tracking.log_artifact(path)
+        tracking.log_artifact(out_dir / "videos")
+        files, stages = {}, []
+        for s, run_id in zip((1, 2), runs):
+            files[f"stage{s}"] = generate.fetch_model(settings, f"runs:/{run_id}/model/stage{s}.pt", tmp_dir / f"stage{s}")
+            stages.append(generate.load_stage(files[f"stage{s}"], s, run_id, "cpu"))
+        text_version, frame_version = generate.pair_versions(*stages)
+        files["text_tokenizer"] = registry.download(registry.TEXT_TOKENIZER, text_version, "text.model", tmp_dir / "text")
+        files["frame_tokenizer"] = registry.download(registry.FRAME_TOKENIZER, frame_version, "frame_tokenizer.pt", tmp_dir / "frames")
+        info = {"stage1_run": runs[0], "stage2_run": runs[1], "text_tokenizer_version": text_version,
+                "frame_tokenizer_version": frame_version,
+                "generate": {f"stage{s.model.spec.layout.stage}": s.defaults for s in stages}}
+        files["info"] = tmp_dir / "info.json"
+        files["info"].write_text(json.dumps(info, indent=1))
+
+        common = {**made_from, "cogflow.text_tokenizer_version": text_version, "cogflow.frame_tokenizer_version": frame_version,
+                  "cogflow.eval_split": evaluation.eval_split, **decision.tags()}
+        metrics = {f"cogflow.{k}": f"{v:.4f}" for k, v in evaluation.metrics().items()}
+        for s, stage in zip((1, 2), stages):
+            example, output = stage_example(settings, stage)
+            version = registry.register_stage(s, files[f"stage{s}"], example, output, sampling_params(stage),
+                                              {**common, "cogflow.val_bits_per_token": f"{evaluation.bits[s]:.4f}"})
+            versions[registry.STAGES[s]] = str(version.version)
+        example, output = text_to_video_example(stages)
+        version = registry.register_text_to_video(files, example, output, sampling_params(stages[0]), {**common, **metrics})
+        versions[registry.TEXT_TO_VIDEO] = str(version.version)
+
+    before = champion["version"]
+    for name, version in versions.items():
+        registry.set_alias(name, registry.CANDIDATE, version)
+        if decision.promote:
+            registry.set_alias(name, registry.CHAMPION, version)
+        registry.tag_version(name, version, {"cogflow.gate.champion_before": before or "none"})
+    now = versions[registry.TEXT_TO_VIDEO] if decision.promote else before
+    return RegisterSummary(safe_uri(settings.mlflow_tracking_uri), runs, versions, True, decision.promote,
+                           decision.reasons, now, evaluation, str(out_dir))
+
+
+def sampling_params(stage: generate.Stage) -> dict[str, object]:
+    """The params a registered model's predict takes, with the stage's own sampling defaults."""
+    config = generate._config(stage, {})
+    return {"seed": 0, "temperature": float(config.temperature), "top_k": int(config.top_k), "top_p": float(config.top_p),
+            "guidance": float(config.guidance)}
+
+
+def stage_example(settings: Settings, stage: generate.Stage) -> tuple[object, object]:
+    """A real val token row as the stage pyfunc's input example, and what the stage makes of it."""
+    import numpy as np
+    import pandas as pd
+
+    from model import train
+
+    lay = stage.model.spec.layout
+    _, parts, _ = train.token_inputs(settings, lay.stage, str(stage.info.get("frame_tokenizer_version")))
+    rows, _ = train.eval_rows(Storage.at(settings.lake), parts, 1)
+    codes = np.frombuffer(rows["frame_codes"][0], "<i2").astype(np.int64).reshape(5, lay.frame_len)
+    example = pd.DataFrame({"text_ids": [list(map(int, rows["text_ids"][0]))],
+                            "text_mask": [list(map(int, rows["text_mask"][0]))],
+                            "fps_token_id": [int(rows["fps_token_id"][0])]})
+    if lay.stage == 2:
+        example["given_codes"] = [codes[0::2].reshape(-1).tolist()]
+    return example, np.zeros((1, 5, lay.frame_len), dtype=np.int64)
+
+
+def text_to_video_example(stages: list[generate.Stage]) -> tuple[object, object]:
+    import numpy as np
+    import pandas as pd
+
+    return (pd.DataFrame({"caption": ["一个红色的圆形在米色背景上从左向右移动。"]}),
+            np.zeros((1, 33, 160, 160, 3), dtype=np.uint8))
+
+
+@flow(name="register")
+def register_flow(stage1: str | None = None, stage2: str | None = None, lake: str | None = None,
+                  evaluation: EvaluationParams = EvaluationParams()) -> RegisterSummary:
+    """Evaluate a pair of trained stages (default: the newest complete runs), register cogflow-stage1,
+    cogflow-stage2 and cogflow-t2v as `candidate`, and make them `champion` if they pass the gate."""
+    settings = load_settings(lake=lake)
+    settings = settings.replace(lake=Storage.at(settings.lake).root)
+    logger = get_run_logger()
+    tracking.use(settings.mlflow_tracking_uri, settings.home)
+    runs = _run_ids(settings, stage1, stage2)
+    eval_hash = short_hash(evaluation.model_dump())
+    found = registry.find_made_from(registry.TEXT_TO_VIDEO, {"cogflow.stage1_run": runs[0], "cogflow.stage2_run": runs[1],
+                                                             "cogflow.eval_hash": eval_hash})
+    if found is not None:
+        champion = registry.alias_version(registry.TEXT_TO_VIDEO, registry.CHAMPION)
+        versions = {registry.TEXT_TO_VIDEO: str(found.version)}
+        summary = RegisterSummary(safe_uri(settings.mlflow_tracking_uri), runs, versions, False,
+                                  found.tags.get("cogflow.gate") == "passed", found.tags.get("cogflow.gate.reasons", "").split("; "),
+                                  None if champion is None else str(champion.version))
+    else:
+        out_dir = Path(settings.home).absolute() / "evaluations" / f"{runs[0][:8]}-{runs[1][:8]}-{eval_hash}"
+        result, champion = evaluate_task(settings, runs, evaluation, out_dir)
+        summary = register_task(settings, runs, evaluation, result, champion, out_dir, eval_hash)
+    for line in summary.lines():
+        logger.info(line)
+    create_markdown_artifact(key="register-summary", markdown="\n".join(["```", *summary.lines(), "```"]),
+                             description="evaluate and register")
+    return summary
