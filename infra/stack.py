@@ -1,0 +1,671 @@
+#!/usr/bin/env python3
+"""cogflow's whole stack on one machine, without Docker: S3 (moto), MLflow, a Prefect server and workers.
+
+    .venv/bin/python infra/stack.py up              # `make up`: start, deploy prefect.yaml, start the workers
+    .venv/bin/python infra/stack.py status          # `make stack-status`
+    eval "$(.venv/bin/python infra/stack.py env)"   # point this shell (cogflow, prefect, mlflow) at the stack
+    .venv/bin/python infra/stack.py deploy          # after editing prefect.yaml: pools, limit, deployments again
+    .venv/bin/python infra/stack.py down            # `make down`
+
+Every service listens on 127.0.0.1 and runs in a session (process group) of its own, so `down` stops it with
+whatever it started. The state dir (default .cogflow/stack) holds:
+
+    stack.json          the ports of the running stack      pids/<service>.pid   logs/<service>.log
+    prefect-server/     the Prefect server's PREFECT_HOME (SQLite database)
+    mlflow.db           MLflow's backend store               home/      COGFLOW_HOME of the workers
+    prefect/            PREFECT_HOME of the clients (deploy, workers)
+
+S3 is moto's server: its objects (the lake, MLflow's artifacts, checkpoints) live in memory and are gone after
+`down`. A registry whose artifacts are gone is worse than none, so `up` starts MLflow on a fresh database
+whenever it starts a fresh S3 (the old one is kept as mlflow.db.orphaned). Prefect's database survives.
+
+Plain standard library; PyYAML (a Prefect dependency) reads the pool names from prefect.yaml, and the Prefect
+client creates the pools and the concurrency limit in a child process pointed at the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the virtualenv's bin: moto_server, mlflow, prefect
+HOST = "127.0.0.1"
+BUCKET = "cogflow"
+LAKE = f"s3://{BUCKET}/lake"
+MLFLOW_ARTIFACTS = f"s3://{BUCKET}/mlflow"
+CHECKPOINTS = f"s3://{BUCKET}/checkpoints"
+DUMMY_KEY = "cogflow-local"  # moto takes any credentials; real ones never go near a local stack
+DEFAULT_PORTS = {"s3": 5055, "mlflow": 5000, "prefect": 4200}
+SERVERS = ("s3", "mlflow", "prefect")
+GPU_LIMIT = "cogflow-gpu"  # flows/launch.py: the global concurrency limit the GPU steps take a slot of
+ENV_EXPORTS = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "COGFLOW_LAKE", "COGFLOW_CHECKPOINTS", "COGFLOW_HOME",
+               "COGFLOW_CHECKOUT", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_DEFAULT_REGION")
+# Settings in the caller's environment that would point a service somewhere else than this stack.
+FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH",
+           "PREFECT_UI_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "MLFLOW_TRACKING_URI",
+           "MLFLOW_REGISTRY_URI", "MLFLOW_S3_ENDPOINT_URL", "COGFLOW_LAKE", "COGFLOW_HOME", "COGFLOW_CHECKPOINTS",
+           "COGFLOW_ARTIFACTS", "COGFLOW_CHECKOUT", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+           "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+class StackError(RuntimeError):
+    """Something the user must fix; the message says what and where to look."""
+
+
+# --- processes: /proc where there is one (zombies count as gone), signals otherwise -----------------------------
+
+HAVE_PROC = Path("/proc/self/stat").exists()
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, process group, start time) of a live process, None if there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the name in brackets may hold spaces
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
+
+
+def _start_time(pid: int) -> int:
+    stat = _stat(pid) if HAVE_PROC else None
+    return stat[3] if stat else 0
+
+
+def _alive(pid: int, start: int = 0) -> bool:
+    """Is `pid` running, and the same process as the one started at `start` (0: don't check)?"""
+    if HAVE_PROC:
+        stat = _stat(pid)
+        return stat is not None and stat[0] != "Z" and (not start or stat[3] == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _processes() -> dict[int, tuple[str, int, int, int]]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None and stat[0] != "Z":
+            found[int(entry.name)] = stat
+    return found
+
+
+def _groups_of(pids: list[int]) -> set[int]:
+    """The process groups of `pids` and of all their descendants (a Prefect worker starts each flow run in a
+    session of its own: those must stop too)."""
+    groups = set(pids)
+    if HAVE_PROC:
+        table = _processes()
+        todo = list(pids)
+        while todo:
+            parent = todo.pop()
+            for pid, (_, ppid, pgrp, _) in table.items():
+                if ppid == parent:
+                    groups.add(pgrp)
+                    todo.append(pid)
+    groups.discard(os.getpgrp())
+    groups.discard(0)
+    return groups
+
+
+def _group_alive(groups: set[int]) -> set[int]:
+    if HAVE_PROC:
+        return {pgrp for _, _, pgrp, _ in _processes().values() if pgrp in groups}
+    alive = set()
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, 0)
+            alive.add(group)
+    return alive
+
+
+def _signal_groups(groups: set[int], sig: int) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def stop_processes(pids: dict[str, int], timeout: float) -> dict[str, str]:
+    """SIGTERM the process groups of `pids` (and of their descendants), SIGKILL what is left of one after `timeout`
+    seconds. Returns how each stopped: "SIGTERM, 1.2 s" or "SIGKILL after 15 s"."""
+    t0 = time.monotonic()
+    groups = {name: _groups_of([pid]) for name, pid in pids.items()}
+    _signal_groups(set().union(*groups.values()), signal.SIGTERM)
+    how = {}
+    while True:
+        alive = _group_alive(set().union(*groups.values()))
+        for name in [n for n in groups if n not in how and not groups[n] & alive]:
+            how[name] = f"SIGTERM, {time.monotonic() - t0:.1f} s"
+        if len(how) == len(groups) or time.monotonic() - t0 > timeout:
+            break
+        time.sleep(0.1)
+    left = {name: g for name, g in groups.items() if name not in how}
+    if left:
+        stubborn = set().union(*left.values())
+        _signal_groups(stubborn, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _group_alive(stubborn) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        how.update({name: f"SIGKILL after {timeout:.0f} s" for name in left})
+    return how
+
+
+# --- the stack ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def http_ok(url: str, method: str = "GET", timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as reply:
+            return 200 <= reply.status < 300
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
+def work_pools(prefect_file: Path = CHECKOUT / "prefect.yaml") -> list[str]:
+    """The pools of prefect.yaml, defined once under definitions.work_pools."""
+    import yaml
+
+    doc = yaml.safe_load(prefect_file.read_text())
+    return [pool["name"] for pool in doc["definitions"]["work_pools"].values()]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    health: str | None = None  # polled until it answers 2xx
+    url: str | None = None  # what a user opens
+    pool: str | None = None  # a worker's work pool
+    worker: str | None = None  # and the name it polls under
+
+
+@dataclass
+class Stack:
+    state: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    # paths
+    @property
+    def pid_dir(self) -> Path:
+        return self.state / "pids"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state / "logs"
+
+    def pid_file(self, name: str) -> Path:
+        return self.pid_dir / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    # what runs
+    def load(self) -> "Stack":
+        info = self.state / "stack.json"
+        if info.exists():
+            self.ports = {**json.loads(info.read_text())["ports"], **self.ports}
+        return self
+
+    def save(self) -> None:
+        (self.state / "stack.json").write_text(json.dumps({"ports": self.ports, "checkout": str(CHECKOUT)}, indent=2))
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a running service, None when it does not run (a stale pid file is removed)."""
+        path = self.pid_file(name)
+        try:
+            pid, start = (int(x) for x in path.read_text().split())
+        except (OSError, ValueError):
+            return None
+        if _alive(pid, start):
+            return pid
+        path.unlink(missing_ok=True)
+        return None
+
+    def running(self) -> dict[str, int]:
+        names = [p.stem for p in sorted(self.pid_dir.glob("*.pid"))] if self.pid_dir.exists() else []
+        return {name: pid for name in names if (pid := self.pid(name)) is not None}
+
+    # URLs and environments
+    def base_url(self, name: str) -> str:
+        return f"http://{HOST}:{self.ports[name]}"
+
+    def client_env(self) -> dict[str, str]:
+        """What points cogflow, Prefect and MLflow clients at this stack (the workers' and `env`'s settings)."""
+        return {
+            "PREFECT_API_URL": f"{self.base_url('prefect')}/api",
+            "MLFLOW_TRACKING_URI": self.base_url("mlflow"),
+            "COGFLOW_LAKE": LAKE,
+            "COGFLOW_CHECKPOINTS": CHECKPOINTS,
+            "COGFLOW_HOME": str(self.state / "home"),
+            "COGFLOW_CHECKOUT": str(CHECKOUT),
+            "AWS_ENDPOINT_URL_S3": self.base_url("s3"),
+            "AWS_ACCESS_KEY_ID": DUMMY_KEY,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def worker_env(self) -> dict[str, str]:
+        return clean_env(**self.client_env(), PREFECT_HOME=str(self.state / "prefect"),
+                         MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+
+    def services(self, pools: list[str]) -> list[Service]:
+        s3, mlflow, prefect = (self.base_url(n) for n in SERVERS)
+        aws = {"AWS_ACCESS_KEY_ID": DUMMY_KEY, "AWS_SECRET_ACCESS_KEY": DUMMY_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+        services = [
+            Service("s3", [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.ports["s3"])],
+                    clean_env(), health=f"{s3}/", url=s3),
+            Service("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.state / 'mlflow.db'}",
+                               "--artifacts-destination", MLFLOW_ARTIFACTS, "--host", HOST,
+                               "--port", str(self.ports["mlflow"]), "--workers", "1"],
+                    # No job runner: its consumers (GenAI scoring, trace archival) are 7 processes cogflow has no use for.
+                    clean_env(MLFLOW_S3_ENDPOINT_URL=s3, AWS_ENDPOINT_URL_S3=s3, MLFLOW_DISABLE_TELEMETRY="true",
+                              MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **aws),
+                    health=f"{mlflow}/health", url=mlflow),
+            Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(self.ports["prefect"])],
+                    clean_env(PREFECT_HOME=str(self.state / "prefect-server"), PREFECT_API_URL=f"{prefect}/api",
+                              PREFECT_SERVER_ANALYTICS_ENABLED="false"),
+                    health=f"{prefect}/api/health", url=prefect),
+        ]
+        for pool in pools:
+            worker = f"{pool}-{socket.gethostname()}"
+            services.append(Service(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
+                                                      "--name", worker, "--install-policy", "never"],
+                                    self.worker_env(), pool=pool, worker=worker))
+        return services
+
+    def start(self, service: Service) -> subprocess.Popen:
+        log = self.log_file(service.name)
+        with open(log, "ab") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(service.command)}\n".encode())
+            out.flush()
+            child = subprocess.Popen(service.command, env=service.env, cwd=CHECKOUT, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_file(service.name).write_text(f"{child.pid} {_start_time(child.pid)}\n")
+        return child
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join("    " + line for line in path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "    (no log)"
+
+
+def wait_healthy(stack: Stack, started: dict[str, tuple[Service, subprocess.Popen]], timeout: float) -> dict[str, float]:
+    """Poll every started server's health URL; the seconds each took. A service that exits or does not answer
+    in time is an error naming its log."""
+    t0 = time.monotonic()
+    pending = {name: pair for name, pair in started.items() if pair[0].health}
+    took = {}
+    while pending:
+        for name, (service, child) in list(pending.items()):
+            if http_ok(service.health, timeout=1.0):
+                took[name] = time.monotonic() - t0
+                del pending[name]
+            elif child.poll() is not None:
+                raise StackError(f"{name} exited with code {child.returncode} before answering {service.health}; "
+                                 f"its log {stack.log_file(name)} ends with:\n{_tail(stack.log_file(name))}")
+        if pending and time.monotonic() - t0 > timeout:
+            name = next(iter(pending))
+            raise StackError(f"{name} did not answer {pending[name][0].health} within {timeout:.0f} s; "
+                             f"its log {stack.log_file(name)} ends with:\n{_tail(stack.log_file(name))}")
+        time.sleep(0.2)
+    return took
+
+
+def create_bucket(stack: Stack) -> None:
+    """moto takes unsigned requests: one PUT makes the bucket (200, or 409 when it exists)."""
+    request = urllib.request.Request(f"{stack.base_url('s3')}/{BUCKET}", method="PUT")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:
+            raise
+
+
+def run_logged(stack: Stack, name: str, command: list[str], env: dict[str, str], timeout: float) -> None:
+    log = stack.log_file(name)
+    with open(log, "ab") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        out.flush()
+        try:
+            code = subprocess.run(command, env=env, cwd=CHECKOUT, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    if code != 0:
+        why = "timed out" if code is None else f"failed with exit code {code}"
+        raise StackError(f"`{' '.join(command[1:])}` {why}; {log} ends with:\n{_tail(log)}")
+
+
+def deploy(stack: Stack, api_url: str, timeout: float) -> None:
+    """Create the work pools and the GPU concurrency limit where missing, then `prefect deploy --all`.
+
+    COGFLOW_CHECKOUT is left out of deploy's environment on purpose: `prefect deploy` replaces a {{ $VAR }} in the
+    pull steps when VAR is set where it runs, and keeps the template when it is not. Kept, it is resolved by each
+    flow run from its worker's environment, so a GPU machine whose checkout lives elsewhere works too."""
+    pools = work_pools()
+    env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(stack.state / "prefect"),
+                    # `schedules: []` in prefect.yaml then removes schedules an earlier deploy created
+                    PREFECT_DEPLOYMENTS_CLEAR_SCHEDULES_ON_EMPTY="true")
+    run_logged(stack, "deploy", [sys.executable, __file__, "_bootstrap", *pools], env, timeout)
+    run_logged(stack, "deploy", [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, timeout)
+
+
+def bootstrap(pools: list[str]) -> None:
+    """(In a child pointed at the server by PREFECT_API_URL.) Process pools and the GPU limit, where missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        for pool in pools:
+            try:
+                client.read_work_pool(pool)
+                print(f"work pool {pool} exists")
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                                       base_job_template=ProcessWorker.get_default_base_job_template()))
+                print(f"work pool {pool} created (process)")
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+            print(f"concurrency limit {GPU_LIMIT} exists")
+        except ObjectNotFound:
+            slots = int(os.environ.get("COGFLOW_GPU_SLOTS", "1"))
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+            print(f"concurrency limit {GPU_LIMIT} created ({slots} slot{'s' * (slots != 1)})")
+
+
+def wait_workers(stack: Stack, started: dict[str, tuple[Service, subprocess.Popen]], timeout: float) -> None:
+    """A worker is up once the server lists it as polling its pool."""
+    t0 = time.monotonic()
+    api = f"{stack.base_url('prefect')}/api"
+    pending = dict(started)
+    while pending:
+        for name, (service, child) in list(pending.items()):
+            request = urllib.request.Request(f"{api}/work_pools/{service.pool}/workers/filter", data=b"{}",
+                                             method="POST", headers={"Content-Type": "application/json"})
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(request, timeout=2) as reply:
+                    if any(w["name"] == service.worker for w in json.load(reply)):
+                        del pending[name]
+                        continue
+            if child.poll() is not None:
+                raise StackError(f"{name} exited with code {child.returncode}; its log {stack.log_file(name)} ends "
+                                 f"with:\n{_tail(stack.log_file(name))}")
+        if pending and time.monotonic() - t0 > timeout:
+            name = next(iter(pending))
+            raise StackError(f"{name} did not show up at {api} within {timeout:.0f} s; see {stack.log_file(name)}")
+        time.sleep(0.5)
+
+
+def _env_lines(stack: Stack) -> list[str]:
+    env = stack.client_env()
+    # Real credentials and endpoints of the shell would win over or mix with the stack's: drop them.
+    return ["unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL"] + [f"export {k}={env[k]}" for k in ENV_EXPORTS]
+
+
+def _short(path: Path) -> str:
+    """`path` relative to the current directory where it is inside it."""
+    with contextlib.suppress(ValueError):
+        return str(path.absolute().relative_to(Path.cwd()))
+    return str(path)
+
+
+def _summary(stack: Stack, state_arg: str) -> str:
+    me = f"{_short(Path(sys.executable))} {_short(Path(__file__))}"
+    running = stack.running()
+    workers = [name.removeprefix("worker-") for name in running if name.startswith("worker-")]
+    lines = [
+        f"  Prefect UI   {stack.base_url('prefect')}",
+        f"  MLflow UI    {stack.base_url('mlflow')}",
+        f"  S3 (moto)    {stack.base_url('s3')}   lake {LAKE}, MLflow artifacts {MLFLOW_ARTIFACTS}, checkpoints {CHECKPOINTS}",
+        f"  workers      {', '.join(workers) if workers else 'none (start one: prefect worker start --pool <pool>)'}",
+        f"  logs         {stack.log_dir}/",
+        "",
+        "Point a shell (cogflow, prefect, mlflow) at it:",
+        *("  " + line for line in _env_lines(stack)),
+        f"  (or: eval \"$({me} env{state_arg})\")",
+        "",
+        f"Stop it with: {'make down' if not state_arg else f'{me} down{state_arg}'}",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def locked(state: Path):
+    import fcntl
+
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"another infra/stack.py is working on {state}") from None
+        yield
+
+
+# --- commands -------------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    stack = Stack(args.state)
+    with locked(stack.state):
+        for d in (stack.pid_dir, stack.log_dir, stack.state / "home", stack.state / "prefect"):
+            d.mkdir(parents=True, exist_ok=True)
+        pools = work_pools()
+        running = stack.running()
+        wanted = list(SERVERS) + ([] if args.no_worker else [f"worker-{p}" for p in pools])
+        if all(name in running for name in wanted):
+            print(f"cogflow stack already running (state {stack.state})")
+            print(_summary(stack.load(), args.state_arg))
+            return 0
+        requested = {"s3": args.s3_port, "mlflow": args.mlflow_port, "prefect": args.prefect_port}
+        if running:  # part of it runs (a service died, or workers were left out): keep the ports it has
+            stack.load()
+        for name in SERVERS:
+            if name in running:
+                continue
+            port = requested[name] if requested[name] is not None else stack.ports.get(name, DEFAULT_PORTS[name])
+            port = port or free_port()
+            if port_in_use(port):
+                raise StackError(f"port {port} for {name} is in use: stop what listens there, or choose another "
+                                 f"with --{name}-port (0 picks a free one)")
+            stack.ports[name] = port
+        stack.save()
+        if "s3" not in running and (stack.state / "mlflow.db").exists():
+            if "mlflow" in running:
+                print("warning: S3 was not running: MLflow's runs and models point at artifacts that are gone "
+                      "(`down`, then `up`, starts both afresh)", file=sys.stderr)
+            else:
+                (stack.state / "mlflow.db").replace(stack.state / "mlflow.db.orphaned")
+                print("a fresh S3 has none of the old MLflow artifacts: MLflow starts on a fresh database "
+                      f"(the old one is {stack.state / 'mlflow.db.orphaned'})")
+
+        started: dict[str, tuple[Service, subprocess.Popen]] = {}
+        try:
+            services = {s.name: s for s in stack.services(pools)}
+            for name in SERVERS:
+                if name not in running:
+                    started[name] = (services[name], stack.start(services[name]))
+            if running:
+                print(f"already running: {', '.join(running)}")
+            if started:
+                print(f"starting {', '.join(started)}; waiting for their health checks (logs in {stack.log_dir})")
+            took = wait_healthy(stack, started, args.timeout)
+            for name, seconds in took.items():
+                print(f"  {name:8} healthy after {seconds:4.1f} s  {services[name].url}")
+            create_bucket(stack)
+            t = time.monotonic()
+            deploy(stack, f"{stack.base_url('prefect')}/api", args.timeout)
+            print(f"  work pools {', '.join(pools)}, limit {GPU_LIMIT} and the deployments of prefect.yaml "
+                  f"in place ({time.monotonic() - t:.1f} s)")
+            workers = {}
+            for name in wanted:
+                if name.startswith("worker-") and name not in running:
+                    workers[name] = started[name] = (services[name], stack.start(services[name]))
+            if workers:
+                wait_workers(stack, workers, args.timeout)
+                print(f"  workers polling {', '.join(s.pool for s, _ in workers.values())}")
+        except BaseException:
+            if started:
+                stop_processes({name: child.pid for name, (_, child) in started.items()}, timeout=10)
+                for name in started:
+                    stack.pid_file(name).unlink(missing_ok=True)
+                print(f"stopped what this `up` had started ({', '.join(started)})", file=sys.stderr)
+            raise
+    print(f"\ncogflow stack is up in {time.monotonic() - t0:.1f} s (state {stack.state})")
+    print(_summary(stack, args.state_arg))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stack = Stack(args.state)
+    if not stack.state.exists():
+        print(f"nothing running (no {stack.state})")
+        return 0
+    with locked(stack.state):
+        running = stack.running()
+        if not running:
+            print("nothing running")
+            return 0
+        workers = [n for n in running if n.startswith("worker-")]
+        servers = [n for n in running if n not in workers]
+        for batch in (workers, servers):  # workers first: their flow runs still report to the servers
+            if not batch:
+                continue
+            for name, how in stop_processes({n: running[n] for n in batch}, args.timeout).items():
+                stack.pid_file(name).unlink(missing_ok=True)
+                print(f"stopped {name} (pid {running[name]}; {how})")
+        (stack.state / "stack.json").unlink(missing_ok=True)
+        if "s3" in running:
+            print("moto's S3 data (the lake, MLflow's artifacts, checkpoints) was in memory and is gone; "
+                  f"Prefect's database and the logs stay in {stack.state}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    stack = Stack(args.state).load()
+    running = stack.running()
+    pools = work_pools()
+    print(f"cogflow stack (state {stack.state})")
+    healthy = 0
+    for service in stack.services(pools) if stack.ports else []:
+        pid = running.get(service.name)
+        if service.name in SERVERS:
+            ok = pid is not None and http_ok(service.health, timeout=2.0)
+            healthy += ok
+            what = f"running (pid {pid}), {'healthy' if ok else 'NOT answering ' + service.health}" if pid else "not running"
+            print(f"  {service.name:24} {what:50} {service.url}")
+        else:
+            what = f"running (pid {pid})" if pid else "not running"
+            print(f"  {service.name:24} {what:50} pool {service.pool}")
+    if not stack.ports:
+        print("  not running (start it: make up)")
+    return 0 if healthy == len(SERVERS) else (3 if not running else 1)
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    stack = Stack(args.state).load()
+    if not stack.ports or "prefect" not in stack.running():
+        print(f"cogflow stack is not running (state {stack.state}): make up", file=sys.stderr)
+        return 1
+    print("\n".join(_env_lines(stack)))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    stack = Stack(args.state)
+    api = args.api
+    if api is None:
+        stack.load()
+        if "prefect" not in stack.running():
+            raise StackError(f"the stack is not running (state {stack.state}); start it (make up) or give --api URL")
+        api = f"{stack.base_url('prefect')}/api"
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    (stack.state / "prefect").mkdir(parents=True, exist_ok=True)
+    deploy(stack, api, args.timeout)
+    print(f"work pools {', '.join(work_pools())}, limit {GPU_LIMIT} and the deployments of prefect.yaml are on {api}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_bootstrap"]:
+        bootstrap(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state", default=str(CHECKOUT / ".cogflow" / "stack"),
+                        help="where PIDs, logs, ports and databases go (default .cogflow/stack in the checkout)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for each service (up), or before SIGKILL (down; default 120 and 15)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start S3 (moto), MLflow, Prefect, deploy prefect.yaml, start the workers")
+    for name in SERVERS:
+        up.add_argument(f"--{name}-port", type=int, default=None,
+                        help=f"port of {name} (default {DEFAULT_PORTS[name]}; 0 picks a free one)")
+    up.add_argument("--no-worker", action="store_true", help="start everything but the workers")
+    commands.add_parser("down", help="stop everything the stack started, workers first")
+    commands.add_parser("status", help="show each service: running or not, its URL")
+    commands.add_parser("env", help="print the `export` lines that point a shell at the stack")
+    dep = commands.add_parser("deploy", help="create the pools and the GPU limit if missing, deploy prefect.yaml")
+    dep.add_argument("--api", help="a Prefect API URL (default: the running stack's)")
+    # Options are accepted before or after the command.
+    for sub in commands.choices.values():
+        sub.add_argument("--state", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    given_state = any(a == "--state" or a.startswith("--state=") for a in argv)
+    args.state_arg = f" --state {args.state}" if given_state else ""
+    args.state = Path(args.state).absolute()
+    if args.command == "down" and not any(a.startswith("--timeout") for a in argv):
+        args.timeout = 15.0
+    try:
+        return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "env": cmd_env, "deploy": cmd_deploy}[args.command](args)
+    except StackError as exc:
+        print(f"infra/stack.py {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
