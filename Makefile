@@ -1,10 +1,10 @@
-# Two front doors: `make run` (install + the main job on generated sample data) and `make test`.
+# Two front doors: `make demo` (install + the main job: sample data through the whole pipeline to a registered
+# champion and a video) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SAMPLE := .cogflow/sample
 
-.PHONY: install run test bench clean
+.PHONY: install demo test bench clean up down stack-status
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(BIN)/cogflow: pyproject.toml
@@ -15,17 +15,8 @@ $(BIN)/cogflow: pyproject.toml
 
 install: $(BIN)/cogflow
 
-run: install
-	$(BIN)/cogflow sample-data $(SAMPLE) --videos 12
-	$(BIN)/cogflow ingest $(SAMPLE)/manifest.csv
-	$(BIN)/cogflow split
-	$(BIN)/cogflow preview --random 8 -o .cogflow/clips.png
-	$(BIN)/cogflow tokenize
-	$(BIN)/cogflow train --stage 1
-	$(BIN)/cogflow train --stage 2
-	$(BIN)/cogflow generate "一个红色的圆形在米色背景上从左向右移动。" -o .cogflow/circle.mp4 --frames-out .cogflow/circle.png
-	$(BIN)/cogflow generate "一个下午在海滩上奔跑的女人" -o .cogflow/beach.mp4 --frames-out .cogflow/beach.png
-	$(BIN)/cogflow status
+demo: install
+	$(BIN)/cogflow demo
 
 test: install
 	$(BIN)/python -m pytest -q tests
@@ -38,4 +29,16 @@ bench: install
 	$(BIN)/python tests/bench/bench_generate.py
 
 clean:
+	-test -x $(BIN)/python && $(BIN)/python infra/stack.py down  # a running stack keeps its state in .cogflow
 	rm -rf $(VENV) .cogflow *.egg-info
+
+# The whole stack on this machine, no Docker (infra/stack.py, infra/README.md): S3 (moto), MLflow, a Prefect
+# server, the deployments of prefect.yaml and a worker per pool. Options: make up STACK_ARGS="--no-worker".
+up: install
+	$(BIN)/python infra/stack.py up $(STACK_ARGS)
+
+down:
+	$(BIN)/python infra/stack.py down
+
+stack-status:
+	$(BIN)/python infra/stack.py status

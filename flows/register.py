@@ -64,6 +64,16 @@ class RegisterSummary:
     champion: str | None  # the cogflow-t2v version that is champion now
     evaluation: Evaluation | None = None
     evaluation_dir: str | None = None
+    recorded: dict[str, str] | None = None  # a found version's metric tags (cogflow.caption_mean_accuracy, ...)
+
+    def caption_following(self) -> tuple[float, float] | None:
+        """(mean accuracy, mean chance) of this evaluation or of the one recorded on the found version."""
+        if self.evaluation is not None and self.evaluation.following is not None:
+            return self.evaluation.following.mean, self.evaluation.following.mean_chance
+        tags = self.recorded or {}
+        if "cogflow.caption_mean_accuracy" in tags:
+            return float(tags["cogflow.caption_mean_accuracy"]), float(tags["cogflow.caption_mean_chance"])
+        return None
 
     def lines(self) -> list[str]:
         t2v = self.versions.get(registry.TEXT_TO_VIDEO)
@@ -71,6 +81,8 @@ class RegisterSummary:
         out = [f"register stage runs {self.stage_runs[0]} (1) and {self.stage_runs[1]} (2): {registry.TEXT_TO_VIDEO} v{t2v} {what}"]
         if self.evaluation is not None:
             out += ["  " + line for line in self.evaluation.lines()]
+        elif (following := self.caption_following()) is not None:
+            out.append(f"  caption following {following[0]:.1%} (chance {following[1]:.1%}), as recorded on the version")
         verdict = "passed: champion" if self.promoted else "failed: stays candidate"
         out.append(f"  gate {verdict} ({'; '.join(self.reasons)})")
         out.append(f"  champion: {registry.TEXT_TO_VIDEO} v{self.champion}" if self.champion else "  no champion yet")
@@ -218,7 +230,7 @@ def register_flow(stage1: str | None = None, stage2: str | None = None, lake: st
         versions = {registry.TEXT_TO_VIDEO: str(found.version)}
         summary = RegisterSummary(safe_uri(settings.mlflow_tracking_uri), runs, versions, False,
                                   found.tags.get("cogflow.gate") == "passed", found.tags.get("cogflow.gate.reasons", "").split("; "),
-                                  None if champion is None else str(champion.version))
+                                  None if champion is None else str(champion.version), recorded=dict(found.tags))
     else:
         out_dir = Path(settings.home).absolute() / "evaluations" / f"{runs[0][:8]}-{runs[1][:8]}-{eval_hash}"
         result, champion = evaluate_task(settings, runs, evaluation, out_dir)

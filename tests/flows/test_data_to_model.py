@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import copy_sample, write_csv
 from prefect.exceptions import ParameterTypeError
@@ -106,6 +107,20 @@ def test_data_to_model_registers_a_champion_and_gates_worse_models(tmp_path, cap
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(1, 33, 160, 160, 3) uint8" in done.stdout
+
+    # Each registered stage samples codes from its own input example (a real val token row); stage 2 keeps the
+    # given frames (times 0, 2, 4) and fills times 1 and 3.
+    import mlflow
+    from mlflow.models import Model
+
+    for stage in (1, 2):
+        folder = mlflow.artifacts.download_artifacts(f"models:/cogflow-stage{stage}@champion", dst_path=str(tmp_path / f"s{stage}"))
+        example = Model.load(folder).load_input_example(folder)
+        codes = mlflow.pyfunc.load_model(folder).predict(example, params={"seed": 1})
+        assert codes.shape == (1, 5, 100) and codes.min() >= 0 and codes.max() < 64
+        if stage == 2:
+            given = np.array(example["given_codes"][0]).reshape(3, 100)
+            assert (codes[0, 0::2] == given).all()
 
     out_file = tmp_path / "champion.mp4"
     assert main(["generate", "一个红色的圆形在米色背景上从左向右移动。", "-o", str(out_file),
