@@ -111,7 +111,9 @@ def _free_port() -> int:
 def mlflow_server(tmp_path, s3, moto_endpoint):
     """A real `mlflow server` on 127.0.0.1: sqlite behind it, artifacts proxied to the moto S3 bucket."""
     port = _free_port()
-    env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # no background job consumers (MLflow 3.17 starts several): nothing here uses them, and they cost CPU
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"],

@@ -14,10 +14,13 @@ from pipeline.settings import load_settings
 
 
 def _artifact(key: str):
+    """The newest artifact under `key` (other flow tests on the same server publish under the same keys)."""
     with get_client(sync_client=True) as client:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+        from prefect.client.schemas.sorting import ArtifactSort
 
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
     return found[0] if found else None
 
 
