@@ -30,7 +30,10 @@ def _artifacts(key: str) -> list:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        from prefect.client.schemas.sorting import ArtifactSort
+
+        # newest first: other flow tests on the same server publish under the same keys
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC)
 
 
 def ingested(tmp_path: Path, sample_dir: Path, **split_options: object) -> Settings:
