@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from flows.launch import gpu_slot
 from flows.progress import Progress
 from model import generate, registry, tracking
+from model.generate import GenerateConfig
 from model.evaluate import Decision, EvalConfig, Evaluation, evaluate_pair, gate, val_bits
 from model.training import short_hash
 from pipeline.settings import Settings, load_settings
@@ -104,8 +105,10 @@ def _run_ids(settings: Settings, stage1: str | None, stage2: str | None) -> tupl
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(settings: Settings, runs: tuple[str, str], params: EvaluationParams, out_dir: Path) -> tuple[Evaluation, dict]:
-    """The candidate's evaluation, and the champion's val bits per token on the same rows (None without one)."""
+def evaluate_task(settings: Settings, files: dict[str, Path], params: EvaluationParams,
+                  out_dir: Path) -> tuple[Evaluation, dict, dict]:
+    """The candidate's evaluation; the champion (its version and its stages' val bits per token on the same rows,
+    None without one); what registering the pair needs to know of it (tokenizer versions, sampling defaults)."""
     progress: Progress | None = None
 
     def on_batch(done: int, total: int) -> None:
@@ -115,7 +118,7 @@ def evaluate_task(settings: Settings, runs: tuple[str, str], params: EvaluationP
 
     with gpu_slot():
         device = generate.default_device()
-        first, second, tokenizers = generate.load_pair(settings, runs[0], runs[1], device)
+        first, second, tokenizers = generate.load_pair(settings, str(files["stage1"]), str(files["stage2"]), device)
         evaluation = evaluate_pair(settings, first, second, tokenizers, params.config(), out_dir, on_batch)
         champion = registry.alias_version(registry.TEXT_TO_VIDEO, registry.CHAMPION)
         champion_bits = None
@@ -126,14 +129,18 @@ def evaluate_task(settings: Settings, runs: tuple[str, str], params: EvaluationP
                     path = generate.fetch_model(settings, f"models:/{registry.TEXT_TO_VIDEO}/{champion.version}/artifacts/stage{s}.pt", Path(tmp) / str(s))
                     stage = generate.load_stage(path, s, f"{registry.TEXT_TO_VIDEO} v{champion.version}", device)
                     champion_bits[s] = val_bits(settings, stage, params.val_rows)[0]
-    return evaluation, {"version": None if champion is None else str(champion.version), "bits": champion_bits}
+    text_version, frame_version = generate.pair_versions(first, second)
+    pair = {"text_tokenizer_version": text_version, "frame_tokenizer_version": frame_version,
+            "frame_len": first.model.spec.layout.frame_len, "generate": {1: first.defaults, 2: second.defaults}}
+    return evaluation, {"version": None if champion is None else str(champion.version), "bits": champion_bits}, pair
 
 
 @task(name="register-models", cache_policy=NO_CACHE)
-def register_task(settings: Settings, runs: tuple[str, str], params: EvaluationParams, evaluation: Evaluation,
-                  champion: dict, out_dir: Path, eval_hash: str) -> RegisterSummary:
+def register_task(settings: Settings, runs: tuple[str, str], files: dict[str, Path], pair: dict, params: EvaluationParams,
+                  evaluation: Evaluation, champion: dict, out_dir: Path, eval_hash: str) -> RegisterSummary:
     decision: Decision = gate(evaluation, champion["bits"], params.min_caption_accuracy, params.bits_tolerance)
     made_from = {"cogflow.stage1_run": runs[0], "cogflow.stage2_run": runs[1], "cogflow.eval_hash": eval_hash}
+    text_version, frame_version = pair["text_tokenizer_version"], pair["frame_tokenizer_version"]
     versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="cogflow-register-") as tmp, \
             tracking.run("evaluation", {"evaluation": params.model_dump()}, made_from):
@@ -142,29 +149,27 @@ def register_task(settings: Settings, runs: tuple[str, str], params: EvaluationP
         for path in (Path(evaluation.sheet), out_dir / "prompts.json"):
             tracking.log_artifact(path)
         tracking.log_artifact(out_dir / "videos")
-        files, stages = {}, []
-        for s, run_id in zip((1, 2), runs):
-            files[f"stage{s}"] = generate.fetch_model(settings, f"runs:/{run_id}/model/stage{s}.pt", tmp_dir / f"stage{s}")
-            stages.append(generate.load_stage(files[f"stage{s}"], s, run_id, "cpu"))
-        text_version, frame_version = generate.pair_versions(*stages)
-        files["text_tokenizer"] = registry.download(registry.TEXT_TOKENIZER, text_version, "text.model", tmp_dir / "text")
-        files["frame_tokenizer"] = registry.download(registry.FRAME_TOKENIZER, frame_version, "frame_tokenizer.pt", tmp_dir / "frames")
-        info = {"stage1_run": runs[0], "stage2_run": runs[1], "text_tokenizer_version": text_version,
-                "frame_tokenizer_version": frame_version,
-                "generate": {f"stage{s.model.spec.layout.stage}": s.defaults for s in stages}}
-        files["info"] = tmp_dir / "info.json"
-        files["info"].write_text(json.dumps(info, indent=1))
+        bundle = {
+            "stage1": files["stage1"], "stage2": files["stage2"],
+            "text_tokenizer": registry.download(registry.TEXT_TOKENIZER, text_version, "text.model", tmp_dir / "text"),
+            "frame_tokenizer": registry.download(registry.FRAME_TOKENIZER, frame_version, "frame_tokenizer.pt", tmp_dir / "frames"),
+            "info": tmp_dir / "info.json",
+        }
+        bundle["info"].write_text(json.dumps({
+            "stage1_run": runs[0], "stage2_run": runs[1], "text_tokenizer_version": text_version,
+            "frame_tokenizer_version": frame_version, "generate": {f"stage{s}": d for s, d in pair["generate"].items()}}, indent=1))
 
         common = {**made_from, "cogflow.text_tokenizer_version": text_version, "cogflow.frame_tokenizer_version": frame_version,
                   "cogflow.eval_split": evaluation.eval_split, **decision.tags()}
         metrics = {f"cogflow.{k}": f"{v:.4f}" for k, v in evaluation.metrics().items()}
-        for s, stage in zip((1, 2), stages):
-            example, output = stage_example(settings, stage)
-            version = registry.register_stage(s, files[f"stage{s}"], example, output, sampling_params(stage),
+        for s in (1, 2):
+            example, output = stage_example(settings, s, frame_version, pair["frame_len"])
+            version = registry.register_stage(s, files[f"stage{s}"], example, output, sampling_params(pair["generate"][s]),
                                               {**common, "cogflow.val_bits_per_token": f"{evaluation.bits[s]:.4f}"})
             versions[registry.STAGES[s]] = str(version.version)
-        example, output = text_to_video_example(stages)
-        version = registry.register_text_to_video(files, example, output, sampling_params(stages[0]), {**common, **metrics})
+        example, output = text_to_video_example()
+        version = registry.register_text_to_video(bundle, example, output, sampling_params(pair["generate"][1]),
+                                                  {**common, **metrics})
         versions[registry.TEXT_TO_VIDEO] = str(version.version)
 
     before = champion["version"]
@@ -178,33 +183,33 @@ def register_task(settings: Settings, runs: tuple[str, str], params: EvaluationP
                            decision.reasons, now, evaluation, str(out_dir))
 
 
-def sampling_params(stage: generate.Stage) -> dict[str, object]:
-    """The params a registered model's predict takes, with the stage's own sampling defaults."""
-    config = generate._config(stage, {})
+def sampling_params(defaults: dict) -> dict[str, object]:
+    """The params a registered model's predict takes, with a stage's own sampling defaults (its [generate] table)."""
+    config = GenerateConfig(**defaults)
     return {"seed": 0, "temperature": float(config.temperature), "top_k": int(config.top_k), "top_p": float(config.top_p),
             "guidance": float(config.guidance)}
 
 
-def stage_example(settings: Settings, stage: generate.Stage) -> tuple[object, object]:
-    """A real val token row as the stage pyfunc's input example, and what the stage makes of it."""
+def stage_example(settings: Settings, stage: int, frame_version: str, frame_len: int) -> tuple[object, object]:
+    """A real val token row as the stage pyfunc's input example, and an output of the shape predict returns."""
     import numpy as np
     import pandas as pd
 
     from model import train
 
-    lay = stage.model.spec.layout
-    _, parts, _ = train.token_inputs(settings, lay.stage, str(stage.info.get("frame_tokenizer_version")))
+    _, parts, _ = train.token_inputs(settings, stage, frame_version)
     rows, _ = train.eval_rows(Storage.at(settings.lake), parts, 1)
-    codes = np.frombuffer(rows["frame_codes"][0], "<i2").astype(np.int64).reshape(5, lay.frame_len)
+    codes = np.frombuffer(rows["frame_codes"][0], "<i2").astype(np.int64).reshape(5, frame_len)
     example = pd.DataFrame({"text_ids": [list(map(int, rows["text_ids"][0]))],
                             "text_mask": [list(map(int, rows["text_mask"][0]))],
                             "fps_token_id": [int(rows["fps_token_id"][0])]})
-    if lay.stage == 2:
+    if stage == 2:
         example["given_codes"] = [codes[0::2].reshape(-1).tolist()]
-    return example, np.zeros((1, 5, lay.frame_len), dtype=np.int64)
+    return example, np.zeros((1, 5, frame_len), dtype=np.int64)
 
 
-def text_to_video_example(stages: list[generate.Stage]) -> tuple[object, object]:
+def text_to_video_example() -> tuple[object, object]:
+    """A caption as the text-to-video pyfunc's input example, and an output of the shape predict returns."""
     import numpy as np
     import pandas as pd
 
@@ -233,8 +238,11 @@ def register_flow(stage1: str | None = None, stage2: str | None = None, lake: st
                                   None if champion is None else str(champion.version), recorded=dict(found.tags))
     else:
         out_dir = Path(settings.home).absolute() / "evaluations" / f"{runs[0][:8]}-{runs[1][:8]}-{eval_hash}"
-        result, champion = evaluate_task(settings, runs, evaluation, out_dir)
-        summary = register_task(settings, runs, evaluation, result, champion, out_dir, eval_hash)
+        with tempfile.TemporaryDirectory(prefix="cogflow-stages-") as tmp:  # each stage downloaded once, used twice
+            files = {f"stage{s}": generate.fetch_model(settings, f"runs:/{run_id}/model/stage{s}.pt", Path(tmp) / str(s))
+                     for s, run_id in zip((1, 2), runs)}
+            result, champion, pair = evaluate_task(settings, files, evaluation, out_dir)
+            summary = register_task(settings, runs, files, pair, evaluation, result, champion, out_dir, eval_hash)
     for line in summary.lines():
         logger.info(line)
     create_markdown_artifact(key="register-summary", markdown="\n".join(["```", *summary.lines(), "```"]),

@@ -34,6 +34,7 @@ from pipeline.preview import find_font
 from pipeline.settings import Settings
 from pipeline.storage import Storage
 
+
 @dataclass(frozen=True)
 class EvalConfig:
     prompts: int = 24  # held-out prompts to generate a video for
@@ -145,7 +146,7 @@ def evaluate_pair(settings: Settings, first: Stage, second: Stage, tokenizers: g
                                       seed=config.seed * 7919 + b)
         codes, seconds = codes + made.tokens, seconds + made.seconds
         n = made.codes.shape[-1]
-        pixels = generate.to_pixels(tokenizers, made.codes.reshape(-1, n)).reshape(len(batch), *made.codes.shape[1:2], 160, 160, 3)
+        pixels = generate.to_pixels(tokenizers, made.codes.reshape(-1, n)).reshape(*made.codes.shape[:2], 160, 160, 3)
         for i, frames in enumerate(pixels):
             path = out_dir / "videos" / f"{start + i:03d}.mp4"
             generate.write_video(path, frames, generate.KEYFRAME_FPS * 2**ROUNDS)

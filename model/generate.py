@@ -598,7 +598,8 @@ class GenerateResult:
         return asdict(self)
 
 
-def _config(stage: Stage, overrides: dict) -> GenerateConfig:
+def sampling_config(stage: Stage, overrides: dict) -> GenerateConfig:
+    """The stage's `[generate]` table with `overrides` (GenerateConfig fields; None: keep the table's)."""
     return GenerateConfig(**{**stage.defaults, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -631,7 +632,7 @@ def text_to_video(first: Stage, second: Stage, tokenizers: Tokenizers, prompts: 
     three stage-2 rounds. `options` (GenerateConfig fields, None: the stage's default) override each stage's
     `[generate]` table; guidance is stage 1's alone. Row i of a batch draws its noise as row i (see `gumbel_noise`)."""
     check_keyframe_fps(keyframe_fps)
-    config1, config2 = _config(first, options), _config(second, {**options, "guidance": None})
+    config1, config2 = sampling_config(first, options), sampling_config(second, {**options, "guidance": None})
     text = tokenizers.text
     ids, mask, cut = text.encode_batch(list(prompts), first.model.spec.layout.text_len)
     keys = generate_keyframes(first.model, torch.from_numpy(ids), torch.from_numpy(mask), text.fps_id(keyframe_fps),

@@ -30,7 +30,7 @@ class StageModel(PythonModel):
         params = dict(params or {})
         seed = int(params.pop("seed", 0))
         model, lay = self.stage.model, self.stage.model.spec.layout
-        config = generate._config(self.stage, {k: v for k, v in params.items() if k in generate.OPTIONS})
+        config = generate.sampling_config(self.stage, {k: v for k, v in params.items() if k in generate.OPTIONS})
         ids = torch.tensor(np.stack(model_input["text_ids"].to_numpy()), dtype=torch.long)  # (N, L)
         mask = torch.tensor(np.stack(model_input["text_mask"].to_numpy()), dtype=torch.bool)
         fps = [int(f) for f in model_input["fps_token_id"]]
