@@ -113,16 +113,20 @@ def plan_videos(n: int, seed: int = 0, *, min_duration_s: float = 2.0, max_durat
     """Plan `n` clips deterministically for `seed`.
 
     Format, language and size cycle (so a handful of clips covers all formats, both languages and both
-    orientations); shape and motion cycle through a seeded shuffle; colour, background, fps and duration are drawn.
+    orientations). Colour, shape and motion are what a caption asks for, so they are drawn independently of each
+    other and balanced: clips take the (colour, shape, motion) combinations in seeded shuffles of the whole product,
+    one shuffle after another, so every combination comes once before any comes twice and no factor predicts
+    another (a model cannot learn "triangles move up"). Background, fps and duration are drawn per clip.
     """
     if min_duration_s <= 0 or max_duration_s < min_duration_s:
         raise ValueError(f"bad duration range {min_duration_s}..{max_duration_s}")
     rng = np.random.default_rng(seed)
-    shapes = [str(s) for s in rng.permutation(list(SHAPES))]
-    motions = [str(m) for m in rng.permutation(list(MOTIONS))]
+    product = [(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS]
+    combos: list[tuple[str, str, str]] = []
+    while len(combos) < n:
+        combos += [product[k] for k in rng.permutation(len(product))]
     specs = []
-    for i in range(n):
-        colour = str(rng.choice(list(COLOURS)))
+    for i, (colour, shape, motion) in enumerate(combos[:n]):
         backgrounds = [b for b, (rgb, _, _) in BACKGROUNDS.items()
                        if abs(_luma(rgb) - _luma(COLOURS[colour][0])) >= MIN_LUMA_CONTRAST]
         fps = int(rng.choice(FPS_CHOICES))
@@ -130,7 +134,7 @@ def plan_videos(n: int, seed: int = 0, *, min_duration_s: float = 2.0, max_durat
         # Snap the duration to whole frames so the file's real duration is the one written in the manifest.
         frames = max(1, round(float(rng.uniform(min_duration_s, max_duration_s)) * fps))
         spec = VideoSpec(
-            name=f"sample_{i:04d}", shape=shapes[i % len(shapes)], colour=colour, motion=motions[i % len(motions)],
+            name=f"sample_{i:04d}", shape=shape, colour=colour, motion=motion,
             background=str(rng.choice(backgrounds)), fps=fps, width=width, height=height,
             duration_s=round(frames / fps, 3), fmt=FORMATS[i % len(FORMATS)], language=LANGUAGES[i % 2], caption="",
         )
