@@ -31,6 +31,9 @@ class TextTokenizerConfig:
     vocab_size: int = 16000
     model_type: str = "unigram"
     text_slots: int = TEXT_SLOTS
+    # Pieces never span two words (model/text_tokenizer.py). Part of the config hash, so a lake whose registered
+    # tokenizer predates it trains a new one rather than skipping.
+    words: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ def train_text_tokenizer(settings: Settings, config: TextTokenizerConfig = TextT
     if known is not None:
         return TextTokenizerResult(str(known.version), known.run_id, False, int(known.tags.get("cogflow.vocab_size", 0)),
                                    len(train), "the registry holds a tokenizer trained on these captions with this config")
-    tokenizer, report = TextTokenizer.train((c["caption"] for c in train), config.vocab_size, config.model_type)
+    tokenizer, report = TextTokenizer.train((c["caption"] for c in train), config.vocab_size, config.model_type,
+                                            config.words)
     tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash, "cogflow.vocab_size": str(tokenizer.vocab_size)}
     with tracking.run("text-tokenizer", {**asdict(config), "train_captions": len(train)}, tags) as active, \
             tempfile.TemporaryDirectory(prefix="cogflow-text-") as tmp:
@@ -96,7 +100,8 @@ def train_text_tokenizer(settings: Settings, config: TextTokenizerConfig = TextT
         if report.note:
             tracking.log_text(report.note, "clamped_vocabulary.txt")
         examples = [c["caption"] for c in (val or train)[:8]]
-        tracking.log_text("\n".join(f"{t}\n  {tokenizer.sp.encode(t, out_type=str)}" for t in examples), "examples.txt")
+        pieces = [[tokenizer.sp.id_to_piece(i) for i in tokenizer.encode(t)] for t in examples]
+        tracking.log_text("\n".join(f"{t}\n  {p}" for t, p in zip(examples, pieces)), "examples.txt")
         model_file = tokenizer.save(Path(tmp) / "text.model")
         version = registry.register_text_tokenizer(model_file, tags, examples[:2])
         run_id = active.info.run_id
