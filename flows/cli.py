@@ -114,6 +114,19 @@ def _register(args: argparse.Namespace) -> int:
                                                      evaluation=_evaluation(args)), usage_errors=(ValueError,))
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from model.diagnose import DiagnoseConfig, run_diagnosis
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    chosen = {"prompts": args.prompts, "clips": args.clips, "seed": args.seed, "val_rows": args.val_rows,
+              "full_sweep": args.full_sweep, "variants": args.variants and tuple(args.variants.split(",")),
+              "parts": args.parts and tuple(args.parts.split(","))}
+    return _report("diagnose", lambda: run_diagnosis(
+        settings, args.stage1, args.stage2, DiagnoseConfig(**{k: v for k, v in chosen.items() if v is not None}),
+        device=args.device, log=lambda line: print(line, flush=True)), usage_errors=(ValueError,))
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
     from flows.launch import ChildFailed
@@ -392,6 +405,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake")
     _add_evaluation_options(p)
     p.set_defaults(run=_register)
+
+    p = commands.add_parser("diagnose", help="why a trained pair does or does not follow its captions: caption "
+                                             "following with intervals, a sampling sweep, the frame tokenizer's "
+                                             "ceiling, baselines, background bits, a layout check")
+    p.add_argument("--stage1", help="stage 1 as for `cogflow generate` (default: the newest complete run)")
+    p.add_argument("--stage2", help="the same for stage 2")
+    p.add_argument("--lake")
+    p.add_argument("--prompts", type=_positive, help="prompts to make videos for, half val captions, half unseen "
+                                                    "sample-world captions (default 96)")
+    p.add_argument("--clips", type=_positive, help="real stage-1 clips for the frame tokenizer's ceiling (default 48)")
+    p.add_argument("--variants", help="comma-separated sampling variants, each 'default' or KEY=VALUE[+KEY=VALUE] "
+                                      "(default: default,guidance=1,temperature=0.3)")
+    p.add_argument("--full-sweep", action="store_true", help="33-frame videos for every variant (default: the first "
+                                                             "only, stage 1's key frames for the others)")
+    p.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    p.add_argument("--val-rows", type=_positive, help="val token rows per stage for the teacher-forced parts (default 64)")
+    p.add_argument("--parts", help="comma-separated subset of following,tokenizer,neighbour,retrieval,bits,layout "
+                                   "(default: all)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    p.set_defaults(run=_diagnose)
 
     p = commands.add_parser("pipeline", help="the whole data-to-model flow: ingest, split, tokenize, train both "
                                              "stages, evaluate and register (each step skips work already done)")

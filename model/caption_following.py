@@ -144,13 +144,19 @@ def classify_shape(mask: np.ndarray) -> str | None:
     return HARMONIC_SHAPES[k] if harmonics[k] >= MIN_HARMONIC else "circle"
 
 
-def read_frame(frame: np.ndarray) -> FrameReading:
-    """Background, and the largest blob's colour, shape, centroid and area, of one (H, W, 3) uint8 frame."""
-    rgb = frame.astype(np.float32)
+def border_colour(rgb: np.ndarray) -> np.ndarray:
+    """The background's RGB (3,) float32 of an (H, W, 3) frame: the median of its BORDER_PX ring, which ignores the
+    stretch of border a cut-off shape covers."""
     b = BORDER_PX
     border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3),
                              rgb[:, -b:].reshape(-1, 3)])
-    bg = np.median(border, axis=0)  # the median ignores the stretch of border a cut-off shape covers
+    return np.median(border, axis=0).astype(np.float32)
+
+
+def read_frame(frame: np.ndarray) -> FrameReading:
+    """Background, and the largest blob's colour, shape, centroid and area, of one (H, W, 3) uint8 frame."""
+    rgb = frame.astype(np.float32)
+    bg = border_colour(rgb)
     background = _nearest(bg, _BACKGROUND_RGB, _BACKGROUND_NAMES)
     distance = np.sqrt(((rgb - bg) ** 2).sum(axis=2))
     blob = largest_component(distance > FOREGROUND_DISTANCE)

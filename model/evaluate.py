@@ -88,27 +88,35 @@ class Evaluation:
         return out
 
 
+def val_rows(settings: Settings, stage: Stage, rows: int) -> tuple[dict[str, list], str]:
+    """(the first `rows` val token rows of `stage`'s own frame tokenizer's tokens, their split): the rows every model
+    on those tokens is measured on (train rows when the lake has no val videos)."""
+    version = str(stage.info.get("frame_tokenizer_version"))
+    _, parts, _ = train.token_inputs(settings, stage.model.spec.layout.stage, version)
+    return train.eval_rows(Storage.at(settings.lake), parts, rows)
+
+
 def val_bits(settings: Settings, stage: Stage, rows: int, batch: int = 16) -> tuple[float, str, int]:
     """(bits per token, split, rows) of `stage` on the first `rows` val rows of its own frame tokenizer's tokens."""
     spec = stage.model.spec
-    version = str(stage.info.get("frame_tokenizer_version"))
-    _, parts, _ = train.token_inputs(settings, spec.layout.stage, version)
-    chosen, split = train.eval_rows(Storage.at(settings.lake), parts, rows)
+    chosen, split = val_rows(settings, stage, rows)
     device = next(stage.model.parameters()).device
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     bits = train.bits_per_token(stage.model, spec.layout, chosen, TextTokenizer.boi_id, spec.codebook_size, batch, device, autocast)
     return bits, split, len(chosen["split"])
 
 
-def eval_prompts(settings: Settings, count: int, seed: int = 0) -> list[Prompt]:
-    """Up to `count` prompts no training clip had: the val split's captions first, then (when the lake holds the
-    generated sample data, whose captions carry their ground truth) unseen captions of the sample world."""
+def eval_prompts(settings: Settings, count: int, seed: int = 0, max_val: int | None = None) -> list[Prompt]:
+    """Up to `count` prompts no training clip had: the val split's captions first (at most `max_val` of them; None:
+    up to `count`), then (when the lake holds the generated sample data, whose captions carry their ground truth)
+    unseen captions of the sample world."""
+    val_limit = count if max_val is None else min(count, max_val)
     table = lake.read_table(Storage.at(settings.lake), "captions", ["caption_id", "caption", "split", "metadata"])
     rows = sorted(table.to_pylist(), key=lambda r: r["caption_id"])
     truths = [_truth(r["metadata"]) for r in rows]
     prompts, seen = [], set()
     for row, truth in zip(rows, truths):
-        if row["split"] == "val" and row["caption"] not in seen and len(prompts) < count:
+        if row["split"] == "val" and row["caption"] not in seen and len(prompts) < val_limit:
             prompts.append(Prompt(row["caption"], "val", truth))
             seen.add(row["caption"])
     if len(prompts) < count and any(truths):
@@ -116,6 +124,12 @@ def eval_prompts(settings: Settings, count: int, seed: int = 0) -> list[Prompt]:
         for spec in sample_data.held_out_specs(count - len(prompts), exclude=known, seed=seed):
             prompts.append(Prompt(spec.caption, "held-out", {f: getattr(spec, f) for f in (*FIELDS, "background")}))
     return prompts
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The sampling seed of the `batch`-th batch of evaluation prompts: one per batch, since a row draws its noise by
+    its index within the batch (generate.gumbel_noise), and the same videos for the same prompts, batch and seed."""
+    return seed * 7919 + batch
 
 
 def _truth(metadata: str | None) -> dict[str, str] | None:
@@ -143,7 +157,7 @@ def evaluate_pair(settings: Settings, first: Stage, second: Stage, tokenizers: g
     for b, start in enumerate(range(0, len(prompts), config.batch)):
         batch = prompts[start:start + config.batch]
         made = generate.text_to_video(first, second, tokenizers, [p.caption for p in batch], config.options(),
-                                      seed=config.seed * 7919 + b)
+                                      seed=batch_seed(config.seed, b))
         codes, seconds = codes + made.tokens, seconds + made.seconds
         n = made.codes.shape[-1]
         pixels = generate.to_pixels(tokenizers, made.codes.reshape(-1, n)).reshape(*made.codes.shape[:2], 160, 160, 3)

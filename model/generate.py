@@ -626,17 +626,26 @@ class Videos:
         return self.keyframes.tokens + self.interpolation.tokens
 
 
+def text_to_keyframes(first: Stage, tokenizers: Tokenizers, prompts: Sequence[str], options: dict, seed: int = 0,
+                      keyframe_fps: float = KEYFRAME_FPS, progress: bool = False) -> tuple[Decoded, list[bool]]:
+    """prompts (B) -> stage 1 alone: the 5 key frames' codes (B, 5, n) at `keyframe_fps`, exactly those
+    `text_to_video` starts from for the same arguments; and per prompt whether its text was cut."""
+    check_keyframe_fps(keyframe_fps)
+    text = tokenizers.text
+    ids, mask, cut = text.encode_batch(list(prompts), first.model.spec.layout.text_len)
+    keys = generate_keyframes(first.model, torch.from_numpy(ids), torch.from_numpy(mask), text.fps_id(keyframe_fps),
+                              text.boi_id, text.pad_id, sampling_config(first, options), seed, progress)
+    return keys, [bool(c) for c in cut]
+
+
 def text_to_video(first: Stage, second: Stage, tokenizers: Tokenizers, prompts: Sequence[str], options: dict,
                   seed: int = 0, keyframe_fps: float = KEYFRAME_FPS, progress: bool = False) -> Videos:
     """prompts (B) -> codes of B 33-frame videos, all in one batch: stage 1's 5 key frames at `keyframe_fps`, then
     three stage-2 rounds. `options` (GenerateConfig fields, None: the stage's default) override each stage's
     `[generate]` table; guidance is stage 1's alone. Row i of a batch draws its noise as row i (see `gumbel_noise`)."""
-    check_keyframe_fps(keyframe_fps)
+    keys, cut = text_to_keyframes(first, tokenizers, prompts, options, seed, keyframe_fps, progress)
     config1, config2 = sampling_config(first, options), sampling_config(second, {**options, "guidance": None})
     text = tokenizers.text
-    ids, mask, cut = text.encode_batch(list(prompts), first.model.spec.layout.text_len)
-    keys = generate_keyframes(first.model, torch.from_numpy(ids), torch.from_numpy(mask), text.fps_id(keyframe_fps),
-                              text.boi_id, text.pad_id, config1, seed, progress)
     ids2, mask2, cut2 = text.encode_batch(list(prompts), second.model.spec.layout.text_len)
     video, _ = interpolate(second.model, keys.codes, torch.from_numpy(ids2), torch.from_numpy(mask2), keyframe_fps,
                            text.boi_id, text.fps_id, config2, seed, progress)
