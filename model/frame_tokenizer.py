@@ -5,10 +5,18 @@ CogVideo used icetk's pretrained hierarchical VQ-VAE (20,000 EMA codes, compress
 clip frames. Read top to bottom: config, building blocks, quantizer, the model.
 
 - Compression 8 gives 20x20 codes (the paper's layout), 16 gives 10x10 (small configurations).
-- The codebook learns by exponential moving averages of the encoder outputs assigned to each code (no
-  codebook gradient), with a commitment loss pulling the encoder towards its codes; a code nobody has used
-  for a while is restarted on a random encoder output of the batch, so the codebook stays in use.
-- Under DDP the quantizer sums its statistics over all ranks, so every rank keeps the same codebook.
+- Two quantizers:
+  - `vq`: a learned codebook (VQ-VAE). It learns by exponential moving averages of the encoder outputs assigned
+    to each code (no codebook gradient), with a commitment loss pulling the encoder towards its codes; a code
+    nobody has used for a while is restarted on a random encoder output of the batch. Under DDP the quantizer
+    sums its statistics over all ranks, so every rank keeps the same codebook.
+  - `fsq`: finite scalar quantization (Mentzer et al. 2023). The encoder's few output channels are each bounded
+    and rounded to a handful of levels; a code is the tuple of levels, so the codebook is a fixed grid of
+    prod(levels) points. Nothing to collapse, restart or commit to, and an encoder output moves to another code
+    only when it crosses a rounding boundary: the same content keeps the same code. A VQ codebook instead
+    crowds many codes onto the most frequent content (a flat background is most of a frame), so small codec
+    noise picks among several codes for the same background, and a transformer on those codes spends its
+    loss on telling equivalent codes apart.
 """
 
 from __future__ import annotations
@@ -28,15 +36,32 @@ class FrameTokenizerConfig:
     compression: int = 16  # 8: 20x20 codes per 160x160 frame (CogVideo), 16: 10x10
     channels: int = 32  # width of the full-resolution level; it doubles on the way down, up to 8x
     res_blocks: int = 1  # residual blocks per level
-    codebook_size: int = 1024
-    code_dim: int = 64
-    ema_decay: float = 0.99
+    # "conv": a convolutional encoder, whose codes also see the tiles around them; "tile": each code is a function of
+    # its own compression x compression tile alone, so the same tile always gets the same code.
+    encoder: str = "conv"
+    quantizer: str = "vq"  # "vq": learned EMA codebook; "fsq": finite scalar quantization on `fsq_levels`
+    codebook_size: int = 1024  # vq: codes in the book; fsq: must be prod(fsq_levels)
+    code_dim: int = 64  # vq: width of a code vector; fsq: must be len(fsq_levels)
+    fsq_levels: tuple[int, ...] = ()  # fsq: levels per channel, e.g. (8, 5, 5, 5): 1,000 codes
+    ema_decay: float = 0.99  # vq only, like the three below
     commitment: float = 0.25
     dead_after: float = 0.01  # a code whose EMA usage falls below this many assignments per batch is restarted
 
     def __post_init__(self) -> None:
         if self.compression not in (4, 8, 16, 32):
             raise ValueError(f"compression must be 4, 8, 16 or 32, not {self.compression}")
+        levels = tuple(int(n) for n in self.fsq_levels)
+        object.__setattr__(self, "fsq_levels", levels)  # a saved config holds a list
+        if self.quantizer == "fsq":
+            if not levels or min(levels) < 2:
+                raise ValueError(f"fsq needs fsq_levels of at least 2 per channel, not {list(levels)}")
+            if self.codebook_size != math.prod(levels) or self.code_dim != len(levels):
+                raise ValueError(f"fsq_levels {list(levels)} make {math.prod(levels)} codes of {len(levels)} channels: "
+                                 f"set codebook_size = {math.prod(levels)} and code_dim = {len(levels)}")
+        elif self.quantizer != "vq":
+            raise ValueError(f"quantizer must be vq or fsq, not {self.quantizer!r}")
+        if self.encoder not in ("conv", "tile"):
+            raise ValueError(f"encoder must be conv or tile, not {self.encoder!r}")
 
     @property
     def levels(self) -> int:
@@ -88,6 +113,49 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each position of (B, C, h, w) alone: GroupNorm would mix in statistics of the
+    whole frame, and a tile's code would then depend on the rest of the frame."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class TileEncoder(nn.Module):
+    """(B, 3, H, W) in [-1, 1] -> (B, code_dim, H/c, W/c), each code from its own c x c tile alone: the tile's pixels
+    as one vector (pixel_unshuffle), then an MLP per tile (1x1 convolutions, residual).
+
+    Why: a convolutional encoder's code sees far past its tile, so a patch of plain background gets another code when
+    the shape moves near it, or when codec noise elsewhere shifts the frame's statistics; the transformer then has to
+    predict codes that change while the picture does not. Here the same tile content is the same code."""
+
+    def __init__(self, config: FrameTokenizerConfig) -> None:
+        super().__init__()
+        c, width = config.compression, 2 * _widths(config)[-1]
+        layers: list[nn.Module] = [nn.PixelUnshuffle(c), nn.Conv2d(3 * c * c, width, 1)]
+        for _ in range(config.res_blocks + 1):
+            layers.append(TileBlock(width))
+        layers += [ChannelNorm(width), nn.SiLU(), nn.Conv2d(width, config.code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TileBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(ChannelNorm(width), nn.SiLU(), nn.Conv2d(width, width, 1),
+                                   ChannelNorm(width), nn.SiLU(), nn.Conv2d(width, width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
 
 
 class Decoder(nn.Module):
@@ -180,6 +248,52 @@ class EMAQuantizer(nn.Module):
         self.cluster_size[dead] = 1.0
 
 
+class ScalarQuantizer(nn.Module):
+    """Finite scalar quantization: channel i of the encoder output is squashed into (-L_i/2, L_i/2) and rounded,
+    so it takes L_i values; a code is the tuple of values, numbered in mixed radix. Same interface as
+    EMAQuantizer (the commitment loss is 0: there is no codebook to commit to)."""
+
+    def __init__(self, config: FrameTokenizerConfig) -> None:
+        super().__init__()
+        levels = torch.tensor(config.fsq_levels, dtype=torch.float32)
+        self.register_buffer("levels", levels, persistent=False)  # (D,)
+        self.register_buffer("radix", torch.cumprod(torch.cat([torch.ones(1), levels[:-1]]), 0), persistent=False)
+        # An even number of levels has no level at 0: shift by half a step so the rounding stays symmetric.
+        self.register_buffer("offset", (1 - levels % 2) * 0.5, persistent=False)
+        self.register_buffer("span", (levels - 1) * (1 + 1e-3) / 2, persistent=False)
+
+    def _shape(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(1, -1, 1, 1)
+
+    def _bounded(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> values in (-L/2, L/2) per channel, whose rounding takes exactly L values."""
+        span, offset = self._shape(self.span), self._shape(self.offset)
+        return torch.tanh(z + torch.atanh(offset / span)) * span - offset
+
+    def _ids(self, bounded: torch.Tensor) -> torch.Tensor:
+        """Bounded values (B, D, h, w) -> (B, h, w) code ids: the rounded levels 0..L-1 as mixed-radix digits."""
+        digits = torch.round(bounded) + self._shape(self.levels // 2)
+        return (digits * self._shape(self.radix)).sum(1).round().long()
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, h, w) code ids."""
+        return self._ids(self._bounded(z.float()))
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) ids -> (B, D, h, w) quantized values, scaled to about [-1, 1]."""
+        digits = (codes[:, None].float() / self._shape(self.radix)).floor() % self._shape(self.levels)
+        return (digits - self._shape(self.levels // 2)) / self._shape(self.levels // 2)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(quantized with a straight-through gradient, codes, zero commitment loss)."""
+        with torch.autocast(z.device.type, enabled=False):
+            bounded = self._bounded(z.float())
+            rounded = bounded + (torch.round(bounded) - bounded).detach()  # straight-through rounding
+            quantized = rounded / self._shape(self.levels // 2)
+            codes = self._ids(bounded.detach())
+        return quantized.to(z.dtype), codes, z.new_zeros(())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The model
 
@@ -188,8 +302,8 @@ class FrameTokenizer(nn.Module):
     def __init__(self, config: FrameTokenizerConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.quantizer = EMAQuantizer(config)
+        self.encoder = TileEncoder(config) if config.encoder == "tile" else Encoder(config)
+        self.quantizer = ScalarQuantizer(config) if config.quantizer == "fsq" else EMAQuantizer(config)
         self.decoder = Decoder(config)
 
     @staticmethod

@@ -70,3 +70,69 @@ def test_psnr_and_codebook_usage() -> None:
     assert psnr(a, a + 1) == pytest.approx(10 * np.log10(255**2 / 1), rel=1e-6)
     used, perplexity = codebook_usage(torch.tensor([0, 1, 2, 3]), 8)
     assert used == 0.5 and perplexity == pytest.approx(4.0)
+
+
+FSQ = FrameTokenizerConfig(compression=16, channels=8, res_blocks=1, quantizer="fsq", fsq_levels=(8, 5, 3),
+                           codebook_size=120, code_dim=3)
+
+
+def test_fsq_levels_must_make_the_codebook() -> None:
+    with pytest.raises(ValueError, match="codebook_size = 120 and code_dim = 3"):
+        FrameTokenizerConfig(quantizer="fsq", fsq_levels=(8, 5, 3), codebook_size=1024, code_dim=3)
+    with pytest.raises(ValueError, match="fsq_levels"):
+        FrameTokenizerConfig(quantizer="fsq", fsq_levels=(), codebook_size=1, code_dim=0)
+    with pytest.raises(ValueError, match="vq or fsq"):
+        FrameTokenizerConfig(quantizer="lfq")
+
+
+def test_fsq_reaches_every_code_once_and_lookup_inverts_codes() -> None:
+    quantizer = FrameTokenizer(FSQ).quantizer
+    # One point per level combination, at the level values themselves (in bounded units): every id 0..119 once.
+    grid = torch.cartesian_prod(*(torch.arange(n, dtype=torch.float32) - n // 2 for n in FSQ.fsq_levels))  # (120, 3)
+    span, offset = quantizer.span, quantizer.offset
+    z = torch.atanh((grid + offset) / span) - torch.atanh(offset / span)  # the encoder outputs that bound to them
+    z = z.T.reshape(1, 3, 1, 120)  # (B, D, h, w)
+    quantized, codes, commitment = quantizer(z)
+    assert sorted(codes.flatten().tolist()) == list(range(120)) and float(commitment) == 0.0
+    assert torch.allclose(quantizer.lookup(codes), quantized, atol=1e-6)
+    assert torch.equal(quantizer.codes(z), codes)
+    assert float(quantized.abs().max()) <= 1.0
+
+
+def test_fsq_codes_do_not_move_with_small_noise_and_gradients_pass() -> None:
+    model = FrameTokenizer(FSQ)
+    z = torch.randn(4, 3, 10, 10)
+    codes = model.quantizer.codes(z)
+    nudged = model.quantizer.codes(z + 1e-4 * torch.randn_like(z))
+    assert (codes == nudged).float().mean() > 0.99  # a code changes only where a value sits on a rounding edge
+    frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    loss, info = model.loss(model.to_input(frames))
+    loss.backward()
+    assert float(model.encoder.net[0].weight.grad.abs().sum()) > 0 and float(info["commitment"]) == 0.0
+
+
+def test_an_fsq_tokenizer_saves_and_loads(tmp_path) -> None:
+    from model.frame_tokenizer import load, save
+
+    model = FrameTokenizer(FSQ).eval()
+    frames = torch.randint(0, 256, (2, 160, 160, 3), dtype=torch.uint8)
+    again = load(save(model, tmp_path / "fsq.pt"))
+    assert again.config == FSQ and torch.equal(again.encode(frames), model.encode(frames))
+    assert torch.equal(again.decode(model.encode(frames)), model.decode(model.encode(frames)))
+
+
+def test_a_tile_encoders_code_depends_on_its_own_tile_alone() -> None:
+    config = FrameTokenizerConfig(compression=16, channels=8, encoder="tile", quantizer="fsq", fsq_levels=(8, 5, 3),
+                                  codebook_size=120, code_dim=3)
+    model = FrameTokenizer(config).eval()
+    frames = torch.randint(0, 256, (1, 160, 160, 3), dtype=torch.uint8)
+    changed = frames.clone()
+    changed[:, 32:48, 64:80] = 255 - changed[:, 32:48, 64:80]  # one tile: row 2, column 4
+    before, after = model.encoder(model.to_input(frames)), model.encoder(model.to_input(changed))
+    moved = (before - after).abs().amax(dim=1)[0] > 0  # (10, 10): which codes' encoder outputs changed
+    assert moved[2, 4] and int(moved.sum()) == 1
+    # and the same tile content anywhere is the same code
+    flat = torch.zeros(1, 160, 160, 3, dtype=torch.uint8) + torch.tensor([235, 225, 200], dtype=torch.uint8)
+    assert model.encode(flat).unique().numel() == 1
+    with pytest.raises(ValueError, match="conv or tile"):
+        FrameTokenizerConfig(encoder="vit")

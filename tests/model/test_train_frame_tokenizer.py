@@ -37,8 +37,12 @@ def test_named_configs_load_and_reject_unknown_keys_and_bad_values(tmp_path) -> 
     demo = load_config("demo")
     assert isinstance(demo, FrameTokenizerRun) and demo.model.compression == 16 and demo.model.grid() == 10
     assert load_config("base").model.grid() == 20  # the paper's 20x20 codes
-    changed = load_config("demo", ["train.steps=7", "model.codebook_size=512", "train.lr=3e-4"])
+    changed = load_config("demo", ["train.steps=7", "model.fsq_levels=[8, 8, 8]", "model.codebook_size=512",
+                                   "model.code_dim=3", "train.lr=3e-4"])
     assert (changed.train.steps, changed.model.codebook_size, changed.train.lr) == (7, 512, 3e-4)
+    assert changed.model.fsq_levels == (8, 8, 8)
+    with pytest.raises(ConfigError, match="make 512 codes"):
+        load_config("demo", ["model.fsq_levels=[8, 8, 8]"])
     with pytest.raises(ConfigError, match="unknown key stepz"):
         load_config("demo", ["train.stepz=7"])
     with pytest.raises(ConfigError, match="must be int"):
