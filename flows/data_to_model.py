@@ -51,6 +51,8 @@ class TrainingParams(BaseModel):
     stage1: list[str] = Field(default_factory=list, description="KEY=VALUE overrides for stage 1, e.g. train.steps=600")
     stage2: list[str] = Field(default_factory=list, description="KEY=VALUE overrides for stage 2")
     nproc: int | None = Field(None, ge=1, description="training processes (torchrun when more than 1; default one per GPU)")
+    stage2_from_stage1: bool = Field(True, description="stage 2 starts from the weights of the stage 1 just trained "
+                                     "(train.init_from), not from random ones")
 
 
 @dataclass
@@ -107,6 +109,8 @@ def data_to_model_flow(
     frame_version = summary.tokenize.frame_tokenizer.version if summary.tokenize.frame_tokenizer else None
     runs = []
     for stage, overrides in ((1, training.stage1), (2, training.stage2)):
+        if stage == 2 and training.stage2_from_stage1:
+            overrides = [f'train.init_from="{runs[0]}"', *overrides]  # quoted: a run id can read as a number
         trained = train_flow(stage=stage, config=training.config, overrides=overrides, lake=root, nproc=training.nproc,
                              frame_tokenizer_version=frame_version)
         summary.stages.append(trained)

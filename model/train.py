@@ -87,6 +87,10 @@ class TrainConfig:
     frames: int = FRAMES  # 1: a text-to-image run whose spatial channel a video model can start from
     spatial_from: str = ""  # a text-to-image run id or .pt file: load its spatial channel
     freeze_spatial: bool = True  # ... and keep it fixed, as CogVideo kept CogView2
+    # A stage-1 run id (or runs:/, models:/, a .pt file) whose whole model this training starts from. Stage 2 starts
+    # from the pipeline's stage 1: same shapes, and it has learnt the codes, the text and, through the temporal
+    # channel, that most codes of a frame are the codes of the frame before (what stage 2 must learn first).
+    init_from: str = ""
     activation_checkpointing: bool = False
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2)
     flex: bool = True  # FlexAttention block masks on CUDA (ignored on the CPU, where SDPA takes dense masks)
@@ -342,6 +346,19 @@ def resolve_spatial(settings: Settings, ref: str, dest: Path) -> Path:
     return generate.fetch_model(settings, source, dest)
 
 
+def load_init(settings: Settings, ref: str, model: CogVideoTransformer) -> None:
+    """Start `model` from the weights of the stage model `ref` (train.init_from); its shapes must be the same."""
+    source, _ = generate.model_source(ref, "model/stage1.pt", "train.init_from")
+    with tempfile.TemporaryDirectory(prefix="cogflow-init-") as tmp:
+        saved = torch.load(generate.fetch_model(settings, source, Path(tmp)), map_location="cpu", weights_only=False)
+    own = model.state_dict()
+    misfits = [n for n, t in saved["state"].items() if n not in own or own[n].shape != t.shape]
+    if misfits or set(own) - set(saved["state"]):
+        raise ValueError(f"train.init_from {ref} does not fit this model (another size, codebook or text vocabulary): "
+                         f"{', '.join((misfits or sorted(set(own) - set(saved['state'])))[:5])}")
+    model.load_state_dict(saved["state"])
+
+
 def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_version: str | None = None,
                 restart: bool = False, resume: bool = False, until_step: int | None = None,
                 progress: bool = True) -> TrainResult:
@@ -382,6 +399,8 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
 
     # The model (from a text-to-image run's spatial channel, if asked), the optimizer, where a killed run left off.
     model = CogVideoTransformer(spec)
+    if cfg.init_from:  # a checkpoint of this training, loaded below, replaces these weights
+        load_init(settings, cfg.init_from, model)
     if cfg.spatial_from:
         with tempfile.TemporaryDirectory(prefix="cogflow-t2i-") as tmp:
             saved = torch.load(resolve_spatial(settings, cfg.spatial_from, Path(tmp)), map_location="cpu", weights_only=False)

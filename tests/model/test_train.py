@@ -169,6 +169,30 @@ def test_video_model_from_a_text_to_image_run(home: Path) -> None:
     assert not torch.equal(video_state["blocks.0.attention.temporal_qkv.weight"], image_state["blocks.0.attention.spatial_qkv.weight"])
 
 
+def test_stage2_starts_from_a_stage1_run(home: Path, monkeypatch) -> None:
+    """train.init_from: stage 2's step 0 holds stage 1's trained weights (the pipeline's default for stage 2)."""
+    settings = lake_settings(home)
+    first = train_stage(settings, 1, load_config("debug"), progress=False)
+    tracking.use(settings.mlflow_tracking_uri, settings.home)
+    stage1 = load_model(str(tracking.download(f"runs:/{first.run_id}/model/stage1.pt", home / "s1")))[0].state_dict()
+    started = {}
+
+    def steps(model, *args, **kwargs):  # the weights the first optimizer step sees
+        started.setdefault("state", {k: v.clone() for k, v in model.state_dict().items()})
+        return optimizer_step(model, *args, **kwargs)
+
+    from model import train as train_module
+    from model.train import optimizer_step
+
+    monkeypatch.setattr(train_module, "optimizer_step", steps)
+    second = train_stage(settings, 2, load_config("debug", [f'train.init_from="{first.run_id}"']), progress=False)
+    assert second.trained and second.complete
+    assert all(torch.equal(started["state"][k], stage1[k]) for k in stage1)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        train_stage(settings, 2, load_config("debug", [f'train.init_from="{first.run_id}"', "model.hidden=48"]),
+                    progress=False)
+
+
 def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(home: Path) -> None:
     overrides = ["train.steps=12", "train.log_every=1", "train.checkpoint_every=100", "train.val_every=100"]
     command = [sys.executable, "-m", "model.train", "--stage", "2", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
