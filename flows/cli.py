@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from pipeline.settings import ENV_LIMITS, Settings
 
@@ -154,21 +155,29 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.settings import load_settings
     from pipeline.storage import safe_uri
 
-    for name, value in DEMO_ENV.items():  # the demo's sizes, unless the user chose others
+    plan = QUALITY if args.quality else DEMO
+    if args.quality:  # its own home, so the two demos' lakes and models never mix
+        os.environ.setdefault("COGFLOW_HOME", str(Path(os.environ.get("COGFLOW_HOME", ".cogflow")) / "quality"))
+    for name, value in plan.env.items():  # the demo's sizes, unless the user chose others
         os.environ.setdefault(name, value)
     settings = load_settings()
     home = Path(settings.home)
     sample = home / "sample"
+    videos = args.videos or plan.videos
     if not (sample / "manifest.csv").exists():
-        _sample_data(argparse.Namespace(out_dir=sample, videos=args.videos, seed=0, min_duration=DEMO_SECONDS[0],
-                                        max_duration=DEMO_SECONDS[1]))
-    print(f"the whole pipeline on {args.videos} sample videos (ingest, split, tokenize, train both stages, evaluate, "
-          f"register); it shows its progress and takes about 12 minutes on 2 cores", flush=True)
+        _sample_data(argparse.Namespace(out_dir=sample, videos=videos, seed=0, min_duration=plan.seconds[0],
+                                        max_duration=plan.seconds[1]))
+    print(f"the whole pipeline on {videos} sample videos (ingest, split, tokenize, train both stages, evaluate "
+          f"{plan.prompts} held-out prompts, register); it shows its progress and takes about {plan.minutes} minutes "
+          f"on 2 cores", flush=True)
     if args.min_caption_accuracy is None:
-        args.min_caption_accuracy = DEMO_MIN_CAPTION_ACCURACY
+        args.min_caption_accuracy = plan.min_caption_accuracy
+    if args.prompts is None:
+        args.prompts = plan.prompts
     summary = data_to_model_flow(
         lake=settings.lake, ingest=IngestParams(manifest=str(sample / "manifest.csv")),
-        tokenizer=TokenizerParams(overrides=DEMO_TOKENIZER), training=TrainingParams(),
+        tokenizer=TokenizerParams(config=plan.tokenizer_config),
+        training=TrainingParams(config=plan.training_config, stage2=list(plan.stage2)),
         evaluation=_evaluation(args))
     print(summary.text())
     register = summary.register
@@ -194,9 +203,8 @@ def _demo(args: argparse.Namespace) -> int:
     elif (following := register.caption_following()) is not None:
         print(f"caption following: {following[0]:.0%} against {following[1]:.0%} by chance (recorded when "
               f"v{register.versions['cogflow-t2v']} was registered)")
-    if args.min_caption_accuracy == 0:
-        print("            the demo's gate reports caption following without requiring it (--min-caption-accuracy "
-              "sets a bar; the registry flow's default is 30%)")
+    print(f"            the gate asks for {args.min_caption_accuracy:.0%}; `cogflow diagnose` says why a model does or "
+          f"does not follow its captions")
     if tracking_uri.startswith("sqlite:"):
         print(f"MLflow UI:  {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri {tracking_uri} "
               f"--port 5000, then open http://127.0.0.1:5000")
@@ -205,18 +213,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo's sizes: enough sample videos that the model starts to learn the sample world's words, small enough for
-# about 12 minutes on a 2-core CPU (measured in the #6 note: 96 videos left caption following at chance, 288 put
-# colour above it).
-DEMO_VIDEOS = 288
-# 4 to 7.5 s: every caption's key-frame clip is at 1 fps, the rate stage 1 generates at (a 5-frame window at 1 fps
-# spans 4 s; a span of 8 s or more would take 0.5 fps instead).
-DEMO_SECONDS = (4.0, 7.5)
-DEMO_ENV = {"COGFLOW_STAGE2_WINDOWS": "1"}  # interpolation clips: 1 window per rate and caption, not 4
-DEMO_TOKENIZER = ["train.steps=800"]  # the frame tokenizer: 2/3 of the demo config's steps
-# A model trained for minutes on a CPU follows captions barely above chance, so the demo's gate reports caption
-# following without requiring it (the printed decision says so); the flow's default gate requires 30%.
-DEMO_MIN_CAPTION_ACCURACY = 0.0
+@dataclass(frozen=True)
+class DemoPlan:
+    """What a demo runs: the sample data, the configs of the tokenizer and both stages, the evaluation and its gate."""
+
+    videos: int
+    seconds: tuple[float, float]  # sample video durations
+    env: dict[str, str]  # settings the demo sets unless the user did
+    tokenizer_config: str  # model/configs/frame_tokenizer/<name>.toml
+    training_config: str  # model/configs/cogvideo/<name>.toml
+    stage2: tuple[str, ...]  # overrides for stage 2 (it starts from stage 1, so it needs fewer steps)
+    prompts: int  # held-out prompts the registration makes a video for and reads back
+    min_caption_accuracy: float  # the gate
+    minutes: int  # about how long it takes on 2 cores, install excluded
+
+
+# The demo: 4 to 7.5 s videos, so every caption's key-frame clip is at 1 fps, the rate stage 1 generates at (a 5-frame
+# window at 1 fps spans 4 s; a span of 8 s or more would take 0.5 fps instead). One interpolation window per rate and
+# caption. 96 held-out prompts: a share read back from 96 videos is known to about +-10 points.
+DEMO = DemoPlan(videos=288, seconds=(4.0, 7.5), env={"COGFLOW_STAGE2_WINDOWS": "1"}, tokenizer_config="demo",
+                training_config="demo", stage2=(), prompts=96, min_caption_accuracy=0.0, minutes=12)
+# The longer run (`cogflow demo --quality`): more videos, and the tokenizer and both stages trained longer.
+QUALITY = DemoPlan(videos=576, seconds=(4.0, 7.5), env={"COGFLOW_STAGE2_WINDOWS": "1"}, tokenizer_config="quality",
+                   training_config="quality", stage2=("train.steps=1000",), prompts=96, min_caption_accuracy=0.0, minutes=60)
 
 
 def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
@@ -442,7 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="the main job: sample videos through the whole pipeline to a registered "
                                          "champion and a generated video (about 12 minutes on 2 cores)")
-    p.add_argument("--videos", type=_positive, default=DEMO_VIDEOS, help=f"sample videos to write (default {DEMO_VIDEOS})")
+    p.add_argument("--videos", type=_positive, help=f"sample videos to write (default {DEMO.videos}, "
+                                                   f"{QUALITY.videos} with --quality)")
+    p.add_argument("--quality", action="store_true", help=f"the longer run (about {QUALITY.minutes} minutes on 2 cores, in "
+                                                          f"$COGFLOW_HOME/quality): more videos, longer training")
     p.add_argument("--prompt", default=DEMO_PROMPT, help="the caption of the video made at the end")
     _add_evaluation_options(p)
     p.set_defaults(run=_demo)
