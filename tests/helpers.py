@@ -126,15 +126,20 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
     return rows, expected
 
 
+# The four sample videos of the tests (seed 7) have ids that hash to 50, 30, 65 and 37 of 100: at 40%, two are in
+# `val`. The WebM at 30 and the AVI at 65 are bit-exact, so each split keeps a video even if x264's bytes vary.
+SAMPLE_VAL_PERCENT = 40
+
+
 def lake_settings(home: Path):
-    """Settings of a test home: two of the four sample videos in `val` (their ids hash to 4, 8, 26 and 98 of 100)
+    """Settings of a test home: two of the four sample videos in `val` (SAMPLE_VAL_PERCENT)
     and split shards of one video each, so each stage has several clip (and token) files."""
     import dataclasses
 
     from pipeline.settings import load_settings
 
     settings = load_settings(home=str(home))
-    return dataclasses.replace(settings, val_percent=10, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
+    return dataclasses.replace(settings, val_percent=SAMPLE_VAL_PERCENT, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
 
 
 def tokenized_home(root: Path, sample_dir: Path, vocab_size: int = 400, encode: bool = False) -> Path:

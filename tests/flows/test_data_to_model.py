@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import copy_sample, write_csv
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 from prefect.exceptions import ParameterTypeError
 
 from flows.cli import main
@@ -48,7 +48,7 @@ def test_data_to_model_registers_a_champion_and_gates_worse_models(tmp_path, cap
                                                                      mlflow_server):
     monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    monkeypatch.setenv("COGFLOW_VAL_PERCENT", "10")  # two of the four sample videos are val
+    monkeypatch.setenv("COGFLOW_VAL_PERCENT", str(SAMPLE_VAL_PERCENT))  # two of the four sample videos are val
     rows = copy_sample(sample_dir, tmp_path / "data")
     manifest = write_csv(tmp_path / "data" / "manifest.csv", rows)  # with the generator's ground truth columns
 

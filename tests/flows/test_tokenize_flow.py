@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
-from helpers import copy_sample, upload_tree, write_csv
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
 
 from flows.cli import main
 from model import registry
@@ -30,7 +30,7 @@ def test_cli_tokenize_text_registers_once(tmp_path, capsys, monkeypatch, sample_
 
 def test_cli_tokenize_all_trains_encodes_then_finds_everything_done(tmp_path, capsys, monkeypatch, sample_dir):
     monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COGFLOW_VAL_PERCENT", "10")  # two of the four sample videos
+    monkeypatch.setenv("COGFLOW_VAL_PERCENT", str(SAMPLE_VAL_PERCENT))  # two of the four sample videos
     rows = copy_sample(sample_dir, tmp_path / "data")
     manifest = write_csv(tmp_path / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
     assert main(["tokenize", "frames", "--config", "debug"]) == 2  # nothing split yet: the child says why

@@ -4,7 +4,7 @@ to train on."""
 
 from __future__ import annotations
 
-from helpers import copy_sample, write_csv
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 
 from flows.cli import main
 from model import tracking
@@ -14,7 +14,7 @@ from pipeline.settings import load_settings
 
 def test_train_both_stages_then_generate(tmp_path, capsys, monkeypatch, sample_dir):
     monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COGFLOW_VAL_PERCENT", "10")
+    monkeypatch.setenv("COGFLOW_VAL_PERCENT", str(SAMPLE_VAL_PERCENT))
     monkeypatch.setenv("COGFLOW_SHARD_VIDEOS", "1")  # a token file per video: both ranks get files of their own
     assert main(["train", "--stage", "1", "--config", "debug"]) == 2
     assert "run `cogflow tokenize` first" in capsys.readouterr().err
