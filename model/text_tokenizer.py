@@ -67,7 +67,10 @@ class TrainReport:
 def _trainer_options(vocab_size: int, model_type: str, words: bool) -> dict[str, object]:
     # Segments are encoded one by one, so no dummy space may be put before each (" red" must stay "▁red", "red" at
     # the start of a text "red"): spaces are part of the segments themselves.
-    words_options = {"pretokenization_delimiter": WORDS_DELIMITER, "add_dummy_prefix": False} if words else {}
+    # "▁" (a space) must be a piece even when no training caption has a space (all Chinese): a byte-fallback "▁"
+    # would decode to itself instead of to a space. Whole-text training always saw it, in the dummy prefix.
+    words_options = {"pretokenization_delimiter": WORDS_DELIMITER, "add_dummy_prefix": False,
+                     "required_chars": "\u2581"} if words else {}
     return {
         "vocab_size": vocab_size,
         "model_type": model_type,

@@ -186,3 +186,11 @@ def test_save_and_load(tokenizer: TextTokenizer, tmp_path) -> None:
         out = io.BytesIO()
         spm.SentencePieceTrainer.train(sentence_iterator=iter(CAPTIONS), model_writer=out, vocab_size=100, minloglevel=2)
         TextTokenizer(out.getvalue())
+
+
+def test_a_tokenizer_trained_without_spaces_still_decodes_spaces() -> None:
+    """A lake whose train captions are all Chinese: English and spaces fall back to bytes but come back exactly."""
+    tokenizer, _ = TextTokenizer.train(["一个红色的圆形在黑色背景上向上移动。", "一个黄色的三角形在深蓝色背景上向下移动。"], 400)
+    for text in ("A woman running on the beach in the afternoon.", "  two  spaces ", "红色 circle"):
+        ids, _, _ = tokenizer.encode_batch([text], 64)
+        assert tokenizer.decode(ids[0]) == text == tokenizer.decode(tokenizer.encode(text))
