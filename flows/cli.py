@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_pipeline)
 
     p = commands.add_parser("demo", help="the main job: sample videos through the whole pipeline to a registered "
-                                         "champion and a generated video (about 12 minutes on 2 cores)")
+                                         "champion and a generated video (about 13 minutes on 2 cores)")
     p.add_argument("--videos", type=_positive, help=f"sample videos to write (default {DEMO.videos}, "
                                                    f"{QUALITY.videos} with --quality)")
     p.add_argument("--quality", action="store_true", help=f"the longer run (about {QUALITY.minutes} minutes on 2 cores, in "
