@@ -1,7 +1,7 @@
 """The frame tokenizer: a VQ-VAE that turns a 160x160 RGB frame into a grid of codebook ids and back.
 
 CogVideo used icetk's pretrained hierarchical VQ-VAE (20,000 EMA codes, compression 8: 20x20 codes per
-160x160 frame; reference/cogvideo.md §5.2), which cannot be fetched here. This one is trained from the lake's
+160x160 frame), which cannot be fetched here. This one is trained from the lake's
 clip frames. Read top to bottom: config, building blocks, quantizer, the model.
 
 - Compression 8 gives 20x20 codes (the paper's layout), 16 gives 10x10 (small configurations).

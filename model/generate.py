@@ -1,4 +1,4 @@
-"""Text to video with the two trained stages (reference/cogvideo.md §1.2-§1.3, §3.3; DESIGN.md §4).
+"""Text to video with the two trained stages (README: Generate).
 
     python -m model.generate "一个下午在海滩上奔跑的女人" -o beach.mp4 [--stage1 REF] [--stage2 REF] [--seed 0]
         [--temperature T] [--top-k K] [--top-p P] [--guidance G] [--sequential] [--frames-out sheet.png] [--upscale 480]

@@ -1,6 +1,6 @@
 """Where every token of a CogVideo sample sits, and who may attend to whom: pure functions, no parameters.
 
-A sample is one sequence of S = L + 1 + F * g * g slots (reference/cogvideo.md §1.1):
+A sample is one sequence of S = L + 1 + F * g * g slots (CogVideo's layout, README: Train):
 
     [ text, left-padded to L | fps token | frame slot 0 | ... | frame slot F-1 ]     each frame slot g*g codes
 

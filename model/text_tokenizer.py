@@ -1,12 +1,12 @@
 """The caption tokenizer: a SentencePiece model trained on the lake's cleaned captions, Chinese and English.
 
 CogVideo used icetk's pretrained model, which cannot be fetched here and whose training was never released
-(reference/cogvideo.md §5.1, §5.3). This one is trained from the lake:
+(the paper never says how it was trained). This one is trained from the lake:
 - byte fallback, so no character is ever unknown (an emoji or a rare CJK character becomes its UTF-8 bytes);
 - no normalisation, so decode(encode(text)) == text exactly (SentencePiece's default NFKC would turn
   full-width punctuation, common in Chinese captions, into ASCII);
 - reserved pieces with fixed ids: <pad> 0, <unk> 1, <boi> 2, <n> 3, then one per frame rate, <fps_0.25> 4
-  ... <fps_8> 9 (DESIGN.md §3.3). The frame-rate token of a clip is one of these;
+  ... <fps_8> 9 (README, Split: the rate set). The frame-rate token of a clip is one of these;
 - words kept apart: text is first cut into segments (`segments`: one Han character, one run of letters with the
   spaces before it, one digit, one other character) and no piece ever spans two of them, in training and in
   encoding alike. Trained on whole captions, SentencePiece made pieces like "三角形在黑色背景上" (shape and

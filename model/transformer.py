@@ -1,4 +1,4 @@
-"""The CogVideo transformer: one model file, read top to bottom (reference/cogvideo.md §1-§2, DESIGN.md §4).
+"""The CogVideo transformer: one model file, read top to bottom (README: Train).
 
 - One embedding table over [frame codes 0..K-1 | text pieces K..K+V-1]; logits only over frame codes, tied to
   their embeddings (CogVideo projects onto word_embeddings[:20000]).

@@ -1,4 +1,4 @@
-"""Reading manifests into DuckDB and resolving the videos they point at (DESIGN.md §3.1).
+"""Reading manifests into DuckDB and resolving the videos they point at (README: Ingest).
 
 A manifest is CSV, JSONL or Parquet (one row per video and caption), or an SRT / WebVTT subtitle file next
 to its video, local or at an s3:// or http(s):// address. Every row lands in the temp table `raw_rows` as

@@ -50,7 +50,7 @@ ENV_LIMITS = {
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """How `split` plans windows, sizes shards and decodes (DESIGN.md §3.3)."""
+    """How `split` plans windows, sizes shards and decodes (README: Split)."""
 
     stage1_windows: int = 4  # most stage-1 windows per caption span (spread evenly over a long span)
     stage2_windows: int = 4  # most stage-2 windows per caption span and frame rate

@@ -1,4 +1,4 @@
-"""Split: captioned videos of the lake into 5-frame 160x160 clips with frame-rate tokens (DESIGN.md §3.3).
+"""Split: captioned videos of the lake into 5-frame 160x160 clips with frame-rate tokens (README: Split).
 
 Three plain steps, which `flows/split.py` orders and fans out:
 1. `plan_split` plans the windows of every caption not yet planned, in SQL (sql/marts/clip_windows.sql,
