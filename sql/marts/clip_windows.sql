@@ -1,4 +1,4 @@
--- Every 5-frame window of every caption not yet planned for a requested stage (DESIGN.md §3.3).
+-- Every 5-frame window of every caption not yet planned for a requested stage (README: Split).
 -- A window at `fps` has its 5 frames at start_s + k/fps (k = 0..4), so it spans 4/fps seconds; it fits a
 -- caption span [s, e) when its last frame falls strictly before e. Rates above the source's own frame rate
 -- are never used: they would repeat frames. The source's rate is the lower of what its header says and
