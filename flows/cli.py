@@ -156,8 +156,8 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.storage import safe_uri
 
     plan = QUALITY if args.quality else DEMO
-    if args.quality:  # its own home, so the two demos' lakes and models never mix
-        os.environ.setdefault("COGFLOW_HOME", str(Path(os.environ.get("COGFLOW_HOME", ".cogflow")) / "quality"))
+    if args.quality:  # $COGFLOW_HOME/quality, so the two demos' lakes and models never mix
+        os.environ["COGFLOW_HOME"] = str(Path(os.environ.get("COGFLOW_HOME", ".cogflow")) / "quality")
     for name, value in plan.env.items():  # the demo's sizes, unless the user chose others
         os.environ.setdefault(name, value)
     settings = load_settings()
