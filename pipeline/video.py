@@ -1,18 +1,23 @@
 """Video probing, decoding and encoding: the only module in cogflow that imports `av` (PyAV).
 
-Probing trusts nothing in the header that it can check cheaply: the frame count and duration come from the
-demuxed packets (no decoding), and the first frame is decoded to prove the stream is decodable at all.
+Probing trusts nothing in the header that it can check cheaply: the frame count, duration and frame rate come
+from the demuxed packets' timestamps, the first frame is decoded to prove the stream is decodable at all, and
+a file is called truncated only on evidence that its bytes were cut (see _cut_evidence), never because a
+header's frame count disagrees with the packets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import statistics
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import av.video.reformatter
@@ -76,6 +81,183 @@ def _rotation(frame: "av.VideoFrame") -> int:
         return 0
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring the packets, and judging whether the file was cut short
+
+MAX_TAIL_BYTES = 64 << 20  # the last group of pictures is kept for a test decode up to this size (compressed)
+
+
+@dataclass
+class _Packets:
+    """What demuxing the video stream found (no decoding)."""
+
+    timestamps: list[int]  # of every frame (non-empty packet), sorted, in the stream's time base
+    last_duration: int  # the last packet's own duration (used only when there are no two distinct times)
+    tail: list["av.Packet"] | None  # the packets from the last keyframe on; None when over MAX_TAIL_BYTES
+    cut: str | None  # how the demuxer met the end of the file inside data, if it did
+
+
+def _demux(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> _Packets:
+    timestamps: list[int] = []
+    tail: list[av.Packet] | None = []
+    tail_bytes, last_duration, cut = 0, 0, None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None and packet.dts is None:
+                continue  # the demuxer's final flush packet
+            if packet.is_corrupt:  # FFmpeg flags a packet it read short because the file ended inside it
+                cut = f"the file ends inside frame {len(timestamps) + 1}, which starts at byte {packet.pos}"
+                break
+            if packet.size == 0:
+                continue  # empty packets (AVI dropped-frame markers, Ogg repeats) are not frames
+            timestamps.append(packet.pts if packet.pts is not None else packet.dts)
+            last_duration = packet.duration or 0
+            if packet.is_keyframe:
+                tail, tail_bytes = [], 0
+            if tail is not None:
+                tail.append(packet)
+                tail_bytes += packet.size
+                if tail_bytes > MAX_TAIL_BYTES:
+                    tail = None  # a group of pictures this long is not held in memory for the test decode
+    except av.error.FFmpegError as exc:
+        cut = f"demuxing stopped after {len(timestamps)} frames: {exc}"
+    timestamps.sort()  # decode order is not presentation order (B-frames)
+    return _Packets(timestamps, last_duration, tail, cut)
+
+
+def _typical_step(timestamps: list[int]) -> float | None:
+    """The typical time between frames, in time-base units, from sorted frame timestamps (None: no two differ).
+
+    The mean of the steps near the median step: the median ignores pauses and dropped frames (a step of two
+    frames or a stall of seconds is not the stream's rate), the mean of its neighbours undoes the rounding of
+    coarse time bases (30 fps in Matroska's milliseconds is steps of 33 and 34)."""
+    steps = [b - a for a, b in zip(timestamps, timestamps[1:]) if b > a]
+    if not steps:
+        return None
+    median = statistics.median(steps)
+    near = [step for step in steps if 0.5 * median <= step <= 1.5 * median]
+    return sum(near) / len(near)
+
+
+def _cut_evidence(
+    path: Path, size: int, format_name: str, stream: "av.video.stream.VideoStream", packets: _Packets
+) -> str | None:
+    """Why the file must have been cut short, or None: evidence 1-3, about the bytes on disk (the fourth, frames
+    that do not decode, is _last_frames_fail's, once the first frame has decoded).
+
+    Never a header's frame count, duration or rate: real files disagree with their packets for many reasons
+    (pre-written counts, dropped-frame markers, VFR, empty packets), and every player plays them to the end.
+    """
+    # 1. The demuxer met the end of the file inside a packet, or could not go on.
+    if packets.cut is not None:
+        return packets.cut
+    # 2. The demuxer's index (MP4's sample table, AVI's idx1/OpenDML index, Matroska's Cues) places frames at
+    # bytes the file does not have. It is written after the frames it lists, so these frames existed once; a
+    # download cut between two frames leaves no half packet for step 1 to see.
+    past = [e for e in stream.index_entries if e.pos >= 0 and e.pos + max(e.size, 1) > size]
+    if past:
+        return (f"{len(past)} of {len(stream.index_entries)} index entries point past the end of the file "
+                f"({size} bytes), the first at byte {past[0].pos}")
+    # 3. The container's own framing says the frame data runs on past the end of the file (AVI's index is
+    # written last and Matroska's Cues usually are, so a cut loses step 2's evidence with them).
+    if format_name == "avi":
+        with open(path, "rb") as f:
+            if (cut := _riff_movi_cut(f, size)) is not None:
+                return cut
+    elif format_name.startswith("matroska"):
+        with open(path, "rb") as f:
+            if (cut := _ebml_cluster_cut(f, size)) is not None:
+                return cut
+    return None
+
+
+def _last_frames_fail(stream: "av.video.stream.VideoStream", tail: list["av.Packet"] | None) -> str | None:
+    """Evidence 4 (after the first frame proved the codec can read the stream): the last frames do not decode.
+
+    Every byte is there, but not the ones written: a download into a pre-allocated file (as download managers
+    and torrent clients write) that stopped has the right size and index, and zeros at its end. Decoding from
+    the last keyframe costs one group of pictures; split decodes the whole video later anyway."""
+    if not tail:
+        return None
+    try:
+        for packet in tail:
+            stream.decode(packet)
+        stream.decode(None)  # drain the frames the decoder still holds
+    except av.error.FFmpegError as exc:
+        return f"the last {len(tail)} frames do not decode: {exc}"
+    return None
+
+
+def _riff_movi_cut(f: BinaryIO, size: int) -> str | None:
+    """Whether an AVI's 'movi' list (its frames) declares more bytes than the file has.
+
+    Only the frame data counts: a file missing just its trailing idx1 index still holds every frame."""
+    riff_at = 0
+    while riff_at + 12 <= size:  # 'RIFF' 'AVI ' then, past 1 GB (OpenDML), 'RIFF' 'AVIX' chunks
+        f.seek(riff_at)
+        cid, riff_size = struct.unpack("<4sI", f.read(8))
+        if cid != b"RIFF":
+            return None
+        # a writer that never finished leaves 0: the chunk runs to the end of the file
+        riff_end = size if riff_size == 0 else min(riff_at + 8 + riff_size, size)
+        pos = riff_at + 12
+        while pos + 12 <= riff_end:
+            f.seek(pos)
+            cid, chunk_size, form = struct.unpack("<4sI4s", f.read(12))
+            if cid == b"LIST" and form == b"movi" and chunk_size and pos + 8 + chunk_size > size:
+                return f"the 'movi' list declares {chunk_size} bytes of frames at byte {pos}, the file ends at {size}"
+            pos += 8 + chunk_size + (chunk_size & 1)
+        if riff_size == 0:
+            return None
+        riff_at += 8 + riff_size + (riff_size & 1)
+    return None
+
+
+EBML_SEGMENT, EBML_CLUSTER = 0x18538067, 0x1F43B675
+
+
+def _ebml_number(f: BinaryIO, keep_marker: bool) -> tuple[int, bool] | None:
+    """One EBML variable-length number: (value, all value bits set, i.e. 'unknown size'); None at the end.
+
+    The count of leading zero bits of the first byte gives the length; ids keep that marker bit, sizes drop it."""
+    first = f.read(1)
+    if not first or first[0] == 0:
+        return None
+    length = 9 - first[0].bit_length()
+    rest = f.read(length - 1)
+    if len(rest) < length - 1:
+        return None
+    value = int.from_bytes(first + rest, "big")
+    if not keep_marker:
+        value &= (1 << (7 * length)) - 1
+    return value, value == (1 << (7 * length)) - 1
+
+
+def _ebml_cluster_cut(f: BinaryIO, size: int) -> str | None:
+    """Whether a Matroska/WebM cluster (a run of frames) declares more bytes than the file has.
+
+    Only clusters count: a file missing just its trailing Cues still holds every frame. Live recordings write
+    clusters of unknown size; nothing can be told from them, so the walk stops there."""
+    f.seek(0)
+    pos = 0
+    while pos < size:  # the top level: the EBML header, then the Segment whose children are walked
+        element, length = _ebml_number(f, True), _ebml_number(f, False)
+        if element is None or length is None:
+            return None
+        data_at = f.tell()
+        if element[0] == EBML_SEGMENT:
+            pos = data_at
+            continue
+        if length[1]:
+            return None  # unknown size: the element runs to where the next one starts, which cannot be found cheaply
+        end = data_at + length[0]
+        if element[0] == EBML_CLUSTER and end > size:
+            return f"the cluster at byte {pos} declares frames up to byte {end}, the file ends at {size}"
+        pos = end
+        f.seek(pos)
+    return None
+
+
 def probe(
     path: str | Path, *, max_width: int, max_height: int, max_pixels: int, max_aspect_ratio: float = 8.0
 ) -> ProbeResult:
@@ -97,6 +279,8 @@ def probe(
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise ProbeError("no_video_stream", f"streams present: {', '.join(kinds)}")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # an MP4 cut inside its moov can leave a track without codec parameters
+            raise ProbeError("unreadable_container", "the video stream has no codec parameters")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise ProbeError("unreadable_container", f"video stream declares {width}x{height}")
@@ -112,42 +296,35 @@ def probe(
         header_duration = _header_duration(container, stream)
         time_base = stream.time_base or Fraction(1, 1000)
 
-        # Demux (no decode) to count frames and find the real extent: headers of truncated or re-muxed files lie.
-        frame_count, indexed, first_pts, end_pts = 0, 0, None, None
-        try:
-            for packet in container.demux(stream):
-                if packet.pts is None and packet.dts is None:
-                    continue  # the demuxer's final flush packet
-                indexed += 1
-                if packet.is_corrupt:  # FFmpeg flags a packet the file ends inside of
-                    raise ProbeError("truncated_container", f"the file ends inside frame {indexed} of {stream.frames or '?'}")
-                if packet.size == 0:
-                    continue  # empty packets (AVI dummy frames, Ogg) are not frames
-                ts = packet.pts if packet.pts is not None else packet.dts
-                first_pts = ts if first_pts is None else min(first_pts, ts)
-                end = ts + (packet.duration or 0)
-                end_pts = end if end_pts is None else max(end_pts, end)
-                frame_count += 1
-        except av.error.FFmpegError as exc:
-            raise ProbeError("truncated_container", f"demuxing stopped after {frame_count} frames: {exc}") from exc
-        if frame_count == 0:
+        # Demux (no decode) to count frames and find the real extent: headers of real files disagree with their
+        # packets (pre-written counts, dropped-frame markers, VFR), so the packets are the truth, and a file is
+        # called truncated only on evidence that its bytes were cut (see _cut_evidence).
+        packets = _demux(container, stream)
+        if (cut := _cut_evidence(path, size, container.format.name, stream, packets)) is not None:
+            raise ProbeError("truncated_container", cut)
+        if not packets.timestamps:
             raise ProbeError("no_frames", "the video stream holds no frames")
-        # MP4 and AVI index every frame up front: frames the index lists but the file no longer holds mean
-        # the file was cut short (an interrupted download), even though the demuxer stopped without an error.
-        if stream.frames and indexed < stream.frames:
-            raise ProbeError("truncated_container", f"the index lists {stream.frames} frames, the file holds {indexed}")
 
         rate = stream.average_rate or stream.guessed_rate
-        demuxed_duration = float((end_pts - first_pts) * time_base) if end_pts is not None else 0.0
-        if demuxed_duration <= 0 and rate:
-            demuxed_duration = frame_count / float(rate)
-        fps = float(rate) if rate else (frame_count / demuxed_duration if demuxed_duration > 0 else 0.0)
-        if not math.isfinite(fps) or fps <= 0:
+        step = _typical_step(packets.timestamps)
+        if step is not None:
+            frame_s = float(step * time_base)
+        elif packets.last_duration > 0:  # one frame (or all at one instant): its own duration, else the header rate
+            frame_s = float(packets.last_duration * time_base)
+        else:
+            frame_s = 1.0 / float(rate) if rate else 0.0
+        if not math.isfinite(frame_s) or frame_s <= 0:
             raise ProbeError("unreadable_container", "no frame rate in the header and none derivable")
-        if demuxed_duration <= 0 and frame_count == 1:
-            demuxed_duration = 1.0 / fps
-        duration = demuxed_duration  # the packets are the truth: headers of re-muxed files lie
+        fps = 1.0 / frame_s  # the rate the packets show: a header claiming 10,000 fps over 2 s of 25 fps is 25
+        # From the first frame to the end of the last, which is shown for a typical frame time: per-packet
+        # durations are no better than the header where they come from it (Matroska's DefaultDuration).
+        if step is not None:
+            duration = float((packets.timestamps[-1] - packets.timestamps[0]) * time_base) + frame_s
+        else:
+            duration = len(packets.timestamps) * frame_s
         rotation = _decode_first_frame(path)
+        if (cut := _last_frames_fail(stream, packets.tail)) is not None:
+            raise ProbeError("truncated_container", cut)
         return ProbeResult(
             sha256=sha256,
             bytes=size,
@@ -157,7 +334,7 @@ def probe(
             height=height,
             fps=round(fps, 6),
             duration_s=round(duration, 6),
-            frame_count=frame_count,
+            frame_count=len(packets.timestamps),
             rotation=rotation,
             header_duration_s=None if header_duration is None else round(header_duration, 6),
         )

