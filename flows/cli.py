@@ -58,7 +58,7 @@ def _ingest(args: argparse.Namespace) -> int:
     settings = load_settings()
     return _report("ingest", lambda: run_ingest(
         settings, manifest=args.manifest, lake=settings.lake, video_col=args.video_col,
-        caption_col=args.caption_col, retry_rejects=args.retry_rejects,
+        caption_col=args.caption_col, retry_rejects=args.retry_rejects, encoding=args.encoding,
     ), usage_errors=(ManifestError,))
 
 
@@ -378,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-col", default="caption", help="manifest column holding the caption (default: caption)")
     p.add_argument("--workers", type=int, help="videos probed in parallel (default $COGFLOW_PROBE_WORKERS or 4)")
     p.add_argument("--retry-rejects", action="store_true", help="probe again sources rejected by an earlier run")
+    p.add_argument("--encoding", help="a CSV/JSONL manifest's text encoding, any Python codec name such as gb18030 "
+                   "(default: UTF-8, or UTF-16 by its byte order mark)")
     p.set_defaults(run=_ingest)
 
     p = commands.add_parser("split", help="cut the lake's captioned videos into 5-frame 160x160 clips")

@@ -14,6 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.progress import Progress
 from pipeline.ingest import IngestPlan, IngestSummary, finish_ingest, plan_ingest, probe_source
+from pipeline.manifest import check_manifest
 from pipeline.settings import Limits, Settings, load_settings
 
 # Results stay in memory: every step is idempotent against the lake, which is the only state that matters.
@@ -45,11 +46,14 @@ def ingest_flow(
     video_col: str = "video",
     caption_col: str = "caption",
     retry_rejects: bool = False,
+    encoding: str | None = None,
 ) -> IngestSummary:
     """Ingest one manifest (CSV, JSONL, Parquet, SRT or WebVTT; local, s3:// or http(s)://) into the lake."""
     settings = load_settings(lake=lake)
     logger = get_run_logger()
-    plan = plan_task(manifest, settings, video_col=video_col, caption_col=caption_col, retry_rejects=retry_rejects)
+    plan = plan_task(
+        manifest, settings, video_col=video_col, caption_col=caption_col, retry_rejects=retry_rejects, encoding=encoding,
+    )
     logger.info("%d new sources to probe with %d workers", len(plan.to_probe), settings.probe_workers)
     summary = finish_task(plan, _probe_all(plan))
     create_table_artifact(key="ingest-summary", table=summary.table(), description=f"ingest {summary.manifest_uri}")
@@ -63,6 +67,14 @@ def ingest_flow(
 
 
 def run_ingest(settings: Settings, **parameters: object) -> IngestSummary:
-    """Run the flow with a task runner sized from the settings (the decorator cannot know them)."""
+    """Run the flow with a task runner sized from the settings (the decorator cannot know them).
+
+    A local manifest that cannot be read (encoding, columns) raises ManifestError before the flow starts, so the
+    user sees one line rather than Prefect's tracebacks of the failed task and flow.
+    """
+    check_manifest(
+        str(parameters["manifest"]), encoding=parameters.get("encoding"),  # type: ignore[arg-type]
+        video_col=str(parameters.get("video_col", "video")), caption_col=str(parameters.get("caption_col", "caption")),
+    )
     runner = ThreadPoolTaskRunner(max_workers=settings.probe_workers)
     return ingest_flow.with_options(task_runner=runner)(**parameters)

@@ -137,6 +137,7 @@ def plan_ingest(
     video_col: str = "video",
     caption_col: str = "caption",
     retry_rejects: bool = False,
+    encoding: str | None = None,
 ) -> IngestPlan:
     """Read and clean the manifest and list the sources to probe. Raises ManifestError for unusable manifests."""
     started = time.monotonic()
@@ -147,7 +148,7 @@ def plan_ingest(
     try:
         load_manifest(
             con, manifest, video_col=video_col, caption_col=caption_col,
-            allowed_roots=settings.allowed_roots, limits=settings.limits, workdir=workdir,
+            allowed_roots=settings.allowed_roots, limits=settings.limits, workdir=workdir, encoding=encoding,
         )
         params = _params(settings, manifest_uri)
         db.materialize(

@@ -10,6 +10,8 @@ read `../../etc/passwd`; a remote manifest may only point at remote videos or pa
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import json
 import os
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import db
 from pipeline.settings import Limits
@@ -212,14 +215,21 @@ def load_manifest(
     allowed_roots: Sequence[str] = (),
     limits: Limits = Limits(),
     workdir: Path,
+    encoding: str | None = None,
 ) -> None:
-    """Fill `raw_rows` and `resolved` for the manifest at `uri`. Raises ManifestError for unusable manifests."""
+    """Fill `raw_rows` and `resolved` for the manifest at `uri`. Raises ManifestError for unusable manifests.
+
+    A text manifest is decoded strictly with `encoding`, or the one its byte order mark names, else UTF-8.
+    """
     fmt = manifest_format(uri)
     base = manifest_base(uri)
     try:
         path = local_copy(uri, workdir, limits)
     except (FetchError, OSError) as exc:
         raise ManifestError(f"cannot read manifest {safe_uri(uri)}: {exc}") from exc
+    # Subtitle files guess their own encoding (pipeline/subtitles.py) unless told; Parquet strings are UTF-8.
+    if fmt in ("csv", "jsonl") or (fmt == "subtitles" and encoding):
+        path = decode_manifest(path, encoding, safe_uri(uri), workdir)
 
     db.run(con, "staging/create_raw_rows")
     try:
@@ -246,9 +256,9 @@ def load_manifest(
     readable, with_video, with_caption, columns = db.run(
         con, "staging/manifest_columns", video_key=json_key(video_col), caption_key=json_key(caption_col)
     ).fetchall()[0]
-    for col, count, option in ((video_col, with_video, "--video-col"), (caption_col, with_caption, "--caption-col")):
+    for col, count in ((video_col, with_video), (caption_col, with_caption)):
         if readable and not count:
-            raise ManifestError(f"no row of {safe_uri(uri)} has a {col!r} column (columns: {columns}); map it with {option}")
+            raise _missing_column(uri, col, columns, video_col)
 
     values = [v for (v,) in db.run(con, "staging/distinct_videos", video_key=json_key(video_col)).fetchall()]
     resolved = [resolve_source(v, base, allowed_roots) for v in values]
@@ -266,18 +276,19 @@ def load_manifest(
     )
 
 
-def csv_header(path: Path) -> tuple[str, dict[str, str]]:
+def csv_header(path: Path, encoding: str = "utf-8") -> tuple[str, dict[str, str]]:
     """The delimiter (the most frequent of , TAB ; | in the header line) and the columns, all as text.
 
     Blank and repeated names get DuckDB's own style (column3, caption_1), so every column is kept.
     """
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+    with open(path, encoding=encoding, newline="") as f:
         first = f.readline()
         if not first.strip():
             return ",", {}
         delim = max([",", "\t", ";", "|"], key=first.count)
         f.seek(0)
         names = next(csv.reader(f, delimiter=delim))
+    names[0] = names[0].removeprefix("\ufeff")  # a byte order mark the codec named by --encoding kept
     columns: dict[str, str] = {}
     for i, name in enumerate(names):
         name = name.strip() or f"column{i}"
@@ -290,10 +301,158 @@ def csv_header(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def _jsonl_lines(path: Path) -> pa.Table:
+    """The non-blank lines of a UTF-8 JSONL file (decode_manifest made it so) with their line numbers."""
     numbers, lines = [], []
-    with open(path, encoding="utf-8-sig", errors="replace") as f:  # a bad byte spoils one row, not the file
+    with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 numbers.append(number)
                 lines.append(line.rstrip("\n"))
     return pa.table({"row_number": pa.array(numbers, pa.int64()), "line": pa.array(lines, pa.string())})
+
+
+# --- decoding text manifests ---------------------------------------------------------------------------------------
+# Strictly: a byte that is not text in the manifest's encoding refuses the file with the line it is on. Replacing it
+# would store mojibake captions (a GB18030 file read as UTF-8) or reject half the rows as malformed.
+
+_CHUNK = 1 << 20
+
+
+def text_codec(encoding: str) -> str:
+    """The canonical name of a text codec ('UTF8' -> 'utf-8'); ManifestError for unknown names and non-text codecs."""
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise ManifestError(
+            f"unknown encoding {encoding!r}: give a Python codec name such as utf-8, gb18030, big5, shift_jis or utf-16"
+        ) from None
+    if not getattr(info, "_is_text_encoding", True):  # base64, zlib, rot13: codecs, but not for text files
+        raise ManifestError(f"{encoding!r} is not a text encoding: give one such as utf-8, gb18030 or utf-16")
+    return info.name
+
+
+def manifest_codec(path: Path, encoding: str | None, name: str) -> str:
+    """The codec to decode a text manifest with: `encoding` if given, else its byte order mark's, else UTF-8."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if encoding:
+        codec = text_codec(encoding)
+        return "utf-8-sig" if codec == "utf-8" and head.startswith(codecs.BOM_UTF8) else codec
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"  # reads the byte order from the mark
+    # UTF-16 without a mark: plain ASCII in it is every other byte NUL, which UTF-8 would accept as text.
+    if head.count(0) * 4 >= len(head) > 0:
+        raise ManifestError(
+            f"{name}: line 1 is not utf-8 text ({head.count(0)} of its first {len(head)} bytes are NUL): UTF-16 without "
+            "a byte order mark? give its encoding with --encoding utf-16-le or --encoding utf-16-be"
+        )
+    return "utf-8"
+
+
+def decode_manifest(path: Path, encoding: str | None, name: str, workdir: Path | None) -> Path:
+    """Check that the text manifest at `path` decodes, and return a UTF-8 file with its text (without a byte order
+    mark): `path` itself when it is UTF-8 already, else a copy in `workdir` (with no workdir: check only).
+
+    Raises ManifestError naming the file (`name`), the first line that does not decode and the encoding tried.
+    """
+    codec = manifest_codec(path, encoding, name)
+    out_path = Path(tempfile.mkdtemp(dir=workdir)) / path.name if workdir is not None and codec != "utf-8" else None
+    decoder = codecs.getincrementaldecoder(codec)(errors="strict")
+    line, first = 1, True
+    writer = open(out_path, "w", encoding="utf-8", newline="") if out_path else contextlib.nullcontext()
+    with open(path, "rb") as src, writer as out:
+        while True:
+            chunk = src.read(_CHUNK)
+            state = decoder.getstate()
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                decoder.setstate(state)
+                line += _lines_before_error(decoder, chunk)
+                shown = codec.removesuffix("-sig")  # 'utf-8-sig' is UTF-8 that began with a byte order mark
+                hint = (f"is {encoding!r} the file's encoding?" if encoding
+                        else "give its encoding with --encoding, e.g. --encoding gb18030")
+                bad = exc.object[exc.start : exc.end].hex(" ")
+                raise ManifestError(f"{name}: line {line} is not {shown} text ({exc.reason}: bytes {bad}); {hint}") from None
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
+            line += text.count("\n")
+            if out is not None:
+                out.write(text)
+            if not chunk:
+                return out_path or path
+
+
+def _lines_before_error(decoder: codecs.IncrementalDecoder, chunk: bytes) -> int:
+    """The line breaks `chunk` holds before the byte `decoder` fails on: fed a byte at a time to find it."""
+    lines = 0
+    for i in range(len(chunk)):
+        try:
+            lines += decoder.decode(chunk[i : i + 1]).count("\n")
+        except UnicodeDecodeError:
+            break
+    return lines
+
+
+def _missing_column(uri: str, col: str, columns: object, video_col: str) -> ManifestError:
+    option = "--video-col" if col == video_col else "--caption-col"
+    return ManifestError(f"no row of {safe_uri(uri)} has a {col!r} column (columns: {columns}); map it with {option}")
+
+
+def check_manifest(
+    uri: str, *, encoding: str | None = None, video_col: str = "video", caption_col: str = "caption"
+) -> None:
+    """Refuse, before any flow starts, what load_manifest would refuse of a local manifest: its format, its encoding,
+    a line that does not decode, a header without the video or caption column. One ManifestError line each.
+
+    A remote manifest is only checked for its format and encoding name here; the rest when the flow reads it.
+    """
+    fmt = manifest_format(uri)
+    if encoding:
+        text_codec(encoding)
+    path = Path(local_path(uri))
+    if is_remote(uri):
+        return
+    if not path.is_file():
+        raise ManifestError(f"cannot read manifest {safe_uri(uri)}: no such file")
+    name = safe_uri(uri)
+    columns: list[str] = []
+    if fmt in ("csv", "jsonl"):
+        decode_manifest(path, encoding, name, None)
+        codec = manifest_codec(path, encoding, name)
+        columns = list(csv_header(path, codec)[1]) if fmt == "csv" else _jsonl_keys(path, codec, video_col, caption_col)
+    elif fmt == "parquet":
+        try:
+            columns = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"cannot parse parquet manifest {name}: {exc}") from exc
+    else:  # subtitles: they decode themselves (or with --encoding), and caption the video next to them
+        if encoding:
+            decode_manifest(path, encoding, name, None)
+        sibling_video(uri)
+        return
+    if not columns:  # an empty manifest: nothing to ingest, nothing wrong
+        return
+    if video_col not in columns:
+        raise _missing_column(uri, video_col, sorted(columns)[:30], video_col)
+    if caption_col not in columns and SUBTITLES_COL not in columns:  # a subtitles file gives each row its captions
+        raise _missing_column(uri, caption_col, sorted(columns)[:30], video_col)
+
+
+def _jsonl_keys(path: Path, codec: str, video_col: str, caption_col: str) -> list[str]:
+    """Keys of the JSON objects in a JSONL file, read until the video and caption (or subtitles) keys are seen:
+    usually one line."""
+    keys: set[str] = set()
+    with open(path, encoding=codec) as f:
+        for line in f:
+            try:
+                row = json.loads(line.removeprefix("\ufeff"))
+            except ValueError:
+                continue  # a malformed line is a row reject, not a reason to refuse the file
+            if isinstance(row, dict):
+                keys.update(row)
+                if video_col in keys and (caption_col in keys or SUBTITLES_COL in keys):
+                    break
+    return sorted(keys)
