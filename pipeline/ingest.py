@@ -11,8 +11,10 @@ Three plain steps, which `flows/ingest.py` orders and parallelises:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ CACHED_REASONS = [
     "too_short",
     "duration_over_limit",
     "bytes_over_limit",
+    "path_too_long",  # the file system cannot hold the path: it will not be there next run either
 ]
 
 # One row per probed source: a reason, or the ProbeResult fields (typed as in videos/).
@@ -172,9 +175,18 @@ def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
             timeout_s=limits.download_timeout_s, retries=limits.download_retries,
         )
     path = Path(fetch_uri)
-    if not path.is_file():
-        raise ProbeError("missing_file", f"{fetch_uri} does not exist or is not a file")
-    size = path.stat().st_size
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ProbeError("path_too_long", f"{fetch_uri[:200]}...: {exc.strerror}") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise ProbeError("missing_file", f"{fetch_uri} does not exist") from None
+        raise
+    if not stat.S_ISREG(info.st_mode):  # never opened: a FIFO would block the probe until a writer comes
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "no regular file"
+        raise ProbeError("not_a_file", f"{fetch_uri} is {kind}")
+    size = info.st_size
     if size > limits.max_bytes:
         raise ProbeError("bytes_over_limit", f"{size} bytes > limit {limits.max_bytes}")
     return path

@@ -25,9 +25,10 @@ CREATE OR REPLACE MACRO language_tag(s) AS CASE
 END;
 
 -- Caption cleaning, one step per line: tags out (a '<' must open a tag name, so 'a < b' survives), and again
--- after entities are decoded (captions scraped from HTML are often escaped twice); line breaks become
--- spaces; control and format characters go (zero-width, soft hyphen, direction marks); every run of
--- white space, in any script (U+3000, U+00A0, U+2003, ...), becomes one space; ends trimmed.
+-- after entities are decoded (captions scraped from HTML are often escaped twice); line breaks and NULs become
+-- spaces (a NUL stands between words); other control and format characters go (zero-width, soft hyphen,
+-- direction marks); every run of white space, in any script (U+3000, U+00A0, U+2003, ...), becomes one space;
+-- ends trimmed.
 -- RE2's \s and [[:cntrl:]] are ASCII-only, hence the Unicode classes.
 CREATE OR REPLACE MACRO strip_tags(s) AS regexp_replace(s, '<!--.*?-->|</?[A-Za-z][^<>]*>', ' ', 'g');
 CREATE OR REPLACE MACRO clean_caption(s) AS trim(
@@ -35,7 +36,7 @@ CREATE OR REPLACE MACRO clean_caption(s) AS trim(
         regexp_replace(
             regexp_replace(
                 CASE WHEN contains(s, '&') THEN strip_tags(unescape_entities(strip_tags(s))) ELSE strip_tags(s) END,
-                '[\t\n\r\f\v\x{85}\x{2028}\x{2029}]', ' ', 'g'),
+                '[\x00\t\n\r\f\v\x{85}\x{2028}\x{2029}]', ' ', 'g'),
             '[\p{Cc}\p{Cf}]', '', 'g'),
         '[\s\p{Z}]+', ' ', 'g')
 );

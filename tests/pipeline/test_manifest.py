@@ -180,7 +180,7 @@ def con():
         ("<b>Tom</b> &amp; <i>Jerry</i>", "Tom & Jerry"),
         ("a&nbsp;b&#20013;&#x6587;", "a b中文"),
         ("tabs\tand\nnew\r\nlines", "tabs and new lines"),
-        ("bell\x07null\x00del\x7f", "bellnulldel"),
+        ("bell\x07null\x00del\x7f", "bellnull del"),
         ("zero\u200bwidth\ufeff", "zerowidth"),
         ("\u3000全角\u3000空格\u00a0 ", "全角 空格"),
         ("   ", ""),

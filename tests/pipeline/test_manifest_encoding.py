@@ -143,3 +143,44 @@ def test_gb18030_csv_and_jsonl_ingest_into_the_lake(tmp_path, sample_dir):
     captions = lake.read_table(Storage.at(settings.lake), "captions").to_pylist()
     assert sorted(c["caption"] for c in captions) == sorted(CAPTIONS + [c + "。" for c in CAPTIONS])
     assert {c["language"] for c in captions if c["caption"].startswith("一只红色")} == {"zh"}
+
+
+# --- captions with NUL, paths that cannot be probed ---------------------------------------------------------------
+
+
+def test_a_nul_in_a_caption_separates_words(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"video,caption\na.mp4,red\x00circle on\x00\x00black\n")  # a raw NUL byte, as some exporters write
+    con = db.connect()
+    load_manifest(con, str(path), workdir=tmp_path)
+    cleaned = con.execute("SELECT clean_caption(raw ->> 'caption') FROM raw_rows").fetchall()
+    assert cleaned == [("red circle on black",)]
+
+
+def test_folders_fifos_and_paths_too_long_get_their_own_reasons(tmp_path):
+    (tmp_path / "folder.mp4").mkdir()
+    os.mkfifo(tmp_path / "fifo.mp4")
+    long_name = tmp_path / ("x" * 300 + ".mp4")  # a name longer than any file system allows (255 bytes)
+    deep = tmp_path / "/".join(["d" * 200] * 30) / "v.mp4"  # a path longer than PATH_MAX (4096)
+    paths = [tmp_path / "folder.mp4", tmp_path / "fifo.mp4", long_name, deep, tmp_path / "gone.mp4"]
+    outcomes = [probe_source(str(p), str(p), Limits()) for p in paths]
+    assert [o["reason"] for o in outcomes] == ["not_a_file", "not_a_file", "path_too_long", "path_too_long", "missing_file"]
+    assert "a folder" in outcomes[0]["detail"] and "a FIFO" in outcomes[1]["detail"]
+
+
+def test_a_path_too_long_is_recorded_once_and_not_probed_again(tmp_path, sample_dir):
+    data = tmp_path / "data"
+    rows = copy_sample(sample_dir, data)
+    (data / "folder.mp4").mkdir()
+    manifest_rows = [
+        {"video": rows[0]["video"], "caption": "a good video"},
+        {"video": "x" * 300 + ".mp4", "caption": "a name too long"},
+        {"video": "folder.mp4", "caption": "a folder named like a video"},
+    ]
+    path = write_csv(data / "m.csv", manifest_rows)
+    settings = load_settings(home=str(tmp_path / "home"))
+    first = ingest(str(path), settings)
+    assert first.outcomes == {"accepted": 1, "path_too_long": 1, "not_a_file": 1}
+    again = ingest(str(path), settings)
+    assert again.sources_probed == 1  # only the folder, which may have become a file; the long name cannot
+    assert again.outcomes == first.outcomes and again.new_rows["rejects"] == 0
