@@ -22,6 +22,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import checks, db, lake
 from pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
@@ -59,7 +60,7 @@ KNOWN_COLUMNS = {
     "videos": ["video_id", "duration_s"],
     "sources": ["source_uri", "video_id"],
     "captions": ["caption_id"],
-    "rejects": ["reject_id", "source_uri", "reason", "detail"],
+    "rejects": ["reject_id", "manifest_uri", "source_uri", "reason", "detail"],
 }
 @dataclass
 class IngestPlan:
@@ -85,6 +86,7 @@ class IngestSummary:
     known_captions: int  # accepted captions the lake already held
     checks: list[str]
     seconds: float
+    cleared_rejects: int = 0  # earlier reject records of this manifest that this run no longer gives
 
     @property
     def rejected_rows(self) -> int:
@@ -103,6 +105,7 @@ class IngestSummary:
         rows += [{"what": f"  {reason}", "count": n} for reason, n in self.outcomes.items() if reason != "accepted"]
         rows += [
             {"what": "new reject records", "count": self.new_rows.get("rejects", 0)},
+            *([{"what": "  earlier rejects cleared", "count": self.cleared_rejects}] if self.cleared_rejects else []),
             {"what": "sources probed", "count": self.sources_probed},
             {"what": "sources already known", "count": self.sources_known},
             {"what": "new videos", "count": self.new_rows.get("videos", 0)},
@@ -239,7 +242,10 @@ def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) ->
     db.materialize(con, "marts/source_outcomes", **params)
     db.materialize(con, "marts/row_outcomes", **params)
     new_rows = {}
+    cleared = 0
     for table in ("videos", "sources", "captions", "rejects"):  # this order keeps a crash recoverable
+        if table == "rejects":
+            cleared = _clear_stale_rejects(con, store, plan.manifest_uri, params)
         new = con.table(db.materialize(con, f"marts/{table}_new", **params))
         new_rows[table] = lake.append(store, table, new.to_arrow_reader()).rows
     outcomes = dict(db.run(con, "marts/outcome_counts").fetchall())
@@ -260,7 +266,32 @@ def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) ->
         known_captions=distinct_captions - new_rows["captions"],
         checks=check_names,
         seconds=time.monotonic() - plan.started,
+        cleared_rejects=cleared,
     )
+
+
+def _clear_stale_rejects(con: duckdb.DuckDBPyConnection, store: Storage, manifest_uri: str, params: dict) -> int:
+    """Delete this manifest's reject records that this run no longer gives (a row corrected, a file that arrived or
+    fails for another reason now, a row gone from the manifest), so rejects/ holds each manifest's latest verdict.
+
+    Parts are written one run, so one manifest, at a time and are deleted whole; the records of a deleted part that
+    still hold are written again by the append that follows (or by the next run, if this one dies in between).
+    Returns how many records were cleared.
+    """
+    stale = {r for (r,) in db.run(con, "marts/rejects_stale", **params).fetchall()}
+    if not stale:
+        return 0
+    for part in store.list_files("rejects", ".parquet"):
+        ids = lake.read_table(store, "rejects", ["reject_id", "manifest_uri"], parts=[part])
+        if stale.isdisjoint(ids["reject_id"].to_pylist()):
+            continue
+        whole = lake.read_table(store, "rejects", parts=[part])
+        others = whole.filter(pc.fill_null(pc.not_equal(whole["manifest_uri"], manifest_uri), True))
+        if others.num_rows:  # not written by ingest as it is today, but never lose another manifest's records
+            lake.append(store, "rejects", others)
+        store.delete(part)
+    _register_lake(con, store, {"rejects": KNOWN_COLUMNS["rejects"]}, prefix="lake_")
+    return len(stale)
 
 
 def ingest(manifest: str, settings: Settings, **options: object) -> IngestSummary:

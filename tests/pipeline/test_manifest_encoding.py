@@ -184,3 +184,40 @@ def test_a_path_too_long_is_recorded_once_and_not_probed_again(tmp_path, sample_
     again = ingest(str(path), settings)
     assert again.sources_probed == 1  # only the folder, which may have become a file; the long name cannot
     assert again.outcomes == first.outcomes and again.new_rows["rejects"] == 0
+
+
+# --- rejects follow the latest run of their manifest ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_corrected_rerun_clears_the_rows_earlier_rejects(tmp_path, sample_dir, where, request):
+    data = tmp_path / "data"
+    rows = copy_sample(sample_dir, data)
+    v0, v1 = rows[0]["video"], rows[1]["video"]
+    path = data / "m.csv"
+    path.write_text(f'video,caption\n{v0},"a red circle"\n{v1},a green,triangle,extra\nlater.mp4,"arrives later"\n')
+    lake_uri = f"s3://{request.getfixturevalue('s3').bucket}/lake" if where == "s3" else None
+    settings = load_settings(home=str(tmp_path / "home"), lake=lake_uri)
+    store = Storage.at(settings.lake)
+    first = ingest(str(path), settings)
+    assert first.outcomes == {"accepted": 1, "malformed_row": 1, "missing_file": 1}
+
+    (data / "later.mp4").write_bytes((data / v1).read_bytes())  # the missing file arrives
+    path.write_text(f'video,caption\n{v0},"a red circle"\n{v1},"a green triangle"\nlater.mp4,"arrives later"\n')
+    second = ingest(str(path), settings)
+    assert second.outcomes == {"accepted": 3}
+    assert lake.read_table(store, "rejects").num_rows == 0  # neither old reject still says the row was refused
+    assert second.cleared_rejects == 2
+    assert lake.row_counts(store)["captions"] == 3
+
+    # another manifest's rejects are its own: a run of this one leaves them alone
+    other = write_csv(data / "other.csv", [{"video": "nowhere.mp4", "caption": "never there"}])
+    ingest(str(other), settings)
+    path.write_text(f'video,caption\n{v0},"a red circle"\n{v1},"a green triangle"\nlater.mp4,x\n')
+    third = ingest(str(path), settings)
+    rejects = lake.read_table(store, "rejects").to_pylist()
+    assert sorted(r["reason"] for r in rejects) == ["caption_too_short", "missing_file"]
+    assert third.cleared_rejects == 0
+    again = ingest(str(path), settings)
+    assert again.new_rows["rejects"] == 0 and again.cleared_rejects == 0
+    assert lake.read_table(store, "rejects").num_rows == 2
