@@ -274,6 +274,26 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repair(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipeline.lease import LeaseLost
+    from pipeline.repair import repair
+    from pipeline.settings import load_settings
+    from pipeline.storage import Storage
+
+    try:
+        summary = repair(Storage.at(load_settings().lake))
+    except ValueError as exc:  # no lake there
+        print(f"cogflow repair: {exc}", file=sys.stderr)
+        return 2
+    except (LeaseLost, BotoCoreError, ClientError) as exc:
+        print(f"cogflow repair: {exc}", file=sys.stderr)
+        return 1
+    print(summary.text())
+    return 1 if summary.check_failure else 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from pipeline import lake
     from pipeline.settings import load_settings
@@ -484,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default="clips.png", help="image file to write (PNG or JPEG)")
     p.set_defaults(run=_preview)
+
+    p = commands.add_parser("repair", help="remove what a failed or raced write left in the lake: duplicate keys, files "
+                                           "without a completion record, orphan .tmp-* files (each removal printed)")
+    p.add_argument("--lake", help="lake root: a folder or s3://bucket/prefix")
+    p.set_defaults(run=_repair)
 
     p = commands.add_parser("status", help="row counts of every lake table, clips per stage and frame rate, tokens, trained stages")
     p.add_argument("--lake")

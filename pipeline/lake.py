@@ -19,7 +19,9 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import LocalStorage, Storage
+from pipeline import lease as lease_module
+from pipeline.lease import WRITER_LEASE, S3Lease
+from pipeline.storage import S3Storage, Storage
 
 VIDEOS = pa.schema(
     [
@@ -259,14 +261,19 @@ def append(store: Storage, name: str, data: pa.Table | pa.RecordBatchReader) -> 
 
 
 @contextlib.contextmanager
-def _flock(path: Path, remove: bool = False) -> Iterator[None]:
+def _flock(path: Path, remove: bool = False, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive advisory lock on `path` (created if need be); `remove` deletes it before letting go,
-    which is safe only when whoever gets the lock next re-checks what the lock guards."""
+    which is safe only when whoever gets the lock next re-checks what the lock guards. Without `wait`, yields
+    False at once when someone else holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:  # "a": never truncated
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             if remove:
                 path.unlink(missing_ok=True)
@@ -275,32 +282,55 @@ def _flock(path: Path, remove: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def writer_lock(store: Storage) -> Iterator[None]:
-    """One writer at a time on a local lake (an advisory lock on `<lake>/.writer.lock`).
+    """One writer at a time: an advisory lock on `<lake>/.writer.lock` on a local lake, a lease on S3
+    (`<lake>/.writer.lease`, pipeline/lease.py) that a killed writer's lease gives up after its time to live.
 
     Writers re-read the keys under the lock before appending, so two runs that planned at the same time
-    still add each row once. S3 has no lock to take: there, one run at a time is the deployment's
-    concurrency limit (prefect.yaml).
+    still add each row once. On S3 a writer whose lease was lost stops writing (LeaseLost).
     """
-    if not isinstance(store, LocalStorage):
-        yield
+    if isinstance(store, S3Storage):
+        with S3Lease(store, WRITER_LEASE, "writer", lease_module.DEFAULT_TTL_S).held():
+            yield
         return
     with _flock(Path(store.root) / ".writer.lock"):
         yield
 
 
+def _shard_lease(store: S3Storage, shard_id: str) -> S3Lease:
+    return S3Lease(store, f".locks/shard-{shard_id}.lease", f"shard {shard_id}", lease_module.DEFAULT_TTL_S)
+
+
 @contextlib.contextmanager
 def shard_lock(store: Storage, shard_id: str) -> Iterator[None]:
-    """One splitter per shard on a local lake, so two runs never write the same shard at once.
+    """One writer per shard, so two runs never write the same shard at once (a lock file on a local lake,
+    a lease on S3, as for writer_lock).
 
-    Whoever gets the lock must check for the shard's completion record first: the lock file goes when its
-    holder is done, and a run that waited for it finds the shard finished. On S3, as for writer_lock, the
-    deployment's concurrency limit keeps runs apart.
+    Whoever gets the lock must check for the shard's completion record first: the lock goes when its
+    holder is done, and a run that waited for it finds the shard finished.
     """
-    if not isinstance(store, LocalStorage):
-        yield
+    if isinstance(store, S3Storage):
+        with _shard_lease(store, shard_id).held():
+            yield
         return
     with _flock(Path(store.root) / ".locks" / f"shard-{shard_id}.lock", remove=True):
         yield
+
+
+@contextlib.contextmanager
+def try_shard_lock(store: Storage, shard_id: str) -> Iterator[bool]:
+    """shard_lock without waiting: yields False at once when a live writer holds the shard."""
+    if isinstance(store, S3Storage):
+        lease = _shard_lease(store, shard_id)
+        if not lease.try_acquire():
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lease.release()
+        return
+    with _flock(Path(store.root) / ".locks" / f"shard-{shard_id}.lock", remove=True, wait=False) as held:
+        yield held
 
 
 CLIP_STAGES = (1, 2)

@@ -106,6 +106,14 @@ class Storage:
         finally:
             Path(tmp.name).unlink(missing_ok=True)
 
+    def delete(self, rel: str) -> None:
+        """Remove the file at `rel` (nothing when it is already gone)."""
+        raise NotImplementedError
+
+    def list_temporary(self, prefix: str = "") -> list[str]:
+        """Relative paths of the temporary files under `prefix` (`.tmp-*`: what an unfinished write leaves), sorted."""
+        raise NotImplementedError
+
 
 TMP_MARK = ".tmp-"
 
@@ -148,6 +156,15 @@ class LocalStorage(Storage):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def delete(self, rel: str) -> None:
+        (Path(self.root) / rel).unlink(missing_ok=True)
+
+    def list_temporary(self, prefix: str = "") -> list[str]:
+        base = Path(self.root) / prefix
+        if not base.exists():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob(f"{TMP_MARK}*") if p.is_file())
+
 
 @dataclass
 class S3Storage(Storage):
@@ -165,9 +182,14 @@ class S3Storage(Storage):
         _bucket, prefix = self._bucket_prefix
         return f"{prefix}/{rel}".strip("/") if prefix else rel
 
+    @cached_property
+    def _arrow_fs(self) -> pafs.S3FileSystem:
+        # one per store: making one costs tens of milliseconds, and readers ask for it once per part
+        return arrow_s3_filesystem()
+
     def arrow(self, rel: str) -> tuple[pafs.FileSystem, str]:
         bucket, _ = self._bucket_prefix
-        return arrow_s3_filesystem(), f"{bucket}/{self.key(rel)}"
+        return self._arrow_fs, f"{bucket}/{self.key(rel)}"
 
     def list_files(self, prefix: str, suffix: str = "") -> list[str]:
         bucket, _ = self._bucket_prefix
@@ -201,7 +223,76 @@ class S3Storage(Storage):
         bucket, _ = self._bucket_prefix
         # upload_file completes a multipart upload only after every part arrived and aborts it on error:
         # the key never holds a partial object.
+        self._check_lease()
         self.client.upload_file(str(local_path), bucket, self.key(rel))
+
+    def _check_lease(self) -> None:
+        """Refuse to write when a lease this thread holds on the lake was lost (pipeline/lease.py)."""
+        from pipeline.lease import check_held  # lease.py builds on this module
+
+        check_held(self.root)
+
+    def delete(self, rel: str) -> None:
+        bucket, _ = self._bucket_prefix
+        self._check_lease()
+        self.client.delete_object(Bucket=bucket, Key=self.key(rel))
+
+    def list_temporary(self, prefix: str = "") -> list[str]:
+        bucket, _ = self._bucket_prefix
+        base = self.key(prefix).rstrip("/")
+        base = f"{base}/" if base else ""
+        strip = len(self.key("")) + 1 if self.key("") else 0
+        found = [
+            obj["Key"][strip:]
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+            for obj in page.get("Contents", [])
+            if obj["Key"].rsplit("/", 1)[-1].startswith(TMP_MARK)
+        ]
+        return sorted(found)
+
+    # Conditional requests: S3 has no locks, but If-None-Match / If-Match make one write win a race. The lake's
+    # lease (pipeline/lease.py) is built on these three.
+
+    def read_with_etag(self, rel: str) -> tuple[bytes, str] | None:
+        """The object's bytes and its ETag, or None when there is no object."""
+        bucket, _ = self._bucket_prefix
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=self.key(rel))
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def put_bytes_if(self, rel: str, data: bytes, etag: str | None) -> str | None:
+        """Write `data` at `rel` only if no object is there (`etag` None) or the object still has `etag`.
+
+        Returns the new ETag, or None when the condition failed: someone else wrote (or removed) it first."""
+        bucket, _ = self._bucket_prefix
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            return self.client.put_object(Bucket=bucket, Key=self.key(rel), Body=data, **condition)["ETag"]
+        except botocore.exceptions.ClientError as exc:
+            # 412: the condition failed; 409: a racing conditional write was in flight (S3 says: retry);
+            # 404: an If-Match on an object that is gone
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                return None
+            raise
+
+    def delete_if(self, rel: str, etag: str) -> bool:
+        """Remove the object at `rel` only if it still has `etag`; False when it has changed or is gone."""
+        bucket, _ = self._bucket_prefix
+        try:
+            self.client.delete_object(Bucket=bucket, Key=self.key(rel), IfMatch=etag)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                return False
+            raise
+
+    @staticmethod
+    def _code(exc: botocore.exceptions.ClientError) -> str:
+        return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,268 @@
+"""`cogflow repair`: remove what a failed or raced write left in the lake, and say what was removed.
+
+Writers only ever add whole files (pipeline/lake.py), so what they leave behind takes three shapes:
+
+- duplicate keys: two writers that raced (on S3 before the lease existed, or with the lease lost) both appended
+  the same rows, each in a part of its own; the first copy (oldest part) is kept, the others are cut out of their
+  parts. Two split plans that raced give the same windows twice, in the same shard or in two shards; a shard
+  whose windows another shard already holds goes whole, with its clips, rejects, record and tokens;
+- files without a completion record: a split shard's clips and rejects, or a token file, whose run died before
+  the record (or whose shard is no longer planned); readers skip them, repair removes them;
+- orphan temporary files (`.tmp-*`): a local write killed between copying and renaming.
+
+Repair holds the lake's writer lock (lease on S3), so no ingest or split plan writes meanwhile, and takes each
+shard's lock without waiting: a shard being written right now is left alone and said so. Every removal is
+safe to interrupt: a part is rewritten (new part first, then the old one removed) and a shard loses its plan
+rows first, then its record, then its files, so a second run finishes what a killed one started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import checks, lake
+from pipeline.storage import Storage, safe_uri
+
+# The tables written by appending parts, and the key each row must hold once (README, "The lake").
+APPENDED_KEYS = {
+    "videos": "video_id",
+    "sources": "source_uri",
+    "captions": "caption_id",
+    "rejects": "reject_id",
+    "clip_rejects": "reject_id",  # its parts: the planning rejects (a shard's rejects are in its own file)
+}
+SHARD_FILE = re.compile(r"^(clips/stage=\d+|clip_rejects|clip_shards)/shard-([^/]+)\.parquet$")
+TOKEN_FILE = re.compile(r"^(tokens|token_shards)/v([^/]+)/stage=(\d+)/shard-([^/]+)\.parquet$")
+TEMP_FILE = re.compile(r"^(?P<folder>.*?)/?\.tmp-[0-9a-f]+-(?P<name>[^/]+)$")
+
+
+@dataclass
+class RepairSummary:
+    lake: str
+    lines: list[str] = field(default_factory=list)  # one per removal, in the order done
+    files_removed: int = 0
+    rows_removed: int = 0
+    skipped: list[str] = field(default_factory=list)  # shards being written now: left alone
+    checks: list[str] = field(default_factory=list)
+    check_failure: str | None = None
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        out = [f"removed {line}" for line in self.lines] + [f"left alone: {s}" for s in self.skipped]
+        what = (f"removed {_n(self.files_removed, 'file')} and {_n(self.rows_removed, 'duplicate row')}"
+                if self.files_removed or self.rows_removed else "nothing to remove")
+        out.append(f"repair {self.lake}: {what} ({self.seconds:.1f} s)")
+        out.append(f"data checks failed:\n{self.check_failure}" if self.check_failure
+                   else f"data checks passed: {len(self.checks)}")
+        return "\n".join(out)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _token_lock(version: str, stage: str, shard_id: str) -> str:
+    # the lock name model/encode_clips.py writes a token file under
+    return f"tokens-v{version}-{stage}-{shard_id}"
+
+
+def _lock_of(rel: str) -> str | None:
+    """The shard lock a write of `rel` is made under; None for a table part (made under the writer lock)."""
+    if match := SHARD_FILE.match(rel):
+        return match.group(2)
+    if match := TOKEN_FILE.match(rel):
+        return _token_lock(match.group(2), match.group(3), match.group(4))
+    return None
+
+
+class _Repair:
+    def __init__(self, store: Storage, summary: RepairSummary) -> None:
+        self.store, self.summary = store, summary
+
+    def remove(self, rel: str, why: str) -> None:
+        self.store.delete(rel)
+        self.summary.files_removed += 1
+        self.summary.lines.append(f"{rel}  ({why})")
+
+    @contextlib.contextmanager
+    def shard(self, lock_id: str, what: str):
+        """Hold a shard's lock for the block, or yield False (and say so) when a live writer has it."""
+        with lake.try_shard_lock(self.store, lock_id) as held:
+            if not held:
+                self.summary.skipped.append(f"{what} (being written now; run repair again later)")
+            yield held
+
+    # -- 1. temporary files ------------------------------------------------------------------------------------
+
+    def temporary_files(self) -> None:
+        for rel in self.store.list_temporary(""):
+            match = TEMP_FILE.match(rel)
+            target = f"{match.group('folder')}/{match.group('name')}".lstrip("/") if match else rel
+            lock_id = _lock_of(target)
+            if lock_id is None:  # a table part: the writer lock repair holds covers its writer
+                self.remove(rel, "temporary file of a write that never finished")
+                continue
+            with self.shard(lock_id, rel) as held:
+                if held:
+                    self.remove(rel, "temporary file of a write that never finished")
+
+    # -- 2. duplicate rows in appended tables ------------------------------------------------------------------
+
+    def _rewrite(self, name: str, part: str, drop: pa.Array, why: str) -> None:
+        """Rewrite `part` without the rows where `drop` is true: the new part first, then the old one goes."""
+        table = lake.read_table(self.store, name, parts=[part])
+        kept = table.filter(pc.invert(drop))
+        dropped = table.num_rows - kept.num_rows
+        if kept.num_rows:
+            new = re.sub(r"-[0-9a-f]+\.parquet$", "", part) + f"-{uuid.uuid4().hex[:12]}.parquet"
+            with tempfile.TemporaryDirectory(prefix="cogflow-repair-") as tmp:
+                pq.write_table(kept, Path(tmp) / "part.parquet", compression="zstd")
+                self.store.put_file(new, Path(tmp) / "part.parquet")
+            self.store.delete(part)
+            self.summary.lines.append(f"{_n(dropped, 'row')} from {part}  ({why}; its other {_n(kept.num_rows, 'row')} "
+                                      f"kept as {new})")
+        else:
+            self.store.delete(part)
+            self.summary.files_removed += 1
+            self.summary.lines.append(f"{part}  ({why}: all {_n(dropped, 'row')})")
+        self.summary.rows_removed += dropped
+
+    def duplicate_rows(self, name: str, key: str) -> None:
+        seen: set = set()
+        for part in self.store.list_files(name, ".parquet"):
+            if not part.rsplit("/", 1)[-1].startswith("part-"):
+                continue
+            keys = lake.read_table(self.store, name, [key], parts=[part])[key].to_pylist()
+            drop = []
+            for value in keys:
+                drop.append(value in seen)
+                seen.add(value)
+            if any(drop):
+                self._rewrite(name, part, pa.array(drop), f"{key} already in an older part")
+
+    # -- 3. split plans that raced -----------------------------------------------------------------------------
+
+    def duplicate_plans(self) -> None:
+        """Windows planned twice: a repeated (shard, window) row goes; a shard whose windows another shard
+        (finished first, else planned first) holds goes whole, files and all."""
+        parts = self.store.list_files("clip_plan", ".parquet")
+        rows = [lake.read_table(self.store, "clip_plan", ["shard_id", "clip_id"], parts=[p]) for p in parts]
+        finished = lake.finished_shards(self.store)
+        first_part: dict[str, int] = {}
+        clips_of: dict[str, set[str]] = {}
+        for i, table in enumerate(rows):
+            for shard_id, clip_id in zip(table["shard_id"].to_pylist(), table["clip_id"].to_pylist()):
+                first_part.setdefault(shard_id, i)
+                clips_of.setdefault(shard_id, set()).add(clip_id)
+        claimed: set[str] = set()
+        doubles: list[str] = []
+        for shard_id in sorted(clips_of, key=lambda s: (s not in finished, first_part[s], s)):
+            if clips_of[shard_id] & claimed:
+                doubles.append(shard_id)
+            else:
+                claimed |= clips_of[shard_id]
+        seen: set[tuple[str, str]] = set()
+        repeated: set[str] = set()  # shards with a window planned twice in the shard itself
+        for table in rows:
+            for pair in zip(table["shard_id"].to_pylist(), table["clip_id"].to_pylist()):
+                if pair in seen:
+                    repeated.add(pair[0])
+                seen.add(pair)
+        with contextlib.ExitStack() as locks:
+            # a splitter reads its shard's rows from the plan: touch only rows of shards no one is splitting now
+            free = {s for s in sorted(set(doubles) | repeated)
+                    if locks.enter_context(self.shard(s, f"shard {s}, planned twice"))}
+            gone = free & set(doubles)
+            seen.clear()
+            for part, table in zip(parts, rows):
+                drop = []
+                for pair in zip(table["shard_id"].to_pylist(), table["clip_id"].to_pylist()):
+                    drop.append(pair[0] in free and (pair[0] in gone or pair in seen))
+                    seen.add(pair)
+                if any(drop):
+                    self._rewrite("clip_plan", part, pa.array(drop), "windows planned twice")
+            for shard_id in sorted(gone):
+                self._shard_files(shard_id, "its windows were planned twice: another shard holds them")
+
+    def _shard_files(self, shard_id: str, why: str) -> None:
+        """Remove a shard's files (held under its lock): the record first, so it stops counting at once."""
+        paths = [f"clip_shards/shard-{shard_id}.parquet", f"clip_rejects/shard-{shard_id}.parquet",
+                 *(f"clips/stage={s}/shard-{shard_id}.parquet" for s in lake.CLIP_STAGES)]
+        for rel in paths:
+            if self.store.exists(rel):
+                self.remove(rel, why)
+
+    # -- 4. files without a completion record ------------------------------------------------------------------
+
+    def unfinished_shards(self) -> None:
+        planned = set(lake.read_table(self.store, "clip_plan", ["shard_id"])["shard_id"].to_pylist())
+        finished = lake.finished_shards(self.store)
+        with_files: set[str] = set()
+        for prefix in ("clips", "clip_rejects", "clip_shards"):
+            for rel in self.store.list_files(prefix, ".parquet"):
+                if match := SHARD_FILE.match(rel):
+                    with_files.add(match.group(2))
+        for shard_id in sorted(with_files - (finished & planned)):
+            with self.shard(shard_id, f"shard {shard_id}") as held:
+                if not held:
+                    continue
+                if shard_id not in planned:
+                    self._shard_files(shard_id, f"shard {shard_id} is in no plan")
+                elif not self.store.exists(f"clip_shards/shard-{shard_id}.parquet"):  # it may have finished since
+                    self._shard_files(shard_id, f"shard {shard_id} has no completion record")
+
+    def unfinished_tokens(self) -> None:
+        finished = lake.finished_shards(self.store)
+        files: dict[tuple[str, str, str], set[str]] = {}
+        for prefix in ("tokens", "token_shards"):
+            for rel in self.store.list_files(prefix, ".parquet"):
+                if match := TOKEN_FILE.match(rel):
+                    files.setdefault(match.group(2, 3, 4), set()).add(match.group(1))
+        for (version, stage, shard_id), kinds in sorted(files.items()):
+            paths = lake.token_paths(version, int(stage), shard_id)
+            if shard_id not in finished:
+                why = f"split shard {shard_id} is not finished"
+            elif "token_shards" not in kinds:
+                why = "no completion record"
+            else:
+                continue
+            with self.shard(_token_lock(version, stage, shard_id), paths["tokens"]) as held:
+                still = shard_id not in lake.finished_shards(self.store) or not self.store.exists(paths["record"])
+                if held and still:  # looked at again under the lock: it may have finished since
+                    for rel in (paths["record"], paths["tokens"]):  # the record first
+                        if self.store.exists(rel):
+                            self.remove(rel, why)
+
+
+def repair(store: Storage) -> RepairSummary:
+    """Remove duplicate keys, files without a completion record and orphan temporary files; run the checks.
+
+    ValueError when there is no lake at all at the store's root (a typo must not create one)."""
+    started = time.monotonic()
+    if not store.list_files("") and not store.list_temporary(""):
+        raise ValueError(f"no lake at {safe_uri(store.root)}: nothing to repair")
+    summary = RepairSummary(safe_uri(store.root))
+    fixer = _Repair(store, summary)
+    with lake.writer_lock(store):
+        fixer.temporary_files()
+        for name, key in APPENDED_KEYS.items():
+            fixer.duplicate_rows(name, key)
+        fixer.duplicate_plans()
+        fixer.unfinished_shards()
+        fixer.unfinished_tokens()
+    try:
+        summary.checks = checks.check_lake(store)
+    except checks.DataCheckError as exc:
+        summary.check_failure = str(exc)
+    summary.seconds = time.monotonic() - started
+    return summary
