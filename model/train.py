@@ -287,11 +287,18 @@ def memory_gb(device: torch.device) -> float:
 
 def micro_batches(batch: dict[str, torch.Tensor], layout: Layout, codebook: int, boi: int, caption_dropout: float,
                   generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of rows as model inputs, with some captions dropped (pads only) for classifier-free guidance."""
+    """A batch of rows as model inputs, with some captions dropped (pads only) for classifier-free guidance.
+
+    A run of fewer frames than a row holds (a 1-frame text-to-image run) takes a random stretch of each row, so
+    that every frame of the lake, not only the first, is an image for its caption."""
     text_ids, text_mask = batch["text_ids"].clone(), batch["text_mask"].clone()
     drop = torch.rand(len(text_ids), generator=generator) < caption_dropout  # (B,)
     text_ids[drop], text_mask[drop] = 0, False
-    tokens, targets, valid = build_inputs(layout, text_ids, text_mask, batch["fps"], batch["codes"], codebook, boi)
+    codes = batch["codes"]  # (B, 5, n)
+    if layout.frames < codes.shape[1]:
+        first = torch.randint(0, codes.shape[1] - layout.frames + 1, (len(codes),), generator=generator)  # (B,)
+        codes = codes[torch.arange(len(codes))[:, None], first[:, None] + torch.arange(layout.frames)]  # (B, frames, n)
+    tokens, targets, valid = build_inputs(layout, text_ids, text_mask, batch["fps"], codes, codebook, boi)
     return tokens.to(device), targets.to(device), valid.to(device)
 
 
@@ -376,8 +383,9 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     grid = tokenizers.frames.config.grid()
     layout = Layout(text_len=64, grid=grid, stage=stage, frames=cfg.frames)
     stage_cfg = run.stage_config(stage)
-    spec = ModelSpec(run.model, layout, tokenizers.frames.config.codebook_size, tokenizers.text.vocab_size,
-                     stage_cfg.window, stage_cfg.shift)
+    frames_config = tokenizers.frames.config
+    spec = ModelSpec(run.model, layout, frames_config.codebook_size, tokenizers.text.vocab_size,
+                     stage_cfg.window, stage_cfg.shift, frames_config.fsq_levels if frames_config.quantizer == "fsq" else ())
     boi = tokenizers.text.boi_id
     name = kind(stage, cfg.frames)
     data_hash = short_hash([parts, frame_version, text_version])

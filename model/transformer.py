@@ -39,10 +39,17 @@ class TransformerConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
+    # With an FSQ frame tokenizer a code is a tuple of levels (8 x 5 x 5 x 5, say), and codes that share levels
+    # look alike. "levels" adds to each code's own embedding one embedding per (channel, level): what the model
+    # learns about one code carries over to its neighbours on the grid, and the tied logits score each channel
+    # as well as the whole code. "plain": one free embedding per code (the only choice for a VQ codebook).
+    code_embedding: str = "plain"
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.code_embedding not in ("plain", "levels"):
+            raise ValueError(f"code_embedding must be plain or levels, not {self.code_embedding!r}")
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,14 @@ class ModelSpec:
     text_vocab: int  # text pieces, from the text tokenizer
     window: int = 0  # temporal window side in codes; 0: the temporal channel sees whole frames
     shift: int = 0  # how far odd layers move the window cuts
+    code_levels: tuple[int, ...] = ()  # an FSQ tokenizer's levels per channel (code = mixed-radix digits); () for VQ
 
     def __post_init__(self) -> None:
         if self.window < 0 or self.window > self.layout.grid or not 0 <= self.shift < max(self.window, 1):
             raise ValueError(f"window must be 0..{self.layout.grid} and shift 0..window-1, not {self.window}, {self.shift}")
+        if self.config.code_embedding == "levels" and math.prod(self.code_levels or (0,)) != self.codebook_size:
+            raise ValueError(f"code_embedding = levels needs an FSQ frame tokenizer: {self.codebook_size} codes, "
+                             f"levels {list(self.code_levels)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,6 +107,32 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, drop
     return _compiled_flex()(q, k, v, block_mask=mask)
 
 
+def attend_by_frame(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, text_slots: int,
+                    frame_len: int, dropout: float) -> torch.Tensor:
+    """The spatial channel over a whole sequence (B, h, S, d), in pieces: text sees text, and a frame code sees the
+    text and its own frame only, so each frame attends on its own over (text + frame) keys instead of all S: at the
+    demo's sizes a quarter of the work of one dense (S, S) pass, with the same result. `mask` (B, 1, S, S) is the
+    channel's dense mask; its blocks are cut out, so pads and causality inside a frame hold as they are."""
+    b, h, s, d = q.shape
+    t, n = text_slots, frame_len
+    f = (s - t) // n
+
+    def by_frame(x: torch.Tensor) -> torch.Tensor:  # (B, h, S, d) -> (B*F, h, n, d)
+        return x[:, :, t:].reshape(b, h, f, n, d).transpose(1, 2).reshape(b * f, h, n, d)
+
+    def text_for_each_frame(x: torch.Tensor) -> torch.Tensor:  # (B, h, S, d) -> (B*F, h, T, d)
+        return x[:, None, :, :t].expand(b, f, h, t, d).reshape(b * f, h, t, d)
+
+    text = attend(q[:, :, :t], k[:, :, :t], v[:, :, :t], mask[:, :, :t, :t], dropout)  # (B, h, T, d)
+    keys = torch.cat([text_for_each_frame(k), by_frame(k)], dim=2)  # (B*F, h, T+n, d)
+    values = torch.cat([text_for_each_frame(v), by_frame(v)], dim=2)
+    rows = mask[:, 0, t:]  # (B, F*n, S)
+    own = torch.stack([rows[:, i * n:(i + 1) * n, t + i * n:t + (i + 1) * n] for i in range(f)], dim=1)  # (B, F, n, n)
+    frame_mask = torch.cat([rows[..., :t].reshape(b, f, n, t), own], dim=-1).reshape(b * f, 1, n, t + n)
+    frames = attend(by_frame(q), keys, values, frame_mask, dropout)  # (B*F, h, n, d)
+    return torch.cat([text, frames.reshape(b, f, h, n, d).transpose(1, 2).reshape(b, h, f * n, d)], dim=2)
+
+
 class DualAttention(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
@@ -105,20 +142,26 @@ class DualAttention(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(c.hidden))  # sigmoid(0) = 0.5: both channels count equally at first
 
     def channel(self, name: str, x: torch.Tensor, mask: object, positions: torch.Tensor | None,
-                cache: dict | None) -> torch.Tensor:
+                cache: dict | None, frame_blocks: tuple[int, int] | None = None) -> torch.Tensor:
         b, p, hidden = x.shape
         qkv = self.spatial_qkv if name == "spatial" else self.temporal_qkv
         q, k, v = qkv(x).view(b, p, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)  # each (B, h, P, d)
         if cache is not None:  # write this step's slots, attend over every slot (the mask hides the unfilled)
             keys, values = cache[name]
             keys[:, :, positions], values[:, :, positions] = k.to(keys.dtype), v.to(values.dtype)
-            k, v = keys.to(q.dtype), values.to(q.dtype)
-        out = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, h, P, d)
+            width = mask.shape[-1] if isinstance(mask, torch.Tensor) else keys.shape[2]  # `masks` cut what no query sees
+            k, v = keys[:, :, :width].to(q.dtype), values[:, :, :width].to(q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        if frame_blocks is not None and isinstance(mask, torch.Tensor):
+            out = attend_by_frame(q, k, v, mask, *frame_blocks, dropout)  # (B, h, P, d)
+        else:
+            out = attend(q, k, v, mask, dropout)  # (B, h, P, d)
         return out.transpose(1, 2).reshape(b, p, hidden)
 
     def forward(self, x: torch.Tensor, masks: dict[str, object], is_frame: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
-        spatial = self.spatial_out(self.channel("spatial", x, masks["spatial"], positions, cache))  # (B, P, C)
+        # a pass over the whole sequence (training) attends frame by frame in the spatial channel
+        spatial = self.spatial_out(self.channel("spatial", x, masks["spatial"], positions, cache, masks.get("frame_blocks")))
         temporal = self.temporal_out(self.channel("temporal", x, masks["temporal"], positions, cache))
         a = torch.sigmoid(self.alpha)
         return torch.where(is_frame[:, None], a * spatial + (1 - a) * temporal, spatial)
@@ -149,6 +192,12 @@ class CogVideoTransformer(nn.Module):
         c, lay = spec.config, spec.layout
         self.spec = spec
         self.embed = nn.Embedding(spec.codebook_size + spec.text_vocab, c.hidden)
+        if c.code_embedding == "levels":  # code -> its digit on each channel, offset into one (sum(levels), C) table
+            levels = torch.tensor(spec.code_levels)
+            radix = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0)
+            digits = torch.arange(spec.codebook_size)[:, None] // radix % levels  # (K, D)
+            self.register_buffer("code_digits", digits + torch.cumsum(levels, 0) - levels, persistent=False)
+            self.level_embed = nn.Embedding(int(levels.sum()), c.hidden)
         self.text_position = nn.Embedding(lay.text_slots, c.hidden)
         self.row_position, self.col_position = nn.Embedding(lay.grid, c.hidden), nn.Embedding(lay.grid, c.hidden)
         self.time_position = nn.Embedding(layouts.FRAMES, c.hidden)
@@ -189,12 +238,21 @@ class CogVideoTransformer(nn.Module):
 
         def batch(rule: torch.Tensor) -> torch.Tensor:
             allowed = rule[positions]  # (P, S)
-            if filled is not None and bool((allowed & ~filled).any()):
+            if filled is None:
+                return (allowed[None] & (visible[:, None, :] | itself[None]))[:, None]  # (B, 1, P, S)
+            if bool((allowed & ~filled).any()):
                 raise RuntimeError("a slot would attend to a slot not computed yet: the decoding order breaks the masks")
-            return (allowed[None] & (visible[:, None, :] | itself[None]))[:, None]  # (B, 1, P, S)
+            # With a cache, keys past the last one any of these queries sees are left out: slots are computed
+            # roughly in order, so a decoding step attends over half the sequence on average instead of all of it.
+            width = int(allowed.any(0).nonzero().max()) + 1
+            return (allowed[None, :, :width] & (visible[:, None, :width] | itself[None, :, :width]))[:, None]  # (B, 1, P, width)
 
-        return self._per_layer(batch(layouts.dense_mask(spec.layout, "spatial", device=device)),
-                               lambda shift: batch(layouts.dense_mask(spec.layout, "temporal", spec.window, shift, device)))
+        per_layer = self._per_layer(batch(layouts.dense_mask(spec.layout, "spatial", device=device)),
+                                    lambda shift: batch(layouts.dense_mask(spec.layout, "temporal", spec.window, shift, device)))
+        if filled is None and torch.equal(positions, torch.arange(spec.layout.length, device=positions.device)):  # frame by frame
+            for layer in per_layer:
+                layer["frame_blocks"] = (spec.layout.text_slots, spec.layout.frame_len)
+        return per_layer
 
     def block_masks(self, text_valid: torch.Tensor) -> list[dict[str, object]]:
         """The same masks as FlexAttention BlockMasks over the whole sequence (training on CUDA)."""
@@ -232,7 +290,7 @@ class CogVideoTransformer(nn.Module):
             filled = cache.filled.clone()
             filled[positions] = True
         is_frame = positions >= lay.text_slots  # (P,)
-        x = self.embed(tokens) + self.position_embedding(text_valid, positions)  # (B, P, C)
+        x = self.embed_tokens(tokens) + self.position_embedding(text_valid, positions)  # (B, P, C)
         if flex:
             masks = self.block_masks(text_valid)
         else:
@@ -247,9 +305,25 @@ class CogVideoTransformer(nn.Module):
             cache.filled[positions] = True
         return self.norm(x)
 
+    def code_table(self) -> torch.Tensor:
+        """(K, C): every frame code's embedding (its own, plus its levels' with code_embedding = levels)."""
+        table = self.embed.weight[: self.spec.codebook_size]
+        if self.spec.config.code_embedding == "levels":
+            table = table + self.level_embed(self.code_digits).sum(1)  # (K, D, C) -> (K, C)
+        return table
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, P) ids -> (B, P, C): frame codes through `code_table`, text pieces through their own rows."""
+        x = self.embed(tokens)
+        if self.spec.config.code_embedding == "levels":
+            is_code = tokens < self.spec.codebook_size
+            levels = self.level_embed(self.code_digits[tokens.clamp(max=self.spec.codebook_size - 1)]).sum(-2)
+            x = x + levels * is_code[..., None]
+        return x
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., K): scores of the frame codes only, through their embeddings."""
-        return hidden @ self.embed.weight[: self.spec.codebook_size].T
+        return hidden @ self.code_table().T
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor, text_valid: torch.Tensor, flex: bool = False) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy (nats) over the predicted codes, and how many codes that was."""
@@ -262,7 +336,7 @@ class CogVideoTransformer(nn.Module):
         return F.cross_entropy(logits.float(), targets[predicted]), int(predicted.sum())
 
     # ------------------------------------------------------------------------------ the text-to-image channel
-    SPATIAL = (".embed.", ".text_position.", ".row_position.", ".col_position.", ".norm.", ".ln1.", ".ln2.", ".mlp.",
+    SPATIAL = (".embed.", ".level_embed.", ".text_position.", ".row_position.", ".col_position.", ".norm.", ".ln1.", ".ln2.", ".mlp.",
                ".spatial_qkv.", ".spatial_out.")
 
     def spatial_names(self) -> list[str]:
@@ -289,7 +363,7 @@ class CogVideoTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ sizes
     def parameter_count(self, embeddings: bool = False) -> int:
-        return sum(p.numel() for n, p in self.named_parameters() if embeddings or "position" not in n and not n.startswith("embed."))
+        return sum(p.numel() for n, p in self.named_parameters() if embeddings or "position" not in n and not n.startswith(("embed.", "level_embed.")))
 
 
 def flops_per_token(spec: ModelSpec, parameters: int) -> float:

@@ -1,0 +1,110 @@
+"""Stage-1 ablation bench: train stage 1 one way on a lake that already holds tokens, read its key frames back.
+
+    COGFLOW_HOME=.cogflow .venv/bin/python tests/bench/bench_stage1.py --label lr5e-3 --set train.lr=5e-3
+    ... --t2i-steps 600        # first a text-to-image run of the same model, its spatial channel seeds stage 1
+
+What one change to stage 1 (its config, its data, a text-to-image start) does to what the issue cares about, in one
+run and without Prefect, so that each row of an ablation table is one command:
+- training time, tokens/s, val bits per code (stage 1 and, with --t2i-steps, the text-to-image run);
+- stage 1's 5 key frames for `--prompts` prompts (half val captions, half sample-world captions no video of the
+  lake has: model/diagnose.py's prompts) read back per field, with 95% Wilson intervals next to chance.
+
+Key frames are what stage 1 alone decides (colour, shape, background and the direction of motion); the whole
+33-frame video needs stage 2 and is `cogflow diagnose`'s. One JSON line per run is appended to `--out`
+(default $COGFLOW_HOME/bench_stage1.jsonl). Nothing is asserted; exit 0 when it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from model import generate  # noqa: E402
+from model.caption_following import FIELDS, read_video  # noqa: E402
+from model.diagnose import VALUES, diagnosis_prompts, to_pixels, wilson  # noqa: E402
+from model.encode_clips import load_tokenizers  # noqa: E402
+from model.evaluate import batch_seed  # noqa: E402
+from model.train import load_config, train_stage  # noqa: E402
+from pipeline.settings import load_settings  # noqa: E402
+
+
+def read_keyframes(settings, stage: generate.Stage, prompts, options: dict, batch: int = 16) -> dict[str, dict]:
+    """Per field (and background): right, n, share and its 95% interval over the prompts with a truth."""
+    tokenizers = load_tokenizers(settings, stage.info["frame_tokenizer_version"], stage.info["text_tokenizer_version"], "cpu")
+    readings = []
+    for b, start in enumerate(range(0, len(prompts), batch)):
+        captions = [p.caption for p in prompts[start:start + batch]]
+        codes = generate.text_to_keyframes(stage, tokenizers, captions, options, batch_seed(0, b))[0].codes
+        readings += [read_video(frames) for frames in to_pixels(tokenizers, codes)]
+    scored = [(p, r) for p, r in zip(prompts, readings) if p.truth is not None]
+    out = {}
+    for f in (*FIELDS, "background"):
+        right = sum(getattr(r, f) == p.truth[f] for p, r in scored)
+        low, high = wilson(right, len(scored))
+        out[f] = {"right": right, "n": len(scored), "share": right / max(len(scored), 1), "low": low, "high": high,
+                  "chance": 1 / len(VALUES[f])}
+    out["mean"] = {"share": float(np.mean([out[f]["share"] for f in FIELDS]))}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", required=True, help="the row's name in the ablation table")
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="stage-1 config override")
+    parser.add_argument("--t2i-steps", type=int, default=0, help="train a text-to-image run this long first and "
+                                                                 "start stage 1 from its spatial channel")
+    parser.add_argument("--t2i-set", action="append", default=[], metavar="KEY=VALUE", help="override for the t2i run")
+    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
+                        help="sampling override (guidance=1, temperature=0.7, top_k=5); the stage's defaults otherwise")
+    parser.add_argument("--out", help="JSON lines file to append the result to")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    settings = load_settings()
+    row: dict = {"label": args.label, "set": args.set, "t2i_steps": args.t2i_steps, "t2i_set": args.t2i_set}
+
+    overrides = list(args.set)
+    if args.t2i_steps:
+        started = time.monotonic()
+        t2i = train_stage(settings, 1, load_config(args.config, [*args.set, f"train.steps={args.t2i_steps}", "train.frames=1",
+                                                                   *args.t2i_set]), restart=True)
+        row["t2i"] = {"seconds": time.monotonic() - started, "val_bits": t2i.val_bits_per_token,
+                      "tokens_per_s": t2i.tokens_per_s}
+        overrides.append(f"train.spatial_from={t2i.run_id}")
+    started = time.monotonic()
+    result = train_stage(settings, 1, load_config(args.config, overrides), restart=True)
+    row["stage1"] = {"seconds": time.monotonic() - started, "val_bits": result.val_bits_per_token,
+                     "tokens_per_s": result.tokens_per_s, "steps": result.steps, "run_id": result.run_id}
+
+    started = time.monotonic()
+    path = generate.find_stage(settings, 1, result.run_id)
+    stage = generate.load_stage(path, 1, result.run_id, "cpu")
+    options = {k: float(v) if "." in v else int(v) for k, v in (s.split("=", 1) for s in args.sample)}
+    prompts = diagnosis_prompts(settings, args.prompts)
+    row["keyframes"] = read_keyframes(settings, stage, prompts, options)
+    row["sample"] = options
+    row["eval_seconds"] = time.monotonic() - started
+
+    k = row["keyframes"]
+    cells = "  ".join(f"{f} {k[f]['share']:.0%} [{k[f]['low']:.0%}, {k[f]['high']:.0%}]" for f in (*FIELDS, "background"))
+    t2i_text = f"t2i {row['t2i']['seconds']:.0f} s val {row['t2i']['val_bits']:.3f}  " if "t2i" in row else ""
+    print(f"{args.label}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {result.val_bits_per_token:.3f} "
+          f"({result.tokens_per_s:,.0f} tokens/s)  key frames on {k['colour']['n']}: {cells}  mean {k['mean']['share']:.0%}")
+    out = Path(args.out) if args.out else Path(settings.home) / "bench_stage1.jsonl"
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
