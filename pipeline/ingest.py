@@ -28,7 +28,7 @@ from pipeline import checks, db, lake
 from pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
 from pipeline.manifest import json_key, load_manifest, local_path
 from pipeline.settings import Limits, Settings
-from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
+from pipeline.storage import FetchError, Storage, download_policy, fetch, is_remote, safe_uri
 from pipeline.video import ProbeError, ProbeResult, probe
 
 # Reasons that lie in a source's bytes: remembered, so the source is not probed again on every run.
@@ -147,6 +147,7 @@ def plan_ingest(
 ) -> IngestPlan:
     """Read and clean the manifest and list the sources to probe. Raises ManifestError for unusable manifests."""
     started = time.monotonic()
+    download_policy()  # a malformed download setting fails the run here, not every source it would fetch
     # One manifest, one identity: the same file reached through '..', a symlink or file:// is the same manifest.
     manifest_uri = safe_uri(manifest) if is_remote(manifest) else os.path.realpath(local_path(manifest))
     workdir = Path(tempfile.mkdtemp(prefix="cogflow-ingest-"))

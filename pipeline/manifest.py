@@ -29,7 +29,9 @@ import pyarrow.parquet as pq
 
 from pipeline import db
 from pipeline.settings import Limits
-from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri, split_s3
+from pipeline.storage import (
+    FetchError, Storage, fetch, http_exists, is_remote, s3_uri_problem, safe_uri, source_key, split_s3,
+)
 from pipeline.subtitles import SUBTITLE_SUFFIXES, Cue, SubtitleError, parse_subtitles
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -83,13 +85,21 @@ def resolve_source(value: str | None, base: str, allowed_roots: Sequence[str] = 
         return Resolved(None, None, "missing_video", "the row names no video")
     if "\x00" in value:
         return Resolved(None, None, "unsupported_uri", "the path contains a NUL character")
-    parsed = urllib.parse.urlparse(value)
+    try:
+        parsed = urllib.parse.urlparse(value)
+    except ValueError as exc:  # 'http://[::1/v.mp4': the message does not repeat the URL (it may hold a password)
+        return Resolved(None, None, "malformed_uri", f"not a valid URL: {exc}")
     scheme = parsed.scheme.lower()
-    if scheme in ("s3", "http", "https"):
-        if not parsed.netloc:
-            return Resolved(None, None, "unsupported_uri", f"{safe_uri(value)!r} names no host or bucket")
-        uri = urllib.parse.urlunparse(parsed._replace(scheme=scheme))
-        return Resolved(safe_uri(uri), uri)
+    if scheme == "s3":
+        uri = "s3://" + value[len("s3://"):]
+        problem = s3_uri_problem(uri) if value[3:5] == "//" else "s3 URIs are written s3://bucket/key"
+        return Resolved(None, None, "malformed_uri", problem) if problem else Resolved(uri, uri)
+    if scheme in ("http", "https"):
+        problem = _http_uri_problem(value)
+        if problem:
+            return Resolved(None, None, "malformed_uri", problem)
+        uri = scheme + value[len(scheme):]
+        return Resolved(source_key(uri), uri)
     if scheme == "file":
         value = urllib.request.url2pathname(parsed.path)
     elif len(scheme) > 1:  # one letter is a Windows drive, not a scheme
@@ -116,6 +126,18 @@ def resolve_source(value: str | None, base: str, allowed_roots: Sequence[str] = 
     return Resolved(path, path)
 
 
+def _http_uri_problem(uri: str) -> str | None:
+    """Why an http(s) URL cannot be fetched as written (no host, a port that is not one), or None."""
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        return f"{safe_uri(uri)!r} has a port that is not a number from 0 to 65535"
+    if not parts.hostname:
+        return f"{safe_uri(uri)!r} names no host"
+    return None
+
+
 def local_path(uri: str) -> str:
     """A file:// URI as a plain path; other values unchanged."""
     return urllib.request.url2pathname(urllib.parse.urlparse(uri).path) if uri.startswith("file://") else uri
@@ -138,11 +160,7 @@ def _source_exists(uri: str) -> bool:
         bucket, key = split_s3(uri)
         return Storage.at(f"s3://{bucket}").exists(key)
     if is_remote(uri):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(uri, method="HEAD"), timeout=30):
-                return True
-        except OSError:
-            return False
+        return http_exists(uri, timeout_s=30)
     return Path(uri).is_file()
 
 
@@ -190,15 +208,20 @@ def _expand_subtitle_column(
 ) -> None:
     """Rows with a `subtitles` value become one row per cue; an unusable subtitle file rejects its row."""
     replaced: list[tuple[int, str, str | None, str | None]] = []
+    read: dict[str, list[Cue] | Exception] = {}  # each file once, however many rows name it (a slow server once)
     for row_number, raw, subtitles in db.run(con, "staging/rows_with_subtitles").fetchall():
         resolved = resolve_source(subtitles, base, roots)
         if resolved.reason:
             replaced.append((row_number, raw, resolved.reason, f"subtitles: {resolved.detail}"))
             continue
-        try:
-            cues = _read_subtitles(resolved.fetch_uri, workdir, limits)
-        except (SubtitleError, FetchError, OSError) as exc:
-            replaced.append((row_number, raw, "bad_subtitles", f"{resolved.source_uri}: {exc}"))
+        if resolved.fetch_uri not in read:
+            try:
+                read[resolved.fetch_uri] = _read_subtitles(resolved.fetch_uri, workdir, limits)
+            except (SubtitleError, FetchError, OSError) as exc:
+                read[resolved.fetch_uri] = exc
+        cues = read[resolved.fetch_uri]
+        if isinstance(cues, Exception):
+            replaced.append((row_number, raw, "bad_subtitles", f"{resolved.source_uri}: {cues}"))
             continue
         replaced.extend((row_number, line, None, None) for line in _expand(json.loads(raw), cues, caption_col))
     if replaced:

@@ -10,15 +10,21 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import http.client
+import ipaddress
+import math
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +33,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import pyarrow.fs as pafs
+import urllib3.exceptions
 
 
 def s3_endpoint() -> str | None:
@@ -34,9 +41,10 @@ def s3_endpoint() -> str | None:
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
-    parsed = urllib.parse.urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
+    """'s3://bucket/a/b' -> ('bucket', 'a/b'). The key is taken literally, as the AWS CLI does: '?' and '#' are part
+    of it, not a query or a fragment."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
 
 
 def s3_client(timeout_s: float = 60.0):
@@ -297,6 +305,15 @@ class S3Storage(Storage):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fetching source files (manifests, videos, subtitles)
+#
+# A manifest is untrusted input, so every fetch:
+# - is known by its `source_key` (the URL without its credentials) and shows no more than that (`safe_uri`);
+# - connects only to hosts that are and resolve to public addresses, unless COGFLOW_ALLOWED_HOSTS names them, checks
+#   every redirect target again, and connects to the very addresses it checked (DNS cannot switch them in between);
+# - sends user:password@ credentials to the URL's own origin only, never to another one a redirect names;
+# - ends within COGFLOW_DOWNLOAD_DEADLINE_S (all attempts and redirects together), is cut off when it is slower than
+#   COGFLOW_DOWNLOAD_MIN_RATE over any stretch of `timeout_s`, and does not ask a server that kept silent again;
+# - can be stopped at once from another thread (`stop_downloads_on_error`), so SIGTERM ends a run promptly.
 
 
 class FetchError(Exception):
@@ -308,52 +325,305 @@ class FetchError(Exception):
         self.detail = detail
 
 
-def _redact(uri: str) -> str:
-    """Drop user:password@ and query strings (presigned URLs carry credentials there) before logging."""
-    parsed = urllib.parse.urlparse(uri)
-    return urllib.parse.urlunparse((parsed.scheme, _host_port(parsed), parsed.path, "", "", ""))
+# Query parameters that authenticate a request rather than select what it returns: presigned S3 URLs (SigV4
+# X-Amz-*, SigV2 AWSAccessKeyId / Signature / Expires), Google Cloud Storage (X-Goog-*, GoogleAccessId), Azure SAS
+# (sig), CloudFront (Policy, Key-Pair-Id) and plain tokens and keys. Names compare without case. They never reach
+# the lake or a message; every other parameter is part of the source's identity, as the server sees it.
+CREDENTIAL_PARAMS = frozenset({
+    "sig", "signature", "expires", "awsaccesskeyid", "googleaccessid", "policy", "key-pair-id",
+    "token", "access_token", "id_token", "auth", "password", "passwd", "secret", "client_secret", "api_key", "apikey",
+})
+CREDENTIAL_PREFIXES = ("x-amz-", "x-goog-")
 
 
-def _host_port(parsed: urllib.parse.ParseResult) -> str:
+def _is_credential(param: str) -> bool:
+    name = urllib.parse.unquote_plus(param.split("=", 1)[0]).strip().lower()
+    return name in CREDENTIAL_PARAMS or name.startswith(CREDENTIAL_PREFIXES)
+
+
+def _host_port(netloc: str) -> str:
     """The netloc without user:password@ (IPv6 brackets kept)."""
-    return parsed.netloc.rpartition("@")[2]
+    return netloc.rpartition("@")[2]
+
+
+def source_key(uri: str) -> str:
+    """A remote source's identity, as the lake records it: the http(s) URL without user:password@, credential query
+    parameters (CREDENTIAL_PARAMS) and #fragment; the rest of the query selects the resource and is kept as given.
+    s3:// URIs (an S3 key is taken literally, '?' and all) and local paths come back unchanged.
+    ValueError for a URL Python cannot parse (resolve_source rejects those as `malformed_uri` first)."""
+    if not is_remote(uri) or uri[:5].lower() == "s3://":
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    query = "&".join(p for p in parts.query.split("&") if p and not _is_credential(p))
+    return urllib.parse.urlunsplit((parts.scheme.lower(), _host_port(parts.netloc), parts.path, query, ""))
 
 
 def safe_uri(uri: str) -> str:
-    return _redact(uri) if is_remote(uri) else uri
+    """What messages and logs show of a URI: its source key, which holds nothing the lake does not hold already."""
+    try:
+        return source_key(uri)
+    except ValueError:
+        return uri.split(":", 1)[0] + "://(malformed address)"
+
+
+# S3 bucket names: 3-63 letters, digits, dots and hyphens, starting and ending with a letter or a digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def s3_uri_problem(uri: str) -> str | None:
+    """Why `uri` cannot name an S3 object ('s3://..', 's3://', 's3:///key', a bucket alone), or None when it can."""
+    bucket, key = split_s3(uri)
+    if not bucket:
+        return "the s3:// URI names no bucket"
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or re.fullmatch(r"[\d.]+", bucket):
+        return "the s3:// URI's bucket is not a valid bucket name (3-63 lower-case letters, digits, dots and hyphens)"
+    if not key or key.endswith("/"):
+        return f"s3://{bucket}/{key} names a bucket or folder, not an object"
+    if any(part in (".", "..") for part in key.split("/")):
+        return f"the key of s3://{bucket}/... has '.' or '..' segments, which S3 takes literally"
+    return None
+
+
+# --- limits of one download ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """Limits read from the environment on every fetch (to be folded into the typed settings):
+    COGFLOW_DOWNLOAD_DEADLINE_S, COGFLOW_DOWNLOAD_MIN_RATE and COGFLOW_ALLOWED_HOSTS."""
+
+    deadline_s: float = 3600.0  # the whole fetch: every attempt and redirect together
+    min_rate: float = 10240.0  # bytes per second over any stretch of the read timeout; 0: no minimum
+    allowed_hosts: frozenset[str] = frozenset()  # host names and addresses admitted although internal
+
+
+def download_policy() -> DownloadPolicy:
+    """The download limits from the environment; ValueError (one line naming the setting) for a malformed one."""
+    hosts = set()
+    for item in os.environ.get("COGFLOW_ALLOWED_HOSTS", "").split(","):
+        item = item.strip().strip("[]").rstrip(".").lower()
+        if item:
+            hosts.add(_normal_address(item) or item)
+    return DownloadPolicy(
+        deadline_s=_env_number("COGFLOW_DOWNLOAD_DEADLINE_S", DownloadPolicy.deadline_s, "seconds, more than 0", 1e-9),
+        min_rate=_env_number("COGFLOW_DOWNLOAD_MIN_RATE", DownloadPolicy.min_rate, "bytes per second, 0 or more", 0.0),
+        allowed_hosts=frozenset(hosts),
+    )
+
+
+def _env_number(name: str, default: float, accepts: str, minimum: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name}={text!r}: expected a number of {accepts}, e.g. {default:g}")
+    return value
+
+
+@dataclass
+class _Budget:
+    """The time one fetch may take, all attempts and redirects together."""
+
+    timeout_s: float  # per connect and per read; also the stretch over which the rate is measured
+    policy: DownloadPolicy
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        return self.policy.deadline_s - (time.monotonic() - self.started)
+
+    def wait_s(self) -> float:
+        """How long the next connect or read may wait: the timeout, cut short by the deadline."""
+        left = self.remaining()
+        if left <= 0:
+            raise self.expired()
+        return min(self.timeout_s, left)
+
+    def expired(self) -> FetchError:
+        return FetchError("download_timeout", f"not finished within the deadline of {self.policy.deadline_s:g} s "
+                                              "(COGFLOW_DOWNLOAD_DEADLINE_S)")
+
+
+# --- stopping downloads from another thread --------------------------------------------------------------------
+
+_stopping = threading.Event()
+_in_flight: set[Callable[[], socket.socket | None]] = set()  # how to reach each download's socket right now
+_in_flight_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def stop_downloads_on_error() -> Iterator[None]:
+    """A block that waits on downloads running in other threads (probe tasks). If it ends by an exception - SIGTERM
+    becomes one in the main thread (Prefect's TerminationSignal), so does Ctrl-C - every download in flight is
+    stopped at once: its socket is shut down, so a thread blocked reading comes back instead of the process waiting
+    for it. A new block lets downloads run again."""
+    _stopping.clear()
+    try:
+        yield
+    except BaseException:
+        _stopping.set()
+        with _in_flight_lock:
+            reach = list(_in_flight)
+        for get_socket in reach:
+            sock = get_socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: safe under an SSL reader
+        raise
+
+
+@contextlib.contextmanager
+def _tracked(get_socket: Callable[[], socket.socket | None]) -> Iterator[None]:
+    with _in_flight_lock:
+        _in_flight.add(get_socket)
+    try:
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard(get_socket)
+
+
+def _stopped() -> FetchError:
+    return FetchError("download_stopped", "the run was stopped")
+
+
+# --- the host guard --------------------------------------------------------------------------------------------
+
+# Names that mean an internal host wherever they are resolved (or that resolve only inside a cloud): refused like
+# internal addresses, even on a machine where they do not resolve.
+INTERNAL_NAMES = frozenset({"localhost", "metadata", "metadata.google.internal", "instance-data"})
+INTERNAL_SUFFIXES = (".localhost", ".internal", ".local", ".localdomain")
+_ALLOW_HINT = "add it to COGFLOW_ALLOWED_HOSTS (comma-separated names or addresses) if it is meant to be fetched"
+
+
+def _normal_address(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches too: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d), NAT64
+    (64:ff9b::/96), 6to4 and Teredo."""
+    if address.version == 4:
+        return []
+    found = [address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None]
+    if int(address) >> 32 == 0 or address in ipaddress.ip_network("64:ff9b::/96"):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [a for a in found if a is not None]
+
+
+def _internal_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """What makes an address internal ('loopback', 'link-local', ...), or None for a public unicast address."""
+    for a in (address, *_embedded_ipv4(address)):
+        for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
+            if getattr(a, f"is_{kind}"):
+                return kind.replace("_", "-")
+        if not a.is_global:
+            return "non-public"
+    return None
+
+
+def _checked_addresses(host: str, port: int, policy: DownloadPolicy) -> list[tuple]:
+    """The addresses to connect to for host:port, each one checked: FetchError('host_not_allowed') when the host is
+    or resolves to an internal address in any spelling (resolving is what normalises 2852039166, 0x7f.1 or
+    ::ffff:169.254.169.254) and neither the name nor that address is on COGFLOW_ALLOWED_HOSTS."""
+    name = host.rstrip(".").lower()
+    listed = name in policy.allowed_hosts or _normal_address(name) in policy.allowed_hosts
+    if not listed and (name in INTERNAL_NAMES or name.endswith(INTERNAL_SUFFIXES)):
+        raise FetchError("host_not_allowed", f"{host} names an internal host; {_ALLOW_HINT}")
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not listed:
+        for info in infos:
+            address = ipaddress.ip_address(info[4][0])
+            kind = _internal_kind(address)
+            if kind and str(address) not in policy.allowed_hosts:
+                raise FetchError("host_not_allowed", f"{host} is or resolves to {address}, a {kind} address; {_ALLOW_HINT}")
+    return infos
+
+
+def _connect(infos: list[tuple], timeout: float) -> socket.socket:
+    """A connection to one of the checked addresses: never a fresh lookup, so DNS cannot swap in another address
+    between the check and the connection. A timeout ends it (a silent host costs one timeout, not one per address)."""
+    error: OSError = OSError("no address to connect to")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+            if isinstance(exc, TimeoutError):
+                break
+    raise error
+
+
+# --- fetch -----------------------------------------------------------------------------------------------------
+
+
+class _HTTPStatus(OSError):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason}")
+        self.status = status
+
+
+_TIMEOUTS = (TimeoutError, urllib3.exceptions.TimeoutError, botocore.exceptions.ConnectTimeoutError,
+             botocore.exceptions.ReadTimeoutError)
+_FAILURES = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, botocore.exceptions.BotoCoreError,
+             botocore.exceptions.ClientError)
 
 
 def fetch(uri: str, dest: str | Path, *, max_bytes: int, timeout_s: float, retries: int) -> Path:
-    """Download an s3:// or http(s):// object to `dest`, with retries, a timeout and a size cap.
+    """Download an s3:// or http(s):// object to `dest`, with a size cap, a per-read timeout, the deadline and
+    minimum rate of `download_policy()`, and up to `retries` more attempts after a failure that may pass (a refused
+    or cut connection, a 5xx answer); a timeout is not retried.
 
-    Raises FetchError("bytes_over_limit" | "download_failed" | "missing_file", ...). A partial download is
-    deleted, never left behind.
+    Raises FetchError("host_not_allowed" | "bytes_over_limit" | "missing_file" | "download_timeout" |
+    "download_too_slow" | "download_failed" | "download_stopped", ...); ValueError for a malformed download setting.
+    A partial download is deleted, never left behind.
     """
     dest = Path(dest)
-    last_error = "unknown error"
+    budget = _Budget(timeout_s, download_policy())
+    last_error, attempts = "unknown error", 0
     for attempt in range(retries + 1):
+        attempts = attempt + 1
         try:
-            if uri.startswith("s3://"):
-                _fetch_s3(uri, dest, max_bytes, timeout_s)
+            if _stopping.is_set():
+                raise _stopped()
+            if uri[:5].lower() == "s3://":
+                _fetch_s3(uri, dest, max_bytes, budget)
             else:
-                _fetch_http(uri, dest, max_bytes, timeout_s)
+                _fetch_http(uri, dest, max_bytes, budget)
             return dest
         except FetchError:
             dest.unlink(missing_ok=True)
             raise
-        except (
-            OSError,
-            http.client.HTTPException,  # e.g. IncompleteRead: a chunked body that stopped early
-            botocore.exceptions.BotoCoreError,
-            botocore.exceptions.ClientError,
-        ) as exc:
+        except _TIMEOUTS:
             dest.unlink(missing_ok=True)
-            last_error = f"{type(exc).__name__}: {exc}"
+            if _stopping.is_set():
+                raise _stopped() from None
+            if budget.remaining() <= 0:
+                raise budget.expired() from None
+            raise FetchError("download_timeout", f"{safe_uri(uri)} sent nothing for {timeout_s:g} s "
+                                                 "(COGFLOW_DOWNLOAD_TIMEOUT_S)") from None
+        except _FAILURES as exc:
+            dest.unlink(missing_ok=True)
+            if _stopping.is_set():
+                raise _stopped() from None
             if _is_not_found(exc):
                 raise FetchError("missing_file", f"{safe_uri(uri)} does not exist") from exc
-            if attempt < retries:
-                time.sleep(min(0.2 * 2**attempt, 5.0))
-    raise FetchError("download_failed", f"{safe_uri(uri)} after {retries + 1} attempts: {_redact_text(last_error)}")
+            last_error = str(exc) if isinstance(exc, _HTTPStatus) else f"{type(exc).__name__}: {exc}"
+            pause = min(0.2 * 2**attempt, 5.0)
+            if not _may_pass(exc) or attempt == retries or budget.remaining() <= pause:
+                break
+            _stopping.wait(pause)
+    raise FetchError("download_failed", f"{safe_uri(uri)} after {attempts} attempts: {_redact_text(last_error)}")
 
 
 def _redact_text(text: str) -> str:
@@ -362,40 +632,155 @@ def _redact_text(text: str) -> str:
 
 
 def _is_not_found(exc: Exception) -> bool:
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code == 404
+    if isinstance(exc, _HTTPStatus):
+        return exc.status in (404, 410)
     if isinstance(exc, botocore.exceptions.ClientError):
         return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
     return False
 
 
-def _fetch_s3(uri: str, dest: Path, max_bytes: int, timeout_s: float) -> None:
+def _may_pass(exc: Exception) -> bool:
+    """Whether another attempt may succeed: yes after a refused, reset or cut connection, a 5xx, 408 or 429 answer or
+    S3 throttling; no after another 4xx answer or a request that cannot be made."""
+    if isinstance(exc, _HTTPStatus):
+        return exc.status >= 500 or exc.status in (408, 429)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 500
+        return status >= 500 or status in (408, 429)
+    return not isinstance(exc, (http.client.InvalidURL, socket.gaierror))
+
+
+def _copy_body(read: Callable[[int], bytes], set_timeout: Callable[[float], None], dest: Path, max_bytes: int,
+               budget: _Budget) -> int:
+    """Write what `read` returns (as soon as anything arrived) to `dest`; return the bytes received. Each read
+    waits at most the timeout (cut short by the deadline); the rate is measured over stretches of the timeout."""
+    received = 0
+    stretch_start, stretch_bytes = time.monotonic(), 0
+    with open(dest, "wb") as out:
+        while True:
+            set_timeout(budget.wait_s())
+            chunk = read(1 << 20)
+            if _stopping.is_set():
+                raise _stopped()
+            if not chunk:
+                return received
+            received += len(chunk)
+            if received > max_bytes:  # the header can lie or be absent: count what arrives
+                raise FetchError("bytes_over_limit", f"more than {max_bytes} bytes received")
+            out.write(chunk)
+            stretch_bytes += len(chunk)
+            elapsed = time.monotonic() - stretch_start
+            if elapsed >= budget.timeout_s:
+                if stretch_bytes < budget.policy.min_rate * elapsed:
+                    raise FetchError("download_too_slow", f"{stretch_bytes / elapsed:.0f} bytes/s over {elapsed:.1f} s, "
+                                     f"under the minimum of {budget.policy.min_rate:g} (COGFLOW_DOWNLOAD_MIN_RATE)")
+                stretch_start, stretch_bytes = time.monotonic(), 0
+
+
+def _declared_length(value: object) -> int | None:
+    try:
+        return int(value) if value is not None else None  # type: ignore[call-overload]
+    except ValueError:
+        return None
+
+
+def _fetch_s3(uri: str, dest: Path, max_bytes: int, budget: _Budget) -> None:
     bucket, key = split_s3(uri)
-    client = s3_client(timeout_s)
-    size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
-    if size > max_bytes:
-        raise FetchError("bytes_over_limit", f"{size} bytes > limit {max_bytes}")
-    client.download_file(bucket, key, str(dest))
+    # No SDK retries: fetch's own loop retries what may pass, and a timeout is not retried.
+    config = botocore.config.Config(connect_timeout=budget.wait_s(), read_timeout=budget.timeout_s,
+                                    retries={"total_max_attempts": 1, "mode": "standard"})
+    client = boto3.client("s3", endpoint_url=s3_endpoint(), config=config)
+    response = client.get_object(Bucket=bucket, Key=key)
+    raw = response["Body"]._raw_stream  # urllib3's response: read1 returns what has arrived, so a trickle is measured
+    try:
+        size = _declared_length(response.get("ContentLength"))
+        if size is not None and size > max_bytes:
+            raise FetchError("bytes_over_limit", f"{size} bytes > limit {max_bytes}")
+
+        def sock() -> socket.socket | None:
+            return getattr(raw.connection, "sock", None)
+
+        def set_timeout(seconds: float) -> None:
+            if (s := sock()) is not None:
+                s.settimeout(seconds)
+
+        with _tracked(sock):
+            received = _copy_body(raw.read1, set_timeout, dest, max_bytes, budget)
+        if size is not None and received != size:
+            raise OSError(f"connection closed after {received} of {size} bytes")
+    finally:
+        raw.close()  # the client is this fetch's own: nothing to hand back to a pool
 
 
-def _fetch_http(uri: str, dest: Path, max_bytes: int, timeout_s: float) -> None:
-    parsed = urllib.parse.urlparse(uri)
-    headers = {"User-Agent": "cogflow"}
-    if parsed.username is not None:  # urllib does not read user:password@ itself: send it as basic auth
-        token = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
-        uri = urllib.parse.urlunparse(parsed._replace(netloc=_host_port(parsed)))
-    request = urllib.request.Request(uri, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        declared = response.headers.get("Content-Length")
-        if declared is not None and int(declared) > max_bytes:
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 5
+
+
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").rstrip("."), parts.port or (443 if scheme == "https" else 80)
+
+
+def _fetch_http(uri: str, dest: Path, max_bytes: int, budget: _Budget) -> None:
+    with _http_response(uri, "GET", budget) as (response, sock):
+        if response.status >= 300:
+            raise _HTTPStatus(response.status, response.reason)
+        declared = _declared_length(response.getheader("Content-Length"))
+        if declared is not None and declared > max_bytes:
             raise FetchError("bytes_over_limit", f"{declared} bytes > limit {max_bytes}")
-        received = 0
-        with open(dest, "wb") as out:
-            while chunk := response.read(1 << 20):
-                received += len(chunk)
-                if received > max_bytes:  # the header can lie or be absent: count what arrives
-                    raise FetchError("bytes_over_limit", f"more than {max_bytes} bytes received")
-                out.write(chunk)
-        if declared is not None and received != int(declared):
+        received = _copy_body(response.read1, sock.settimeout, dest, max_bytes, budget)
+        if declared is not None and received != declared:
             raise OSError(f"connection closed after {received} of {declared} bytes")
+
+
+def http_exists(uri: str, timeout_s: float) -> bool:
+    """Whether an http(s) URL answers a HEAD request with success, under the same guard and limits as `fetch`."""
+    try:
+        with _http_response(uri, "HEAD", _Budget(timeout_s, download_policy())) as (response, _):
+            return 200 <= response.status < 300
+    except (FetchError, *_TIMEOUTS, *_FAILURES):
+        return False
+
+
+@contextlib.contextmanager
+def _http_response(uri: str, method: str, budget: _Budget) -> Iterator[tuple[http.client.HTTPResponse, socket.socket]]:
+    """The response to `method` on `uri`, and its socket, after following redirects (each target checked by the host
+    guard; the Authorization made of user:password@ goes to the URL's own origin only). Until the block ends the
+    socket stays tracked, so `stop_downloads_on_error` can shut it."""
+    parts = urllib.parse.urlsplit(uri)
+    authorization = None
+    if parts.username is not None:  # user:password@ is sent as basic auth, to this origin only
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(token.encode()).decode()
+    home = _origin(parts)
+    for _ in range(_MAX_REDIRECTS + 1):
+        scheme, host, port = _origin(parts)
+        if scheme not in ("http", "https") or not host:
+            raise FetchError("download_failed", f"redirected to {scheme}:, which is not fetched (only http and https)")
+        infos = _checked_addresses(host, port, budget.policy)
+        connection_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        conn = connection_class(host, port, timeout=budget.wait_s())
+        conn._create_connection = lambda _address, timeout, _source=None: _connect(infos, timeout)  # type: ignore[attr-defined]
+        headers = {"User-Agent": "cogflow", "Accept-Encoding": "identity"}
+        if authorization and (scheme, host, port) == home:
+            headers["Authorization"] = authorization
+        opened: list[socket.socket] = []  # kept: the connection lets go of its socket when the response says close
+        with _tracked(lambda: opened[0] if opened else None):
+            try:
+                conn.connect()
+                opened.append(conn.sock)
+                conn.request(method, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
+                response = conn.getresponse()
+                location = response.getheader("Location") if response.status in _REDIRECTS else None
+                if location is None:
+                    yield response, opened[0]
+                    return
+            finally:
+                conn.close()
+        # the next hop: relative to this URL, never with credentials a server hands out
+        here = urllib.parse.urlunsplit(parts._replace(netloc=_host_port(parts.netloc)))
+        parts = urllib.parse.urlsplit(urllib.parse.urljoin(here, location.strip()))
+        parts = parts._replace(netloc=_host_port(parts.netloc), fragment="")
+        if _origin(parts) != home:
+            authorization = None  # once the chain has left the origin, credentials stay behind for good
+    raise FetchError("download_failed", f"{safe_uri(uri)}: more than {_MAX_REDIRECTS} redirects")

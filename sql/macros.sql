@@ -41,6 +41,8 @@ CREATE OR REPLACE MACRO clean_caption(s) AS trim(
         '[\s\p{Z}]+', ' ', 'g')
 );
 
--- Strip credentials from URLs inside a text (user:password@ and query strings such as presigned signatures).
+-- Strip credentials from URLs inside a text (user:password@, and the whole query and fragment, which may hold
+-- presigned signatures or tokens), JSON-escaped quotes (\") included. The lake's source_uri is finer
+-- (pipeline.storage.source_key keeps the query minus credentials); this is for free text such as raw rows.
 CREATE OR REPLACE MACRO scrub_urls(s) AS regexp_replace(
-    s, '(?i)((?:https?|s3)://)(?:[^/@"\s]*@)?([^?"\s]*)(?:\?[^"\s]*)?', '\1\2', 'g');
+    s, '(?i)((?:https?|s3)://)(?:(?:[^/?#"\s\\]|\\.)*@)?((?:[^?#"\s\\]|\\.)*)(?:[?#](?:[^"\s\\]|\\.)*)?', '\1\2', 'g');

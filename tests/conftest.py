@@ -48,6 +48,7 @@ os.environ.update(
     AWS_EC2_METADATA_DISABLED="true",
     MLFLOW_DISABLE_TELEMETRY="true",
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    COGFLOW_ALLOWED_HOSTS="127.0.0.1,localhost",  # the tests' servers listen there: re-admitted past the host guard
 )
 
 

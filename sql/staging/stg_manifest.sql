@@ -5,7 +5,7 @@ WITH fields AS (
     SELECT
         r.row_number,
         md5($manifest_uri || '|' || r.raw) AS row_id,
-        scrub_urls(r.raw) AS raw,  -- presigned signatures and passwords in URLs never reach the lake
+        scrub_urls(json(r.raw)::VARCHAR) AS raw,  -- no password or query of a URL reaches the lake (json(): '\/' is '/')
         r.load_reason,
         r.load_detail,
         r.raw ->> $video_key AS video_value,
@@ -13,8 +13,8 @@ WITH fields AS (
         nullif(trim(r.raw ->> 'start_s'), '') AS start_text,
         nullif(trim(r.raw ->> 'end_s'), '') AS end_text,
         nullif(trim(r.raw ->> 'video_id'), '') AS source_video_id,
-        -- every other column is kept as metadata (a JSON merge patch with nulls deletes the known keys)
-        json_merge_patch(r.raw, json_object($video_col, NULL, $caption_col, NULL, 'start_s', NULL, 'end_s', NULL, 'video_id', NULL))::VARCHAR AS metadata
+        -- every other column is kept as metadata (a JSON merge patch with nulls deletes the known keys), URLs scrubbed
+        scrub_urls(json_merge_patch(r.raw, json_object($video_col, NULL, $caption_col, NULL, 'start_s', NULL, 'end_s', NULL, 'video_id', NULL))::VARCHAR) AS metadata
     FROM raw_rows AS r
 ),
 

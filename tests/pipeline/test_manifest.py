@@ -32,8 +32,8 @@ def test_relative_paths_resolve_against_the_manifest_folder(tmp_path):
         ("~/secrets.mp4", "path_outside_roots"),
         ("ftp://host/a.mp4", "unsupported_uri"),
         ("videos/a.mp4\x00.txt", "unsupported_uri"),
-        ("s3:/bucket-without-slashes/a.mp4", "unsupported_uri"),
-        ("http:relative.mp4", "unsupported_uri"),
+        ("s3:/bucket-without-slashes/a.mp4", "malformed_uri"),
+        ("http:relative.mp4", "malformed_uri"),
         ("javascript:alert(1)", "unsupported_uri"),
         ("", "missing_video"),
         ("   ", "missing_video"),
@@ -76,7 +76,7 @@ def test_urls_keep_their_credentials_only_for_fetching():
     # relative paths under a manifest fetched with credentials inherit them for fetching, never for the lake
     base = manifest_base("https://user:pw@host/data/m.csv?sig=1")
     relative = resolve_source("videos/a.mp4?part=2", base)
-    assert relative.source_uri == "https://host/data/videos/a.mp4"
+    assert relative.source_uri == "https://host/data/videos/a.mp4?part=2"  # the query selects; only credentials go
     assert relative.fetch_uri == "https://user:pw@host/data/videos/a.mp4?part=2"
     assert resolve_source("%2e%2e/secret.mp4", base).reason == "path_outside_roots"
 

@@ -436,7 +436,7 @@ def test_fetch_cut_chunked_body_is_download_failed(odd_http: str, tmp_path: Path
         ("https://bucket.s3.amazonaws.com/k/v.mp4?X-Amz-Algorithm=AWS4&X-Amz-Signature=abc123",
          "https://bucket.s3.amazonaws.com/k/v.mp4"),
         ("http://u:p@127.0.0.1:8080/v.mp4?token=t#frag", "http://127.0.0.1:8080/v.mp4"),
-        ("s3://bucket/key/v.mp4?versionId=3", "s3://bucket/key/v.mp4"),
+        ("s3://bucket/key/v.mp4?versionId=3", "s3://bucket/key/v.mp4?versionId=3"),  # an S3 key is literal
         ("s3://bucket/key/v.mp4", "s3://bucket/key/v.mp4"),
         ("/data/videos/a?b.mp4", "/data/videos/a?b.mp4"),  # local paths are left alone, '?' and all
         ("videos/user:pass@x.mp4", "videos/user:pass@x.mp4"),
