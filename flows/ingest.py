@@ -16,6 +16,7 @@ from flows.progress import Progress
 from pipeline.ingest import IngestPlan, IngestSummary, finish_ingest, plan_ingest, probe_source
 from pipeline.manifest import check_manifest
 from pipeline.settings import Limits, Settings, load_settings
+from pipeline.storage import safe_uri, stop_downloads_on_error
 
 # Results stay in memory: every step is idempotent against the lake, which is the only state that matters.
 plan_task = task(plan_ingest, name="plan-ingest", cache_policy=NO_CACHE)
@@ -31,12 +32,29 @@ def _probe_all(plan: IngestPlan) -> list[dict[str, object]]:
     if not plan.to_probe:
         return []
     progress = Progress(len(plan.to_probe), "probing videos", key="ingest-probe-progress")
-    futures = [probe_task.submit(uri, fetch_uri, plan.settings.limits) for uri, fetch_uri in plan.to_probe]
     probes = []
-    for future in as_completed(futures):
-        probes.append(future.result())
-        progress.advance()
+    # SIGTERM (Prefect turns it into an exception here) or Ctrl-C stops the downloads of the probes at once: the task
+    # runner waits for its threads before the process can exit, and a slow server would hold them for long.
+    with stop_downloads_on_error():
+        futures = [probe_task.submit(uri, fetch_uri, plan.settings.limits) for uri, fetch_uri in plan.to_probe]
+        for future in as_completed(futures):
+            probes.append(future.result())
+            progress.advance()
     return probes
+
+
+# A manifest URI can carry credentials (user:password@, a presigned query), and Prefect stores a flow run's parameters
+# and shows them in its UI. So the flow's `manifest` parameter is the URI without them, and the URI itself is handed
+# over inside this process (`hand_over_manifest`; run_ingest does it): it is never a parameter.
+_handed_over: dict[str, str] = {}
+
+
+def hand_over_manifest(manifest: str) -> str:
+    """Keep `manifest` for ingest flows run by this process; returns what to pass as the flow's parameter."""
+    shown = safe_uri(manifest)
+    if shown != manifest:
+        _handed_over[shown] = manifest
+    return shown
 
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().probe_workers))
@@ -51,6 +69,7 @@ def ingest_flow(
     """Ingest one manifest (CSV, JSONL, Parquet, SRT or WebVTT; local, s3:// or http(s)://) into the lake."""
     settings = load_settings(lake=lake)
     logger = get_run_logger()
+    manifest = _handed_over.get(manifest, manifest)
     plan = plan_task(
         manifest, settings, video_col=video_col, caption_col=caption_col, retry_rejects=retry_rejects, encoding=encoding,
     )
@@ -77,4 +96,5 @@ def run_ingest(settings: Settings, **parameters: object) -> IngestSummary:
         video_col=str(parameters.get("video_col", "video")), caption_col=str(parameters.get("caption_col", "caption")),
     )
     runner = ThreadPoolTaskRunner(max_workers=settings.probe_workers)
+    parameters["manifest"] = hand_over_manifest(str(parameters["manifest"]))
     return ingest_flow.with_options(task_runner=runner)(**parameters)
