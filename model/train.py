@@ -29,7 +29,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,11 @@ class TrainConfig:
     frames: int = FRAMES  # 1: a text-to-image run whose spatial channel a video model can start from
     spatial_from: str = ""  # a text-to-image run id or .pt file: load its spatial channel
     freeze_spatial: bool = True  # ... and keep it fixed, as CogVideo kept CogView2
+    # Stage 1 starts from the spatial channel of a text-to-image run of this many steps (on single frames of the same
+    # clips), trained first unless a complete one exists: CogVideo's recipe (CogView2 first), and cheap, since a
+    # 1-frame sample is 165 slots where a video is 565, so it spends its steps on the hard part of a key frame, what
+    # the caption asks for, rather than on copying one frame into the next. 0: no such run.
+    t2i_steps: int = 0
     # A stage-1 run id (or runs:/, models:/, a .pt file) whose whole model this training starts from. Stage 2 starts
     # from the pipeline's stage 1: same shapes, and it has learnt the codes, the text and, through the temporal
     # channel, that most codes of a frame are the codes of the frame before (what stage 2 must learn first).
@@ -374,6 +379,13 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     `resume` insists on a checkpoint; `restart` ignores one; `until_step` checkpoints and stops at that step."""
     env = distributed.setup()
     cfg = run.train
+    if stage == 1 and cfg.frames > 1 and cfg.t2i_steps > 0 and not cfg.spatial_from:
+        image = train_stage(settings, 1, replace(run, train=replace(cfg, frames=1, steps=cfg.t2i_steps, t2i_steps=0)),
+                            frame_version=frame_version, restart=restart, progress=progress)
+        if not image.complete:
+            return image  # stopped (SIGTERM): the same command resumes it, then goes on to stage 1
+        cfg = replace(cfg, spatial_from=image.run_id)
+        run = replace(run, train=cfg)
     torch.manual_seed(cfg.seed)
     store = Storage.at(settings.lake)
     if env.main:

@@ -1,6 +1,7 @@
 """Stage-1 ablation bench: train stage 1 one way on a lake that already holds tokens, read its key frames back.
 
     COGFLOW_HOME=.cogflow .venv/bin/python tests/bench/bench_stage1.py --label lr5e-3 --set train.lr=5e-3
+    ... --label guidance1 --run RUN_ID --sample guidance=1   # read back a trained run with other sampling
     ... --t2i-steps 600        # first a text-to-image run of the same model, its spatial channel seeds stage 1
 
 What one change to stage 1 (its config, its data, a text-to-image start) does to what the issue cares about, in one
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
                         help="sampling override (guidance=1, temperature=0.7, top_k=5); the stage's defaults otherwise")
+    parser.add_argument("--run", help="read back this stage-1 run (an MLflow run id) instead of training one")
     parser.add_argument("--out", help="JSON lines file to append the result to")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -74,21 +76,27 @@ def main() -> int:
     row: dict = {"label": args.label, "set": args.set, "t2i_steps": args.t2i_steps, "t2i_set": args.t2i_set}
 
     overrides = list(args.set)
-    if args.t2i_steps:
+    if args.run:
+        result = None
+    elif args.t2i_steps:
         started = time.monotonic()
         t2i = train_stage(settings, 1, load_config(args.config, [*args.set, f"train.steps={args.t2i_steps}", "train.frames=1",
                                                                    *args.t2i_set]), restart=True)
         row["t2i"] = {"seconds": time.monotonic() - started, "val_bits": t2i.val_bits_per_token,
                       "tokens_per_s": t2i.tokens_per_s}
         overrides.append(f"train.spatial_from={t2i.run_id}")
-    started = time.monotonic()
-    result = train_stage(settings, 1, load_config(args.config, overrides), restart=True)
-    row["stage1"] = {"seconds": time.monotonic() - started, "val_bits": result.val_bits_per_token,
-                     "tokens_per_s": result.tokens_per_s, "steps": result.steps, "run_id": result.run_id}
+    if not args.run:
+        started = time.monotonic()
+        result = train_stage(settings, 1, load_config(args.config, overrides), restart=True)
+        row["stage1"] = {"seconds": time.monotonic() - started, "val_bits": result.val_bits_per_token,
+                         "tokens_per_s": result.tokens_per_s, "steps": result.steps, "run_id": result.run_id}
+    else:
+        row["stage1"] = {"seconds": 0.0, "val_bits": float("nan"), "tokens_per_s": float("nan"), "run_id": args.run}
+    run_id = row["stage1"]["run_id"]
 
     started = time.monotonic()
-    path = generate.find_stage(settings, 1, result.run_id)
-    stage = generate.load_stage(path, 1, result.run_id, "cpu")
+    path = generate.find_stage(settings, 1, run_id)
+    stage = generate.load_stage(path, 1, run_id, "cpu")
     options = {k: float(v) if "." in v else int(v) for k, v in (s.split("=", 1) for s in args.sample)}
     prompts = diagnosis_prompts(settings, args.prompts)
     row["keyframes"] = read_keyframes(settings, stage, prompts, options)
@@ -98,8 +106,8 @@ def main() -> int:
     k = row["keyframes"]
     cells = "  ".join(f"{f} {k[f]['share']:.0%} [{k[f]['low']:.0%}, {k[f]['high']:.0%}]" for f in (*FIELDS, "background"))
     t2i_text = f"t2i {row['t2i']['seconds']:.0f} s val {row['t2i']['val_bits']:.3f}  " if "t2i" in row else ""
-    print(f"{args.label}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {result.val_bits_per_token:.3f} "
-          f"({result.tokens_per_s:,.0f} tokens/s)  key frames on {k['colour']['n']}: {cells}  mean {k['mean']['share']:.0%}")
+    print(f"{args.label}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {row['stage1']['val_bits']:.3f} "
+          f"({row['stage1']['tokens_per_s']:,.0f} tokens/s), eval {row['eval_seconds']:.0f} s  key frames on {k['colour']['n']}: {cells}  mean {k['mean']['share']:.0%}")
     out = Path(args.out) if args.out else Path(settings.home) / "bench_stage1.jsonl"
     with open(out, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")

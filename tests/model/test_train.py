@@ -169,6 +169,19 @@ def test_video_model_from_a_text_to_image_run(home: Path) -> None:
     assert not torch.equal(video_state["blocks.0.attention.temporal_qkv.weight"], image_state["blocks.0.attention.spatial_qkv.weight"])
 
 
+def test_t2i_steps_trains_a_text_to_image_run_first_and_starts_stage1_from_it(home: Path) -> None:
+    settings = lake_settings(home)
+    overrides = ["train.t2i_steps=3", "train.freeze_spatial=false"]
+    video = train_stage(settings, 1, load_config("debug", overrides), progress=False)
+    tracking.use(settings.mlflow_tracking_uri, settings.home)
+    image_run = MlflowClient().get_run(video.run_id).data.params["train.spatial_from"]
+    image = MlflowClient().get_run(image_run).data
+    assert image.tags["cogflow.kind"] == "t2i" and image.params["train.steps"] == "3"
+    assert image.params["train.frames"] == "1" and image.tags["cogflow.complete"] == "true"
+    again = train_stage(settings, 1, load_config("debug", overrides), progress=False)  # both complete: nothing trains
+    assert not again.trained and again.run_id == video.run_id
+
+
 def test_stage2_starts_from_a_stage1_run(home: Path, monkeypatch) -> None:
     """train.init_from: stage 2's step 0 holds stage 1's trained weights (the pipeline's default for stage 2)."""
     settings = lake_settings(home)

@@ -125,3 +125,28 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=1e-12, msg=name)
+
+
+def test_levels_embedding_shares_what_codes_on_one_level_have_in_common() -> None:
+    """code_embedding = levels: an FSQ code's embedding is its own row plus one row per (channel, level), in the
+    tokenizer's mixed-radix order; cached decoding still equals the full pass."""
+    torch.manual_seed(0)
+    lay = Layout(text_len=5, grid=4, stage=1)
+    levels = (2, 4, 5)  # 40 codes, K
+    spec = ModelSpec(TransformerConfig(layers=2, hidden=32, heads=4, code_embedding="levels"), lay, K, V, code_levels=levels)
+    model = CogVideoTransformer(spec).double().eval()
+    digits = model.code_digits - torch.tensor([0, 2, 6])  # back to 0-based digits per channel
+    assert digits[1].tolist() == [1, 0, 0] and digits[2].tolist() == [0, 1, 0] and digits[8].tolist() == [0, 0, 1]
+    table = model.code_table()
+    own = model.embed.weight[:K]
+    # codes 0 and 1 differ only on channel 0: their level parts differ by exactly that channel's two rows
+    assert torch.allclose((table[1] - own[1]) - (table[0] - own[0]), model.level_embed.weight[1] - model.level_embed.weight[0])
+    tokens, _, valid = batch(lay)
+    with torch.no_grad():
+        full = model.logits(model(tokens, valid))
+        cache = KVCache.empty(spec, 2, torch.device("cpu"), torch.float64)
+        parts = [model(tokens[:, :lay.text_slots], valid, torch.arange(lay.text_slots), cache)]
+        parts += [model(tokens[:, p:p + 1], valid, torch.tensor([p]), cache) for p in range(lay.text_slots, lay.length)]
+    torch.testing.assert_close(model.logits(torch.cat(parts, dim=1)), full, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="needs an FSQ frame tokenizer"):
+        ModelSpec(TransformerConfig(code_embedding="levels"), lay, K, V)
