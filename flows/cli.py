@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import NoReturn
 
-from pipeline.settings import ENV_LIMITS, Settings
+from pipeline.settings import ENV_LIMITS, FIELD_BY_PATH, SettingError, Settings, lake_problem, limit_field
 
 
 def _sample_data(args: argparse.Namespace) -> int:
@@ -295,12 +298,19 @@ def _repair(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """The lake's tables and trained stages; a bad setting is reported in one line (exit 2) without hiding the rest,
+    unless it is the lake or home itself."""
     from pipeline import lake
-    from pipeline.settings import load_settings
+    from pipeline.settings import read_settings
     from pipeline.split import clip_counts, fps_token
     from pipeline.storage import Storage, safe_uri
 
-    settings = load_settings()
+    problems = _setting_problems(args)
+    for line in problems.values():
+        print(f"cogflow status: {line}", file=sys.stderr)
+    if {"COGFLOW_LAKE", "COGFLOW_HOME"} & problems.keys():
+        return 2
+    settings, _ = read_settings()
     store = Storage.at(settings.lake)
     counts = lake.row_counts(store)
     print(f"lake {safe_uri(settings.lake)}")
@@ -322,7 +332,7 @@ def _status(args: argparse.Namespace) -> int:
         for (frames, text, stage), n in sorted(encoded.items()):
             print(f"  tokens/v{frames}  stage {stage}  (text tokenizer v{text})  {n:>10,}")
     _status_stages(settings)
-    return 0
+    return 2 if problems else 0
 
 
 def _status_stages(settings: Settings) -> None:
@@ -352,10 +362,86 @@ def _positive(text: str) -> int:
 
 
 def _limit(text: str) -> tuple[str, str]:
+    """NAME=VALUE, the value checked as its setting accepts it (units: max_bytes=2GB, max_duration_s=2h)."""
     name, sep, value = text.partition("=")
     if not sep or name not in ENV_LIMITS:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(ENV_LIMITS)}")
-    return name, value
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(ENV_LIMITS)}, not {text!r}")
+    field = limit_field(name)
+    try:
+        return name, str(field.parse(value))
+    except SettingError:
+        raise argparse.ArgumentTypeError(f"{name}: expected {field.accepts()}, not {value!r}") from None
+
+
+def _setting(path: str) -> Callable[[str], int]:
+    """An argparse type that checks an option as its setting (pipeline/settings.py FIELDS) accepts it."""
+    field = FIELD_BY_PATH[path]
+
+    def parse(text: str) -> int:
+        try:
+            return field.parse(text)
+        except SettingError:
+            raise argparse.ArgumentTypeError(f"expected {field.accepts()}, not {text!r}") from None
+
+    return parse
+
+
+def _lake_option(text: str) -> str:
+    if (why := lake_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(f"expected a folder or s3://bucket/prefix, but {why}")
+    return text
+
+
+def _setting_problems(args: argparse.Namespace) -> dict[str, str]:
+    """Every setting that holds a value it does not accept, one line each (by environment variable); and for a
+    command that uses the lake, whether an S3 lake's bucket can be reached."""
+    from pipeline.settings import check_lake_reachable, read_settings
+
+    settings, problems = read_settings()
+    if "COGFLOW_LAKE" not in problems and ("lake" in vars(args) or args.command == "demo"):
+        if (why := check_lake_reachable(settings.lake)) is not None:
+            problems["COGFLOW_LAKE"] = f"{'--lake' if getattr(args, 'lake', None) else 'COGFLOW_LAKE'}: {why}"
+    return problems
+
+
+def _settle_prefect_events(started: datetime, timeout_s: float = 30.0) -> None:
+    """Before this process exits and with it Prefect's temporary server, wait until that server has recorded the
+    task runs of this command.
+
+    Task-run states reach the server as events, which it writes one by one; under load it falls behind the flow.
+    At exit Prefect stops the temporary server, cancelling the write in flight ("Error flushing events" and a
+    traceback on a successful run) and dropping the events still queued (task runs left Running in its history).
+    So: send the events still buffered here, then poll the server until the task runs of this command's flow runs
+    are all final and their count stops changing (or nothing changes for a second, as when a crash left some
+    unfinished). Nothing to do when no temporary server was started (a Prefect server at PREFECT_API_URL keeps
+    running, and commands without flows start none)."""
+    server_module = sys.modules.get("prefect.server.api.server")
+    servers = getattr(getattr(server_module, "SubprocessASGIServer", None), "_instances", {})
+    server = next((s for s in servers.values() if s.running and s.server_process is not None), None)
+    if server is None:
+        return
+    import httpx
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    unfinished = {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]}}}
+    flow_runs = {"start_time": {"after_": started.isoformat()}}
+    seen: list[tuple[int, int]] = []
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=server.api_url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                total = client.post("/task_runs/count", json={"flow_runs": flow_runs}).raise_for_status().json()
+                open_ = client.post("/task_runs/count", json={"flow_runs": flow_runs, "task_runs": unfinished}
+                                    ).raise_for_status().json()
+            except (httpx.HTTPError, ValueError):
+                return  # the server is gone or answers otherwise: nothing to wait for
+            if not isinstance(total, int) or not isinstance(open_, int):
+                return
+            seen.append((total, open_))
+            if (open_ == 0 and seen[-2:] == [seen[-1]] * 2) or seen[-5:] == [seen[-1]] * 5:
+                return
+            time.sleep(0.2)
 
 
 def apply_options(args: argparse.Namespace) -> None:
@@ -372,14 +458,21 @@ def apply_options(args: argparse.Namespace) -> None:
     os.environ.update({k: str(v) for k, v in chosen.items() if v is not None})
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (what is wrong, where to read more) and exit code 2, like every user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cogflow", description="Captioned videos in, a CogVideo-style model out.")
+    parser = _Parser(prog="cogflow", description="Captioned videos in, a CogVideo-style model out.")
     parser.add_argument("--home", help="working folder (default $COGFLOW_HOME or .cogflow)")
     parser.add_argument("--mlflow-tracking-uri", help="default $MLFLOW_TRACKING_URI or sqlite:///$COGFLOW_HOME/mlflow.db")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
     parser.add_argument(
         "--limit", type=_limit, action="append", default=[], metavar="NAME=VALUE",
-        help=f"override an ingest limit, e.g. max_bytes=1e9 (names: {', '.join(ENV_LIMITS)})",
+        help=f"override an ingest limit, e.g. max_bytes=2GB or max_duration_s=2h (names: {', '.join(ENV_LIMITS)})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -393,19 +486,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("ingest", help="ingest a manifest (CSV, JSONL, Parquet, SRT, WebVTT) into the lake")
     p.add_argument("manifest", help="local path, file://, s3:// or http(s):// URL")
-    p.add_argument("--lake", help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)")
+    p.add_argument("--lake", type=_lake_option, help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)")
     p.add_argument("--video-col", default="video", help="manifest column holding the video (default: video)")
     p.add_argument("--caption-col", default="caption", help="manifest column holding the caption (default: caption)")
-    p.add_argument("--workers", type=int, help="videos probed in parallel (default $COGFLOW_PROBE_WORKERS or 4)")
+    p.add_argument("--workers", type=_setting("probe_workers"), help="videos probed in parallel (default $COGFLOW_PROBE_WORKERS or 4)")
     p.add_argument("--retry-rejects", action="store_true", help="probe again sources rejected by an earlier run")
     p.add_argument("--encoding", help="a CSV/JSONL manifest's text encoding, any Python codec name such as gb18030 "
                    "(default: UTF-8, or UTF-16 by its byte order mark)")
     p.set_defaults(run=_ingest)
 
     p = commands.add_parser("split", help="cut the lake's captioned videos into 5-frame 160x160 clips")
-    p.add_argument("--lake", help="lake root: a folder or s3://bucket/prefix")
+    p.add_argument("--lake", type=_lake_option, help="lake root: a folder or s3://bucket/prefix")
     p.add_argument("--stage", default="all", choices=["1", "2", "all"], help="plan windows for stage 1, 2 or both (default)")
-    p.add_argument("--workers", dest="split_workers", type=int, help="shards split at once (default $COGFLOW_SPLIT_WORKERS or the cores)")
+    p.add_argument("--workers", dest="split_workers", type=_setting("split.workers"), help="shards split at once (default $COGFLOW_SPLIT_WORKERS or the cores)")
     p.add_argument(
         "--task-runner", default="threads",
         help="threads (default; each shard decodes in its own process), processes, dask or ray; "
@@ -418,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default="all",
                    help="all (default), or any of text, frames, encode (comma-separated): text trains the SentencePiece "
                         "caption tokenizer, frames the VQ-VAE frame tokenizer, encode writes tokens/<version>/ rows")
-    p.add_argument("--lake")
+    p.add_argument("--lake", type=_lake_option)
     p.add_argument("--vocab-size", type=_positive, default=16000, help="text pieces wanted (a small corpus gets fewer; default 16000)")
     p.add_argument("--config", default="demo", help="frame tokenizer config: debug, demo, base or a .toml file (default demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a frame tokenizer config key, e.g. train.steps=600")
@@ -433,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=int, choices=[1, 2], required=True)
     p.add_argument("--config", default="demo", help="debug, demo, base, paper or a .toml file (default demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600")
-    p.add_argument("--lake")
+    p.add_argument("--lake", type=_lake_option)
     p.add_argument("--nproc", type=_positive, help="training processes (torchrun --standalone when more than 1; default: one per GPU, or 1)")
     p.add_argument("--frame-tokenizer", help="train on the tokens of this frame tokenizer version (default: newest)")
     p.add_argument("--resume", action="store_true", help="continue this training from its checkpoint (an error when there is none)")
@@ -444,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "make them champion if they pass the gate")
     p.add_argument("--stage1", help="MLflow run of stage 1 (default: the newest complete one)")
     p.add_argument("--stage2", help="MLflow run of stage 2 (default: the newest complete one)")
-    p.add_argument("--lake")
+    p.add_argument("--lake", type=_lake_option)
     _add_evaluation_options(p)
     p.set_defaults(run=_register)
 
@@ -453,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "ceiling, baselines, background bits, a layout check")
     p.add_argument("--stage1", help="stage 1 as for `cogflow generate` (default: the newest complete run)")
     p.add_argument("--stage2", help="the same for stage 2")
-    p.add_argument("--lake")
+    p.add_argument("--lake", type=_lake_option)
     p.add_argument("--prompts", type=_positive, help="prompts to make videos for, half val captions, half unseen "
                                                     "sample-world captions (default 96)")
     p.add_argument("--clips", type=_positive, help="real stage-1 clips for the frame tokenizer's ceiling (default 48)")
@@ -471,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("pipeline", help="the whole data-to-model flow: ingest, split, tokenize, train both "
                                              "stages, evaluate and register (each step skips work already done)")
     p.add_argument("manifest", nargs="?", help="a manifest to ingest first (default: work on what the lake holds)")
-    p.add_argument("--lake")
+    p.add_argument("--lake", type=_lake_option)
     p.add_argument("--config", default="demo", help="CogVideo config of both stages (default demo)")
     p.add_argument("--stage1-set", action="append", default=[], metavar="KEY=VALUE", help="override a stage-1 config key")
     p.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE", help="override a stage-2 config key")
@@ -497,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_generate)
 
     p = commands.add_parser("preview", help="write a contact sheet of clips (frames in a row, caption beneath)")
-    p.add_argument("--lake")
+    p.add_argument("--lake", type=_lake_option)
     p.add_argument("--clip-id", action="append", help="a clip to show (repeatable)")
     p.add_argument("--random", type=_positive, help="show N clips drawn at random, from every stage and rate in turn (default 8)")
     p.add_argument("--stage", type=int, choices=[1, 2], help="draw only from this stage")
@@ -507,11 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("repair", help="remove what a failed or raced write left in the lake: duplicate keys, files "
                                            "without a completion record, orphan .tmp-* files (each removal printed)")
-    p.add_argument("--lake", help="lake root: a folder or s3://bucket/prefix")
+    p.add_argument("--lake", type=_lake_option, help="lake root: a folder or s3://bucket/prefix")
     p.set_defaults(run=_repair)
 
     p = commands.add_parser("status", help="row counts of every lake table, clips per stage and frame rate, tokens, trained stages")
-    p.add_argument("--lake")
+    p.add_argument("--lake", type=_lake_option)
     p.set_defaults(run=_status)
     return parser
 
@@ -526,7 +619,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_options(args)
     # No telemetry from a local Prefect server on machines without internet, unless the user decided otherwise.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return args.run(args)
+    # Every setting is checked before any work: a bad one is a line naming it, not a traceback after an hour.
+    # `status` reports them among what it shows; sample-data reads none.
+    if args.command not in ("sample-data", "status"):
+        problems = _setting_problems(args)
+        for line in problems.values():
+            print(f"cogflow {args.command}: {line}", file=sys.stderr)
+        if problems:
+            return 2
+    started = datetime.now(timezone.utc)
+    code = args.run(args)
+    _settle_prefect_events(started)
+    return code
 
 
 if __name__ == "__main__":
