@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "sample-world captions (default 96)")
     p.add_argument("--clips", type=_positive, help="real stage-1 clips for the frame tokenizer's ceiling (default 48)")
     p.add_argument("--variants", help="comma-separated sampling variants, each 'default' or KEY=VALUE[+KEY=VALUE] "
-                                      "(default: default,guidance=1,temperature=0.3)")
+                                      "(default: default,guidance=3,temperature=0.3)")
     p.add_argument("--full-sweep", action="store_true", help="33-frame videos for every variant (default: the first "
                                                              "only, stage 1's key frames for the others)")
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")

@@ -57,7 +57,7 @@ from pipeline.video import CLIP_FRAMES, CLIP_SIZE
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
 VALUES = {"colour": COLOURS, "shape": SHAPES, "motion": MOTIONS, "background": BACKGROUNDS}  # read back; chance 1/len
 READ = (*FIELDS, "background")
-DEFAULT_VARIANTS = ("default", "guidance=1", "temperature=0.3")
+DEFAULT_VARIANTS = ("default", "guidance=3", "temperature=0.3")  # the demo samples without guidance
 PARTS = ("following", "tokenizer", "neighbour", "retrieval", "bits", "layout")
 # A tile is pure background when every pixel is this close (RGB distance) to the frame's border colour: codec noise
 # on a flat colour stays well under it, the edge of a drawn shape (>= 105 from any background) does not.
