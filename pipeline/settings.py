@@ -134,6 +134,11 @@ def parse_megabytes(text: str) -> float:
         return parse_size(text) / 10**6
 
 
+def parse_rate(text: str) -> int:
+    """Bytes per second: a size, with '/s' or without ('10KB', '10KB/s' -> 10_000; '10240')."""
+    return parse_size(re.sub(r"/\s*s\s*$", "", text.strip(), flags=re.IGNORECASE))
+
+
 @dataclass(frozen=True)
 class Kind:
     parse: Callable[[str], Any]
@@ -216,11 +221,11 @@ FIELDS: tuple[Field, ...] = (
     Field("split.decode_threads", "COGFLOW_DECODE_THREADS", WHOLE, 0),
     Field("split.video_timeout_s", "COGFLOW_VIDEO_TIMEOUT_S", DURATION, 0, above=True),
     Field("split.seek_gap_s", "COGFLOW_SEEK_GAP_S", DURATION, 0),
-    # Read where they are used (flows/launch.py; pipeline/storage.py's download_policy, which takes plain numbers),
-    # checked here so that a bad value stops a command before it starts.
+    # Read where they are used (flows/launch.py; pipeline/storage.py's download_policy, through these fields, on
+    # every fetch), checked here too so that a bad value stops a command before it starts.
     Field("", "COGFLOW_GPU_SLOTS", WHOLE, 1),
-    Field("", "COGFLOW_DOWNLOAD_DEADLINE_S", Kind(parse_number, "a number of seconds"), 0, above=True),
-    Field("", "COGFLOW_DOWNLOAD_MIN_RATE", Kind(parse_number, "a number of bytes per second"), 0),
+    Field("", "COGFLOW_DOWNLOAD_DEADLINE_S", DURATION, 0, above=True),
+    Field("", "COGFLOW_DOWNLOAD_MIN_RATE", Kind(parse_rate, "a rate in bytes per second such as 10KB, 10KB/s or 10240"), 0),
 )
 FIELD_BY_PATH = {f.path: f for f in FIELDS if f.path}
 ENV_LIMITS = {f.path.removeprefix("limits."): f.env for f in FIELDS if f.path.startswith("limits.")}

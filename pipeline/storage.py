@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import http.client
 import ipaddress
-import math
 import os
 import re
 import shutil
@@ -34,6 +33,8 @@ import botocore.config
 import botocore.exceptions
 import pyarrow.fs as pafs
 import urllib3.exceptions
+
+from pipeline.settings import FIELDS
 
 
 def s3_endpoint() -> str | None:
@@ -389,8 +390,8 @@ def s3_uri_problem(uri: str) -> str | None:
 
 @dataclass(frozen=True)
 class DownloadPolicy:
-    """Limits read from the environment on every fetch (to be folded into the typed settings):
-    COGFLOW_DOWNLOAD_DEADLINE_S, COGFLOW_DOWNLOAD_MIN_RATE and COGFLOW_ALLOWED_HOSTS."""
+    """Limits read from the environment on every fetch: COGFLOW_DOWNLOAD_DEADLINE_S, COGFLOW_DOWNLOAD_MIN_RATE and
+    COGFLOW_ALLOWED_HOSTS."""
 
     deadline_s: float = 3600.0  # the whole fetch: every attempt and redirect together
     min_rate: float = 10240.0  # bytes per second over any stretch of the read timeout; 0: no minimum
@@ -398,30 +399,26 @@ class DownloadPolicy:
 
 
 def download_policy() -> DownloadPolicy:
-    """The download limits from the environment; ValueError (one line naming the setting) for a malformed one."""
+    """The download limits from the environment, parsed by their typed settings (`90s`, `1h`; `10KB`, `10240`);
+    SettingError, a ValueError whose message is one line naming the setting and what it accepts, for a bad one."""
     hosts = set()
     for item in os.environ.get("COGFLOW_ALLOWED_HOSTS", "").split(","):
         item = item.strip().strip("[]").rstrip(".").lower()
         if item:
             hosts.add(_normal_address(item) or item)
     return DownloadPolicy(
-        deadline_s=_env_number("COGFLOW_DOWNLOAD_DEADLINE_S", DownloadPolicy.deadline_s, "seconds, more than 0", 1e-9),
-        min_rate=_env_number("COGFLOW_DOWNLOAD_MIN_RATE", DownloadPolicy.min_rate, "bytes per second, 0 or more", 0.0),
+        deadline_s=_env_setting("COGFLOW_DOWNLOAD_DEADLINE_S", DownloadPolicy.deadline_s),
+        min_rate=_env_setting("COGFLOW_DOWNLOAD_MIN_RATE", DownloadPolicy.min_rate),
         allowed_hosts=frozenset(hosts),
     )
 
 
-def _env_number(name: str, default: float, accepts: str, minimum: float) -> float:
+def _env_setting(name: str, default: float) -> float:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= minimum):
-        raise ValueError(f"{name}={text!r}: expected a number of {accepts}, e.g. {default:g}")
-    return value
+    (setting,) = (f for f in FIELDS if f.env == name)
+    return float(setting.parse(text))
 
 
 @dataclass
