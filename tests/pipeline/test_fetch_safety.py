@@ -10,7 +10,9 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from helpers import copy_sample, write_csv
 from pipeline import lake
 from pipeline.ingest import ingest
 from pipeline.manifest import resolve_source
-from pipeline.settings import load_settings
-from pipeline.storage import FetchError, Storage, fetch, safe_uri, source_key
+from pipeline.settings import Limits, load_settings
+from pipeline.split import _local_source
+from pipeline.storage import FetchError, Storage, fetch, http_exists, safe_uri, source_key, stop_downloads_on_error
 
 PAYLOAD = bytes(range(256)) * 16  # 4 KiB
 
@@ -57,6 +60,13 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
             self._send(200, PAYLOAD) if ok else self._send(401, b"who are you?")
         elif path == "/redirect":  # to the URL in the query, as a file host hands over to its CDN
             self._send(302, Location=query)
+        elif path == "/redirect-utf8":  # to /files/视频/1.mp4, the path in raw UTF-8 as some servers send it
+            self._send(302, Location="/files/视频/1.mp4".encode().decode("latin-1"))
+        elif path.startswith("/files/"):  # a file of the folder, by its percent-encoded UTF-8 name
+            self._send(200, (self.folder / urllib.parse.unquote(path[len("/files/"):])).read_bytes())  # type: ignore[operator]
+        elif path == "/slow-headers":  # a 200 whose headers arrive one byte every 0.2 s for 5 s, then an empty body
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+            self._drip(1, 0.2, until=5.0, then=b"\r\nContent-Length: 0\r\n\r\n")
         elif path == "/trickle":  # one byte every 0.2 s of a 1000-byte body; later requests fail at once
             if len(server.requests) > 1:  # type: ignore[attr-defined]
                 return self._send(500, b"busy")
@@ -72,13 +82,21 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         else:
             self._send(404, b"not here")
 
-    def _drip(self, size: int, every: float, until: float) -> None:
+    def do_HEAD(self) -> None:  # /files/ only
+        self.close_connection = True
+        found = self.path.startswith("/files/") and (self.folder / urllib.parse.unquote(self.path[len("/files/"):])).is_file()  # type: ignore[operator]
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _drip(self, size: int, every: float, until: float, then: bytes = b"") -> None:
         stop = time.monotonic() + until
         try:
             while time.monotonic() < stop:
                 self.wfile.write(b"x" * size)
                 self.wfile.flush()
                 time.sleep(every)
+            self.wfile.write(then)
         except OSError:
             pass  # the client hung up
 
@@ -248,6 +266,49 @@ def test_allowed_hosts_readmit_named_hosts(www, tmp_path: Path, monkeypatch: pyt
     assert fetch(url(www, "/clip.mp4", "127.1"), tmp_path / "c", max_bytes=10**6, timeout_s=2, retries=0).read_bytes() == PAYLOAD
 
 
+@pytest.mark.parametrize("target", ["http://127.0.0.1:99999/v.mp4", "http://127.0.0.1:port/v.mp4", "http://[::1/v.mp4",
+                                    "http://" + "a" * 64 + ".example/v.mp4"])
+def test_a_malformed_redirect_target_is_a_reject_reason(www, tmp_path: Path, target: str) -> None:
+    start = url(www, "/redirect?" + target)
+    with pytest.raises(FetchError) as info:  # was a bare ValueError or UnicodeError, which failed a whole shard
+        fetch(start, tmp_path / "x", max_bytes=10**6, timeout_s=2, retries=2)
+    assert info.value.reason == "malformed_uri", info.value
+    assert len(www.requests) == 1  # not asked again: the answer will not change
+    assert http_exists(start, timeout_s=2) is False
+
+
+def test_a_host_name_dns_cannot_carry_is_a_reject_reason(tmp_path: Path) -> None:
+    with pytest.raises(FetchError) as info:  # a label over 63 characters: UnicodeError from the resolver
+        fetch("http://" + "a" * 64 + ".example/v.mp4", tmp_path / "x", max_bytes=10**6, timeout_s=2, retries=0)
+    assert info.value.reason == "malformed_uri", info.value
+
+
+def test_a_bad_redirect_does_not_fail_the_shard(www, tmp_path: Path) -> None:
+    bad = url(www, "/redirect?http://[::1/v.mp4")
+    local, problem = _local_source([bad], tmp_path, Limits(download_timeout_s=2, download_retries=0))
+    assert local is None and problem[0] == "malformed_uri"  # a reject reason for the video, not a traceback
+    local, _ = _local_source([bad, url(www, "/clip.mp4")], tmp_path, Limits(download_timeout_s=2, download_retries=0))
+    assert local is not None and local.read_bytes() == PAYLOAD  # and the video's next known path is tried
+
+
+def test_non_ascii_paths_and_queries_are_percent_encoded(tmp_path: Path) -> None:
+    (tmp_path / "www" / "视频").mkdir(parents=True)
+    (tmp_path / "www" / "视频" / "1.mp4").write_bytes(PAYLOAD)
+    (tmp_path / "www" / "视频" / "第 2 集.mp4").write_bytes(PAYLOAD[::-1])
+    with serve(folder=tmp_path / "www") as server:
+        got = fetch(url(server, "/files/视频/1.mp4?标题=猫"), tmp_path / "a", max_bytes=10**6, timeout_s=2, retries=0)
+        assert got.read_bytes() == PAYLOAD
+        assert server.requests[-1][0] == "/files/%E8%A7%86%E9%A2%91/1.mp4?%E6%A0%87%E9%A2%98=%E7%8C%AB"  # UTF-8
+        got = fetch(url(server, "/files/视频/第 2 集.mp4"), tmp_path / "b", max_bytes=10**6, timeout_s=2, retries=0)
+        assert got.read_bytes() == PAYLOAD[::-1]  # a space too
+        got = fetch(url(server, "/files/%E8%A7%86%E9%A2%91/1.mp4"), tmp_path / "c", max_bytes=10**6, timeout_s=2,
+                    retries=0)
+        assert got.read_bytes() == PAYLOAD  # escapes already there are left as they are
+        got = fetch(url(server, "/redirect-utf8"), tmp_path / "d", max_bytes=10**6, timeout_s=2, retries=0)
+        assert got.read_bytes() == PAYLOAD  # a Location header in raw UTF-8
+        assert http_exists(url(server, "/files/视频/1.mp4"), timeout_s=2) is True
+
+
 def test_redirects_are_checked_like_the_first_request(www, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COGFLOW_ALLOWED_HOSTS", "127.0.0.1")
     with serve(host="127.0.0.2") as internal:  # another loopback address: not on the allow-list
@@ -303,6 +364,16 @@ def test_every_download_has_a_total_deadline(www, tmp_path: Path, monkeypatch: p
     assert not (tmp_path / "x").exists()
 
 
+def test_the_deadline_holds_while_the_headers_trickle_in(www, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COGFLOW_DOWNLOAD_DEADLINE_S", "1")
+    start = time.monotonic()
+    with pytest.raises(FetchError) as info:
+        fetch(url(www, "/slow-headers"), tmp_path / "x", max_bytes=10**6, timeout_s=0.5, retries=3)
+    assert info.value.reason == "download_timeout", info.value
+    assert time.monotonic() - start < 3  # the headers take 5 s, each byte well within the 0.5 s timeout
+    assert len(www.requests) == 1 and not (tmp_path / "x").exists()
+
+
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that accepts connections (the kernel's backlog) and never answers."""
@@ -337,3 +408,35 @@ def test_bad_download_settings_are_one_clear_line(www, tmp_path: Path, monkeypat
     monkeypatch.setenv("COGFLOW_DOWNLOAD_MIN_RATE", "fast")
     with pytest.raises(ValueError, match="COGFLOW_DOWNLOAD_MIN_RATE"):
         fetch(url(www, "/clip.mp4"), tmp_path / "x", max_bytes=10**6, timeout_s=2, retries=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stopping a run (SIGTERM, Ctrl-C)
+
+
+def test_a_stopped_run_stops_its_own_downloads_only(www, tmp_path: Path) -> None:
+    def get(path: str, name: str) -> Path:
+        return fetch(url(www, path), tmp_path / name, max_bytes=10**8, timeout_s=5, retries=3)
+
+    shard = ThreadPoolExecutor(1)  # as a shard fetches its videos: one thread, one download after another
+    try:
+        with pytest.raises(KeyboardInterrupt), stop_downloads_on_error():
+            running = shard.submit(get, "/endless", "a")
+            while not www.requests:
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        with pytest.raises(FetchError) as info:
+            running.result(timeout=2)
+        assert info.value.reason == "download_stopped"
+        assert len(www.requests) == 1  # the download in flight is shut, not tried again
+        with pytest.raises(FetchError) as info:  # nor does the stopped run's thread start its next one
+            shard.submit(get, "/clip.mp4", "b").result(timeout=2)
+        assert info.value.reason == "download_stopped"
+    finally:
+        shard.shutdown()
+    # what runs after the stopped block is not stopped: this thread, a new one, the next block
+    assert get("/clip.mp4", "c").read_bytes() == PAYLOAD
+    with ThreadPoolExecutor(1) as later:
+        assert later.submit(get, "/clip.mp4", "d").result(timeout=5).read_bytes() == PAYLOAD
+    with stop_downloads_on_error():
+        assert get("/clip.mp4", "e").read_bytes() == PAYLOAD
