@@ -9,6 +9,10 @@ when) written only with them:
 - take over a stale one (its `expires_at` has passed: the writer was killed): PUT with `If-Match` on the stale
   ETag, so of two takers that read the same stale lease only the first write matches.
 
+A refused write is not always someone else's: boto3 sends a request again when the answer to it was lost, and the
+retry of a write that did land is refused by its own condition. So a refused take, renewal or release reads the
+lease back, and one that still names this holder (`owner`) is its own.
+
 While the holder works, a background thread renews the lease every third of its time to live. When a renewal
 fails (another writer took it over), or none gets through in time, the lease is lost: from then on every write
 through `S3Storage` in the holder's thread raises LeaseLost, and so does leaving the `held()` block. A holder
@@ -87,6 +91,14 @@ class S3Lease:
 
     # -- taking ------------------------------------------------------------------------------------------------
 
+    def _own_etag(self) -> str | None:
+        """The ETag of the lease as it is now when it is this holder's (a write of its own landed, though the
+        request was refused: see the module's docstring); None when another holder's or none is there."""
+        current = self.store.read_with_etag(self.rel)
+        if current is None or _parse(current[0]).get("owner") != self.owner:
+            return None
+        return current[1]
+
     def try_acquire(self) -> bool:
         """Take the lease if it is free or stale; False when a live holder has it (see `holder`)."""
         started = time.monotonic()
@@ -95,16 +107,22 @@ class S3Lease:
             current = self.store.read_with_etag(self.rel)
             if current is None:
                 return False  # released between the two requests: the caller tries again at once
-            data, stale_etag = current
-            self.holder = _parse(data)
-            if self.holder.get("expires_at", 0.0) > time.time():
-                return False
-            started = time.monotonic()
-            etag = self.store.put_bytes_if(self.rel, self._body(), stale_etag)  # only one taker matches
-            if etag is None:
-                return False
-            log.warning("took over the stale lease %s of %s (expired %.1f s ago)", self.uri,
-                        self.holder.get("holder", "an unknown writer"), time.time() - self.holder.get("expires_at", 0.0))
+            data, current_etag = current
+            found = _parse(data)
+            if found.get("owner") == self.owner:
+                etag = current_etag  # its own write: the answer was lost, and the retry refused
+            else:
+                self.holder = found
+                if self.holder.get("expires_at", 0.0) > time.time():
+                    return False
+                started = time.monotonic()
+                # only one taker matches the stale ETag (and a retry of this very write finds the lease its own)
+                etag = self.store.put_bytes_if(self.rel, self._body(), current_etag) or self._own_etag()
+                if etag is None:
+                    return False
+                log.warning("took over the stale lease %s of %s (expired %.1f s ago)", self.uri,
+                            self.holder.get("holder", "an unknown writer"),
+                            time.time() - self.holder.get("expires_at", 0.0))
         self.etag, self.lost = etag, None
         self._valid_until = started + self.ttl_s
         self._stop.clear()
@@ -147,10 +165,10 @@ class S3Lease:
     def renew(self) -> None:
         """Extend the lease by its time to live; sets `lost` when another writer has taken it over."""
         started = time.monotonic()
-        etag = self.store.put_bytes_if(self.rel, self._body(), self.etag)
+        etag = self.store.put_bytes_if(self.rel, self._body(), self.etag) or self._own_etag()
         if etag is None:
             self.lost = "another writer took it over"
-        else:
+        elif etag != self.etag:  # (the same ETag: refused, and nothing landed; the next renewal tries again)
             self.etag, self._valid_until = etag, started + self.ttl_s
 
     def _renew_loop(self) -> None:
@@ -176,11 +194,22 @@ class S3Lease:
             return
         try:
             gone = self.store.delete_if(self.rel, self.etag)
+            if not gone:
+                current = self.store.read_with_etag(self.rel)
+                if current is None:
+                    # this delete's own retry found nothing, unless the lease had expired before: only then may
+                    # another writer have taken it over (and released it since)
+                    gone = time.monotonic() < self._valid_until
+                elif _parse(current[0]).get("owner") == self.owner:  # a write of its own whose answer was lost
+                    gone = self.store.delete_if(self.rel, current[1])
         except botocore.exceptions.ClientError as exc:
             if S3Storage._code(exc) not in ("NotImplemented", "InvalidArgument", "InvalidRequest", "501"):
                 raise
             # a store without conditional deletes: mark the lease released instead, still only if it is ours
-            gone = self.store.put_bytes_if(self.rel, self._body(released=True), self.etag) is not None
+            body = self._body(released=True)
+            gone = self.store.put_bytes_if(self.rel, body, self.etag) is not None
+            if not gone and (own := self._own_etag()) is not None:  # a write of its own whose answer was lost
+                gone = self.store.put_bytes_if(self.rel, body, own) is not None
         if not gone:
             self.lost = "another writer took it over"
         self.etag = None

@@ -233,3 +233,61 @@ def test_a_store_without_conditional_deletes_releases_by_marking(s3, monkeypatch
     taker = S3Lease(store, lease_module.WRITER_LEASE)
     assert taker.try_acquire()  # at once: a released lease is free
     taker.release()
+
+
+def _answer_lost_once(store: Storage, operation: str) -> list[int]:
+    """Make botocore send the next `operation` request twice, as it does when the server's answer to the first
+    is lost (a dropped connection, a timeout): the first one lands, the retry meets what it wrote."""
+    sent: list[int] = []
+
+    def retry_once(attempts: int, **kwargs) -> float | None:
+        sent.append(attempts)
+        return 0.0 if len(sent) == 1 else None  # a retry at once, then botocore's own rules
+
+    store.client.meta.events.register(f"needs-retry.s3.{operation}", retry_once)
+    return sent
+
+
+@pytest.mark.parametrize("step", ["take", "renew", "release"])
+def test_a_writer_whose_own_write_was_retried_keeps_its_lease(s3, step):
+    store = Storage.at(f"s3://{s3.bucket}/lake")
+    rel = f"{step}.lease"  # (the three share a bucket)
+    lease = S3Lease(store, rel, ttl_s=30.0)
+    if step == "take":
+        sent = _answer_lost_once(store, "PutObject")
+        assert lease.try_acquire()  # not "held by another writer": the lease it met is its own
+    else:
+        assert lease.try_acquire()
+        if step == "renew":
+            sent = _answer_lost_once(store, "PutObject")
+            lease.renew()
+            assert lease.lost is None
+            assert lease.etag == store.read_with_etag(rel)[1]
+            lease.check()
+        else:
+            sent = _answer_lost_once(store, "DeleteObject")
+    assert json.loads(store.read_bytes(rel))["owner"] == lease.owner
+    lease.release()
+    assert sent[:2] == [1, 2]  # the request went twice
+    assert lease.lost is None  # not taken for a takeover
+    assert not store.exists(rel)
+
+
+def test_a_takeover_whose_own_write_was_retried_keeps_the_lease(s3):
+    store = Storage.at(f"s3://{s3.bucket}/lake")
+    store.put_bytes_if("stale.lease", json.dumps({"owner": "killed", "expires_at": time.time() - 5}).encode(), None)
+    lease = S3Lease(store, "stale.lease", ttl_s=30.0)
+    sent: list[int] = []
+
+    def retry_the_takeover_once(attempts: int, request_dict: dict, **kwargs) -> float | None:
+        if "If-Match" not in request_dict["headers"]:
+            return None
+        sent.append(attempts)
+        return 0.0 if len(sent) == 1 else None
+
+    store.client.meta.events.register("needs-retry.s3.PutObject", retry_the_takeover_once)
+    assert lease.try_acquire()
+    assert sent[:2] == [1, 2]
+    assert json.loads(store.read_bytes("stale.lease"))["owner"] == lease.owner
+    lease.release()
+    assert lease.lost is None and not store.exists("stale.lease")
