@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import tempfile
 import uuid
 from datetime import datetime, timezone
@@ -266,18 +267,35 @@ def _flock(path: Path, remove: bool = False, wait: bool = True) -> Iterator[bool
     which is safe only when whoever gets the lock next re-checks what the lock guards. Without `wait`, yields
     False at once when someone else holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:  # "a": never truncated
+    while True:
+        handle = open(path, "a")  # "a": never truncated
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             yield False
             return
+        except BaseException:  # e.g. Ctrl-C while waiting
+            handle.close()
+            raise
+        # A holder with `remove` deletes the file before letting go: whoever opened it before then gets the lock
+        # of a file no longer at `path`, while a newcomer makes and locks a new one there. Only the lock of the
+        # file at `path` counts; anyone else tries again.
         try:
-            yield True
-        finally:
-            if remove:
-                path.unlink(missing_ok=True)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            here = os.stat(path)
+        except FileNotFoundError:
+            here = None
+        mine = os.fstat(handle.fileno())
+        if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        handle.close()  # lets go of the lock of the removed file
+    try:
+        yield True
+    finally:
+        if remove:
+            path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 @contextlib.contextmanager
