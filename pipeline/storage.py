@@ -201,19 +201,20 @@ class S3Storage(Storage):
         bucket, _ = self._bucket_prefix
         return self._arrow_fs, f"{bucket}/{self.key(rel)}"
 
-    def list_files(self, prefix: str, suffix: str = "") -> list[str]:
+    def _list(self, prefix: str) -> Iterator[str]:
+        """Relative paths of every object under `prefix`, a page (up to 1000) at a time."""
         bucket, _ = self._bucket_prefix
         base = self.key(prefix).rstrip("/")
         base = f"{base}/" if base else ""
         root_key = self.key("")
         strip = len(root_key) + 1 if root_key else 0
-        found = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
             for obj in page.get("Contents", []):
-                rel = obj["Key"][strip:]
-                if rel.endswith(suffix) and not rel.rsplit("/", 1)[-1].startswith(TMP_MARK):
-                    found.append(rel)
-        return sorted(found)
+                yield obj["Key"][strip:]
+
+    def list_files(self, prefix: str, suffix: str = "") -> list[str]:
+        return sorted(rel for rel in self._list(prefix)
+                      if rel.endswith(suffix) and not rel.rsplit("/", 1)[-1].startswith(TMP_MARK))
 
     def exists(self, rel: str) -> bool:
         bucket, _ = self._bucket_prefix
@@ -248,17 +249,7 @@ class S3Storage(Storage):
         self.client.delete_object(Bucket=bucket, Key=self.key(rel))
 
     def list_temporary(self, prefix: str = "") -> list[str]:
-        bucket, _ = self._bucket_prefix
-        base = self.key(prefix).rstrip("/")
-        base = f"{base}/" if base else ""
-        strip = len(self.key("")) + 1 if self.key("") else 0
-        found = [
-            obj["Key"][strip:]
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
-            for obj in page.get("Contents", [])
-            if obj["Key"].rsplit("/", 1)[-1].startswith(TMP_MARK)
-        ]
-        return sorted(found)
+        return sorted(rel for rel in self._list(prefix) if rel.rsplit("/", 1)[-1].startswith(TMP_MARK))
 
     # Conditional requests: S3 has no locks, but If-None-Match / If-Match make one write win a race. The lake's
     # lease (pipeline/lease.py) is built on these three.
