@@ -279,17 +279,21 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _repair(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
+    from pyarrow import ArrowException
 
     from pipeline.lease import LeaseLost
-    from pipeline.repair import repair
+    from pipeline.repair import NoLake, repair
     from pipeline.settings import load_settings
     from pipeline.storage import Storage
 
     try:
         summary = repair(Storage.at(load_settings().lake))
-    except ValueError as exc:  # no lake there
+    except NoLake as exc:
         print(f"cogflow repair: {exc}", file=sys.stderr)
         return 2
+    except ArrowException as exc:  # a part that is no Parquet file (its path is in the message): not repair's to fix
+        print(f"cogflow repair: cannot read the lake: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except (LeaseLost, BotoCoreError, ClientError) as exc:
         print(f"cogflow repair: {exc}", file=sys.stderr)
         return 1

@@ -149,7 +149,7 @@ def encode_file(store: Storage, clip_file: ClipFile, tokenizers: Tokenizers, bat
     """Encode one clip file, publishing its tokens then its record; returns (clips, text truncated, encode
     seconds). Nothing when another run finished it meanwhile."""
     paths = lake.token_paths(tokenizers.frame_version, clip_file.stage, clip_file.shard_id)
-    lock = f"tokens-v{tokenizers.frame_version}-{clip_file.stage}-{clip_file.shard_id}"
+    lock = lake.token_lock_id(tokenizers.frame_version, clip_file.stage, clip_file.shard_id)
     with lake.shard_lock(store, lock), tempfile.TemporaryDirectory(prefix="cogflow-tokens-") as tmp:
         if store.exists(paths["record"]):
             record = lake.read_table(store, "token_shards", parts=[paths["record"]]).to_pylist()[0]

@@ -3,7 +3,8 @@
 Three plain steps, which `flows/ingest.py` orders and parallelises:
 1. `plan_ingest` reads the manifest, cleans and checks every row in SQL, and lists the sources no earlier
    run has settled (a re-run of the same manifest lists none).
-2. `probe_source` fetches (if remote) and probes one source; it never raises, it returns a reason instead.
+2. `probe_source` fetches (if remote) and probes one source, in a child process bounded in time
+   (pipeline/prober.py); it never raises, it returns a reason instead.
 3. `finish_ingest` turns the probes into new rows, appends them (videos, sources, captions, rejects, in that
    order, so a crash between two appends is finished by the next run), then runs the data checks.
 """
@@ -29,7 +30,8 @@ from pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_inge
 from pipeline.manifest import json_key, load_manifest, local_path
 from pipeline.settings import Limits, Settings
 from pipeline.storage import FetchError, Storage, download_policy, fetch, is_remote, safe_uri
-from pipeline.video import ProbeError, ProbeResult, probe
+from pipeline.prober import probe_bounded
+from pipeline.video import ProbeError, ProbeResult
 
 # Reasons that lie in a source's bytes: remembered, so the source is not probed again on every run.
 # Transient ones (missing_file, download_failed, probe_error) are retried by the next run.
@@ -47,6 +49,7 @@ CACHED_REASONS = [
     "duration_over_limit",
     "bytes_over_limit",
     "path_too_long",  # the file system cannot hold the path: it will not be there next run either
+    "probe_timeout",  # like split's decode_timeout: tried again with --retry-rejects only
 ]
 
 # One row per probed source: a reason, or the ProbeResult fields (typed as in videos/).
@@ -202,9 +205,10 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
     try:
         with tempfile.TemporaryDirectory(prefix="cogflow-probe-") as tmp:
             path = _local_video(fetch_uri, Path(tmp), limits)
-            result = probe(
-                path, max_width=limits.max_width, max_height=limits.max_height, max_pixels=limits.max_pixels,
-                max_aspect_ratio=limits.max_aspect_ratio,
+            # in a child process, stopped after probe_timeout_s: a pathological file can keep FFmpeg busy for ever
+            result = probe_bounded(
+                path, limits.probe_timeout_s, max_width=limits.max_width, max_height=limits.max_height,
+                max_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,
             )
         if result.duration_s <= 0:
             raise ProbeError("zero_duration", f"{result.frame_count} frames over {result.duration_s} s")
@@ -272,12 +276,11 @@ def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) ->
 
 
 def _clear_stale_rejects(con: duckdb.DuckDBPyConnection, store: Storage, manifest_uri: str, params: dict) -> int:
-    """Delete this manifest's reject records that this run no longer gives (a row corrected, a file that arrived or
+    """Take out this manifest's reject records that this run no longer gives (a row corrected, a file that arrived or
     fails for another reason now, a row gone from the manifest), so rejects/ holds each manifest's latest verdict.
 
-    Parts are written one run, so one manifest, at a time and are deleted whole; the records of a deleted part that
-    still hold are written again by the append that follows (or by the next run, if this one dies in between).
-    Returns how many records were cleared.
+    Each part holding one is rewritten in place without them (`lake.rewrite`): readers take no lock, and one that
+    listed the parts just before must still find them all. Returns how many records were cleared.
     """
     stale = {r for (r,) in db.run(con, "marts/rejects_stale", **params).fetchall()}
     if not stale:
@@ -287,10 +290,10 @@ def _clear_stale_rejects(con: duckdb.DuckDBPyConnection, store: Storage, manifes
         if stale.isdisjoint(ids["reject_id"].to_pylist()):
             continue
         whole = lake.read_table(store, "rejects", parts=[part])
-        others = whole.filter(pc.fill_null(pc.not_equal(whole["manifest_uri"], manifest_uri), True))
-        if others.num_rows:  # not written by ingest as it is today, but never lose another manifest's records
-            lake.append(store, "rejects", others)
-        store.delete(part)
+        # a record goes only if it is this manifest's: the same row with the same reason in another manifest stays
+        goes = pc.and_(pc.is_in(whole["reject_id"], pa.array(sorted(stale), pa.string())),
+                       pc.fill_null(pc.equal(whole["manifest_uri"], manifest_uri), False))
+        lake.rewrite(store, "rejects", part, whole.filter(pc.invert(goes)))
     _register_lake(con, store, {"rejects": KNOWN_COLUMNS["rejects"]}, prefix="lake_")
     return len(stale)
 

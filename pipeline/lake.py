@@ -1,8 +1,13 @@
 """The lake's tables: Parquet part files under `<lake>/<table>/`, appended atomically, read as one table.
 
-A table is the union of its part files. Writers only ever add a complete part (see `Storage.put_file`), and
-every step anti-joins on the table's key before appending, so re-running a step adds nothing and a step
-that crashed half way is finished by the next run.
+A table is the union of its part files. Writers add complete parts (see `Storage.put_file`), and every step
+anti-joins on the table's key before appending, so re-running a step adds nothing and a step that crashed half
+way is finished by the next run. Two steps take rows out again, and do so in place (`rewrite`: the part keeps
+its path, and is left empty rather than removed), because readers take no lock and may have listed it: an
+ingest clearing its manifest's stale rejects, and `cogflow repair` cutting duplicate rows out. Only `cogflow
+repair` removes files: those of a shard planned twice or without a completion record (readers read a shard's
+files only while its record is there, and the record goes first), and `.tmp-*` files of writes that never
+finished.
 """
 
 from __future__ import annotations
@@ -261,6 +266,21 @@ def append(store: Storage, name: str, data: pa.Table | pa.RecordBatchReader) -> 
     return Written(rel, rows)
 
 
+def rewrite(store: Storage, name: str, part: str, table: pa.Table) -> None:
+    """Replace part `part` of table `name` with `table` (which may have no rows), at the same path.
+
+    `Storage.put_file` swaps the whole file at once (a rename locally, one PUT on S3), so a reader that listed
+    the part finds it still there, with the old rows or the new ones; a part is never removed instead, even
+    when no row is left. Not covered: on S3, a reader part-way through the old object's bytes at that moment
+    (a part is read in a few requests) can fail to read it and has to be run again.
+    """
+    schema = SCHEMAS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "part.parquet"
+        pq.write_table(table.select(schema.names).cast(schema), local, compression="zstd")
+        store.put_file(part, local)
+
+
 @contextlib.contextmanager
 def _flock(path: Path, remove: bool = False, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive advisory lock on `path` (created if need be); `remove` deletes it before letting go,
@@ -387,12 +407,27 @@ def row_counts(store: Storage) -> dict[str, int]:
     return counts
 
 
+def token_lock_id(frame_version: str, stage: int, shard_id: str) -> str:
+    """The shard lock (`shard_lock`) a token file and its record are written under (model/encode_clips.py)."""
+    return f"tokens-v{frame_version}-{stage}-{shard_id}"
+
+
 def token_paths(frame_version: str, stage: int, shard_id: str) -> dict[str, str]:
     """Where the tokens of one clip file (a split shard's clips of one stage) and their record live."""
     return {
         "tokens": f"tokens/v{frame_version}/stage={stage}/shard-{shard_id}.parquet",
         "record": f"token_shards/v{frame_version}/stage={stage}/shard-{shard_id}.parquet",
     }
+
+
+def token_file_key(rel: str) -> tuple[str, int, str] | None:
+    """(frame version, stage, shard id) when `rel` is a path `token_paths` gives (a token file or its record)."""
+    parts = rel.split("/")
+    if len(parts) != 4 or not parts[2].removeprefix("stage=").isdigit():
+        return None
+    key = (parts[1].removeprefix("v"), int(parts[2].removeprefix("stage=")),
+           parts[3].removeprefix("shard-").removesuffix(".parquet"))
+    return key if rel in token_paths(*key).values() else None
 
 
 def token_records(store: Storage, frame_version: str | None = None) -> pa.Table:

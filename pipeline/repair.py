@@ -1,37 +1,37 @@
 """`cogflow repair`: remove what a failed or raced write left in the lake, and say what was removed.
 
-Writers only ever add whole files (pipeline/lake.py), so what they leave behind takes three shapes:
+Writers add whole files (pipeline/lake.py), so what a failed or raced write leaves behind takes three shapes:
 
 - duplicate keys: two writers that raced (on S3 before the lease existed, or with the lease lost) both appended
-  the same rows, each in a part of its own; the first copy (oldest part) is kept, the others are cut out of their
-  parts. Two split plans that raced give the same windows twice, in the same shard or in two shards; a shard
-  whose windows another shard already holds goes whole, with its clips, rejects, record and tokens;
+  the same rows, each in a part of its own; the copy in the part whose name sorts first is kept (a part's name
+  starts with the second it was written in: the oldest part, or one written in the same second), the others are
+  cut out of their parts. Two split plans that raced give the same windows twice, in the same shard or in two
+  shards; a shard whose windows another shard already holds goes whole, with its clips, rejects, record and
+  tokens;
 - files without a completion record: a split shard's clips and rejects, or a token file, whose run died before
   the record (or whose shard is no longer planned); readers skip them, repair removes them;
 - orphan temporary files (`.tmp-*`): a local write killed between copying and renaming.
 
 Repair holds the lake's writer lock (lease on S3), so no ingest or split plan writes meanwhile, and takes each
 shard's lock without waiting: a shard being written right now is left alone and said so. Every removal is
-safe to interrupt: a part is rewritten (new part first, then the old one removed) and a shard loses its plan
-rows first, then its record, then its files, so a second run finishes what a killed one started.
+safe to interrupt: a part is rewritten in place, whole or not at all (`lake.rewrite`; it keeps its path, since
+readers and a running split's shards may have listed it), and a shard loses its plan rows first, then its
+record, then its files, so a second run finishes what a killed one started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import checks, lake
-from pipeline.storage import Storage, safe_uri
+from pipeline.split import shard_paths
+from pipeline.storage import TMP_MARK, Storage, safe_uri
 
 # The tables written by appending parts, and the key each row must hold once (README, "The lake").
 APPENDED_KEYS = {
@@ -41,9 +41,11 @@ APPENDED_KEYS = {
     "rejects": "reject_id",
     "clip_rejects": "reject_id",  # its parts: the planning rejects (a shard's rejects are in its own file)
 }
-SHARD_FILE = re.compile(r"^(clips/stage=\d+|clip_rejects|clip_shards)/shard-([^/]+)\.parquet$")
-TOKEN_FILE = re.compile(r"^(tokens|token_shards)/v([^/]+)/stage=(\d+)/shard-([^/]+)\.parquet$")
-TEMP_FILE = re.compile(r"^(?P<folder>.*?)/?\.tmp-[0-9a-f]+-(?P<name>[^/]+)$")
+TEMP_FILE = re.compile(rf"^(?P<folder>.*?)/?{re.escape(TMP_MARK)}[0-9a-f]+-(?P<name>[^/]+)$")  # LocalStorage.put_file
+
+
+class NoLake(Exception):
+    """There is no lake where repair was pointed (a typo must not make one)."""
 
 
 @dataclass
@@ -71,17 +73,27 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _token_lock(version: str, stage: str, shard_id: str) -> str:
-    # the lock name model/encode_clips.py writes a token file under
-    return f"tokens-v{version}-{stage}-{shard_id}"
+def _shard_of(rel: str) -> str | None:
+    """The split shard `rel` is a file of (one of its `shard_paths`), or None."""
+    shard_id = rel.rsplit("/", 1)[-1].removeprefix("shard-").removesuffix(".parquet")
+    return shard_id if rel in shard_paths(shard_id).values() else None
+
+
+def _folders(paths: dict[str, str]) -> list[str]:
+    """The top folders a path maker (`shard_paths`, `lake.token_paths`) puts files in: the ones to list."""
+    return sorted({rel.split("/", 1)[0] for rel in paths.values()})
+
+
+SHARD_FOLDERS = _folders(shard_paths("x"))
+TOKEN_FOLDERS = _folders(lake.token_paths("x", 1, "x"))
 
 
 def _lock_of(rel: str) -> str | None:
     """The shard lock a write of `rel` is made under; None for a table part (made under the writer lock)."""
-    if match := SHARD_FILE.match(rel):
-        return match.group(2)
-    if match := TOKEN_FILE.match(rel):
-        return _token_lock(match.group(2), match.group(3), match.group(4))
+    if (shard_id := _shard_of(rel)) is not None:
+        return shard_id
+    if (key := lake.token_file_key(rel)) is not None:
+        return lake.token_lock_id(*key)
     return None
 
 
@@ -119,22 +131,13 @@ class _Repair:
     # -- 2. duplicate rows in appended tables ------------------------------------------------------------------
 
     def _rewrite(self, name: str, part: str, drop: pa.Array, why: str) -> None:
-        """Rewrite `part` without the rows where `drop` is true: the new part first, then the old one goes."""
+        """Rewrite `part` in place without the rows where `drop` is true (left empty when none is left)."""
         table = lake.read_table(self.store, name, parts=[part])
         kept = table.filter(pc.invert(drop))
         dropped = table.num_rows - kept.num_rows
-        if kept.num_rows:
-            new = re.sub(r"-[0-9a-f]+\.parquet$", "", part) + f"-{uuid.uuid4().hex[:12]}.parquet"
-            with tempfile.TemporaryDirectory(prefix="cogflow-repair-") as tmp:
-                pq.write_table(kept, Path(tmp) / "part.parquet", compression="zstd")
-                self.store.put_file(new, Path(tmp) / "part.parquet")
-            self.store.delete(part)
-            self.summary.lines.append(f"{_n(dropped, 'row')} from {part}  ({why}; its other {_n(kept.num_rows, 'row')} "
-                                      f"kept as {new})")
-        else:
-            self.store.delete(part)
-            self.summary.files_removed += 1
-            self.summary.lines.append(f"{part}  ({why}: all {_n(dropped, 'row')})")
+        lake.rewrite(self.store, name, part, kept)
+        rest = f"its other {_n(kept.num_rows, 'row')} kept" if kept.num_rows else "the part is left empty"
+        self.summary.lines.append(f"{_n(dropped, 'row')} from {part}  ({why}; {rest})")
         self.summary.rows_removed += dropped
 
     def duplicate_rows(self, name: str, key: str) -> None:
@@ -148,7 +151,7 @@ class _Repair:
                 drop.append(value in seen)
                 seen.add(value)
             if any(drop):
-                self._rewrite(name, part, pa.array(drop), f"{key} already in an older part")
+                self._rewrite(name, part, pa.array(drop), f"{key} already in an earlier part")
 
     # -- 3. split plans that raced -----------------------------------------------------------------------------
 
@@ -192,13 +195,15 @@ class _Repair:
                 if any(drop):
                     self._rewrite("clip_plan", part, pa.array(drop), "windows planned twice")
             for shard_id in sorted(gone):
-                self._shard_files(shard_id, "its windows were planned twice: another shard holds them")
+                # A plan puts all windows of a video in one shard, so each window of a shard that goes is in a shard
+                # kept, or its caption has no window of that stage left in the plan and the next split plans it again.
+                self._shard_files(shard_id, "its windows were planned twice: a shard kept holds them, or the next "
+                                            "split plans them again")
 
     def _shard_files(self, shard_id: str, why: str) -> None:
         """Remove a shard's files (held under its lock): the record first, so it stops counting at once."""
-        paths = [f"clip_shards/shard-{shard_id}.parquet", f"clip_rejects/shard-{shard_id}.parquet",
-                 *(f"clips/stage={s}/shard-{shard_id}.parquet" for s in lake.CLIP_STAGES)]
-        for rel in paths:
+        paths = shard_paths(shard_id)
+        for rel in [paths["record"], *(p for kind, p in paths.items() if kind != "record")]:
             if self.store.exists(rel):
                 self.remove(rel, why)
 
@@ -208,35 +213,35 @@ class _Repair:
         planned = set(lake.read_table(self.store, "clip_plan", ["shard_id"])["shard_id"].to_pylist())
         finished = lake.finished_shards(self.store)
         with_files: set[str] = set()
-        for prefix in ("clips", "clip_rejects", "clip_shards"):
-            for rel in self.store.list_files(prefix, ".parquet"):
-                if match := SHARD_FILE.match(rel):
-                    with_files.add(match.group(2))
+        for folder in SHARD_FOLDERS:
+            for rel in self.store.list_files(folder, ".parquet"):
+                if (shard_id := _shard_of(rel)) is not None:
+                    with_files.add(shard_id)
         for shard_id in sorted(with_files - (finished & planned)):
             with self.shard(shard_id, f"shard {shard_id}") as held:
                 if not held:
                     continue
                 if shard_id not in planned:
                     self._shard_files(shard_id, f"shard {shard_id} is in no plan")
-                elif not self.store.exists(f"clip_shards/shard-{shard_id}.parquet"):  # it may have finished since
+                elif not self.store.exists(shard_paths(shard_id)["record"]):  # it may have finished since
                     self._shard_files(shard_id, f"shard {shard_id} has no completion record")
 
     def unfinished_tokens(self) -> None:
         finished = lake.finished_shards(self.store)
-        files: dict[tuple[str, str, str], set[str]] = {}
-        for prefix in ("tokens", "token_shards"):
-            for rel in self.store.list_files(prefix, ".parquet"):
-                if match := TOKEN_FILE.match(rel):
-                    files.setdefault(match.group(2, 3, 4), set()).add(match.group(1))
-        for (version, stage, shard_id), kinds in sorted(files.items()):
-            paths = lake.token_paths(version, int(stage), shard_id)
+        files: dict[tuple[str, int, str], set[str]] = {}  # (frame version, stage, shard) -> paths present
+        for folder in TOKEN_FOLDERS:
+            for rel in self.store.list_files(folder, ".parquet"):
+                if (key := lake.token_file_key(rel)) is not None:
+                    files.setdefault(key, set()).add(rel)
+        for (version, stage, shard_id), present in sorted(files.items()):
+            paths = lake.token_paths(version, stage, shard_id)
             if shard_id not in finished:
                 why = f"split shard {shard_id} is not finished"
-            elif "token_shards" not in kinds:
+            elif paths["record"] not in present:
                 why = "no completion record"
             else:
                 continue
-            with self.shard(_token_lock(version, stage, shard_id), paths["tokens"]) as held:
+            with self.shard(lake.token_lock_id(version, stage, shard_id), paths["tokens"]) as held:
                 still = shard_id not in lake.finished_shards(self.store) or not self.store.exists(paths["record"])
                 if held and still:  # looked at again under the lock: it may have finished since
                     for rel in (paths["record"], paths["tokens"]):  # the record first
@@ -247,10 +252,10 @@ class _Repair:
 def repair(store: Storage) -> RepairSummary:
     """Remove duplicate keys, files without a completion record and orphan temporary files; run the checks.
 
-    ValueError when there is no lake at all at the store's root (a typo must not create one)."""
+    NoLake when there is no lake at all at the store's root (a typo must not create one)."""
     started = time.monotonic()
     if not store.list_files("") and not store.list_temporary(""):
-        raise ValueError(f"no lake at {safe_uri(store.root)}: nothing to repair")
+        raise NoLake(f"no lake at {safe_uri(store.root)}: nothing to repair")
     summary = RepairSummary(safe_uri(store.root))
     fixer = _Repair(store, summary)
     with lake.writer_lock(store):

@@ -19,7 +19,7 @@ from flows.cli import main
 from pipeline import checks, lake
 from pipeline.ingest import ingest
 from pipeline.repair import repair
-from pipeline.split import split
+from pipeline.split import pending_shards, shard_paths, split, split_shard
 from pipeline.storage import Storage
 
 
@@ -204,21 +204,25 @@ def test_cogflow_repair_on_s3_takes_the_lease_and_says_what_it_removed(clean_lak
     store = Storage.at(root)
     assert len(store.list_temporary("")) == 2
 
-    holder_done = threading.Event()
+    def lake_keys() -> dict[str, str]:  # every object but the leases, with its ETag
+        listed = s3.list_objects_v2(Bucket=s3.bucket, Prefix="lake/")["Contents"]
+        return {o["Key"]: o["ETag"] for o in listed if not o["Key"].endswith(".lease")}
+
+    started, unchanged = threading.Event(), []
 
     def another_writer() -> None:
         with lake.writer_lock(store):
+            before = lake_keys()
             started.set()
-            time.sleep(0.3)
-            holder_done.set()
+            time.sleep(2.0)  # repair starts meanwhile (it needs well under 2 s to remove something)
+            unchanged.append(lake_keys() == before)
 
-    started = threading.Event()
     writer = threading.Thread(target=another_writer)
     writer.start()
     started.wait(5)
     assert main(["repair", "--lake", root]) == 0
-    assert holder_done.is_set()  # repair waited for the other writer's lease
     writer.join()
+    assert unchanged == [True]  # repair removed nothing until the other writer let go of the lease
     out = capsys.readouterr().out
     for name in expected:
         assert any(line.startswith("removed ") and name in line for line in out.splitlines()), (name, out)
@@ -238,3 +242,32 @@ def test_repair_where_there_is_no_lake_is_one_line_and_creates_nothing(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("cogflow repair: ") and ("no-such-bucket-here" in err or "NoSuchBucket" in err)
     assert len(err.splitlines()) == 1
+
+
+def test_repair_keeps_the_plan_part_a_pending_shard_still_reads(clean_lake, tmp_path):
+    store = _copy(clean_lake, tmp_path)
+    x, w = sorted(lake.finished_shards(store))
+    [part] = store.list_files("clip_plan", ".parquet")  # both shards' windows, in one part
+    clips = _contents(store)["clips"]
+    raced_split_plans_in_other_shards(store)  # x's windows again as shard y, finished
+    store.delete(shard_paths(x)["record"])  # x unfinished: its windows, planned twice, go from `part`
+    for rel in shard_paths(w).values():  # w planned, not split yet: a running split is about to read `part`
+        store.delete(rel)
+    pending = {task.shard_id: task for task in pending_shards(store)[0]}
+    assert pending[w].plan_part == part
+
+    summary = repair(store)
+    assert any(f"from {part}" in line for line in summary.lines), summary.text()
+    result = split_shard(tiny_settings(tmp_path / "home", lake=store.root), pending[w])  # the split carries on
+    assert result.clips_written and not result.rejects
+    assert _contents(store)["clips"] == clips
+    checks.check_lake(store)
+
+
+def test_repair_of_a_lake_it_cannot_read_is_no_usage_error(clean_lake, tmp_path, capsys):
+    store = _copy(clean_lake, tmp_path)
+    store.put_bytes("videos/part-20990101T000000-0123456789ab.parquet", b"not parquet")
+    assert main(["repair", "--lake", store.root]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cogflow repair: ") and "part-20990101T000000-0123456789ab.parquet" in err, err
+    assert "no lake" not in err and len(err.splitlines()) == 1
