@@ -16,7 +16,8 @@ from flows.progress import Progress
 from pipeline.ingest import IngestPlan, IngestSummary, finish_ingest, plan_ingest, probe_source
 from pipeline.manifest import check_manifest
 from pipeline.settings import Limits, Settings, load_settings
-from pipeline.storage import safe_uri, stop_downloads_on_error
+from pipeline.prober import stop_probes_on_error
+from pipeline.storage import safe_uri
 
 # Results stay in memory: every step is idempotent against the lake, which is the only state that matters.
 plan_task = task(plan_ingest, name="plan-ingest", cache_policy=NO_CACHE)
@@ -33,9 +34,9 @@ def _probe_all(plan: IngestPlan) -> list[dict[str, object]]:
         return []
     progress = Progress(len(plan.to_probe), "probing videos", key="ingest-probe-progress")
     probes = []
-    # SIGTERM (Prefect turns it into an exception here) or Ctrl-C stops the downloads of the probes at once: the task
-    # runner waits for its threads before the process can exit, and a slow server would hold them for long.
-    with stop_downloads_on_error():
+    # SIGTERM (Prefect turns it into an exception here) or Ctrl-C stops the downloads and probes at once: the task
+    # runner waits for its threads before the process can exit, and a slow server or file would hold them for long.
+    with stop_probes_on_error():
         futures = [probe_task.submit(uri, fetch_uri, plan.settings.limits) for uri, fetch_uri in plan.to_probe]
         for future in as_completed(futures):
             probes.append(future.result())

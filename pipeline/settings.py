@@ -42,6 +42,7 @@ class Limits:
     span_tolerance_s: float = 0.25  # a span may end this much past the probed duration (rounding in manifests)
     download_timeout_s: float = 60.0
     download_retries: int = 3
+    probe_timeout_s: float = 600.0  # a probe that takes longer on one file is stopped: `probe_timeout`
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ FIELDS: tuple[Field, ...] = (
     _limit("span_tolerance_s", DURATION, 0),
     _limit("download_timeout_s", DURATION, 0, above=True),
     _limit("download_retries", WHOLE, 0),
+    _limit("probe_timeout_s", DURATION, 0, above=True),
     Field("split.stage1_windows", "COGFLOW_STAGE1_WINDOWS", WHOLE, 1),
     Field("split.stage2_windows", "COGFLOW_STAGE2_WINDOWS", WHOLE, 1),
     Field("split.shard_mb", "COGFLOW_SHARD_MB", MEGABYTES, 0, above=True),

@@ -1,0 +1,179 @@
+"""Probing in a child process, bounded in time as split bounds its decoder (pipeline/decoder.py).
+
+A probe reads the whole file (its hash, every packet) and decodes its first frame and its last group of pictures,
+so a pathological file - a huge one, a long group of enormous frames, a demuxer that loops - can keep it busy for
+minutes inside FFmpeg, where no thread can be interrupted. `probe_bounded` therefore runs `pipeline.video.probe`
+in a child process (`python -m pipeline.prober`), one per probing thread and kept from file to file (starting one
+costs a few tenths of a second). A probe that takes longer than its timeout (COGFLOW_PROBE_TIMEOUT_S) has its child
+killed and becomes ProbeError('probe_timeout'); a child that dies (a crash in a codec) costs that file, as
+'probe_error', not the run. `stop_probes_on_error` kills every probe in flight when the run stops.
+
+Messages are pickles over a socket pair (multiprocessing.connection): a path and the limits one way, a ProbeResult,
+a (reason, detail) reject or another failure's text back. Both ends are cogflow, so unpickling them is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from pipeline.video import ProbeError, ProbeResult, probe
+
+STARTUP_TIMEOUT_S = 120.0  # a child that has not imported PyAV by then (a machine far too busy) is given up
+
+
+class Prober:
+    """A child process that probes one file at a time, started on first use and replaced after a timeout or a crash."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+
+    def _start(self) -> tuple[subprocess.Popen, Connection]:
+        if self._proc is not None and self._conn is not None and self._proc.poll() is None:
+            return self._proc, self._conn
+        self._kill()
+        mine, theirs = multiprocessing.Pipe()
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.prober", str(theirs.fileno())],
+                                pass_fds=(theirs.fileno(),))
+        theirs.close()  # the child's end is the child's only: its exit is then an end of file here
+        self._proc, self._conn = proc, mine
+        self._finalizer = weakref.finalize(self, mine.close)  # a prober dropped with its thread lets its child go
+        # The clock of a probe starts once the child is ready, so that a busy machine's slow start is not charged
+        # to the file.
+        if not mine.poll(STARTUP_TIMEOUT_S):
+            self._kill()
+            raise ProbeError("probe_error", f"the probe process did not start within {STARTUP_TIMEOUT_S:g} s")
+        mine.recv()
+        return proc, mine
+
+    def _kill(self) -> int | None:
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        if conn is not None:
+            self._finalizer.detach()
+            conn.close()
+        if proc is None:
+            return None
+        proc.kill()
+        return proc.wait()
+
+    def close(self) -> None:
+        """Let the child go (it exits when its end of the pipe closes)."""
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        if conn is not None:
+            self._finalizer.detach()
+            conn.close()
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def probe(self, path: str | Path, timeout_s: float, **limits: float) -> ProbeResult:
+        """`pipeline.video.probe(path, **limits)` in the child; ProbeError('probe_timeout') when it takes longer
+        than `timeout_s`, and the reject reasons of `probe` otherwise."""
+        proc, conn = self._start()
+        try:
+            with _probing(proc):
+                conn.send((str(path), limits))
+                if not conn.poll(timeout_s):
+                    self._kill()
+                    raise ProbeError("probe_timeout", f"the probe took longer than {timeout_s:g} s and was stopped "
+                                                      "(COGFLOW_PROBE_TIMEOUT_S)")
+                reply = conn.recv()
+        except (EOFError, OSError):  # the child died: a crash, or the run stopping killed it
+            code = self._kill()
+            if _stopping.is_set():
+                raise ProbeError("probe_stopped", "the run was stopped") from None
+            raise ProbeError("probe_error", f"the probe process died (exit code {code})") from None
+        if isinstance(reply, ProbeResult):
+            return reply
+        if isinstance(reply, tuple):  # a reject: (reason, detail)
+            raise ProbeError(*reply)
+        raise ProbeError("probe_error", str(reply))  # any other failure, as its type and message (retried next run)
+
+
+# --- stopping every probe at once ------------------------------------------------------------------------------
+
+_stopping = threading.Event()
+_in_flight: set[subprocess.Popen] = set()
+_in_flight_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _probing(proc: subprocess.Popen) -> Iterator[None]:
+    with _in_flight_lock:
+        _in_flight.add(proc)
+    try:
+        if _stopping.is_set():
+            raise ProbeError("probe_stopped", "the run was stopped")
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard(proc)
+
+
+@contextlib.contextmanager
+def stop_probes_on_error() -> Iterator[None]:
+    """A block that waits on probes running in other threads. If it ends by an exception - SIGTERM becomes one in
+    the main thread (Prefect's TerminationSignal), so does Ctrl-C - the downloads in flight are shut and every probe
+    child is killed, so no thread holds the process until its file is done. A new block lets probes run again."""
+    from pipeline.storage import stop_downloads_on_error  # here: the child needs neither boto3 nor the rest
+
+    _stopping.clear()
+    with stop_downloads_on_error():
+        try:
+            yield
+        except BaseException:
+            _stopping.set()
+            with _in_flight_lock:
+                children = list(_in_flight)
+            for proc in children:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+            raise
+
+
+_worker = threading.local()
+
+
+def probe_bounded(path: str | Path, timeout_s: float, **limits: float) -> ProbeResult:
+    """Probe `path` in this thread's child process, for at most `timeout_s` (see Prober.probe)."""
+    if getattr(_worker, "prober", None) is None:
+        _worker.prober = Prober()
+    return _worker.prober.probe(path, timeout_s, **limits)
+
+
+# --- the child -------------------------------------------------------------------------------------------------
+
+
+def child_main(fd: int) -> None:
+    """Probe the files asked for on `fd` until the parent closes its end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us if need be
+    conn = Connection(fd)
+    conn.send("ready")
+    while True:
+        try:
+            path, limits = conn.recv()
+        except EOFError:
+            return
+        try:
+            reply: object = probe(path, **limits)
+        except ProbeError as exc:
+            reply = (exc.reason, exc.detail)
+        except Exception as exc:  # an exotic file or a bug: its type and message, for probe_source to record
+            reply = f"{type(exc).__name__}: {exc}"
+        conn.send(reply)
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]))
