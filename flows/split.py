@@ -20,7 +20,9 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from flows.progress import Progress
 from pipeline.settings import Settings, load_settings
 from pipeline.storage import Storage
-from pipeline.split import STAGES, ShardResult, ShardTask, SplitSummary, finish_split, plan_split, split_shard
+from pipeline.split import (
+    STAGES, ShardResult, ShardTask, SplitSummary, finish_split, plan_split, split_shard, stop_shards_on_error,
+)
 
 TASK_RUNNERS = ("threads", "processes", "dask", "ray")
 
@@ -76,11 +78,14 @@ def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]
         return []
     progress = Progress(sum(s.clips for s in shards), "splitting clips", key="split-progress")
     clips = {shard.shard_id: shard.clips for shard in shards}
-    futures = [shard_task.submit(settings, shard) for shard in shards]
     results = []
-    for future in as_completed(futures):
-        results.append(future.result())
-        progress.advance(clips[results[-1].shard_id])
+    # SIGTERM (Prefect turns it into an exception here) or Ctrl-C stops every shard at once, unpublished: the task
+    # runner waits for its threads before the process can exit, and a download or a decode could hold them for long.
+    with stop_shards_on_error():
+        futures = [shard_task.submit(settings, shard) for shard in shards]
+        for future in as_completed(futures):
+            results.append(future.result())
+            progress.advance(clips[results[-1].shard_id])
     return results
 
 

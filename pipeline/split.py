@@ -8,15 +8,18 @@ Three plain steps, which `flows/split.py` orders and fans out:
 2. `split_shard` decodes each video of one shard once, in a child process (pipeline/decoder.py), and writes
    the shard: its clips per stage, its rejects, and last its completion record in `clip_shards/`. Every name
    derives from the shard id, so redoing a shard overwrites whatever a killed attempt left; readers trust
-   only shards that have a record.
+   only shards that have a record. A run that is stopped (SIGTERM, Ctrl-C: `stop_shards_on_error`) kills its
+   decoders, shuts its downloads and publishes none of the shards it was splitting.
 3. `finish_split` runs the data checks over the whole lake and sums the run up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -33,7 +36,7 @@ import pyarrow.parquet as pq
 from pipeline import checks, db, lake
 from pipeline.decoder import DecodeJob, Decoder
 from pipeline.settings import Limits, Settings
-from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
+from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri, stop_downloads_on_error
 from pipeline.video import CLIP_FRAMES, DecodeStats, WindowFailed, WindowFrames
 
 RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # frames per second a clip may be sampled at, each with its token
@@ -274,6 +277,56 @@ def _reject_row(window: dict, reason: str, detail: str, shard_id: str) -> dict:
     }
 
 
+# --- stopping every shard at once, from the thread that waits on them ------------------------------------------
+
+
+class SplitStopped(Exception):
+    """The run is being stopped: the shard is left unpublished (no record), for the next run to redo whole."""
+
+
+_stopping = threading.Event()
+_decoding: set[subprocess.Popen] = set()  # the decoder processes working on a video right now
+_decoding_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def stop_shards_on_error() -> Iterator[None]:
+    """A block that waits on shards split in other threads. If it ends by an exception - SIGTERM becomes one in the
+    main thread (Prefect's TerminationSignal), so does Ctrl-C - every shard stops at once instead of holding the
+    process until it is done: downloads in flight are shut, decoders are killed (one may be stuck in a video for
+    up to COGFLOW_VIDEO_TIMEOUT_S) and each shard raises SplitStopped rather than publish what it has, which would
+    record the windows it did not get to as rejects. A new block lets shards run again."""
+    _stopping.clear()
+    with stop_downloads_on_error():
+        try:
+            yield
+        except BaseException:
+            _stopping.set()
+            with _decoding_lock:
+                decoders = list(_decoding)
+            for proc in decoders:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+            raise
+
+
+def _check_stopping() -> None:
+    if _stopping.is_set():
+        raise SplitStopped("the run was stopped")
+
+
+@contextlib.contextmanager
+def _decoding_with(proc: subprocess.Popen) -> Iterator[None]:
+    with _decoding_lock:
+        _decoding.add(proc)
+    try:
+        _check_stopping()  # a stop that came just before the decoder was registered would miss it
+        yield
+    finally:
+        with _decoding_lock:
+            _decoding.discard(proc)
+
+
 _worker = threading.local()
 
 
@@ -334,29 +387,39 @@ def _split_shard(
         folder = Path(tmp)
         writer = _ShardWriter(folder, shard.shard_id, {w["stage"] for w in windows})
         try:
-            for group, local, problem in _fetched(_by_video(windows), folder, settings.limits):
-                result.videos += 1
-                if local is None:
-                    rejects += [_reject_row(w, *problem, shard.shard_id) for w in group]
-                    continue
-                job = DecodeJob(
-                    str(local), [frame_instants(w["start_s"], w["fps"]) for w in group], sha256=group[0]["sha256"],
-                    threads=_decode_threads(settings), seek_gap_s=settings.split.seek_gap_s,
-                )
-                for item in decoder.run(job, settings.split.video_timeout_s):
-                    if isinstance(item, WindowFrames):
-                        writer.add(group[item.index], item)
-                        result.clips[(group[item.index]["stage"], group[item.index]["fps"])] += 1
-                    elif isinstance(item, WindowFailed):
-                        rejects.append(_reject_row(group[item.index], item.reason, item.detail, shard.shard_id))
-                    else:
-                        result.frames_decoded += item.frames_decoded
-                        result.seeks += item.seeks
-                        result.decode_seconds += item.seconds
-                if on_video is not None:
-                    on_video(result)
+            # closed at once when the shard stops: its next download is waited for, not left running
+            with contextlib.closing(_fetched(_by_video(windows), folder, settings.limits)) as videos:
+                for group, local, problem in videos:
+                    _check_stopping()
+                    if problem[0] == "download_stopped":  # the run is stopping: no fault of the video's
+                        raise SplitStopped(problem[1])
+                    result.videos += 1
+                    if local is None:
+                        rejects += [_reject_row(w, *problem, shard.shard_id) for w in group]
+                        continue
+                    job = DecodeJob(
+                        str(local), [frame_instants(w["start_s"], w["fps"]) for w in group], sha256=group[0]["sha256"],
+                        threads=_decode_threads(settings), seek_gap_s=settings.split.seek_gap_s,
+                    )
+                    # the decoder a stop kills; its windows then come back as decoder_crashed, which is not the video's
+                    # fault: the shard stops instead of recording them
+                    with _decoding_with(decoder.start()):
+                        for item in decoder.run(job, settings.split.video_timeout_s):
+                            _check_stopping()
+                            if isinstance(item, WindowFrames):
+                                writer.add(group[item.index], item)
+                                result.clips[(group[item.index]["stage"], group[item.index]["fps"])] += 1
+                            elif isinstance(item, WindowFailed):
+                                rejects.append(_reject_row(group[item.index], item.reason, item.detail, shard.shard_id))
+                            else:
+                                result.frames_decoded += item.frames_decoded
+                                result.seeks += item.seeks
+                                result.decode_seconds += item.seconds
+                    if on_video is not None:
+                        on_video(result)
         finally:
             files = writer.close()
+        _check_stopping()
         _publish(store, shard.shard_id, files, rejects, result, folder, started)
     return result
 
