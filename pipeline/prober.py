@@ -49,10 +49,13 @@ class Prober:
         self._finalizer = weakref.finalize(self, mine.close)  # a prober dropped with its thread lets its child go
         # The clock of a probe starts once the child is ready, so that a busy machine's slow start is not charged
         # to the file.
-        if not mine.poll(STARTUP_TIMEOUT_S):
-            self._kill()
-            raise ProbeError("probe_error", f"the probe process did not start within {STARTUP_TIMEOUT_S:g} s")
-        mine.recv()
+        try:
+            if not mine.poll(STARTUP_TIMEOUT_S):
+                self._kill()
+                raise ProbeError("probe_error", f"the probe process did not start within {STARTUP_TIMEOUT_S:g} s")
+            mine.recv()
+        except (EOFError, OSError):
+            raise ProbeError("probe_error", f"the probe process exited as it started (exit code {self._kill()})") from None
         return proc, mine
 
     def _kill(self) -> int | None:
