@@ -51,6 +51,7 @@ class SplitOptions:
 
     stage1_windows: int = 4  # most stage-1 windows per caption span (spread evenly over a long span)
     stage2_windows: int = 4  # most stage-2 windows per caption span and frame rate
+    window_step: int = 5  # frame intervals between the starts of a span's windows; 5: none share a frame
     shard_mb: float = 256.0  # target shard size (a clip of real footage is about 250 kB once compressed)
     shard_videos: int = 64  # videos per shard, on average: about what a killed run may have to redo per worker
     workers: int = max(1, os.cpu_count() or 1)  # shards split at once, each by its own decoder process
@@ -217,6 +218,7 @@ FIELDS: tuple[Field, ...] = (
     _limit("probe_timeout_s", DURATION, 0, above=True),
     Field("split.stage1_windows", "COGFLOW_STAGE1_WINDOWS", WHOLE, 1),
     Field("split.stage2_windows", "COGFLOW_STAGE2_WINDOWS", WHOLE, 1),
+    Field("split.window_step", "COGFLOW_WINDOW_STEP", WHOLE, 1),
     Field("split.shard_mb", "COGFLOW_SHARD_MB", MEGABYTES, 0, above=True),
     Field("split.shard_videos", "COGFLOW_SHARD_VIDEOS", WHOLE, 1),
     Field("split.workers", "COGFLOW_SPLIT_WORKERS", WHOLE, 1, option="cogflow split --workers"),

@@ -103,6 +103,7 @@ def _plan_params(settings: Settings, stages: tuple[int, ...]) -> dict[str, objec
         "stage2_rates": list(STAGE2_RATES),
         "stage1_windows": opts.stage1_windows,
         "stage2_windows": opts.stage2_windows,
+        "window_step": opts.window_step,
         "clip_bytes": EST_CLIP_BYTES,
         "shard_bytes": opts.shard_mb * 1e6,
         "shard_videos": opts.shard_videos,

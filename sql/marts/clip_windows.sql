@@ -5,8 +5,11 @@
 -- (videos.fps) and what its frames hold (frame_count / duration): a stream with pauses has fewer frames.
 --   stage 1: the lowest rate in $rates that fits (CogVideo: one clip covers the whole action);
 --   stage 2: every rate in $stage2_rates that fits (the rates of the three interpolation rounds).
--- n windows of a span have their centres evenly spread, at s + D(2i+1)/(2n): as many as fit end to end
--- (5 frame intervals apart or more), capped per span (and per rate in stage 2).
+-- A span's windows start $window_step frame intervals apart or more (5: no two share a frame; fewer: they
+-- overlap, more clips from each span), as many as fit (at least one), capped per span (and per rate in stage 2).
+-- The slack (span - 4/fps: how far the first frame may move with the last still inside) is cut into n equal
+-- parts and each window starts in the middle of its part: one window is centred, and none starts on the
+-- span's very edge, where a source at exactly the window's rate may hold no frame near enough the last instant.
 -- A caption with no window keeps one row with fps NULL and the reason, for clip_plan_rejects.
 WITH todo AS (
     SELECT c.caption_id, c.video_id, c.caption, c.language, c.split, c.start_s AS span_start,
@@ -29,8 +32,8 @@ allowed AS (
 
 fitting AS (
     SELECT *,
-           -- how many windows fit end to end (5 frame intervals apart) strictly inside the span
-           floor((span - 4.0 / fps) * fps / 5.0 - 1e-9)::BIGINT + 1 AS n_fit
+           -- how many parts of the slack are $window_step frame intervals long, at least one
+           greatest(1, floor((span - 4.0 / fps) * fps / $window_step + 1e-9)::BIGINT) AS n_fit
     FROM allowed
     WHERE 4.0 / fps < span - 1e-9
 ),
@@ -43,7 +46,7 @@ chosen AS (
 
 windows AS (
     -- rounded down to the millisecond: never later, so the last frame stays strictly inside the span
-    SELECT c.*, floor((c.span_start + c.span * (2 * i + 1) / (2.0 * c.n) - 2.0 / c.fps) * 1000 + 1e-6) / 1000 AS start_s
+    SELECT c.*, floor((c.span_start + (c.span - 4.0 / c.fps) * (2 * i + 1) / (2.0 * c.n)) * 1000 + 1e-6) / 1000 AS start_s
     FROM chosen AS c
     CROSS JOIN LATERAL (SELECT unnest(range(c.n)) AS i) AS w
 )

@@ -280,6 +280,24 @@ def test_window_starts_round_down_so_millisecond_spans_stay_valid(tmp_path) -> N
     assert "at 4 fps" in six[0]["detail"]
 
 
+def test_a_smaller_window_step_overlaps_windows_over_the_whole_span(tmp_path) -> None:
+    """7 s at 2 fps: stage 1 at 1 fps has 3 s of slack for its 4 s windows: one centred window when they start 5
+    frames apart, three when 1; stage 2 at 2 fps has 5 s: two windows, or the cap of four. Each starts in the
+    middle of its share of the slack."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_frames(data / "v.mp4", [code_frame(i, 320, 240) for i in range(14)], rate=2)
+    manifest = write_csv(data / "m.csv", [{"video": "v.mp4", "caption": "seven seconds of frames"}])
+    starts = {}
+    for step in (5, 1):
+        settings = settings_for(tmp_path / f"home{step}", window_step=step)
+        ingest(str(manifest), settings)
+        split(settings)
+        starts[step] = {stage: sorted(c["start_s"] for c in clip_table(settings, stage=stage)) for stage in (1, 2)}
+    assert starts[5] == {1: [1.5], 2: [1.25, 3.75]}
+    assert starts[1] == {1: [0.5, 1.5, 2.5], 2: [0.625, 1.875, 3.125, 4.375]}
+
+
 def test_two_runs_on_one_lake_split_each_shard_once(tmp_path, sample_dir) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
