@@ -44,10 +44,18 @@ class TransformerConfig:
     # learns about one code carries over to its neighbours on the grid, and the tied logits score each channel
     # as well as the whole code. "plain": one free embedding per code (the only choice for a VQ codebook).
     code_embedding: str = "plain"
+    # Rotary positions: queries and keys of both channels turned by angles of the slot's (time, row, column), so an
+    # attention score depends on the offset between two codes. A code then finds the same place in another frame
+    # (where an object it must continue or interpolate is) by construction, instead of learning that from the sum
+    # of absolute embeddings, which a small run spends its steps on and background codes never teach: there, any
+    # background code of any place predicts the next one. The absolute embeddings stay. Text slots are not turned.
+    rope: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.rope and (self.hidden // self.heads) % 2:
+            raise ValueError(f"rope needs an even head size, not {self.hidden // self.heads}")
         if self.code_embedding not in ("plain", "levels"):
             raise ValueError(f"code_embedding must be plain or levels, not {self.code_embedding!r}")
 
@@ -99,6 +107,24 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+def rotary_angles(spec: "ModelSpec", base: float = 100.0) -> torch.Tensor:
+    """(S, d/2) angle of each slot for each pair of a head's channels: a quarter of the pairs turn with the frame's
+    true time, the rest in two equal groups with its row and its column, at geometric frequencies 1 .. 1/base (a
+    frame is at most a few dozen codes wide). Text slots and the fps token have angle 0."""
+    s = layouts.slots(spec.layout)
+    pairs = spec.config.hidden // spec.config.heads // 2
+    spatial = pairs * 3 // 8
+    groups = ((s.time, pairs - 2 * spatial), (s.row, spatial), (s.col, spatial))
+    angles = [where[:, None].float() * base ** (-torch.arange(n) / max(n, 1))[None] for where, n in groups]
+    return torch.cat(angles, dim=1) * (~s.is_text)[:, None]  # (S, d/2)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(B, h, P, d) turned pair by pair (channels 2i, 2i+1) by the (P, d/2) angles given as cos and sin."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, dropout: float) -> torch.Tensor:
     """(B, h, P, d) queries over (B, h, S, d) keys; `mask` is a (B, 1, P, S) bool tensor (True: attend) or a
     FlexAttention BlockMask."""
@@ -142,10 +168,13 @@ class DualAttention(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(c.hidden))  # sigmoid(0) = 0.5: both channels count equally at first
 
     def channel(self, name: str, x: torch.Tensor, mask: object, positions: torch.Tensor | None,
-                cache: dict | None, frame_blocks: tuple[int, int] | None = None) -> torch.Tensor:
+                cache: dict | None, frame_blocks: tuple[int, int] | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         b, p, hidden = x.shape
         qkv = self.spatial_qkv if name == "spatial" else self.temporal_qkv
         q, k, v = qkv(x).view(b, p, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)  # each (B, h, P, d)
+        if rotary is not None:  # (P, d/2) cos and sin of these slots' angles; cached keys are stored turned
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         if cache is not None:  # write this step's slots, attend over every slot (the mask hides the unfilled)
             keys, values = cache[name]
             keys[:, :, positions], values[:, :, positions] = k.to(keys.dtype), v.to(values.dtype)
@@ -159,10 +188,12 @@ class DualAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, p, hidden)
 
     def forward(self, x: torch.Tensor, masks: dict[str, object], is_frame: torch.Tensor,
-                positions: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, cache: dict | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # a pass over the whole sequence (training) attends frame by frame in the spatial channel
-        spatial = self.spatial_out(self.channel("spatial", x, masks["spatial"], positions, cache, masks.get("frame_blocks")))
-        temporal = self.temporal_out(self.channel("temporal", x, masks["temporal"], positions, cache))
+        spatial = self.spatial_out(self.channel("spatial", x, masks["spatial"], positions, cache,
+                                                masks.get("frame_blocks"), rotary))
+        temporal = self.temporal_out(self.channel("temporal", x, masks["temporal"], positions, cache, None, rotary))
         a = torch.sigmoid(self.alpha)
         return torch.where(is_frame[:, None], a * spatial + (1 - a) * temporal, spatial)
 
@@ -177,8 +208,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, masks: dict[str, object], is_frame: torch.Tensor,
-                positions: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attention(self.ln1(x), masks, is_frame, positions, cache))
+                positions: torch.Tensor | None = None, cache: dict | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attention(self.ln1(x), masks, is_frame, positions, cache, rotary))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -201,6 +233,8 @@ class CogVideoTransformer(nn.Module):
         self.text_position = nn.Embedding(lay.text_slots, c.hidden)
         self.row_position, self.col_position = nn.Embedding(lay.grid, c.hidden), nn.Embedding(lay.grid, c.hidden)
         self.time_position = nn.Embedding(layouts.FRAMES, c.hidden)
+        if c.rope:
+            self.register_buffer("rope_angles", rotary_angles(spec), persistent=False)  # (S, d/2)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.hidden)
         self.activation_checkpointing = False
@@ -295,12 +329,16 @@ class CogVideoTransformer(nn.Module):
             masks = self.block_masks(text_valid)
         else:
             masks = self.masks(text_valid, positions, filled)
+        rotary = None
+        if self.spec.config.rope:
+            angles = self.rope_angles[positions].to(x.dtype)  # (P, d/2)
+            rotary = angles.cos(), angles.sin()
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else cache.keys[i]
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, masks[i], is_frame, positions, layer_cache, use_reentrant=False)
+                x = checkpoint(block, x, masks[i], is_frame, positions, layer_cache, rotary, use_reentrant=False)
             else:
-                x = block(x, masks[i], is_frame, positions, layer_cache)
+                x = block(x, masks[i], is_frame, positions, layer_cache, rotary)
         if cache is not None:
             cache.filled[positions] = True
         return self.norm(x)

@@ -14,17 +14,16 @@ a (reason, detail) reject or another failure's text back. Both ends are cogflow,
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import signal
 import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from pipeline.children import ChildProcesses
 from pipeline.video import ProbeError, ProbeResult, probe
 
 STARTUP_TIMEOUT_S = 120.0  # a child that has not imported PyAV by then (a machine far too busy) is given up
@@ -86,7 +85,7 @@ class Prober:
         than `timeout_s`, and the reject reasons of `probe` otherwise."""
         proc, conn = self._start()
         try:
-            with _probing(proc):
+            with _children.working(proc):
                 conn.send((str(path), limits))
                 if not conn.poll(timeout_s):
                     self._kill()
@@ -95,7 +94,7 @@ class Prober:
                 reply = conn.recv()
         except (EOFError, OSError):  # the child died: a crash, or the run stopping killed it
             code = self._kill()
-            if _stopping.is_set():
+            if _children.stopping:
                 raise ProbeError("probe_stopped", "the run was stopped") from None
             raise ProbeError("probe_error", f"the probe process died (exit code {code})") from None
         if isinstance(reply, ProbeResult):
@@ -107,43 +106,9 @@ class Prober:
 
 # --- stopping every probe at once ------------------------------------------------------------------------------
 
-_stopping = threading.Event()
-_in_flight: set[subprocess.Popen] = set()
-_in_flight_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _probing(proc: subprocess.Popen) -> Iterator[None]:
-    with _in_flight_lock:
-        _in_flight.add(proc)
-    try:
-        if _stopping.is_set():
-            raise ProbeError("probe_stopped", "the run was stopped")
-        yield
-    finally:
-        with _in_flight_lock:
-            _in_flight.discard(proc)
-
-
-@contextlib.contextmanager
-def stop_probes_on_error() -> Iterator[None]:
-    """A block that waits on probes running in other threads. If it ends by an exception - SIGTERM becomes one in
-    the main thread (Prefect's TerminationSignal), so does Ctrl-C - the downloads in flight are shut and every probe
-    child is killed, so no thread holds the process until its file is done. A new block lets probes run again."""
-    from pipeline.storage import stop_downloads_on_error  # here: the child needs neither boto3 nor the rest
-
-    _stopping.clear()
-    with stop_downloads_on_error():
-        try:
-            yield
-        except BaseException:
-            _stopping.set()
-            with _in_flight_lock:
-                children = list(_in_flight)
-            for proc in children:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-            raise
+# The probe children of this process's threads; `stop_probes_on_error` is the block an ingest flow waits in.
+_children = ChildProcesses(lambda: ProbeError("probe_stopped", "the run was stopped"))
+stop_probes_on_error = _children.stop_on_error
 
 
 _worker = threading.local()

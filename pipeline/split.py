@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,9 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import checks, db, lake
+from pipeline.children import ChildProcesses
 from pipeline.decoder import DecodeJob, Decoder
 from pipeline.settings import Limits, Settings
-from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri, stop_downloads_on_error
+from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
 from pipeline.video import CLIP_FRAMES, DecodeStats, WindowFailed, WindowFrames
 
 RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # frames per second a clip may be sampled at, each with its token
@@ -285,47 +285,13 @@ class SplitStopped(Exception):
     """The run is being stopped: the shard is left unpublished (no record), for the next run to redo whole."""
 
 
-_stopping = threading.Event()
-_decoding: set[subprocess.Popen] = set()  # the decoder processes working on a video right now
-_decoding_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def stop_shards_on_error() -> Iterator[None]:
-    """A block that waits on shards split in other threads. If it ends by an exception - SIGTERM becomes one in the
-    main thread (Prefect's TerminationSignal), so does Ctrl-C - every shard stops at once instead of holding the
-    process until it is done: downloads in flight are shut, decoders are killed (one may be stuck in a video for
-    up to COGFLOW_VIDEO_TIMEOUT_S) and each shard raises SplitStopped rather than publish what it has, which would
-    record the windows it did not get to as rejects. A new block lets shards run again."""
-    _stopping.clear()
-    with stop_downloads_on_error():
-        try:
-            yield
-        except BaseException:
-            _stopping.set()
-            with _decoding_lock:
-                decoders = list(_decoding)
-            for proc in decoders:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-            raise
-
-
-def _check_stopping() -> None:
-    if _stopping.is_set():
-        raise SplitStopped("the run was stopped")
-
-
-@contextlib.contextmanager
-def _decoding_with(proc: subprocess.Popen) -> Iterator[None]:
-    with _decoding_lock:
-        _decoding.add(proc)
-    try:
-        _check_stopping()  # a stop that came just before the decoder was registered would miss it
-        yield
-    finally:
-        with _decoding_lock:
-            _decoding.discard(proc)
+# The decoders of this process's shard threads; `stop_shards_on_error` is the block a split flow waits in. A stop
+# shuts the downloads in flight, kills the decoders (one may be stuck in a video for up to COGFLOW_VIDEO_TIMEOUT_S)
+# and makes each shard raise SplitStopped rather than publish what it has, which would record the windows it did
+# not get to as rejects.
+_decoders = ChildProcesses(lambda: SplitStopped("the run was stopped"))
+stop_shards_on_error = _decoders.stop_on_error
+_check_stopping = _decoders.check
 
 
 _worker = threading.local()
@@ -404,7 +370,7 @@ def _split_shard(
                     )
                     # the decoder a stop kills; its windows then come back as decoder_crashed, which is not the video's
                     # fault: the shard stops instead of recording them
-                    with _decoding_with(decoder.start()):
+                    with _decoders.working(decoder.start()):
                         for item in decoder.run(job, settings.split.video_timeout_s):
                             _check_stopping()
                             if isinstance(item, WindowFrames):

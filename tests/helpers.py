@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+import time
 from pathlib import Path
 
 
@@ -162,3 +165,18 @@ def tokenized_home(root: Path, sample_dir: Path, vocab_size: int = 400, encode: 
     if encode:
         encode_clips(settings, progress=False)
     return root / "home"
+
+
+def trickle(handler: http.server.BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+    """Answer a GET with a 1 MB Content-Length and then one byte every 0.2 s until `stopping` is set or the client
+    hangs up: a download that never finishes and never goes quiet (tests of deadlines and stops)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(10**6))
+    handler.end_headers()
+    try:
+        while not stopping.is_set():
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.2)
+    except OSError:
+        pass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_sample, write_csv
+from helpers import copy_sample, trickle, write_csv
 from prefect.client.orchestration import get_client
 
 from flows.ingest import run_ingest
@@ -38,16 +38,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.requests.append(self.path)  # type: ignore[attr-defined]
         if self.path.startswith("/trickle"):
-            self.send_response(200)
-            self.send_header("Content-Length", str(10**6))
-            self.end_headers()
-            try:
-                while not self.server.stopping.is_set():  # type: ignore[attr-defined]
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:
-                pass
+            trickle(self, self.server.stopping)  # type: ignore[attr-defined]
             return
         if self.headers.get("Authorization") != "Basic " + base64.b64encode(f"ann:{PASSWORD}".encode()).decode():
             self.send_error(401)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import write_csv
+from helpers import trickle, write_csv
 
 from pipeline import lake
 from pipeline.ingest import ingest
@@ -38,16 +38,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             super().do_GET()
             return
         self.server.trickled.set()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", str(10**6))
-        self.end_headers()
-        try:
-            while not self.server.stopping.is_set():  # type: ignore[attr-defined]
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.2)
-        except OSError:
-            pass
+        trickle(self, self.server.stopping)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.layout import Layout, build_inputs
-from model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig
+from model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig, rotary_angles, rotate
 
 K, V = 40, 30  # frame codes, text pieces
 
@@ -21,11 +21,12 @@ def batch(lay: Layout, seed: int = 0, b: int = 2):
     return build_inputs(lay, ids, mask, torch.tensor([4, 6])[:b], codes, K, 2)
 
 
-@pytest.mark.parametrize("stage,window,shift", [(1, 0, 0), (1, 2, 1), (2, 2, 1), (2, 0, 0)])
-def test_cached_one_slot_at_a_time_equals_the_full_pass(stage: int, window: int, shift: int) -> None:
+@pytest.mark.parametrize("stage,window,shift,rope", [(1, 0, 0, False), (1, 2, 1, False), (2, 2, 1, False), (2, 0, 0, False),
+                                                    (1, 0, 0, True), (2, 2, 1, True)])
+def test_cached_one_slot_at_a_time_equals_the_full_pass(stage: int, window: int, shift: int, rope: bool) -> None:
     torch.manual_seed(0)
     lay = Layout(text_len=5, grid=4, stage=stage)
-    spec = ModelSpec(TransformerConfig(layers=3, hidden=32, heads=4), lay, K, V, window, shift)
+    spec = ModelSpec(TransformerConfig(layers=3, hidden=32, heads=4, rope=rope), lay, K, V, window, shift)
     model = CogVideoTransformer(spec).double().eval()
     tokens, _, valid = batch(lay)
     with torch.no_grad():
@@ -36,6 +37,28 @@ def test_cached_one_slot_at_a_time_equals_the_full_pass(stage: int, window: int,
         parts += [model(tokens[:, p:p + 1], valid, torch.tensor([p]), cache) for p in range(first, lay.length)]
         stepped = model.logits(torch.cat(parts, dim=1))
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-10)
+
+
+def test_rotary_scores_depend_on_the_offset_between_codes_and_leave_text_alone() -> None:
+    """rope: one query and key vector placed at two pairs of frame slots with the same (time, row, column) offset
+    score the same; at another offset, differently; text slots are not turned."""
+    lay = Layout(text_len=5, grid=4, stage=1)
+    spec = ModelSpec(TransformerConfig(layers=1, hidden=32, heads=4, rope=True), lay, K, V)
+    angles = rotary_angles(spec)  # (S, 4)
+    assert angles.shape == (lay.length, 4) and not angles[: lay.text_slots].any()
+
+    def slot(time: int, row: int, col: int) -> int:
+        return lay.text_slots + time * lay.frame_len + row * lay.grid + col
+
+    q, k = torch.randn(1, 1, 1, 8, dtype=torch.float64), torch.randn(1, 1, 1, 8, dtype=torch.float64)
+
+    def score(a: int, b: int) -> float:
+        turn = [(angles[[s]].double().cos(), angles[[s]].double().sin()) for s in (a, b)]
+        return float((rotate(q, *turn[0]) * rotate(k, *turn[1])).sum())
+
+    same = score(slot(1, 2, 1), slot(0, 1, 0)), score(slot(4, 3, 3), slot(3, 2, 2))  # offset (1, 1, 1) both
+    assert same[0] == pytest.approx(same[1], abs=1e-6)  # angles are float32
+    assert score(slot(1, 2, 1), slot(0, 1, 1)) != pytest.approx(same[0], abs=1e-3)
 
 
 def test_computing_a_slot_before_what_it_sees_is_refused() -> None:
