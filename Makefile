@@ -18,8 +18,10 @@ install: $(BIN)/cogflow
 demo: install
 	$(BIN)/cogflow demo
 
+# One worker per core; a test file stays on one worker, so its module fixtures (a split lake, a trained pair) are
+# built once. Many tests wait on servers and child processes, so two workers gain even on two cores.
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --dist loadfile tests
 
 bench: install
 	$(BIN)/python tests/bench/bench_ingest.py
