@@ -5,11 +5,14 @@
 -- (videos.fps) and what its frames hold (frame_count / duration): a stream with pauses has fewer frames.
 --   stage 1: the lowest rate in $rates that fits (CogVideo: one clip covers the whole action);
 --   stage 2: every rate in $stage2_rates that fits (the rates of the three interpolation rounds).
--- A span's windows start $window_step frame intervals apart or more (5: no two share a frame; fewer: they
--- overlap, more clips from each span), as many as fit (at least one), capped per span (and per rate in stage 2).
--- The slack (span - 4/fps: how far the first frame may move with the last still inside) is cut into n equal
--- parts and each window starts in the middle of its part: one window is centred, and none starts on the
--- span's very edge, where a source at exactly the window's rate may hold no frame near enough the last instant.
+-- A span's windows start $window_step frame intervals apart or more.
+--   5 (the default, no two share a frame): as many as fit end to end, their centres evenly spread at
+--     s + D(2i+1)/(2n);
+--   fewer (overlapping windows, more clips from each span): the slack (span - 4/fps: how far the first frame may
+--     move with the last still inside) is cut into n parts at least $window_step intervals long and each window
+--     starts in the middle of its part, so none starts on the span's very edge, where a source at exactly the
+--     window's rate may hold no frame near enough the last instant.
+-- Capped per span (and per rate in stage 2).
 -- A caption with no window keeps one row with fps NULL and the reason, for clip_plan_rejects.
 WITH todo AS (
     SELECT c.caption_id, c.video_id, c.caption, c.language, c.split, c.start_s AS span_start,
@@ -32,8 +35,10 @@ allowed AS (
 
 fitting AS (
     SELECT *,
-           -- how many parts of the slack are $window_step frame intervals long, at least one
-           greatest(1, floor((span - 4.0 / fps) * fps / $window_step + 1e-9)::BIGINT) AS n_fit
+           CASE WHEN $window_step >= 5  -- how many fit end to end strictly inside the span
+                THEN floor((span - 4.0 / fps) * fps / $window_step - 1e-9)::BIGINT + 1
+                -- how many parts of the slack are $window_step frame intervals long, at least one
+                ELSE greatest(1, floor((span - 4.0 / fps) * fps / $window_step + 1e-9)::BIGINT) END AS n_fit
     FROM allowed
     WHERE 4.0 / fps < span - 1e-9
 ),
@@ -46,7 +51,8 @@ chosen AS (
 
 windows AS (
     -- rounded down to the millisecond: never later, so the last frame stays strictly inside the span
-    SELECT c.*, floor((c.span_start + (c.span - 4.0 / c.fps) * (2 * i + 1) / (2.0 * c.n)) * 1000 + 1e-6) / 1000 AS start_s
+    SELECT c.*, floor((c.span_start + CASE WHEN $window_step >= 5 THEN c.span * (2 * i + 1) / (2.0 * c.n) - 2.0 / c.fps
+                                           ELSE (c.span - 4.0 / c.fps) * (2 * i + 1) / (2.0 * c.n) END) * 1000 + 1e-6) / 1000 AS start_s
     FROM chosen AS c
     CROSS JOIN LATERAL (SELECT unnest(range(c.n)) AS i) AS w
 )

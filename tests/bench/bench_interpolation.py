@@ -29,28 +29,16 @@ import torch  # noqa: E402
 
 from model import generate  # noqa: E402
 from model.caption_following import FIELDS, read_video  # noqa: E402
-from model.diagnose import VALUES, Variant, diagnosis_prompts, parse_variant, to_pixels, wilson  # noqa: E402
+from model.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
 from model.evaluate import batch_seed  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
+from bench_stage1 import shares  # noqa: E402  (this folder: the same read-back table)
 
 
 def hold(keys: torch.Tensor) -> torch.Tensor:
     """(B, 5, n) key frames -> (B, 33, n): each in-between frame repeats the key frame before it."""
     step = 2**generate.ROUNDS
     return torch.cat([keys[:, :-1].repeat_interleave(step, dim=1), keys[:, -1:]], dim=1)
-
-
-def shares(prompts, readings) -> dict[str, dict]:
-    scored = [(p, r) for p, r in zip(prompts, readings) if p.truth is not None]
-    out = {}
-    for f in (*FIELDS, "background"):
-        right = sum(getattr(r, f) == p.truth[f] for p, r in scored)
-        low, high = wilson(right, len(scored))
-        out[f] = {"right": right, "n": len(scored), "share": right / max(len(scored), 1), "low": low, "high": high,
-                  "chance": 1 / len(VALUES[f])}
-    out["still"] = {"share": sum(r.motion is None for _, r in scored) / max(len(scored), 1)}
-    out["mean"] = {"share": sum(out[f]["share"] for f in FIELDS) / len(FIELDS)}
-    return out
 
 
 def main() -> int:

@@ -46,6 +46,12 @@ def read_keyframes(settings, stage: generate.Stage, prompts, options: dict, batc
         captions = [p.caption for p in prompts[start:start + batch]]
         codes = generate.text_to_keyframes(stage, tokenizers, captions, options, batch_seed(0, b))[0].codes
         readings += [read_video(frames) for frames in to_pixels(tokenizers, codes)]
+    return shares(prompts, readings)
+
+
+def shares(prompts, readings) -> dict[str, dict]:
+    """Per field (and background): right, n, share and its 95% interval over the prompts with a truth; the mean
+    over the fields; and the share read as not moving."""
     scored = [(p, r) for p, r in zip(prompts, readings) if p.truth is not None]
     out = {}
     for f in (*FIELDS, "background"):
@@ -54,6 +60,7 @@ def read_keyframes(settings, stage: generate.Stage, prompts, options: dict, batc
         out[f] = {"right": right, "n": len(scored), "share": right / max(len(scored), 1), "low": low, "high": high,
                   "chance": 1 / len(VALUES[f])}
     out["mean"] = {"share": float(np.mean([out[f]["share"] for f in FIELDS]))}
+    out["still"] = {"share": sum(r.motion is None for _, r in scored) / max(len(scored), 1)}
     return out
 
 

@@ -282,8 +282,8 @@ def test_window_starts_round_down_so_millisecond_spans_stay_valid(tmp_path) -> N
 
 def test_a_smaller_window_step_overlaps_windows_over_the_whole_span(tmp_path) -> None:
     """7 s at 2 fps: stage 1 at 1 fps has 3 s of slack for its 4 s windows: one centred window when they start 5
-    frames apart, three when 1; stage 2 at 2 fps has 5 s: two windows, or the cap of four. Each starts in the
-    middle of its share of the slack."""
+    frames apart, three when 1; stage 2 at 2 fps has 5 s: two windows end to end, or the cap of four, each
+    starting in the middle of its share of the slack."""
     data = tmp_path / "data"
     data.mkdir()
     write_frames(data / "v.mp4", [code_frame(i, 320, 240) for i in range(14)], rate=2)
@@ -294,7 +294,7 @@ def test_a_smaller_window_step_overlaps_windows_over_the_whole_span(tmp_path) ->
         ingest(str(manifest), settings)
         split(settings)
         starts[step] = {stage: sorted(c["start_s"] for c in clip_table(settings, stage=stage)) for stage in (1, 2)}
-    assert starts[5] == {1: [1.5], 2: [1.25, 3.75]}
+    assert starts[5] == {1: [1.5], 2: [0.75, 4.25]}
     assert starts[1] == {1: [0.5, 1.5, 2.5], 2: [0.625, 1.875, 3.125, 4.375]}
 
 
