@@ -17,7 +17,6 @@ to `--out` (default $COGFLOW_HOME/bench_interpolation.jsonl). Nothing is asserte
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from model import generate  # noqa: E402
-from model.caption_following import FIELDS, read_video  # noqa: E402
+from model.caption_following import read_video  # noqa: E402
 from model.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
 from model.evaluate import batch_seed  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
-from bench_stage1 import shares  # noqa: E402  (this folder: the same read-back table)
+from bench_stage1 import append_row, shares, table_cells  # noqa: E402  (this folder: the same read-back table)
 
 
 def hold(keys: torch.Tensor) -> torch.Tensor:
@@ -81,11 +80,8 @@ def main() -> int:
     for name, got in readings.items():
         s = shares(prompts, got)
         row["rows"][name] = {**s, "seconds": seconds[name]}
-        cells = "  ".join(f"{f} {s[f]['share']:.0%} [{s[f]['low']:.0%}, {s[f]['high']:.0%}]" for f in (*FIELDS, "background"))
-        print(f"{name:<28} {cells}  mean {s['mean']['share']:.0%}  read as still {s['still']['share']:.0%}")
-    out = Path(args.out) if args.out else Path(settings.home) / "bench_interpolation.jsonl"
-    with open(out, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+        print(f"{name:<28} {table_cells(s)}  mean {s['mean']['share']:.0%}  read as still {s['still']['share']:.0%}")
+    append_row(args.out or Path(settings.home) / "bench_interpolation.jsonl", row)
     return 0
 
 

@@ -64,6 +64,17 @@ def shares(prompts, readings) -> dict[str, dict]:
     return out
 
 
+def table_cells(shares: dict[str, dict]) -> str:
+    """One line of `shares`: each field's share and its 95% interval."""
+    return "  ".join(f"{f} {shares[f]['share']:.0%} [{shares[f]['low']:.0%}, {shares[f]['high']:.0%}]"
+                     for f in (*FIELDS, "background"))
+
+
+def append_row(path: str | Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True, help="the row's name in the ablation table")
@@ -111,13 +122,11 @@ def main() -> int:
     row["eval_seconds"] = time.monotonic() - started
 
     k = row["keyframes"]
-    cells = "  ".join(f"{f} {k[f]['share']:.0%} [{k[f]['low']:.0%}, {k[f]['high']:.0%}]" for f in (*FIELDS, "background"))
+    cells = table_cells(k)
     t2i_text = f"t2i {row['t2i']['seconds']:.0f} s val {row['t2i']['val_bits']:.3f}  " if "t2i" in row else ""
     print(f"{args.label}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {row['stage1']['val_bits']:.3f} "
           f"({row['stage1']['tokens_per_s']:,.0f} tokens/s), eval {row['eval_seconds']:.0f} s  key frames on {k['colour']['n']}: {cells}  mean {k['mean']['share']:.0%}")
-    out = Path(args.out) if args.out else Path(settings.home) / "bench_stage1.jsonl"
-    with open(out, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    append_row(args.out or Path(settings.home) / "bench_stage1.jsonl", row)
     return 0
 
 
