@@ -19,8 +19,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -242,6 +244,19 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_video(spec: VideoSpec, video_dir: Path) -> Path:
+    """Render and encode one clip to video_dir/spec.filename, through a temporary name renamed into place."""
+    final = video_dir / spec.filename
+    tmp = video_dir / f".{spec.filename}.tmp"  # same folder, so os.replace is an atomic rename
+    frames = (render_frame(spec, k / spec.fps) for k in range(spec.frame_count))
+    try:
+        encode_video(tmp, frames, spec.fps, spec.fmt)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there if encoding failed
+    return final
+
+
 def generate_sample_data(
     out_dir: str | Path,
     videos: int,
@@ -250,24 +265,29 @@ def generate_sample_data(
     min_duration_s: float = 2.0,
     max_duration_s: float = 12.0,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> Path:
-    """Write `videos` clips, manifest.csv and ground_truth.jsonl under `out_dir`; return the manifest's path."""
+    """Write `videos` clips, manifest.csv and ground_truth.jsonl under `out_dir`; return the manifest's path.
+    `workers`: encoding processes (default one per core)."""
     out_dir = Path(out_dir)
     video_dir = out_dir / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
     specs = plan_videos(videos, seed, min_duration_s=min_duration_s, max_duration_s=max_duration_s)
 
-    for i, spec in enumerate(specs):
-        final = video_dir / spec.filename
-        tmp = video_dir / f".{spec.filename}.tmp"  # same folder, so os.replace is an atomic rename
-        frames = (render_frame(spec, k / spec.fps) for k in range(spec.frame_count))
-        try:
-            encode_video(tmp, frames, spec.fps, spec.fmt)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)  # only still there if encoding failed
-        if progress is not None:
-            progress(i + 1, len(specs))
+    # Encoding is most of the time (vp9 above all) and each video is independent: one process per core. Spawned, not
+    # forked, since a caller may hold threads (a Prefect server, a data loader).
+    workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
+    if workers == 1:
+        for i, spec in enumerate(specs):
+            write_video(spec, video_dir)
+            if progress is not None:
+                progress(i + 1, len(specs))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for i, done in enumerate(as_completed([pool.submit(write_video, spec, video_dir) for spec in specs])):
+                done.result()  # an encoding error stops the run here, as in one process
+                if progress is not None:
+                    progress(i + 1, len(specs))
 
     manifest = io.StringIO()
     writer = csv.writer(manifest)
