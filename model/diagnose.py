@@ -359,7 +359,7 @@ def teacher_forced(model: CogVideoTransformer, rows: dict[str, list], boi: int =
     s = slots(lay)
     got: dict[str, list[torch.Tensor]] = {k: [] for k in ("row", "time", "index", "target", "argmax", "nll", "codes")}
     for start in range(0, len(rows["clip_id"]), batch):
-        part = train.to_batch({c: v[start:start + batch] for c, v in rows.items()}, lay.grid)
+        part = train.to_batch({c: v[start:start + batch] for c, v in rows.items()}, lay)
         tokens, targets, valid = build_inputs(lay, part["text_ids"], part["text_mask"], part["fps"], part["codes"],
                                               model.spec.codebook_size, boi)
         hidden = model(tokens.to(device), valid.to(device))  # (B, S, C)
@@ -514,7 +514,7 @@ def layout_check(model: CogVideoTransformer, rows: dict[str, list], boi: int = T
     predicted frames unknown, and its loop puts each code chosen (here the true one) into the next slot: the two
     numbers agree only if training and generation share the layout, the positions and the masks."""
     lay, device = model.spec.layout, next(model.parameters()).device
-    batch = train.to_batch(rows, lay.grid)
+    batch = train.to_batch(rows, lay)
     codes = batch["codes"]  # (B, 5, n)
     inputs = (lay, batch["text_ids"], batch["text_mask"], batch["fps"])
     tokens, targets, valid = (t.to(device) for t in build_inputs(*inputs, codes, model.spec.codebook_size, boi))

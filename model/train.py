@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -143,13 +144,27 @@ def kind(stage: int, frames: int) -> str:
 COLUMNS = ["clip_id", "split", "text_ids", "text_mask", "fps_token_id", "frame_codes"]
 
 
-def to_batch(rows: dict[str, list], grid: int) -> dict[str, torch.Tensor]:
-    """Token rows (columns of COLUMNS as lists) -> tensors: text_ids, text_mask (B, L), fps (B,), codes (B, 5, g*g);
-    and the clip ids, to tell which rows a batch holds."""
+def fit_text(ids: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded text rows (B, L) as `length` slots, still left-padded: a model may take fewer text slots than the
+    lake's rows hold (short captions need no 64). A caption with more pieces than `length` keeps its beginning, as
+    `TextTokenizer.encode_batch` cuts a prompt at generation."""
+    width = ids.shape[1]
+    if length >= width:  # more slots: more pads on the left
+        return F.pad(ids, (length - width, 0)), F.pad(mask, (length - width, 0))
+    pieces = mask.sum(1)  # (B,)
+    start = width - pieces.clamp(min=length)  # (B,) the first slot kept: the caption's first piece when it is cut
+    window = start[:, None] + torch.arange(length)  # (B, length)
+    return ids.gather(1, window), mask.gather(1, window)
+
+
+def to_batch(rows: dict[str, list], layout: Layout) -> dict[str, torch.Tensor]:
+    """Token rows (columns of COLUMNS as lists) -> tensors: text_ids, text_mask (B, layout.text_len), fps (B,), codes
+    (B, 5, g*g); and the clip ids, to tell which rows a batch holds."""
+    grid = layout.grid
     codes = np.frombuffer(b"".join(rows["frame_codes"]), "<i2").reshape(len(rows["frame_codes"]), FRAMES, grid * grid)
-    return {"text_ids": torch.tensor(rows["text_ids"], dtype=torch.long),
-            "text_mask": torch.tensor(rows["text_mask"], dtype=torch.bool),
-            "fps": torch.tensor(rows["fps_token_id"], dtype=torch.long),
+    text_ids, text_mask = fit_text(torch.tensor(rows["text_ids"], dtype=torch.long),
+                                   torch.tensor(rows["text_mask"], dtype=torch.bool), layout.text_len)
+    return {"text_ids": text_ids, "text_mask": text_mask, "fps": torch.tensor(rows["fps_token_id"], dtype=torch.long),
             "codes": torch.from_numpy(codes.astype(np.int64)), "clip_id": list(rows["clip_id"])}
 
 
@@ -161,9 +176,9 @@ class TokenStream(IterableDataset):
     order and each file's rows in a seeded order; a position (epoch, file, row) says where the next batch starts,
     so a resumed run starts there without reading what came before."""
 
-    def __init__(self, lake_uri: str, parts: list[str], grid: int, batch_size: int, seed: int,
+    def __init__(self, lake_uri: str, parts: list[str], layout: Layout, batch_size: int, seed: int,
                  rank: int, world: int, start: list[tuple[int, int, int]] | None = None, worker_offset: int = 0) -> None:
-        self.lake_uri, self.parts, self.grid, self.batch_size, self.seed = lake_uri, parts, grid, batch_size, seed
+        self.lake_uri, self.parts, self.layout, self.batch_size, self.seed = lake_uri, parts, layout, batch_size, seed
         self.rank, self.world, self.start, self.worker_offset = rank, world, start, worker_offset
 
     def __iter__(self):
@@ -195,7 +210,7 @@ class TokenStream(IterableDataset):
                         batch[c].append(columns[c][rows[r]])
                     if len(batch["split"]) == self.batch_size:
                         position = (epoch, k, r + 1) if r + 1 < len(rows) else (epoch, k + 1, 0)
-                        yield to_batch(batch, self.grid), position
+                        yield to_batch(batch, self.layout), position
                         batch = {c: [] for c in COLUMNS}
                 row_at = 0
             if seen == 0 and file_at == 0:
@@ -249,7 +264,7 @@ def bits_per_token(model: torch.nn.Module, layout: Layout, rows: dict[str, list]
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows["split"]), batch_size):
-        part = to_batch({c: v[start:start + batch_size] for c, v in rows.items()}, layout.grid)
+        part = to_batch({c: v[start:start + batch_size] for c, v in rows.items()}, layout)
         tokens, targets, valid = build_inputs(layout, part["text_ids"], part["text_mask"], part["fps"], part["codes"],
                                               codebook, boi)
         with autocast:
@@ -393,7 +408,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     frame_version, parts, text_version = distributed.from_main(token_inputs(settings, stage, frame_version) if env.main else None)
     tokenizers: Tokenizers = load_tokenizers(settings, frame_version, text_version, device="cpu")
     grid = tokenizers.frames.config.grid()
-    layout = Layout(text_len=64, grid=grid, stage=stage, frames=cfg.frames)
+    layout = Layout(text_len=run.model.text_len, grid=grid, stage=stage, frames=cfg.frames)
     stage_cfg = run.stage_config(stage)
     frames_config = tokenizers.frames.config
     spec = ModelSpec(run.model, layout, frames_config.codebook_size, tokenizers.text.vocab_size,
@@ -456,7 +471,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda")
 
     workers = max(1, cfg.loader_workers)
-    stream = TokenStream(settings.lake, parts, grid, cfg.batch_size, cfg.seed, env.rank, env.world, positions,
+    stream = TokenStream(settings.lake, parts, layout, cfg.batch_size, cfg.seed, env.rank, env.world, positions,
                          worker_offset=step * cfg.grad_accum % workers)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0)
     worker_positions = list(positions or [(0, 0, 0)] * workers)

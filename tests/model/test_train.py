@@ -18,7 +18,8 @@ from helpers import lake_settings, tokenized_home, upload_tree
 from mlflow.tracking import MlflowClient
 
 from model import tracking
-from model.train import TokenStream, load_config, train_stage
+from model.layout import Layout
+from model.train import TokenStream, fit_text, load_config, train_stage
 from model.transformer import load as load_model
 from pipeline import lake
 from pipeline.storage import Storage
@@ -43,7 +44,7 @@ def metric_steps(run_id: str, key: str) -> list[tuple[int, float]]:
 
 def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> None:
     settings = lake_settings(home)
-    run = load_config("debug", ["train.sample_every=4"])
+    run = load_config("debug", ["train.sample_every=4", "model.text_len=24"])  # fewer text slots than the lake's 64
     for stage in (1, 2):
         result = train_stage(settings, stage, run, progress=False)
         assert result.trained and result.complete and result.steps == 8 and result.eval_split == "val"
@@ -66,6 +67,7 @@ def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> 
         model, saved = load_model(str(path))
         assert saved["stage"] == stage and saved["frame_tokenizer_version"] == "1" and saved["text_tokenizer_version"] == "1"
         assert model.spec.layout.stage == stage and model.spec.window == (0 if stage == 1 else 5)
+        assert model.spec.layout.text_len == 24 and model.spec.layout.length == 24 + 1 + 5 * 100
 
         again = train_stage(settings, stage, run, progress=False)
         assert not again.trained and again.run_id == result.run_id  # the same training is not done twice
@@ -90,13 +92,13 @@ def test_streams_split_rows_without_overlap_and_resume_from_a_position(tokens_ho
             if len(out) == n:
                 return out
 
-    first = [rows(TokenStream(settings.lake, parts, 10, 1, 0, rank, 2), 6) for rank in (0, 1)]
+    first = [rows(TokenStream(settings.lake, parts, Layout(grid=10), 1, 0, rank, 2), 6) for rank in (0, 1)]
     train_rows = lake.read_tokens(store, "1", ["split"], 2)["split"].to_pylist().count("train")
     one_epoch = [r for r, _ in first[0][: train_rows // 2]] + [r for r, _ in first[1][: train_rows // 2]]
     assert len(set(one_epoch)) == len(one_epoch)  # rank 0 and rank 1 never read the same row
     # starting at a saved position gives what came after it
-    whole = rows(TokenStream(settings.lake, parts, 10, 1, 0, 0, 1), 12)
-    later = rows(TokenStream(settings.lake, parts, 10, 1, 0, 0, 1, start=[whole[4][1]]), 7)
+    whole = rows(TokenStream(settings.lake, parts, Layout(grid=10), 1, 0, 0, 1), 12)
+    later = rows(TokenStream(settings.lake, parts, Layout(grid=10), 1, 0, 0, 1, start=[whole[4][1]]), 7)
     assert [r for r, _ in later] == [r for r, _ in whole[5:12]]
 
 
@@ -255,3 +257,23 @@ def test_fsdp_training_under_torchrun_stops_resumes_and_leaves_a_whole_model(hom
     tracking.use(lake_settings(home).mlflow_tracking_uri, str(home))
     model, _ = load_model(str(tracking.download(f"runs:/{done['run_id']}/model/stage1.pt", tmp_path / "m")))
     assert model.parameter_count() == done["parameters"]  # gathered whole from the shards
+
+
+@pytest.mark.parametrize("length", [1, 4, 9, 12, 15])
+def test_fit_text_gives_the_rows_generation_would_encode(length: int) -> None:
+    # Rows left-padded to the lake's width, fitted to a model's text slots, equal the same captions encoded at that
+    # length directly (TextTokenizer.encode_batch): pads on the left, a long caption keeps its beginning.
+    width, pad = 12, 0
+
+    def encode(captions: list[list[int]], slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = torch.full((len(captions), slots), pad), torch.zeros(len(captions), slots, dtype=torch.bool)
+        for row, pieces in enumerate(captions):
+            pieces = pieces[:slots]
+            if pieces:
+                ids[row, slots - len(pieces):], mask[row, slots - len(pieces):] = torch.tensor(pieces), True
+        return ids, mask
+
+    captions = [list(range(10, 10 + n)) for n in range(width + 1)]
+    fitted = fit_text(*encode(captions, width), length)
+    expected = encode(captions, length)
+    assert torch.equal(fitted[0], expected[0]) and torch.equal(fitted[1], expected[1])
