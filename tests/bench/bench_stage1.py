@@ -45,7 +45,9 @@ def read_keyframes(settings, stage: generate.Stage, prompts, options: dict, batc
     for b, start in enumerate(range(0, len(prompts), batch)):
         captions = [p.caption for p in prompts[start:start + batch]]
         codes = generate.text_to_keyframes(stage, tokenizers, captions, options, batch_seed(0, b))[0].codes
-        readings += [read_video(frames) for frames in to_pixels(tokenizers, codes)]
+        # A text-to-image model makes one frame: read as a still video of two (colour and shape; no motion).
+        readings += [read_video(frames if len(frames) > 1 else np.repeat(frames, 2, axis=0))
+                     for frames in to_pixels(tokenizers, codes)]
     return shares(prompts, readings)
 
 
@@ -86,7 +88,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
                         help="sampling override (guidance=1, temperature=0.7, top_k=5); the stage's defaults otherwise")
-    parser.add_argument("--run", help="read back this stage-1 run (an MLflow run id) instead of training one")
+    parser.add_argument("--run", help="read back this stage-1 run (an MLflow run id) instead of training one; "
+                                      "runs:/<id>/model/t2i.pt reads a text-to-image run's images")
     parser.add_argument("--out", help="JSON lines file to append the result to")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
