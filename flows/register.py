@@ -146,8 +146,9 @@ def register_task(settings: Settings, runs: tuple[str, str], files: dict[str, Pa
             tracking.run("evaluation", {"evaluation": params.model_dump()}, made_from):
         tmp_dir = Path(tmp)
         tracking.log_metrics(evaluation.metrics())
-        for path in (Path(evaluation.sheet), out_dir / "prompts.json"):
-            tracking.log_artifact(path)
+        for path in (Path(evaluation.sheet), out_dir / "prompts.json", out_dir / "confusion.md"):
+            if path.exists():  # no confusion table without prompts that have a truth
+                tracking.log_artifact(path)
         tracking.log_artifact(out_dir / "videos")
         bundle = {
             "stage1": files["stage1"], "stage2": files["stage2"],

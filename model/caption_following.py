@@ -295,3 +295,17 @@ def score(readings: Sequence[Reading], truths: Sequence[Mapping[str, str]]) -> C
         mean=float(np.mean(list(accuracy.values()))), mean_chance=float(np.mean(list(chance.values()))),
         all_correct=float(right.all(axis=1).mean()), all_chance=float(np.prod(list(chance.values()))),
     )
+
+
+def confusion(readings: Sequence[Reading], truths: Sequence[Mapping[str, str]], field: str) -> str:
+    """A markdown table of `field`: one row per asked-for value, one column per value read back ("none": nothing
+    read), counts of videos. Accuracy says how often a field is right; this says what the wrong ones look like
+    (every shape read as a triangle, moving objects read as shrinking: an object that fades as frames go on)."""
+    names = list(_VALUES[field])
+    counts = Counter((t[field], getattr(r, field)) for r, t in zip(readings, truths))
+    columns = [*names, None]
+    lines = [f"| {field}: asked, read → | " + " | ".join(c or "none" for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(counts.get((name, c), 0)) for c in columns) + " |" for name in names]
+    return "\n".join(lines)
+

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from model import generate, train
-from model.caption_following import FIELDS, CaptionFollowing, Reading, read_video, score
+from model.caption_following import FIELDS, CaptionFollowing, Reading, confusion, read_video, score
 from model.generate import ROUNDS, Stage
 from model.text_tokenizer import TextTokenizer
 from pipeline import lake, sample_data
@@ -174,6 +174,9 @@ def evaluate_pair(settings: Settings, first: Stage, second: Stage, tokenizers: g
     following = score([r for r, _ in scored], [t for _, t in scored]) if scored else None
     sheet = out_dir / "sheet.png"
     evaluation_sheet(pixels_all, prompts, readings).save(sheet)
+    if scored:  # what the wrong readings are, per field
+        (out_dir / "confusion.md").write_text("\n\n".join(
+            confusion([r for r, _ in scored], [t for _, t in scored], f) for f in FIELDS) + "\n", encoding="utf-8")
     (out_dir / "prompts.json").write_text(json.dumps(
         [{**asdict(p), "read_back": asdict(r), "video": v} for p, r, v in zip(prompts, readings, videos)],
         ensure_ascii=False, indent=1))

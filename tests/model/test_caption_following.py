@@ -20,6 +20,7 @@ from model.caption_following import (
     CaptionFollowing,
     FrameReading,
     Reading,
+    confusion,
     largest_component,
     read_frame,
     read_video,
@@ -228,5 +229,14 @@ def test_score_arithmetic():
     assert any(line.startswith("shape") and "75%" in line and "(chance 25%)" in line for line in lines)
     with pytest.raises(ValueError):
         score(readings, truths[:3])
+
+    # The confusion table counts (asked, read) pairs: the square read as a square, the star read as a circle.
+    table = confusion(readings, truths, "shape").splitlines()
+    assert table[0] == "| shape: asked, read → | circle | square | triangle | star | none |"
+    assert table[2:] == ["| circle | 1 | 0 | 0 | 0 | 0 |", "| square | 0 | 1 | 0 | 0 | 0 |",
+                         "| triangle | 0 | 0 | 1 | 0 | 0 |", "| star | 1 | 0 | 0 | 0 | 0 |"]
+    motion = confusion(readings, truths, "motion").splitlines()
+    assert "| growing | 0 | 0 | 0 | 0 | 0 | 1 | 0 |" in motion and "| shrinking | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in motion
+    assert "| white | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in confusion(readings, truths, "colour").splitlines()
     with pytest.raises(ValueError):
         score([], [])
