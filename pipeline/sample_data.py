@@ -191,24 +191,31 @@ def _star_or_polygon(cx: float, cy: float, radii: list[float]) -> list[tuple[flo
 
 
 def shape_geometry(spec: VideoSpec, t: float) -> tuple[float, float, float]:
-    """Centre (x, y) and half-size of the shape at time `t`: the motion is a straight line in progress 0..1."""
+    """Centre (x, y) and half-size of the shape at time `t`: the motion is a straight line in progress 0..1.
+
+    The path lies inside the frame's centred square, the part split keeps (its 160x160 clips are centre crops), so
+    that every clip shows what its caption says. A path across the whole width of a 16:9 frame left a third of its
+    frames with most of the shape outside the crop: the training clips of "moves from left to right" showed an
+    object entering and leaving, and a model learnt to draw empty first and last frames."""
     p = min(max(t / spec.duration_s, 0.0), 1.0)
     w, h = spec.width, spec.height
-    r = min(w, h) / 8  # half-size: the shape spans about a quarter of the shorter side
-    margin = 1.3 * r  # the star's points reach 1.2 r; keep the whole shape in frame at both ends
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2  # the centred square
+    r = side / 8  # half-size: the shape spans about a quarter of the shorter side
+    margin = 1.3 * r  # the star's points reach 1.2 r; keep the whole shape in the square at both ends
 
     def lerp(a: float, b: float) -> float:
         return a + (b - a) * p
 
     cx, cy, scale = w / 2, h / 2, 1.0
     if spec.motion == "left_to_right":
-        cx = lerp(margin, w - margin)
+        cx = lerp(left + margin, left + side - margin)
     elif spec.motion == "right_to_left":
-        cx = lerp(w - margin, margin)
+        cx = lerp(left + side - margin, left + margin)
     elif spec.motion == "up":
-        cy = lerp(h - margin, margin)  # image y grows downwards
+        cy = lerp(top + side - margin, top + margin)  # image y grows downwards
     elif spec.motion == "down":
-        cy = lerp(margin, h - margin)
+        cy = lerp(top + margin, top + side - margin)
     elif spec.motion == "growing":
         scale = lerp(0.4, 1.6)
     elif spec.motion == "shrinking":

@@ -129,8 +129,8 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
     return rows, expected
 
 
-# The four sample videos of the tests (seed 7) have ids that hash to 50, 30, 65 and 37 of 100: at 40%, two are in
-# `val`. The WebM at 30 and the AVI at 65 are bit-exact, so each split keeps a video even if x264's bytes vary.
+# The four sample videos of the tests (seed 7) have ids that hash to 50, 3, 67 and 37 of 100: at 40%, two are in
+# `val`. The WebM at 3 and the AVI at 67 are bit-exact, so each split keeps a video even if x264's bytes vary.
 SAMPLE_VAL_PERCENT = 40
 
 

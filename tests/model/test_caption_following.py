@@ -177,9 +177,10 @@ def test_read_frame_on_rendered_frames(shape):
         assert (got.background, got.colour, got.shape) == ("gray", "red", shape)
         # a triangle's centroid sits below its box's centre (0.325 r: 10 px at the largest size)
         assert got.x == pytest.approx(80, abs=1) and got.y == pytest.approx(80, abs=11)
-    # At the start of a move in a wide video the center crop cuts the shape: no outline is read, the rest is.
+    # A shape cut by the frame's edge (a crop right of the centred square, where the move starts): no outline is
+    # read, the rest is.
     wide = render_frame(_spec(shape, motion="left_to_right", width=240, colour="white", background="navy"), 0.0)
-    edge = read_frame(wide[:, 40:200])
+    edge = read_frame(wide[:, 60:220])
     assert edge.shape is None and edge.colour == "white" and edge.background == "navy" and edge.x < 20
 
 
