@@ -231,6 +231,11 @@ def motion_changes(readings: Sequence[FrameReading], width: int, height: int) ->
 
 def read_video(frames: np.ndarray) -> Reading:
     """Colour, shape, motion and background of a (T, H, W, 3) uint8 video, T >= 2 frames evenly spaced in time."""
+    return read_video_frames(frames)[0]
+
+
+def read_video_frames(frames: np.ndarray) -> tuple[Reading, list[FrameReading]]:
+    """`read_video`'s reading and the frame readings it was voted from (where the shape was in each frame)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (T, H, W, 3), got {frames.shape}")
@@ -247,7 +252,7 @@ def read_video(frames: np.ndarray) -> Reading:
     changes = motion_changes(tracked, frames.shape[2], frames.shape[1])
     best = max(changes, key=changes.__getitem__, default=None)
     motion = best if best is not None and changes[best] >= MIN_MOTION else None
-    return Reading(colour, shape, motion, background)
+    return Reading(colour, shape, motion, background), readings
 
 
 @dataclass(frozen=True)
@@ -307,5 +312,25 @@ def confusion(readings: Sequence[Reading], truths: Sequence[Mapping[str, str]], 
     lines = [f"| {field}: asked, read → | " + " | ".join(c or "none" for c in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(str(counts.get((name, c), 0)) for c in columns) + " |" for name in names]
+    return "\n".join(lines)
+
+
+def presence(frame_readings: Sequence[Sequence[FrameReading]], truths: Sequence[Mapping[str, str]], parts: int = 3) -> str:
+    """A markdown table: per asked-for motion, the share of frames with a shape found and its mean area (pixels),
+    in `parts` equal stretches of the videos (start, middle, end). An object that fades as frames go on, or that is
+    missing at the start of a move, shows here before it shows in the motion read back."""
+    by_motion: dict[str, list[np.ndarray]] = {}
+    for readings, truth in zip(frame_readings, truths):
+        found = np.array([r.area is not None for r in readings], dtype=float)
+        area = np.array([r.area or 0.0 for r in readings])
+        stretches = np.array_split(np.arange(len(readings)), parts)
+        by_motion.setdefault(truth["motion"], []).append(np.array([[found[k].mean(), area[k].mean()] for k in stretches]))
+    names = ["start", "middle", "end"] if parts == 3 else [f"part {i + 1}" for i in range(parts)]
+    lines = ["| motion asked | videos | " + " | ".join(f"found, {n}" for n in names) + " | "
+             + " | ".join(f"area, {n}" for n in names) + " |", "|---" * (2 + 2 * parts) + "|"]
+    for motion in (m for m in _VALUES["motion"] if m in by_motion):
+        mean = np.mean(by_motion[motion], axis=0)  # (parts, 2)
+        lines.append(f"| {motion} | {len(by_motion[motion])} | " + " | ".join(f"{v:.0%}" for v in mean[:, 0]) + " | "
+                     + " | ".join(f"{v:.0f}" for v in mean[:, 1]) + " |")
     return "\n".join(lines)
 

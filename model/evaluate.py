@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from model import generate, train
-from model.caption_following import FIELDS, CaptionFollowing, Reading, confusion, read_video, score
+from model.caption_following import FIELDS, CaptionFollowing, Reading, confusion, presence, read_video_frames, score
 from model.generate import ROUNDS, Stage
 from model.text_tokenizer import TextTokenizer
 from pipeline import lake, sample_data
@@ -153,7 +153,7 @@ def evaluate_pair(settings: Settings, first: Stage, second: Stage, tokenizers: g
         raise ValueError("the lake has no val captions to evaluate on (and is not sample data): "
                          "raise COGFLOW_VAL_PERCENT or add videos")
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    videos, readings, pixels_all, codes, seconds = [], [], [], 0, 0.0
+    videos, readings, frame_readings, pixels_all, codes, seconds = [], [], [], [], 0, 0.0
     for b, start in enumerate(range(0, len(prompts), config.batch)):
         batch = prompts[start:start + config.batch]
         made = generate.text_to_video(first, second, tokenizers, [p.caption for p in batch], config.options(),
@@ -165,18 +165,22 @@ def evaluate_pair(settings: Settings, first: Stage, second: Stage, tokenizers: g
             path = out_dir / "videos" / f"{start + i:03d}.mp4"
             generate.write_video(path, frames, generate.KEYFRAME_FPS * 2**ROUNDS)
             videos.append(str(path))
-            readings.append(read_video(frames))
+            reading, per_frame = read_video_frames(frames)
+            readings.append(reading)
+            frame_readings.append(per_frame)
             pixels_all.append(frames[::4])  # 9 of the 33 frames, key frames among them
         if on_batch is not None:
             on_batch(min(start + config.batch, len(prompts)), len(prompts))
 
     scored = [(r, p.truth) for r, p in zip(readings, prompts) if p.truth is not None]
+    scored_frames = [f for f, p in zip(frame_readings, prompts) if p.truth is not None]
     following = score([r for r, _ in scored], [t for _, t in scored]) if scored else None
     sheet = out_dir / "sheet.png"
     evaluation_sheet(pixels_all, prompts, readings).save(sheet)
-    if scored:  # what the wrong readings are, per field
-        (out_dir / "confusion.md").write_text("\n\n".join(
-            confusion([r for r, _ in scored], [t for _, t in scored], f) for f in FIELDS) + "\n", encoding="utf-8")
+    if scored:  # what the wrong readings are, per field, and where in the videos the shape was found
+        truths = [t for _, t in scored]
+        tables = [confusion([r for r, _ in scored], truths, f) for f in FIELDS] + [presence(scored_frames, truths)]
+        (out_dir / "confusion.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
     (out_dir / "prompts.json").write_text(json.dumps(
         [{**asdict(p), "read_back": asdict(r), "video": v} for p, r, v in zip(prompts, readings, videos)],
         ensure_ascii=False, indent=1))

@@ -22,6 +22,8 @@ from model.caption_following import (
     Reading,
     confusion,
     largest_component,
+    presence,
+    read_video_frames,
     read_frame,
     read_video,
     score,
@@ -241,3 +243,20 @@ def test_score_arithmetic():
     assert "| white | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in confusion(readings, truths, "colour").splitlines()
     with pytest.raises(ValueError):
         score([], [])
+
+
+def test_presence_reads_where_in_the_videos_a_shape_was_found():
+    # Six frames: a shape of 100 px in the first two, nothing in the middle two, one of 40 px in the last frame.
+    def frames(areas):
+        return [FrameReading("gray", "red", "circle", 80.0, 80.0, a) if a else FrameReading("gray") for a in areas]
+
+    table = presence([frames([100, 100, 0, 0, 0, 40]), frames([100] * 6)], [{"motion": "up"}, {"motion": "up"}])
+    assert table.splitlines()[2] == "| up | 2 | 100% | 50% | 75% | 100 | 50 | 60 |"
+    assert len(table.splitlines()) == 3  # only the motions asked for
+
+
+def test_read_video_frames_gives_the_frames_the_reading_was_voted_from(clips):
+    video = clips[1][COUNTS[0]][0]  # (T, 160, 160, 3)
+    reading, frames = read_video_frames(video)
+    assert reading == read_video(video) and len(frames) == len(video)
+    assert all(f.area for f in frames)  # a decoded sample clip shows its shape in every frame
