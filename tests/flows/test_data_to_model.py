@@ -67,7 +67,9 @@ def test_data_to_model_registers_a_champion_and_gates_worse_models(tmp_path, cap
     prompts = json.loads((evaluation / "prompts.json").read_text())
     assert len(prompts) == 3 and all(p["truth"] for p in prompts) and {p["source"] for p in prompts} <= {"val", "held-out"}
     assert (evaluation / "sheet.png").stat().st_size > 0 and len(list((evaluation / "videos").glob("*.mp4"))) == 3
-    assert (evaluation / "confusion.md").read_text(encoding="utf-8").count("| circle |") == 1  # asked x read, per field
+    tables = (evaluation / "confusion.md").read_text(encoding="utf-8").splitlines()  # asked x read, per field
+    assert "| shape: asked, read → | circle | square | triangle | star | none |" in tables
+    assert sum(line.startswith("| circle |") for line in tables) == 1 and tables[-1].startswith("| ")
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket) for o in page.get("Contents", [])]
     for artifact in ("stage1.pt", "stage2.pt", "text.model", "frame_tokenizer.pt", "info.json", "sheet.png", "confusion.md"):
         assert any(k.endswith(artifact) for k in keys), artifact
