@@ -315,21 +315,21 @@ def confusion(readings: Sequence[Reading], truths: Sequence[Mapping[str, str]], 
     return "\n".join(lines)
 
 
-def presence(frame_readings: Sequence[Sequence[FrameReading]], truths: Sequence[Mapping[str, str]], parts: int = 3) -> str:
+def presence(frame_readings: Sequence[Sequence[FrameReading]], truths: Sequence[Mapping[str, str]]) -> str:
     """A markdown table: per asked-for motion, the share of frames with a shape found and its mean area (pixels),
-    in `parts` equal stretches of the videos (start, middle, end). An object that fades as frames go on, or that is
+    in three equal stretches of the videos (start, middle, end). An object that fades as frames go on, or that is
     missing at the start of a move, shows here before it shows in the motion read back."""
     by_motion: dict[str, list[np.ndarray]] = {}
     for readings, truth in zip(frame_readings, truths):
         found = np.array([r.area is not None for r in readings], dtype=float)
         area = np.array([r.area or 0.0 for r in readings])
-        stretches = np.array_split(np.arange(len(readings)), parts)
+        stretches = np.array_split(np.arange(len(readings)), 3)
         by_motion.setdefault(truth["motion"], []).append(np.array([[found[k].mean(), area[k].mean()] for k in stretches]))
-    names = ["start", "middle", "end"] if parts == 3 else [f"part {i + 1}" for i in range(parts)]
+    names = ("start", "middle", "end")
     lines = ["| motion asked | videos | " + " | ".join(f"found, {n}" for n in names) + " | "
-             + " | ".join(f"area, {n}" for n in names) + " |", "|---" * (2 + 2 * parts) + "|"]
+             + " | ".join(f"area, {n}" for n in names) + " |", "|---" * (2 + 2 * len(names)) + "|"]
     for motion in (m for m in _VALUES["motion"] if m in by_motion):
-        mean = np.mean(by_motion[motion], axis=0)  # (parts, 2)
+        mean = np.mean(by_motion[motion], axis=0)  # (3, 2): (found, area) per stretch
         lines.append(f"| {motion} | {len(by_motion[motion])} | " + " | ".join(f"{v:.0%}" for v in mean[:, 0]) + " | "
                      + " | ".join(f"{v:.0f}" for v in mean[:, 1]) + " |")
     return "\n".join(lines)

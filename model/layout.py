@@ -43,6 +43,8 @@ class Layout:
             raise ValueError(f"stage must be 1 or 2, not {self.stage}")
         if self.stage == 2 and self.frames != FRAMES:
             raise ValueError("stage 2 interpolates 5-frame windows: frames must be 5")
+        if self.text_len < 1:
+            raise ValueError(f"text_len must be at least 1, not {self.text_len}")
         if not 1 <= self.frames <= FRAMES:
             raise ValueError(f"frames must be 1..{FRAMES}, not {self.frames}")
 

@@ -86,6 +86,11 @@ class TrainConfig:
     loader_workers: int = 0  # data-loader processes per training process
     seed: int = 0
     frames: int = FRAMES  # 1: a text-to-image run whose spatial channel a video model can start from
+    # Text slots of a sample (captions are left-padded to it; a longer one keeps its beginning). CogVideo's 64 is the
+    # lake's row width (TEXT_SLOTS); a run of shorter captions may take fewer: each slot is attended to by every
+    # code of the sample, so the sample world's captions (at most 22 pieces) waste a tenth of a video sample's
+    # attention, and two fifths of a text-to-image one's, on 64. The model records it in its layout.
+    text_len: int = Layout.text_len
     spatial_from: str = ""  # a text-to-image run id or .pt file: load its spatial channel
     freeze_spatial: bool = True  # ... and keep it fixed, as CogVideo kept CogView2
     # Stage 1 starts from the spatial channel of a text-to-image run of this many steps (on single frames of the same
@@ -408,7 +413,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     frame_version, parts, text_version = distributed.from_main(token_inputs(settings, stage, frame_version) if env.main else None)
     tokenizers: Tokenizers = load_tokenizers(settings, frame_version, text_version, device="cpu")
     grid = tokenizers.frames.config.grid()
-    layout = Layout(text_len=run.model.text_len, grid=grid, stage=stage, frames=cfg.frames)
+    layout = Layout(text_len=cfg.text_len, grid=grid, stage=stage, frames=cfg.frames)
     stage_cfg = run.stage_config(stage)
     frames_config = tokenizers.frames.config
     spec = ModelSpec(run.model, layout, frames_config.codebook_size, tokenizers.text.vocab_size,

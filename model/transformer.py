@@ -50,15 +50,8 @@ class TransformerConfig:
     # of absolute embeddings, which a small run spends its steps on and background codes never teach: there, any
     # background code of any place predicts the next one. The absolute embeddings stay. Text slots are not turned.
     rope: bool = False
-    # Text slots of a sample (captions are left-padded to it; a longer one keeps its beginning). CogVideo's 64 is the
-    # lake's row width (TEXT_SLOTS); a model of shorter captions may take fewer: each slot is attended to by every
-    # code of the sample, so the sample world's captions (at most 22 pieces) waste a tenth of a video sample's
-    # attention, and two fifths of a text-to-image one's, on 64.
-    text_len: int = Layout.text_len
 
     def __post_init__(self) -> None:
-        if not 1 <= self.text_len <= Layout.text_len:
-            raise ValueError(f"text_len must be 1..{Layout.text_len} (the lake's text slots), not {self.text_len}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.rope and (self.hidden // self.heads) % 2:

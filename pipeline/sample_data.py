@@ -21,7 +21,7 @@ import io
 import json
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -264,6 +264,18 @@ def write_video(spec: VideoSpec, video_dir: Path) -> Path:
     return final
 
 
+def _write_videos(specs: list[VideoSpec], video_dir: Path, workers: int) -> Iterator[Path]:
+    """Write every spec's video, yielding each path as it is done. Encoding is most of the time (vp9 above all) and
+    each video is independent: `workers` processes, spawned, not forked, since a caller may hold threads (a Prefect
+    server, a data loader). An encoding error stops the run, as in one process."""
+    if workers == 1:
+        yield from (write_video(spec, video_dir) for spec in specs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in as_completed([pool.submit(write_video, spec, video_dir) for spec in specs]):
+            yield done.result()
+
+
 def generate_sample_data(
     out_dir: str | Path,
     videos: int,
@@ -281,20 +293,10 @@ def generate_sample_data(
     video_dir.mkdir(parents=True, exist_ok=True)
     specs = plan_videos(videos, seed, min_duration_s=min_duration_s, max_duration_s=max_duration_s)
 
-    # Encoding is most of the time (vp9 above all) and each video is independent: one process per core. Spawned, not
-    # forked, since a caller may hold threads (a Prefect server, a data loader).
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
-    if workers == 1:
-        for i, spec in enumerate(specs):
-            write_video(spec, video_dir)
-            if progress is not None:
-                progress(i + 1, len(specs))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for i, done in enumerate(as_completed([pool.submit(write_video, spec, video_dir) for spec in specs])):
-                done.result()  # an encoding error stops the run here, as in one process
-                if progress is not None:
-                    progress(i + 1, len(specs))
+    for i, _ in enumerate(_write_videos(specs, video_dir, workers), 1):
+        if progress is not None:
+            progress(i, len(specs))
 
     manifest = io.StringIO()
     writer = csv.writer(manifest)

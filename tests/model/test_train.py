@@ -44,7 +44,7 @@ def metric_steps(run_id: str, key: str) -> list[tuple[int, float]]:
 
 def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> None:
     settings = lake_settings(home)
-    run = load_config("debug", ["train.sample_every=4", "model.text_len=24"])  # fewer text slots than the lake's 64
+    run = load_config("debug", ["train.sample_every=4", "train.text_len=24"])  # fewer text slots than the lake's 64
     for stage in (1, 2):
         result = train_stage(settings, stage, run, progress=False)
         assert result.trained and result.complete and result.steps == 8 and result.eval_split == "val"
