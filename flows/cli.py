@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import NoReturn
 
-from pipeline.settings import ENV_LIMITS, FIELD_BY_PATH, SettingError, Settings, lake_problem, limit_field
+from cogflow.pipeline.settings import ENV_LIMITS, FIELD_BY_PATH, SettingError, Settings, lake_problem, limit_field
 
 
 def _sample_data(args: argparse.Namespace) -> int:
-    from pipeline.sample_data import generate_sample_data
+    from cogflow.pipeline.sample_data import generate_sample_data
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():  # a redrawn line on a terminal; logs get only the result line below
@@ -36,7 +36,7 @@ def _report(command: str, run: Callable[[], object], usage_errors: tuple[type[Ex
             failures: tuple[type[Exception], ...] = ()) -> int:
     """Run a flow and print its summary; a usage error is exit 2, a lake that fails its data checks (or another
     expected failure, such as a training child that crashed) exit 1."""
-    from pipeline.checks import DataCheckError
+    from cogflow.pipeline.checks import DataCheckError
 
     try:
         summary = run()
@@ -54,9 +54,9 @@ def _report(command: str, run: Callable[[], object], usage_errors: tuple[type[Ex
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from flows.ingest import run_ingest
-    from pipeline.manifest import ManifestError
-    from pipeline.settings import load_settings
+    from cogflow.flows.ingest import run_ingest
+    from cogflow.pipeline.manifest import ManifestError
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
     return _report("ingest", lambda: run_ingest(
@@ -66,8 +66,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from flows.split import run_split
-    from pipeline.settings import load_settings
+    from cogflow.flows.split import run_split
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
     return _report("split", lambda: run_split(
@@ -76,9 +76,9 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from flows.launch import ChildFailed
-    from flows.tokenize import tokenize_flow
-    from pipeline.settings import load_settings
+    from cogflow.flows.launch import ChildFailed
+    from cogflow.flows.tokenize import tokenize_flow
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
     code = _report("tokenize", lambda: tokenize_flow(
@@ -90,9 +90,9 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flows.launch import ChildFailed
-    from flows.train import train_flow
-    from pipeline.settings import load_settings
+    from cogflow.flows.launch import ChildFailed
+    from cogflow.flows.train import train_flow
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
     return _report("train", lambda: train_flow(
@@ -102,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluation(args: argparse.Namespace) -> object:
-    from flows.register import EvaluationParams
+    from cogflow.flows.register import EvaluationParams
 
     chosen = {"prompts": args.prompts, "seed": args.eval_seed, "temperature": args.temperature, "top_k": args.top_k,
               "guidance": args.guidance, "min_caption_accuracy": args.min_caption_accuracy}
@@ -110,8 +110,8 @@ def _evaluation(args: argparse.Namespace) -> object:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from flows.register import register_flow
-    from pipeline.settings import load_settings
+    from cogflow.flows.register import register_flow
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
     return _report("register", lambda: register_flow(stage1=args.stage1, stage2=args.stage2, lake=settings.lake,
@@ -119,8 +119,8 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from model.diagnose import DiagnoseConfig, run_diagnosis
-    from pipeline.settings import load_settings
+    from cogflow.model.diagnose import DiagnoseConfig, run_diagnosis
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
     chosen = {"prompts": args.prompts, "clips": args.clips, "seed": args.seed, "val_rows": args.val_rows,
@@ -132,10 +132,10 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
-    from flows.launch import ChildFailed
-    from pipeline.manifest import ManifestError
-    from pipeline.settings import load_settings
+    from cogflow.flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
+    from cogflow.flows.launch import ChildFailed
+    from cogflow.pipeline.manifest import ManifestError
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
     return _report("pipeline", lambda: data_to_model_flow(
@@ -153,10 +153,10 @@ def _demo(args: argparse.Namespace) -> int:
     """The main job on one machine: sample videos -> the whole pipeline -> a registered champion -> a video."""
     from pathlib import Path
 
-    from flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
-    from model.generate import generate_from_model
-    from pipeline.settings import load_settings
-    from pipeline.storage import safe_uri
+    from cogflow.flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
+    from cogflow.model.generate import generate_from_model
+    from cogflow.pipeline.settings import load_settings
+    from cogflow.pipeline.storage import safe_uri
 
     plan = QUALITY if args.quality else DEMO
     if args.quality:  # $COGFLOW_HOME/quality, so the two demos' lakes and models never mix
@@ -254,15 +254,15 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from model.generate import main as generate_main
+    from cogflow.model.generate import main as generate_main
 
     return generate_main(args.generate_argv, prog="cogflow generate")
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from pipeline.preview import find_font, write_preview
-    from pipeline.settings import load_settings
-    from pipeline.storage import Storage
+    from cogflow.pipeline.preview import find_font, write_preview
+    from cogflow.pipeline.settings import load_settings
+    from cogflow.pipeline.storage import Storage
 
     store = Storage.at(load_settings().lake)
     try:
@@ -282,10 +282,10 @@ def _repair(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
     from pyarrow import ArrowException
 
-    from pipeline.lease import LeaseLost
-    from pipeline.repair import NoLake, repair
-    from pipeline.settings import load_settings
-    from pipeline.storage import Storage
+    from cogflow.pipeline.lease import LeaseLost
+    from cogflow.pipeline.repair import NoLake, repair
+    from cogflow.pipeline.settings import load_settings
+    from cogflow.pipeline.storage import Storage
 
     try:
         summary = repair(Storage.at(load_settings().lake))
@@ -305,10 +305,10 @@ def _repair(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     """The lake's tables and trained stages; a bad setting is reported in one line (exit 2) without hiding the rest,
     unless it is the lake or home itself."""
-    from pipeline import lake
-    from pipeline.settings import read_settings
-    from pipeline.split import clip_counts, fps_token
-    from pipeline.storage import Storage, safe_uri
+    from cogflow.pipeline import lake
+    from cogflow.pipeline.settings import read_settings
+    from cogflow.pipeline.split import clip_counts, fps_token
+    from cogflow.pipeline.storage import Storage, safe_uri
 
     problems = _setting_problems(args)
     for line in problems.values():
@@ -347,7 +347,7 @@ def _status_stages(settings: Settings) -> None:
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return  # nothing tracked yet (and no database to create just for looking)
-    from model import tracking
+    from cogflow.model import tracking
 
     tracking.use(uri, settings.home)
     found = [(stage, tracking.latest_run({"cogflow.kind": f"stage{stage}", "cogflow.complete": "true"})) for stage in (1, 2)]
@@ -400,7 +400,7 @@ def _lake_option(text: str) -> str:
 def _setting_problems(args: argparse.Namespace) -> dict[str, str]:
     """Every setting that holds a value it does not accept, one line each (by environment variable); and for a
     command that uses the lake, whether an S3 lake's bucket can be reached."""
-    from pipeline.settings import check_lake_reachable, read_settings
+    from cogflow.pipeline.settings import check_lake_reachable, read_settings
 
     settings, problems = read_settings()
     if "COGFLOW_LAKE" not in problems and ("lake" in vars(args) or args.command == "demo"):

@@ -20,15 +20,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows.ingest import ingest_flow
-from flows.register import EvaluationParams, RegisterSummary, register_flow
-from flows.split import split_flow
-from flows.tokenize import TokenizeSummary, tokenize_flow
-from flows.train import TrainSummary, train_flow
-from pipeline.ingest import IngestSummary
-from pipeline.settings import load_settings
-from pipeline.split import SplitSummary
-from pipeline.storage import Storage, safe_uri
+from cogflow.flows.ingest import ingest_flow
+from cogflow.flows.register import EvaluationParams, RegisterSummary, register_flow
+from cogflow.flows.split import split_flow
+from cogflow.flows.tokenize import TokenizeSummary, tokenize_flow
+from cogflow.flows.train import TrainSummary, train_flow
+from cogflow.pipeline.ingest import IngestSummary
+from cogflow.pipeline.settings import load_settings
+from cogflow.pipeline.split import SplitSummary
+from cogflow.pipeline.storage import Storage, safe_uri
 
 
 class IngestParams(BaseModel):

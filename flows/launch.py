@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline.settings import Settings
+from cogflow.pipeline.settings import Settings
 
 
 class ChildFailed(RuntimeError):

@@ -25,14 +25,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from flows.launch import gpu_slot
-from flows.progress import Progress
-from model import generate, registry, tracking
-from model.generate import GenerateConfig
-from model.evaluate import Decision, EvalConfig, Evaluation, evaluate_pair, gate, val_bits
-from model.training import short_hash
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import Storage, safe_uri
+from cogflow.flows.launch import gpu_slot
+from cogflow.flows.progress import Progress
+from cogflow.model import generate, registry, tracking
+from cogflow.model.generate import GenerateConfig
+from cogflow.model.evaluate import Decision, EvalConfig, Evaluation, evaluate_pair, gate, val_bits
+from cogflow.model.training import short_hash
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage, safe_uri
 
 
 class EvaluationParams(BaseModel):
@@ -196,7 +196,7 @@ def stage_example(settings: Settings, stage: int, frame_version: str, frame_len:
     import numpy as np
     import pandas as pd
 
-    from model import train
+    from cogflow.model import train
 
     _, parts, _ = train.token_inputs(settings, stage, frame_version)
     rows, _ = train.eval_rows(Storage.at(settings.lake), parts, 1)

@@ -17,10 +17,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from flows.progress import Progress
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import Storage
-from pipeline.split import (
+from cogflow.flows.progress import Progress
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage
+from cogflow.pipeline.split import (
     STAGES, ShardResult, ShardTask, SplitSummary, finish_split, plan_split, split_shard, stop_shards_on_error,
 )
 

@@ -2,7 +2,7 @@
 into token rows (plain steps in model/).
 
 In order: the text tokenizer (SentencePiece, in this process), the frame tokenizer (a VQ-VAE, in a child process:
-`python -m model.train_frame_tokenizer`, or torchrun for `nproc` > 1), then the encoding of every clip file not
+`python -m cogflow.model.train_frame_tokenizer`, or torchrun for `nproc` > 1), then the encoding of every clip file not
 yet encoded with those two versions, and the lake's data checks. A training the registry already holds (same
 data, same config) is skipped, so a scheduled run on an unchanged lake only looks.
 """
@@ -16,14 +16,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.launch import gpu_slot, run_module
-from flows.progress import Progress, child_log
-from model.encode_clips import EncodeResult, encode_clips
-from model.train_frame_tokenizer import FrameTokenizerResult
-from model.train_text_tokenizer import TextTokenizerConfig, TextTokenizerResult, train_text_tokenizer
-from pipeline import checks
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import Storage, safe_uri
+from cogflow.flows.launch import gpu_slot, run_module
+from cogflow.flows.progress import Progress, child_log
+from cogflow.model.encode_clips import EncodeResult, encode_clips
+from cogflow.model.train_frame_tokenizer import FrameTokenizerResult
+from cogflow.model.train_text_tokenizer import TextTokenizerConfig, TextTokenizerResult, train_text_tokenizer
+from cogflow.pipeline import checks
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage, safe_uri
 
 STEPS = ("text", "frames", "encode")
 STEP_LINE = re.compile(r"^frame tokenizer (\d+)/(\d+) ")
@@ -39,7 +39,7 @@ def frames_task(settings: Settings, config: str, overrides: list[str], nproc: in
     # the child's periodic "frame tokenizer 25/1200 ..." lines feed a progress artifact
     log = child_log(get_run_logger().info, STEP_LINE, "training the frame tokenizer (steps)", "frame-tokenizer-progress")
     with gpu_slot():
-        result = run_module("model.train_frame_tokenizer", args, settings, nproc=nproc, log=log)
+        result = run_module("cogflow.model.train_frame_tokenizer", args, settings, nproc=nproc, log=log)
     return FrameTokenizerResult(**result)
 
 

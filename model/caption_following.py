@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
+from cogflow.pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
 
 FIELDS = ("colour", "shape", "motion")  # what a caption asks for and what is scored
 BORDER_PX = 3  # the ring the background is read from: a shape covers at most a short stretch of it

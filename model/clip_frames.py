@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline import lake
-from pipeline.storage import Storage
-from pipeline.video import CLIP_FRAMES, CLIP_SIZE
+from cogflow.pipeline import lake
+from cogflow.pipeline.storage import Storage
+from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
 
 
 def row_groups(store: Storage, stage: int | None = None) -> list[tuple[str, int]]:

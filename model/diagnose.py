@@ -38,21 +38,21 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
-from model import generate, train
-from model.caption_following import FIELDS, Reading, border_colour, read_video
-from model.encode_clips import Tokenizers
-from model.evaluate import Prompt, _truth, batch_seed, eval_prompts, evaluation_sheet, val_rows
-from model.frame_tokenizer import psnr
-from model.generate import ROUNDS, GenerateConfig, Stage
-from model.layout import IGNORE, build_inputs, slots
-from model.text_tokenizer import TextTokenizer
-from model.training import short_hash
-from model.transformer import CogVideoTransformer
-from pipeline import lake
-from pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
-from pipeline.settings import Settings
-from pipeline.storage import Storage
-from pipeline.video import CLIP_FRAMES, CLIP_SIZE
+from cogflow.model import generate, train
+from cogflow.model.caption_following import FIELDS, Reading, border_colour, read_video
+from cogflow.model.encode_clips import Tokenizers
+from cogflow.model.evaluate import Prompt, _truth, batch_seed, eval_prompts, evaluation_sheet, val_rows
+from cogflow.model.frame_tokenizer import psnr
+from cogflow.model.generate import ROUNDS, GenerateConfig, Stage
+from cogflow.model.layout import IGNORE, build_inputs, slots
+from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model.training import short_hash
+from cogflow.model.transformer import CogVideoTransformer
+from cogflow.pipeline import lake
+from cogflow.pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
+from cogflow.pipeline.settings import Settings
+from cogflow.pipeline.storage import Storage
+from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
 VALUES = {"colour": COLOURS, "shape": SHAPES, "motion": MOTIONS, "background": BACKGROUNDS}  # read back; chance 1/len
@@ -711,7 +711,7 @@ def run_diagnosis(settings: Settings, stage1: str | None = None, stage2: str | N
     """Load a trained pair (references as for `cogflow generate`; default: the newest complete run of each stage),
     diagnose it, write the files under $COGFLOW_HOME/diagnoses/<stage1 run>-<stage2 run>/ and log an MLflow run
     tagged cogflow.kind=diagnosis with the stages' runs, the metrics and the files."""
-    from model import tracking
+    from cogflow.model import tracking
 
     started = time.monotonic()
     target = torch.device(device) if device else generate.default_device()

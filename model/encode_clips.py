@@ -1,6 +1,6 @@
 """Encode: every clip of the lake into one token row, with registered versions of both tokenizers.
 
-    python -m model.encode_clips [--frame-tokenizer V] [--text-tokenizer V]     (or `cogflow tokenize encode`)
+    python -m cogflow.model.encode_clips [--frame-tokenizer V] [--text-tokenizer V]     (or `cogflow tokenize encode`)
 
 The unit of work is one clip file of a finished split shard (`clips/stage=S/shard-<id>.parquet`); a finished
 shard never changes, since new clips always come in new shards. Its rows go to
@@ -30,15 +30,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from model import frame_tokenizer, registry, tracking
-from model.frame_tokenizer import FrameTokenizer
-from model.progress import StepProgress
-from model.text_tokenizer import TextTokenizer
-from model.train_text_tokenizer import TEXT_SLOTS
-from pipeline import lake
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import Storage, safe_uri
-from pipeline.video import CLIP_FRAMES, CLIP_SIZE
+from cogflow.model import frame_tokenizer, registry, tracking
+from cogflow.model.frame_tokenizer import FrameTokenizer
+from cogflow.model.progress import StepProgress
+from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model.train_text_tokenizer import TEXT_SLOTS
+from cogflow.pipeline import lake
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage, safe_uri
+from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
 
 CLIP_COLUMNS = ["clip_id", "caption_id", "video_id", "caption", "stage", "fps", "split", "frames", "shard_id"]
 

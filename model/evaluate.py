@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from model import generate, train
-from model.caption_following import FIELDS, CaptionFollowing, Reading, confusion, presence, read_video_frames, score
-from model.generate import ROUNDS, Stage
-from model.text_tokenizer import TextTokenizer
-from pipeline import lake, sample_data
-from pipeline.preview import find_font
-from pipeline.settings import Settings
-from pipeline.storage import Storage
+from cogflow.model import generate, train
+from cogflow.model.caption_following import FIELDS, CaptionFollowing, Reading, confusion, presence, read_video_frames, score
+from cogflow.model.generate import ROUNDS, Stage
+from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.pipeline import lake, sample_data
+from cogflow.pipeline.preview import find_font
+from cogflow.pipeline.settings import Settings
+from cogflow.pipeline.storage import Storage
 
 
 @dataclass(frozen=True)

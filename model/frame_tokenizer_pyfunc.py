@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from model import frame_tokenizer
+from cogflow.model import frame_tokenizer
 
 
 class FrameTokenizerModel(PythonModel):

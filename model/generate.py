@@ -1,6 +1,6 @@
 """Text to video with the two trained stages (README: Generate).
 
-    python -m model.generate "一个下午在海滩上奔跑的女人" -o beach.mp4 [--stage1 REF] [--stage2 REF] [--seed 0]
+    python -m cogflow.model.generate "一个下午在海滩上奔跑的女人" -o beach.mp4 [--stage1 REF] [--stage2 REF] [--seed 0]
         [--temperature T] [--top-k K] [--top-p P] [--guidance G] [--sequential] [--frames-out sheet.png] [--upscale 480]
 
 Read top to bottom:
@@ -35,17 +35,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from model import tracking
-from model.encode_clips import Tokenizers, load_tokenizers
-from model.layout import FRAMES, Layout, build_inputs, dense_mask, layer_shift, slots
-from model.progress import StepProgress
-from model.text_tokenizer import FPS_RATES
-from model.transformer import CogVideoTransformer, KVCache, ModelSpec
-from model.transformer import load as load_transformer
-from pipeline.preview import find_font
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import safe_uri
-from pipeline.video import encode_video
+from cogflow.model import tracking
+from cogflow.model.encode_clips import Tokenizers, load_tokenizers
+from cogflow.model.layout import FRAMES, Layout, build_inputs, dense_mask, layer_shift, slots
+from cogflow.model.progress import StepProgress
+from cogflow.model.text_tokenizer import FPS_RATES
+from cogflow.model.transformer import CogVideoTransformer, KVCache, ModelSpec
+from cogflow.model.transformer import load as load_transformer
+from cogflow.pipeline.preview import find_font
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import safe_uri
+from cogflow.pipeline.video import encode_video
 
 ROUNDS = 3  # stage-2 rounds: 5 -> 9 -> 17 -> 33 frames
 KEYFRAME_FPS = 1.0  # stage 1 samples at 1 fps: 5 key frames over 4 s (CogVideo's "4.0秒")
@@ -760,7 +760,7 @@ def generate_from_model(settings: Settings, uri: str, prompt: str, out_path: str
                         **options: object) -> GenerateResult:
     """`prompt` -> a video with a registered cogflow-t2v model (model/t2v_pyfunc.py), loaded as any MLflow user
     would load it; sampling options as in `generate_video`."""
-    from model import registry
+    from cogflow.model import registry
 
     started = time.monotonic()
     out = Path(out_path)

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from model import generate
-from model.text_tokenizer import TextTokenizer
+from cogflow.model import generate
+from cogflow.model.text_tokenizer import TextTokenizer
 
 
 class StageModel(PythonModel):

@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from model import frame_tokenizer, generate
-from model.encode_clips import Tokenizers
-from model.text_tokenizer import TextTokenizer
+from cogflow.model import frame_tokenizer, generate
+from cogflow.model.encode_clips import Tokenizers
+from cogflow.model.text_tokenizer import TextTokenizer
 
 
 class TextToVideoModel(PythonModel):

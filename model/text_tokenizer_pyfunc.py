@@ -9,7 +9,7 @@ from __future__ import annotations
 import mlflow
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from model.text_tokenizer import TextTokenizer
+from cogflow.model.text_tokenizer import TextTokenizer
 
 
 class TextTokenizerModel(PythonModel):

@@ -1,7 +1,7 @@
 """Train a CogVideo stage on the lake's token shards, track it in MLflow.
 
-    python -m model.train --stage 1 --config demo [--set train.steps=600]          (or `cogflow train --stage 1`)
-    torchrun --nproc_per_node=8 -m model.train --stage 2 --config base
+    python -m cogflow.model.train --stage 1 --config demo [--set train.steps=600]          (or `cogflow train --stage 1`)
+    torchrun --nproc_per_node=8 -m cogflow.model.train --stage 2 --config base
 
 Read top to bottom in execution order: config, data, checkpoints, evaluation, one optimizer step, the training
 loop (the schedule, atomic checkpoint files and the SIGTERM flag are model/training.py's).
@@ -39,19 +39,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from model import config as configs
-from model import distributed, generate, registry, tracking
-from model import transformer as transformers
-from model.encode_clips import Tokenizers, load_tokenizers
-from model.generate import GenerateConfig
-from model.layout import FRAMES, Layout, build_inputs
-from model.progress import StepProgress
-from model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
+from cogflow.model import config as configs
+from cogflow.model import distributed, generate, registry, tracking
+from cogflow.model import transformer as transformers
+from cogflow.model.encode_clips import Tokenizers, load_tokenizers
+from cogflow.model.generate import GenerateConfig
+from cogflow.model.layout import FRAMES, Layout, build_inputs
+from cogflow.model.progress import StepProgress
+from cogflow.model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
                             short_hash)
-from model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
-from pipeline import lake
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import Storage, safe_uri
+from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.pipeline import lake
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage, safe_uri
 
 KIND = "cogvideo"  # configs in model/configs/cogvideo/
 

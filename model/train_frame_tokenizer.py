@@ -1,7 +1,7 @@
 """Train the frame tokenizer (VQ-VAE) on the lake's clip frames, track it in MLflow and register it.
 
-    python -m model.train_frame_tokenizer --config demo [--set train.steps=600]     (or `cogflow tokenize frames`)
-    torchrun --nproc_per_node=2 -m model.train_frame_tokenizer --config demo
+    python -m cogflow.model.train_frame_tokenizer --config demo [--set train.steps=600]     (or `cogflow tokenize frames`)
+    torchrun --nproc_per_node=2 -m cogflow.model.train_frame_tokenizer --config demo
 
 Read top to bottom in execution order: config, data, evaluation, the training loop (the schedule, checkpoints and
 the SIGTERM flag are model/training.py's).
@@ -32,16 +32,16 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from model import config as configs
-from model import distributed, registry, tracking
-from model.clip_frames import ClipFrames, reader_slot, sample_frames
-from model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr, save, training_loss
-from model.progress import StepProgress
-from model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
+from cogflow.model import config as configs
+from cogflow.model import distributed, registry, tracking
+from cogflow.model.clip_frames import ClipFrames, reader_slot, sample_frames
+from cogflow.model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr, save, training_loss
+from cogflow.model.progress import StepProgress
+from cogflow.model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
                             short_hash)
-from pipeline import lake
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import Storage
+from cogflow.pipeline import lake
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage
 
 KIND = "frame_tokenizer"  # configs in model/configs/frame_tokenizer/
 

@@ -1,6 +1,6 @@
 """Train the text tokenizer on the lake's captions (train split), track it in MLflow and register it.
 
-    python -m model.train_text_tokenizer [--vocab-size N]      (or `cogflow tokenize text`)
+    python -m cogflow.model.train_text_tokenizer [--vocab-size N]      (or `cogflow tokenize text`)
 
 A training that the registry already holds (same captions, same config) is skipped: its version is returned.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model import registry, tracking
-from model.text_tokenizer import TextTokenizer
-from pipeline import lake
-from pipeline.settings import Settings, load_settings
-from pipeline.storage import Storage
+from cogflow.model import registry, tracking
+from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.pipeline import lake
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage
 
 TEXT_SLOTS = 64  # text positions per sample, as in CogVideo
 

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import torch
 
-from pipeline.settings import Settings
-from pipeline.storage import Storage
+from cogflow.pipeline.settings import Settings
+from cogflow.pipeline.storage import Storage
 
 
 class Schedule(Protocol):
@@ -87,7 +87,7 @@ def run_entry_point(name: str, work: Callable[[], Any], result_file: str | None)
     """The end of a training entry point's main(): run `work`; a ValueError (a usage error: bad config, nothing
     to train on) is one line on stderr and exit 2; the process group is left either way; rank 0 prints the
     result (a dataclass) as JSON and writes it to `result_file`, which is how flows/launch.py reads it back."""
-    from model import distributed
+    from cogflow.model import distributed
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model import layout as layouts
-from model.layout import IGNORE, Layout
+from cogflow.model import layout as layouts
+from cogflow.model.layout import IGNORE, Layout
 
 
 @dataclass(frozen=True)

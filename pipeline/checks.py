@@ -12,8 +12,8 @@ from pathlib import Path
 
 import duckdb
 
-from pipeline import db, lake
-from pipeline.storage import Storage
+from cogflow.pipeline import db, lake
+from cogflow.pipeline.storage import Storage
 
 # The columns the checks read, per table.
 CHECK_COLUMNS = {

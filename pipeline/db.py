@@ -22,12 +22,12 @@ import pyarrow as pa
 @cache
 def sql_text(name: str) -> str:
     """The text of `sql/<name>.sql`, e.g. sql_text("staging/stg_manifest")."""
-    return resources.files("sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
+    return resources.files("cogflow.sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 
 def check_names() -> list[str]:
     """Every data check in `sql/checks/`, by name, sorted."""
-    folder = resources.files("sql").joinpath("checks")
+    folder = resources.files("cogflow.sql").joinpath("checks")
     return sorted(f"checks/{p.name[:-4]}" for p in folder.iterdir() if p.name.endswith(".sql"))
 
 

@@ -1,6 +1,6 @@
 """Decoding in a child process, so a video that hangs or crashes its decoder costs that video, not the run.
 
-`Decoder` (the parent side) starts `python -m pipeline.decoder`, sends it one job per video and reads back
+`Decoder` (the parent side) starts `python -m cogflow.pipeline.decoder`, sends it one job per video and reads back
 each window as soon as it is complete. It waits at most `timeout_s` per video: a child that overruns (an
 FFmpeg loop, a read that never returns on a stalled mount) is killed, its remaining windows become
 `decode_timeout` rejects, and the next video gets a fresh child. A child that dies (a crash inside a codec)
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.video import CLIP_SIZE, DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
+from cogflow.pipeline.video import CLIP_SIZE, DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
 
 HEADER = struct.Struct(">Q")
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -110,7 +110,7 @@ class Decoder:
         """Start the child now (it is started on first use otherwise)."""
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.decoder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+                [sys.executable, "-m", "cogflow.pipeline.decoder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
             )
             try:  # a 1 MB pipe holds two clips: fewer switches between the child and the reader (Linux only)
                 fcntl.fcntl(self._proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)

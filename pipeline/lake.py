@@ -25,9 +25,9 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import lease as lease_module
-from pipeline.lease import WRITER_LEASE, S3Lease
-from pipeline.storage import S3Storage, Storage
+from cogflow.pipeline import lease as lease_module
+from cogflow.pipeline.lease import WRITER_LEASE, S3Lease
+from cogflow.pipeline.storage import S3Storage, Storage
 
 VIDEOS = pa.schema(
     [

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from pipeline.storage import S3Storage, safe_uri
+from cogflow.pipeline.storage import S3Storage, safe_uri
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import lake
-from pipeline.storage import Storage
-from pipeline.video import CLIP_FRAMES, CLIP_SIZE
+from cogflow.pipeline import lake
+from cogflow.pipeline.storage import Storage
+from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
 
 GAP = 4
 MARGIN = 8

@@ -3,7 +3,7 @@
 A probe reads the whole file (its hash, every packet) and decodes its first frame and its last group of pictures,
 so a pathological file - a huge one, a long group of enormous frames, a demuxer that loops - can keep it busy for
 minutes inside FFmpeg, where no thread can be interrupted. `probe_bounded` therefore runs `pipeline.video.probe`
-in a child process (`python -m pipeline.prober`), one per probing thread and kept from file to file (starting one
+in a child process (`python -m cogflow.pipeline.prober`), one per probing thread and kept from file to file (starting one
 costs a few tenths of a second). A probe that takes longer than its timeout (COGFLOW_PROBE_TIMEOUT_S) has its child
 killed and becomes ProbeError('probe_timeout'); a child that dies (a crash in a codec) costs that file, as
 'probe_error', not the run. `stop_probes_on_error` kills every probe in flight when the run stops.
@@ -23,8 +23,8 @@ import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from pipeline.children import ChildProcesses
-from pipeline.video import ProbeError, ProbeResult, probe
+from cogflow.pipeline.children import ChildProcesses
+from cogflow.pipeline.video import ProbeError, ProbeResult, probe
 
 STARTUP_TIMEOUT_S = 120.0  # a child that has not imported PyAV by then (a machine far too busy) is given up
 
@@ -41,7 +41,7 @@ class Prober:
             return self._proc, self._conn
         self._kill()
         mine, theirs = multiprocessing.Pipe()
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.prober", str(theirs.fileno())],
+        proc = subprocess.Popen([sys.executable, "-m", "cogflow.pipeline.prober", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),))
         theirs.close()  # the child's end is the child's only: its exit is then an end of file here
         self._proc, self._conn = proc, mine

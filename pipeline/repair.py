@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import checks, lake
-from pipeline.split import shard_paths
-from pipeline.storage import TMP_MARK, Storage, safe_uri
+from cogflow.pipeline import checks, lake
+from cogflow.pipeline.split import shard_paths
+from cogflow.pipeline.storage import TMP_MARK, Storage, safe_uri
 
 # The tables written by appending parts, and the key each row must hold once (README, "The lake").
 APPENDED_KEYS = {

@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import checks, db, lake
-from pipeline.children import ChildProcesses
-from pipeline.decoder import DecodeJob, Decoder
-from pipeline.settings import Limits, Settings
-from pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
-from pipeline.video import CLIP_FRAMES, DecodeStats, WindowFailed, WindowFrames
+from cogflow.pipeline import checks, db, lake
+from cogflow.pipeline.children import ChildProcesses
+from cogflow.pipeline.decoder import DecodeJob, Decoder
+from cogflow.pipeline.settings import Limits, Settings
+from cogflow.pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
+from cogflow.pipeline.video import CLIP_FRAMES, DecodeStats, WindowFailed, WindowFrames
 
 RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # frames per second a clip may be sampled at, each with its token
 STAGE2_RATES = (2.0, 4.0, 8.0)  # the rates of the three interpolation rounds

@@ -35,7 +35,7 @@ import botocore.exceptions
 import pyarrow.fs as pafs
 import urllib3.exceptions
 
-from pipeline.settings import FIELDS
+from cogflow.pipeline.settings import FIELDS
 
 
 def s3_endpoint() -> str | None:
@@ -239,7 +239,7 @@ class S3Storage(Storage):
 
     def _check_lease(self) -> None:
         """Refuse to write when a lease this thread holds on the lake was lost (pipeline/lease.py)."""
-        from pipeline.lease import check_held  # lease.py builds on this module
+        from cogflow.pipeline.lease import check_held  # lease.py builds on this module
 
         check_held(self.root)
 

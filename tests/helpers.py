@@ -56,7 +56,7 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
     import av
     import numpy as np
 
-    from pipeline.video import encode_audio_only, encode_video
+    from cogflow.pipeline.video import encode_audio_only, encode_video
 
     good = copy_sample(sample_dir, folder)
     bad = folder / "bad"
@@ -139,7 +139,7 @@ def lake_settings(home: Path):
     and split shards of one video each, so each stage has several clip (and token) files."""
     import dataclasses
 
-    from pipeline.settings import load_settings
+    from cogflow.pipeline.settings import load_settings
 
     settings = load_settings(home=str(home))
     return dataclasses.replace(settings, val_percent=SAMPLE_VAL_PERCENT, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
@@ -149,11 +149,11 @@ def tokenized_home(root: Path, sample_dir: Path, vocab_size: int = 400, encode: 
     """A home under `root` whose lake holds the sample videos split into clips and whose MLflow registry holds both
     tokenizers (text with `vocab_size` pieces, the debug frame tokenizer; version 1 of each); with `encode`, every
     clip encoded into token shards too. Returns the home."""
-    from model.encode_clips import encode_clips
-    from model.train_frame_tokenizer import load_config, train_frame_tokenizer
-    from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
-    from pipeline.ingest import ingest
-    from pipeline.split import split
+    from cogflow.model.encode_clips import encode_clips
+    from cogflow.model.train_frame_tokenizer import load_config, train_frame_tokenizer
+    from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+    from cogflow.pipeline.ingest import ingest
+    from cogflow.pipeline.split import split
 
     rows = copy_sample(sample_dir, root / "data")
     manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from model.generate import (  # noqa: E402
+from cogflow.model.generate import (  # noqa: E402
     GenerateConfig,
     generate_keyframes,
     guided as guided_logits,
@@ -40,9 +40,9 @@ from model.generate import (  # noqa: E402
     interpolate_round,
     sample_codes,
 )
-from model.layout import Layout, build_inputs, slots  # noqa: E402
-from model.text_tokenizer import TextTokenizer  # noqa: E402
-from model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig  # noqa: E402
+from cogflow.model.layout import Layout, build_inputs, slots  # noqa: E402
+from cogflow.model.text_tokenizer import TextTokenizer  # noqa: E402
+from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig  # noqa: E402
 
 DEMO = TransformerConfig(layers=4, hidden=128, heads=4)
 CODEBOOK, TEXT_VOCAB, TEXT_LEN, GRID = 1024, 3000, 64, 10

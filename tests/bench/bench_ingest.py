@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
-from pipeline import db, ingest as ingest_mod, lake  # noqa: E402
-from pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, generate_sample_data, plan_videos  # noqa: E402
-from pipeline.settings import load_settings  # noqa: E402
-from pipeline.storage import Storage  # noqa: E402
+from cogflow.pipeline import db, ingest as ingest_mod, lake  # noqa: E402
+from cogflow.pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, generate_sample_data, plan_videos  # noqa: E402
+from cogflow.pipeline.settings import load_settings  # noqa: E402
+from cogflow.pipeline.storage import Storage  # noqa: E402
 
 try:
     import psutil

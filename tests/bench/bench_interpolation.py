@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from model import generate  # noqa: E402
-from model.caption_following import read_video  # noqa: E402
-from model.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
-from model.evaluate import batch_seed  # noqa: E402
-from pipeline.settings import load_settings  # noqa: E402
+from cogflow.model import generate  # noqa: E402
+from cogflow.model.caption_following import read_video  # noqa: E402
+from cogflow.model.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
+from cogflow.model.evaluate import batch_seed  # noqa: E402
+from cogflow.pipeline.settings import load_settings  # noqa: E402
 from bench_stage1 import append_row, shares, table_cells  # noqa: E402  (this folder: the same read-back table)
 
 

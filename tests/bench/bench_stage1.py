@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from model import generate  # noqa: E402
-from model.caption_following import FIELDS, read_video  # noqa: E402
-from model.diagnose import VALUES, diagnosis_prompts, to_pixels, wilson  # noqa: E402
-from model.encode_clips import load_tokenizers  # noqa: E402
-from model.evaluate import batch_seed  # noqa: E402
-from model.train import load_config, train_stage  # noqa: E402
-from pipeline.settings import load_settings  # noqa: E402
+from cogflow.model import generate  # noqa: E402
+from cogflow.model.caption_following import FIELDS, read_video  # noqa: E402
+from cogflow.model.diagnose import VALUES, diagnosis_prompts, to_pixels, wilson  # noqa: E402
+from cogflow.model.encode_clips import load_tokenizers  # noqa: E402
+from cogflow.model.evaluate import batch_seed  # noqa: E402
+from cogflow.model.train import load_config, train_stage  # noqa: E402
+from cogflow.pipeline.settings import load_settings  # noqa: E402
 
 
 def read_keyframes(settings, stage: generate.Stage, prompts, options: dict, batch: int = 16) -> dict[str, dict]:

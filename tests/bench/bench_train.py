@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from model import transformer  # noqa: E402
-from model.layout import Layout, build_inputs  # noqa: E402
-from model.train import load_config, matmul_peak, memory_gb, optimizer_step  # noqa: E402
-from model.transformer import CogVideoTransformer, ModelSpec  # noqa: E402
+from cogflow.model import transformer  # noqa: E402
+from cogflow.model.layout import Layout, build_inputs  # noqa: E402
+from cogflow.model.train import load_config, matmul_peak, memory_gb, optimizer_step  # noqa: E402
+from cogflow.model.transformer import CogVideoTransformer, ModelSpec  # noqa: E402
 
 
 def measure(spec: ModelSpec, batch: int, steps: int, device: torch.device, flex: bool, checkpointing: bool) -> dict:

@@ -6,9 +6,9 @@ import re
 
 from helpers import copy_sample
 
-from flows.cli import main
-from pipeline import lake
-from pipeline.storage import Storage
+from cogflow.flows.cli import main
+from cogflow.pipeline import lake
+from cogflow.pipeline.storage import Storage
 
 CAPTIONS = ["一只红色的圆在黑色背景上向右移动", "绿色三角形，缓慢旋转"]
 

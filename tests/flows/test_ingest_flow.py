@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 from helpers import copy_sample, make_bad_corpus, write_csv
 from prefect.client.orchestration import get_client
 
-from flows.cli import main
-from flows.ingest import run_ingest
-from pipeline.settings import load_settings
+from cogflow.flows.cli import main
+from cogflow.flows.ingest import run_ingest
+from cogflow.pipeline.settings import load_settings
 
 
 def _artifact(key: str):

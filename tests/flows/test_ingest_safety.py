@@ -21,8 +21,8 @@ import pytest
 from helpers import copy_sample, trickle, write_csv
 from prefect.client.orchestration import get_client
 
-from flows.ingest import run_ingest
-from pipeline.settings import load_settings
+from cogflow.flows.ingest import run_ingest
+from cogflow.pipeline.settings import load_settings
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-0d1e5e7c"  # noqa: S105  (planted, to be looked for everywhere after the run)
@@ -119,7 +119,7 @@ def test_sigterm_stops_ingest_in_the_middle_of_a_download(tmp_path, www) -> None
     log = tmp_path / "ingest.log"
     with open(log, "wb") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "ingest", str(manifest), "--lake", str(tmp_path / "lake")],
+            [sys.executable, "-m", "cogflow.flows.cli", "ingest", str(manifest), "--lake", str(tmp_path / "lake")],
             cwd=CHECKOUT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from flows.cli import main
+from cogflow.flows.cli import main
 
 
 def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sample_dir, capsys):

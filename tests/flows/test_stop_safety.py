@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from helpers import trickle, write_csv
 
-from pipeline import lake
-from pipeline.ingest import ingest
-from pipeline.settings import Settings, load_settings
-from pipeline.split import split
-from pipeline.storage import Storage
+from cogflow.pipeline import lake
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.split import split
+from cogflow.pipeline.storage import Storage
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def _start(tmp_path: Path, *command: str, **env: str) -> subprocess.Popen:
 
     full_env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **env}
     out = open(tmp_path / "command.log", "wb")  # noqa: SIM115  (the child holds it)
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=CHECKOUT, env=full_env, stdout=out,
+    return subprocess.Popen([sys.executable, "-m", "cogflow.flows.cli", *command], cwd=CHECKOUT, env=full_env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -143,7 +143,7 @@ def test_sigterm_stops_split_while_its_decoder_works(tmp_path, sample_dir) -> No
     child = _start(tmp_path, "split", "--lake", settings.lake, COGFLOW_SPLIT_WORKERS="1")
     decoders: list[int] = []
     try:
-        _wait_for(lambda: bool(decoders.extend(_children(child.pid, "pipeline.decoder")) or decoders),
+        _wait_for(lambda: bool(decoders.extend(_children(child.pid, "cogflow.pipeline.decoder")) or decoders),
                   child, tmp_path / "command.log", "the decoder's start")
         os.kill(decoders[0], signal.SIGSTOP)
         time.sleep(1.0)  # the shard sends its job and waits for frames
@@ -178,7 +178,7 @@ def test_sigterm_stops_ingest_in_the_middle_of_a_probe(tmp_path) -> None:
     try:
         _wait_for(lambda: "new sources to probe" in log.read_text(errors="replace"), child, log, "the probe")
         time.sleep(1.0)
-        probers = _children(child.pid, "pipeline.prober")
+        probers = _children(child.pid, "cogflow.pipeline.prober")
         assert _terminate_promptly(child, log) < 5
         assert child.returncode != 0
         time.sleep(0.5)

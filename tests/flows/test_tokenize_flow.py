@@ -7,10 +7,10 @@ import mlflow
 import numpy as np
 from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
 
-from flows.cli import main
-from model import registry
-from pipeline import lake
-from pipeline.storage import Storage
+from cogflow.flows.cli import main
+from cogflow.model import registry
+from cogflow.pipeline import lake
+from cogflow.pipeline.storage import Storage
 
 
 def test_cli_tokenize_text_registers_once(tmp_path, capsys, monkeypatch, sample_dir):

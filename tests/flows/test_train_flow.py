@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 
-from flows.cli import main
-from model import tracking
-from pipeline import video
-from pipeline.settings import load_settings
+from cogflow.flows.cli import main
+from cogflow.model import tracking
+from cogflow.pipeline import video
+from cogflow.pipeline.settings import load_settings
 
 
 def test_train_both_stages_then_generate(tmp_path, capsys, monkeypatch, sample_dir):

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 
-from pipeline.ingest import ingest
-from pipeline.settings import load_settings
-from pipeline.split import split
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.settings import load_settings
+from cogflow.pipeline.split import split
 
 
 @pytest.fixture(scope="session")

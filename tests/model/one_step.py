@@ -11,10 +11,10 @@ import sys
 
 import torch
 
-from model import distributed
-from model.layout import Layout, build_inputs
-from model.train import full_state, optimizer_step
-from model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.model import distributed
+from cogflow.model.layout import Layout, build_inputs
+from cogflow.model.train import full_state, optimizer_step
+from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 
 K, V, B = 40, 30, 4
 

@@ -1,4 +1,4 @@
-"""model.caption_following: colour, shape, motion and background read back from real decoded sample clips.
+"""cogflow.model.caption_following: colour, shape, motion and background read back from real decoded sample clips.
 
 The clips are real: `generate_sample_data` encodes them (H.264, VP9, MPEG-4 in rotation) and `sample_windows`
 decodes them into 160x160 center crops the way split makes training clips, so codec blur, chroma subsampling and
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from model.caption_following import (
+from cogflow.model.caption_following import (
     FIELDS,
     CaptionFollowing,
     FrameReading,
@@ -28,8 +28,8 @@ from model.caption_following import (
     read_video,
     score,
 )
-from pipeline.sample_data import COLOURS, MOTIONS, SHAPES, VideoSpec, generate_sample_data, render_frame
-from pipeline.video import CLIP_SIZE, WindowFrames, sample_windows
+from cogflow.pipeline.sample_data import COLOURS, MOTIONS, SHAPES, VideoSpec, generate_sample_data, render_frame
+from cogflow.pipeline.video import CLIP_SIZE, WindowFrames, sample_windows
 
 VIDEOS = 30  # 5 of each motion, 7-8 of each shape: every value is read more than once
 COUNTS = (5, 33)  # stage-1 key frames, and a whole generated video

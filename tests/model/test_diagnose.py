@@ -1,4 +1,4 @@
-"""model.diagnose: the Wilson interval's arithmetic, the copy-the-neighbour baseline on hand-made codes, pure-background
+"""cogflow.model.diagnose: the Wilson interval's arithmetic, the copy-the-neighbour baseline on hand-made codes, pure-background
 tiles of a drawn frame, the layout check (training loss == cached decoding fed the true codes) on tiny random
 models of both stages, and `cogflow diagnose` end to end on a real tokenized lake with ground truth and random-weight
 stages of the debug config (training them would triple the file's time and tell these checks nothing more)."""
@@ -15,10 +15,10 @@ import torch
 from helpers import copy_sample, lake_settings, write_csv
 from mlflow.tracking import MlflowClient
 
-from flows.cli import main
-from model import tracking
-from model import transformer as transformers
-from model.diagnose import (
+from cogflow.flows.cli import main
+from cogflow.model import tracking
+from cogflow.model import transformer as transformers
+from cogflow.model.diagnose import (
     Z95,
     CodePredictions,
     background_tiles,
@@ -28,9 +28,9 @@ from model.diagnose import (
     parse_variant,
     wilson,
 )
-from model.layout import Layout
-from model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
-from pipeline.sample_data import VideoSpec, render_frame
+from cogflow.model.layout import Layout
+from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.pipeline.sample_data import VideoSpec, render_frame
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,13 +139,13 @@ def pair_home(tmp_path_factory, sample_dir) -> tuple[Path, dict[int, str]]:
     """A home whose lake holds the sample videos with their ground truth (the manifest's extra columns), split and
     encoded with both tokenizers (text v1, debug frame tokenizer v1), and a complete MLflow run of each stage with
     random weights of the debug config's sizes."""
-    from model.encode_clips import encode_clips, load_tokenizers
-    from model.train import load_config
-    from model.train_frame_tokenizer import load_config as tokenizer_config
-    from model.train_frame_tokenizer import train_frame_tokenizer
-    from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
-    from pipeline.ingest import ingest
-    from pipeline.split import split
+    from cogflow.model.encode_clips import encode_clips, load_tokenizers
+    from cogflow.model.train import load_config
+    from cogflow.model.train_frame_tokenizer import load_config as tokenizer_config
+    from cogflow.model.train_frame_tokenizer import train_frame_tokenizer
+    from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+    from cogflow.pipeline.ingest import ingest
+    from cogflow.pipeline.split import split
 
     root = tmp_path_factory.mktemp("diagnose")
     manifest = write_csv(root / "data" / "m.csv", copy_sample(sample_dir, root / "data"))  # every column: the truth too

@@ -18,16 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import lake_settings, tokenized_home
 
-from model import registry
-from model.encode_clips import encode_clips, load_tokenizers
-from model.text_tokenizer import TextTokenizer
-from model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
-from pipeline import checks, lake
-from pipeline.ingest import ingest
-from pipeline.sample_data import generate_sample_data
-from pipeline.settings import load_settings
-from pipeline.split import split
-from pipeline.storage import Storage
+from cogflow.model import registry
+from cogflow.model.encode_clips import encode_clips, load_tokenizers
+from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+from cogflow.pipeline import checks, lake
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.sample_data import generate_sample_data
+from cogflow.pipeline.settings import load_settings
+from cogflow.pipeline.split import split
+from cogflow.pipeline.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,7 +128,7 @@ KILL_MOMENTS = ["after 1.5", "a token file", "a record", "after 3.0", "two recor
 
 def _run_and_kill(home: Path, when: str) -> int:
     env = {**os.environ, "COGFLOW_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "model.encode_clips", "--batch-clips", "2"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cogflow.model.encode_clips", "--batch-clips", "2"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lake_dir, started = home / "lake", time.monotonic()
     conditions = {

@@ -1,4 +1,4 @@
-"""model.frame_tokenizer: shapes and layouts, the EMA codebook and its restarts, and learning on real frames."""
+"""cogflow.model.frame_tokenizer: shapes and layouts, the EMA codebook and its restarts, and learning on real frames."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr
+from cogflow.model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr
 
 TINY = FrameTokenizerConfig(compression=16, channels=8, res_blocks=1, codebook_size=64, code_dim=16)
 
@@ -112,7 +112,7 @@ def test_fsq_codes_do_not_move_with_small_noise_and_gradients_pass() -> None:
 
 
 def test_an_fsq_tokenizer_saves_and_loads(tmp_path) -> None:
-    from model.frame_tokenizer import load, save
+    from cogflow.model.frame_tokenizer import load, save
 
     model = FrameTokenizer(FSQ).eval()
     frames = torch.randint(0, 256, (2, 160, 160, 3), dtype=torch.uint8)

@@ -13,10 +13,10 @@ import torch
 from helpers import lake_settings, tokenized_home
 from PIL import Image
 
-from model import generate, tracking
-from model import transformer as transformers
-from model.encode_clips import load_tokenizers
-from model.generate import (
+from cogflow.model import generate, tracking
+from cogflow.model import transformer as transformers
+from cogflow.model.encode_clips import load_tokenizers
+from cogflow.model.generate import (
     GenerateConfig,
     attention_graph,
     find_stage,
@@ -30,9 +30,9 @@ from model.generate import (
     schedule,
     sequential_schedule,
 )
-from model.layout import IGNORE, Layout, build_inputs, dense_mask, layer_shift, slots
-from model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig
-from pipeline.video import probe
+from cogflow.model.layout import IGNORE, Layout, build_inputs, dense_mask, layer_shift, slots
+from cogflow.model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig
+from cogflow.pipeline.video import probe
 
 PROMPT = "一个下午在海滩上奔跑的女人"
 TINY = TransformerConfig(layers=2, hidden=32, heads=2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import layout as L
-from model.layout import IGNORE, Layout, build_inputs, dense_mask, slots
+from cogflow.model import layout as L
+from cogflow.model.layout import IGNORE, Layout, build_inputs, dense_mask, slots
 
 
 def frame_block(mask: torch.Tensor, lay: Layout, a: int, b: int) -> torch.Tensor:

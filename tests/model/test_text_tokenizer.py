@@ -1,4 +1,4 @@
-"""model.text_tokenizer: SentencePiece trained on captions; words kept apart, exact round trips, reserved ids,
+"""cogflow.model.text_tokenizer: SentencePiece trained on captions; words kept apart, exact round trips, reserved ids,
 left padding, and tokenizers trained before words were kept apart still encoding as they did."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sentencepiece import sentencepiece_model_pb2
 
-from model.text_tokenizer import FPS_RATES, FPS_TOKENS, WORDS_DELIMITER, TextTokenizer, segments
-from pipeline.sample_data import caption_for, plan_videos
+from cogflow.model.text_tokenizer import FPS_RATES, FPS_TOKENS, WORDS_DELIMITER, TextTokenizer, segments
+from cogflow.pipeline.sample_data import caption_for, plan_videos
 
 CAPTIONS = [caption_for(spec) for spec in plan_videos(120, seed=5)] + [
     "一个下午在海滩上奔跑的女人",

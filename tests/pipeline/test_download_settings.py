@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import SettingError, read_settings
-from pipeline.storage import FetchError, download_policy, fetch
+from cogflow.pipeline.settings import SettingError, read_settings
+from cogflow.pipeline.storage import FetchError, download_policy, fetch
 
 
 @pytest.mark.parametrize(("deadline", "rate", "expected"), [

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from helpers import copy_sample, write_csv
 
-from pipeline import lake
-from pipeline.ingest import ingest
-from pipeline.manifest import resolve_source
-from pipeline.settings import Limits, load_settings
-from pipeline.split import _local_source
-from pipeline.storage import FetchError, Storage, fetch, http_exists, safe_uri, source_key, stop_downloads_on_error
+from cogflow.pipeline import lake
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.manifest import resolve_source
+from cogflow.pipeline.settings import Limits, load_settings
+from cogflow.pipeline.split import _local_source
+from cogflow.pipeline.storage import FetchError, Storage, fetch, http_exists, safe_uri, source_key, stop_downloads_on_error
 
 PAYLOAD = bytes(range(256)) * 16  # 4 KiB
 

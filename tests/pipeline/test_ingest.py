@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import copy_sample, make_bad_corpus, upload_tree, write_csv
 
-from pipeline import lake
-from pipeline.ingest import DataCheckError, finish_ingest, ingest, plan_ingest, probe_source
-from pipeline.settings import load_settings
-from pipeline.storage import Storage
+from cogflow.pipeline import lake
+from cogflow.pipeline.ingest import DataCheckError, finish_ingest, ingest, plan_ingest, probe_source
+from cogflow.pipeline.settings import load_settings
+from cogflow.pipeline.storage import Storage
 
 
 def lake_files(root: Path) -> dict[str, int]:

@@ -7,8 +7,8 @@ import contextlib
 import fcntl
 import threading
 
-from pipeline import lake
-from pipeline.storage import Storage
+from cogflow.pipeline import lake
+from cogflow.pipeline.storage import Storage
 
 
 def test_a_waiter_on_a_removed_lock_file_and_a_newcomer_never_both_hold_the_shard(tmp_path, monkeypatch):

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pytest
 from tiny_lake import tiny_manifest, tiny_settings
 
-import pipeline.ingest as ingest_module
-from pipeline import lake
-from pipeline import lease as lease_module
-from pipeline.ingest import finish_ingest, plan_ingest, probe_source
-from pipeline.lease import LeaseLost, S3Lease, check_held
-from pipeline.storage import Storage
+import cogflow.pipeline.ingest as ingest_module
+from cogflow.pipeline import lake
+from cogflow.pipeline import lease as lease_module
+from cogflow.pipeline.ingest import finish_ingest, plan_ingest, probe_source
+from cogflow.pipeline.lease import LeaseLost, S3Lease, check_held
+from cogflow.pipeline.storage import Storage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,8 +110,8 @@ def test_shard_leases_keep_two_writers_of_one_shard_apart(s3):
 
 HOLD_AND_DIE = """
 import sys, time
-from pipeline.lease import S3Lease
-from pipeline.storage import Storage
+from cogflow.pipeline.lease import S3Lease
+from cogflow.pipeline.storage import Storage
 lease = S3Lease(Storage.at(sys.argv[1]), ".writer.lease", "writer", ttl_s=float(sys.argv[2]))
 assert lease.acquire(timeout_s=10)
 print("held", flush=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import write_csv
 
-from pipeline import db
-from pipeline.manifest import ManifestError, json_key, load_manifest, manifest_base, resolve_source
-from pipeline.subtitles import SubtitleError, parse_subtitles
+from cogflow.pipeline import db
+from cogflow.pipeline.manifest import ManifestError, json_key, load_manifest, manifest_base, resolve_source
+from cogflow.pipeline.subtitles import SubtitleError, parse_subtitles
 
 
 # --- resolving video paths -------------------------------------------------------------------------------------

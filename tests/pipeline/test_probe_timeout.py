@@ -13,8 +13,8 @@ from pathlib import Path
 
 from helpers import write_csv
 
-from pipeline.ingest import ingest
-from pipeline.settings import load_settings
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.settings import load_settings
 
 
 def test_a_probe_that_takes_too_long_is_cut_off_and_remembered(tmp_path: Path, sample_dir: Path, monkeypatch) -> None:

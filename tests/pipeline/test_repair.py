@@ -15,12 +15,12 @@ import pytest
 from helpers import upload_tree
 from tiny_lake import tiny_manifest, tiny_settings
 
-from flows.cli import main
-from pipeline import checks, lake
-from pipeline.ingest import ingest
-from pipeline.repair import repair
-from pipeline.split import pending_shards, shard_paths, split, split_shard
-from pipeline.storage import Storage
+from cogflow.flows.cli import main
+from cogflow.pipeline import checks, lake
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.repair import repair
+from cogflow.pipeline.split import pending_shards, shard_paths, split, split_shard
+from cogflow.pipeline.storage import Storage
 
 
 @pytest.fixture(scope="module")

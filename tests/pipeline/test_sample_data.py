@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from pipeline.sample_data import (
+from cogflow.pipeline.sample_data import (
     COLOURS,
     MANIFEST_COLUMNS,
     SHAPES,
@@ -19,7 +19,7 @@ from pipeline.sample_data import (
     plan_videos,
     render_frame,
 )
-from pipeline.video import probe
+from cogflow.pipeline.video import probe
 
 SHORT = {"min_duration_s": 2.0, "max_duration_s": 3.0}
 EXPECTED_CODEC = {"mp4": "h264", "webm": "vp9", "avi": "mpeg4"}
@@ -117,7 +117,7 @@ def test_failed_encode_leaves_old_video_and_no_temporary(tmp_path, monkeypatch):
             f.write(b"half a video")
         raise RuntimeError("encoder died")
 
-    monkeypatch.setattr("pipeline.sample_data.encode_video", crash)
+    monkeypatch.setattr("cogflow.pipeline.sample_data.encode_video", crash)
     with pytest.raises(RuntimeError):
         generate_sample_data(tmp_path, 1, seed=2, **SHORT)
     assert video.read_bytes() == before

@@ -1,4 +1,4 @@
-"""pipeline.video.sample_windows and pipeline.decoder: the right frame for every instant, from real files.
+"""cogflow.pipeline.video.sample_windows and pipeline.decoder: the right frame for every instant, from real files.
 
 Every test video carries its frame index in its pixels (tests/real_world.py), so a test checks which frame
 a window picked, that it came out upright, and that the crop took the centre of the displayed picture.
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from real_world import Footage, broken_mid_stream_mp4, cfr_mp4, code_frame, long_mp4, read_code, write_frames
 
-from pipeline.decoder import DecodeJob, Decoder
-from pipeline.video import DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
+from cogflow.pipeline.decoder import DecodeJob, Decoder
+from cogflow.pipeline.video import DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
 
 
 def windows_over(footage: Footage, fps: float, count: int = 3) -> list[list[float]]:
@@ -273,7 +273,7 @@ def test_a_picture_thinner_than_8_to_1_is_refused_not_blown_up(tmp_path: Path) -
     strip = write_frames(tmp_path / "strip.mp4", [np.full((160, 16, 3), 128, np.uint8)] * 10, rate=10)
     _, failed, _ = sample(strip, [[0.0, 0.2, 0.4, 0.6, 0.8]])
     assert failed[0].reason == "decode_error" and "more than 8:1" in failed[0].detail
-    from pipeline.video import ProbeError, probe
+    from cogflow.pipeline.video import ProbeError, probe
 
     with pytest.raises(ProbeError, match="aspect_ratio_over_limit"):
         probe(strip, max_width=7680, max_height=7680, max_pixels=10**8)

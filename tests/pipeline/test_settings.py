@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.cli import apply_options, build_parser, main
-from pipeline.settings import Limits, SettingError, load_settings, parse_duration, parse_size
+from cogflow.flows.cli import apply_options, build_parser, main
+from cogflow.pipeline.settings import Limits, SettingError, load_settings, parse_duration, parse_size
 
 
 def test_defaults_derive_from_home(monkeypatch):

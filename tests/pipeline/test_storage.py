@@ -1,4 +1,4 @@
-"""pipeline.storage and pipeline.lake over a real folder, a real S3 API (moto's server) and real HTTP servers."""
+"""cogflow.pipeline.storage and pipeline.lake over a real folder, a real S3 API (moto's server) and real HTTP servers."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline import lake
-from pipeline.storage import (
+from cogflow.pipeline import lake
+from cogflow.pipeline.storage import (
     TMP_MARK,
     FetchError,
     LocalStorage,
@@ -25,7 +25,7 @@ from pipeline.storage import (
     fetch,
     safe_uri,
 )
-from pipeline import storage as storage_module
+from cogflow.pipeline import storage as storage_module
 
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB, every byte value
 

