@@ -35,7 +35,7 @@ _API = {
     "generate_video": ".model.generate",
 }
 
-if TYPE_CHECKING:  # what the lazy names are, for readers and type checkers
+if TYPE_CHECKING:  # what the lazy names are, for readers and type checkers (re-exported through __all__)
     from .model.encode_clips import encode_clips
     from .model.generate import generate_video
     from .model.train import load_config, train_stage

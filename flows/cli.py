@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import NoReturn
 
-from cogflow.pipeline.settings import ENV_LIMITS, FIELD_BY_PATH, SettingError, Settings, lake_problem, limit_field
+from cogflow.pipeline.settings import (
+    ENV_LIMITS,
+    FIELD_BY_PATH,
+    SettingError,
+    Settings,
+    lake_problem,
+    limit_field,
+)
 
 
 def _sample_data(args: argparse.Namespace) -> int:
@@ -132,7 +139,12 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from cogflow.flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
+    from cogflow.flows.data_to_model import (
+        IngestParams,
+        TokenizerParams,
+        TrainingParams,
+        data_to_model_flow,
+    )
     from cogflow.flows.launch import ChildFailed
     from cogflow.pipeline.manifest import ManifestError
     from cogflow.pipeline.settings import load_settings
@@ -153,7 +165,12 @@ def _demo(args: argparse.Namespace) -> int:
     """The main job on one machine: sample videos -> the whole pipeline -> a registered champion -> a video."""
     from pathlib import Path
 
-    from cogflow.flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
+    from cogflow.flows.data_to_model import (
+        IngestParams,
+        TokenizerParams,
+        TrainingParams,
+        data_to_model_flow,
+    )
     from cogflow.model.generate import generate_from_model
     from cogflow.pipeline.settings import load_settings
     from cogflow.pipeline.storage import safe_uri
@@ -280,12 +297,11 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _repair(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
-    from pyarrow import ArrowException
-
     from cogflow.pipeline.lease import LeaseLost
     from cogflow.pipeline.repair import NoLake, repair
     from cogflow.pipeline.settings import load_settings
     from cogflow.pipeline.storage import Storage
+    from pyarrow import ArrowException
 
     try:
         summary = repair(Storage.at(load_settings().lake))
@@ -307,7 +323,8 @@ def _status(args: argparse.Namespace) -> int:
     unless it is the lake or home itself."""
     from cogflow.pipeline import lake
     from cogflow.pipeline.settings import read_settings
-    from cogflow.pipeline.split import clip_counts, fps_token
+    from cogflow.pipeline.contract import fps_token
+    from cogflow.pipeline.split import clip_counts
     from cogflow.pipeline.storage import Storage, safe_uri
 
     problems = _setting_problems(args)

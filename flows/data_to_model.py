@@ -16,10 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field
-
 from cogflow.flows.ingest import ingest_flow
 from cogflow.flows.register import EvaluationParams, RegisterSummary, register_flow
 from cogflow.flows.split import split_flow
@@ -29,6 +25,9 @@ from cogflow.pipeline.ingest import IngestSummary
 from cogflow.pipeline.settings import load_settings
 from cogflow.pipeline.split import SplitSummary
 from cogflow.pipeline.storage import Storage, safe_uri
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
 
 
 class IngestParams(BaseModel):

@@ -6,18 +6,23 @@ Planning and writing run once; probing fans out over the flow's task runner, bou
 
 from __future__ import annotations
 
+from cogflow.flows.progress import Progress
+from cogflow.pipeline.ingest import (
+    IngestPlan,
+    IngestSummary,
+    finish_ingest,
+    plan_ingest,
+    probe_source,
+)
+from cogflow.pipeline.manifest import check_manifest
+from cogflow.pipeline.prober import stop_probes_on_error
+from cogflow.pipeline.settings import Limits, Settings, load_settings
+from cogflow.pipeline.storage import safe_uri
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-
-from cogflow.flows.progress import Progress
-from cogflow.pipeline.ingest import IngestPlan, IngestSummary, finish_ingest, plan_ingest, probe_source
-from cogflow.pipeline.manifest import check_manifest
-from cogflow.pipeline.settings import Limits, Settings, load_settings
-from cogflow.pipeline.prober import stop_probes_on_error
-from cogflow.pipeline.storage import safe_uri
 
 # Results stay in memory: every step is idempotent against the lake, which is the only state that matters.
 plan_task = task(plan_ingest, name="plan-ingest", cache_policy=NO_CACHE)

@@ -20,19 +20,25 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cogflow.flows.launch import gpu_slot
+from cogflow.flows.progress import Progress
+from cogflow.model import generate, registry, tracking
+from cogflow.model.evaluate import (
+    Decision,
+    EvalConfig,
+    Evaluation,
+    evaluate_pair,
+    gate,
+    val_bits,
+)
+from cogflow.model.generate import GenerateConfig
+from cogflow.pipeline.contract import CLIP_SIZE, FRAME_TOKENIZER_FILE, VIDEO_FRAMES, INFO_FILE, TEXT_TOKENIZER_FILE, naming_hash, run_model, stage_file
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage, safe_uri
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
-
-from cogflow.flows.launch import gpu_slot
-from cogflow.flows.progress import Progress
-from cogflow.model import generate, registry, tracking
-from cogflow.model.generate import GenerateConfig
-from cogflow.model.evaluate import Decision, EvalConfig, Evaluation, evaluate_pair, gate, val_bits
-from cogflow.model.training import short_hash
-from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.storage import Storage, safe_uri
 
 
 class EvaluationParams(BaseModel):
@@ -126,7 +132,7 @@ def evaluate_task(settings: Settings, files: dict[str, Path], params: Evaluation
             champion_bits = {}
             with tempfile.TemporaryDirectory(prefix="cogflow-champion-") as tmp:
                 for s in (1, 2):
-                    path = generate.fetch_model(settings, f"models:/{registry.TEXT_TO_VIDEO}/{champion.version}/artifacts/stage{s}.pt", Path(tmp) / str(s))
+                    path = generate.fetch_model(settings, f"models:/{registry.TEXT_TO_VIDEO}/{champion.version}/artifacts/{stage_file(s)}", Path(tmp) / str(s))
                     stage = generate.load_stage(path, s, f"{registry.TEXT_TO_VIDEO} v{champion.version}", device)
                     champion_bits[s] = val_bits(settings, stage, params.val_rows)[0]
     text_version, frame_version = generate.pair_versions(first, second)
@@ -152,9 +158,9 @@ def register_task(settings: Settings, runs: tuple[str, str], files: dict[str, Pa
         tracking.log_artifact(out_dir / "videos")
         bundle = {
             "stage1": files["stage1"], "stage2": files["stage2"],
-            "text_tokenizer": registry.download(registry.TEXT_TOKENIZER, text_version, "text.model", tmp_dir / "text"),
-            "frame_tokenizer": registry.download(registry.FRAME_TOKENIZER, frame_version, "frame_tokenizer.pt", tmp_dir / "frames"),
-            "info": tmp_dir / "info.json",
+            "text_tokenizer": registry.download(registry.TEXT_TOKENIZER, text_version, TEXT_TOKENIZER_FILE, tmp_dir / "text"),
+            "frame_tokenizer": registry.download(registry.FRAME_TOKENIZER, frame_version, FRAME_TOKENIZER_FILE, tmp_dir / "frames"),
+            "info": tmp_dir / INFO_FILE,
         }
         bundle["info"].write_text(json.dumps({
             "stage1_run": runs[0], "stage2_run": runs[1], "text_tokenizer_version": text_version,
@@ -195,7 +201,6 @@ def stage_example(settings: Settings, stage: int, frame_version: str, frame_len:
     """A real val token row as the stage pyfunc's input example, and an output of the shape predict returns."""
     import numpy as np
     import pandas as pd
-
     from cogflow.model import train
 
     _, parts, _ = train.token_inputs(settings, stage, frame_version)
@@ -215,7 +220,7 @@ def text_to_video_example() -> tuple[object, object]:
     import pandas as pd
 
     return (pd.DataFrame({"caption": ["一个红色的圆形在米色背景上从左向右移动。"]}),
-            np.zeros((1, 33, 160, 160, 3), dtype=np.uint8))
+            np.zeros((1, VIDEO_FRAMES, CLIP_SIZE, CLIP_SIZE, 3), dtype=np.uint8))
 
 
 @flow(name="register")
@@ -228,7 +233,7 @@ def register_flow(stage1: str | None = None, stage2: str | None = None, lake: st
     logger = get_run_logger()
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     runs = _run_ids(settings, stage1, stage2)
-    eval_hash = short_hash(evaluation.model_dump())
+    eval_hash = naming_hash(evaluation.model_dump())
     found = registry.find_made_from(registry.TEXT_TO_VIDEO, {"cogflow.stage1_run": runs[0], "cogflow.stage2_run": runs[1],
                                                              "cogflow.eval_hash": eval_hash})
     if found is not None:
@@ -240,7 +245,7 @@ def register_flow(stage1: str | None = None, stage2: str | None = None, lake: st
     else:
         out_dir = Path(settings.home).absolute() / "evaluations" / f"{runs[0][:8]}-{runs[1][:8]}-{eval_hash}"
         with tempfile.TemporaryDirectory(prefix="cogflow-stages-") as tmp:  # each stage downloaded once, used twice
-            files = {f"stage{s}": generate.fetch_model(settings, f"runs:/{run_id}/model/stage{s}.pt", Path(tmp) / str(s))
+            files = {f"stage{s}": generate.fetch_model(settings, f"runs:/{run_id}/{run_model(stage_file(s))}", Path(tmp) / str(s))
                      for s, run_id in zip((1, 2), runs)}
             result, champion, pair = evaluate_task(settings, files, evaluation, out_dir)
             summary = register_task(settings, runs, files, pair, evaluation, result, champion, out_dir, eval_hash)

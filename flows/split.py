@@ -11,18 +11,24 @@ its own server, so use it with a Prefect server), and `dask` / `ray` spread the 
 
 from __future__ import annotations
 
+from cogflow.flows.progress import Progress
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.split import (
+    STAGES,
+    ShardResult,
+    ShardTask,
+    SplitSummary,
+    finish_split,
+    plan_split,
+    split_shard,
+    stop_shards_on_error,
+)
+from cogflow.pipeline.storage import Storage
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
-
-from cogflow.flows.progress import Progress
-from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.storage import Storage
-from cogflow.pipeline.split import (
-    STAGES, ShardResult, ShardTask, SplitSummary, finish_split, plan_split, split_shard, stop_shards_on_error,
-)
 
 TASK_RUNNERS = ("threads", "processes", "dask", "ray")
 

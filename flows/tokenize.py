@@ -12,18 +12,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-
 from cogflow.flows.launch import gpu_slot, run_module
 from cogflow.flows.progress import Progress, child_log
 from cogflow.model.encode_clips import EncodeResult, encode_clips
 from cogflow.model.train_frame_tokenizer import FrameTokenizerResult
-from cogflow.model.train_text_tokenizer import TextTokenizerConfig, TextTokenizerResult, train_text_tokenizer
+from cogflow.model.train_text_tokenizer import (
+    TextTokenizerConfig,
+    TextTokenizerResult,
+    train_text_tokenizer,
+)
 from cogflow.pipeline import checks
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage, safe_uri
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 STEPS = ("text", "frames", "encode")
 STEP_LINE = re.compile(r"^frame tokenizer (\d+)/(\d+) ")

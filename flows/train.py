@@ -12,15 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-
 from cogflow.flows.launch import gpu_slot, run_module
 from cogflow.flows.progress import child_log
 from cogflow.model.train import TrainResult
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage, safe_uri
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 STEP_LINE = re.compile(r"^(?:stage [12]|text-to-image) (\d+)/(\d+) ")
 

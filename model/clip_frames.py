@@ -15,11 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-from torch.utils.data import IterableDataset, get_worker_info
-
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE
 from cogflow.pipeline.storage import Storage
-from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
+from torch.utils.data import IterableDataset, get_worker_info
 
 
 def row_groups(store: Storage, stage: int | None = None) -> list[tuple[str, int]]:

@@ -37,22 +37,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-
 from cogflow.model import generate, train
 from cogflow.model.caption_following import FIELDS, Reading, border_colour, read_video
 from cogflow.model.encode_clips import Tokenizers
-from cogflow.model.evaluate import Prompt, _truth, batch_seed, eval_prompts, evaluation_sheet, val_rows
+from cogflow.model.evaluate import (
+    Prompt,
+    _truth,
+    batch_seed,
+    eval_prompts,
+    evaluation_sheet,
+    val_rows,
+)
 from cogflow.model.frame_tokenizer import psnr
 from cogflow.model.generate import ROUNDS, GenerateConfig, Stage
 from cogflow.model.layout import IGNORE, build_inputs, slots
 from cogflow.model.text_tokenizer import TextTokenizer
-from cogflow.model.training import short_hash
 from cogflow.model.transformer import CogVideoTransformer
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE, naming_hash
 from cogflow.pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
 from cogflow.pipeline.settings import Settings
 from cogflow.pipeline.storage import Storage
-from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
 VALUES = {"colour": COLOURS, "shape": SHAPES, "motion": MOTIONS, "background": BACKGROUNDS}  # read back; chance 1/len
@@ -689,7 +694,7 @@ def diagnose(settings: Settings, first: Stage, second: Stage, tokenizers: Tokeni
 
 def _short(source: str) -> str:
     """A stage's name in a folder: its run id's first 8 digits, else a hash of the reference it came from."""
-    return source[:8] if generate.RUN_ID.match(source) else short_hash(source)[:8]
+    return source[:8] if generate.RUN_ID.match(source) else naming_hash(source)[:8]
 
 
 def save(diagnosis: Diagnosis, following: Following | None, out_dir: Path) -> list[Path]:

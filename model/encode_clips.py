@@ -29,16 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-
 from cogflow.model import frame_tokenizer, registry, tracking
 from cogflow.model.frame_tokenizer import FrameTokenizer
 from cogflow.model.progress import StepProgress
 from cogflow.model.text_tokenizer import TextTokenizer
-from cogflow.model.train_text_tokenizer import TEXT_SLOTS
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE, FRAME_TOKENIZER_FILE, TEXT_SLOTS, TEXT_TOKENIZER_FILE
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage, safe_uri
-from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
 
 CLIP_COLUMNS = ["clip_id", "caption_id", "video_id", "caption", "stage", "fps", "split", "frames", "shard_id"]
 
@@ -97,8 +95,8 @@ def load_tokenizers(settings: Settings, frame_version: str | None = None, text_v
         chosen[name] = str(version.version)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with tempfile.TemporaryDirectory(prefix="cogflow-tokenizers-") as tmp:
-        text_file = registry.download(registry.TEXT_TOKENIZER, chosen[registry.TEXT_TOKENIZER], "text.model", Path(tmp))
-        weights = registry.download(registry.FRAME_TOKENIZER, chosen[registry.FRAME_TOKENIZER], "frame_tokenizer.pt", Path(tmp))
+        text_file = registry.download(registry.TEXT_TOKENIZER, chosen[registry.TEXT_TOKENIZER], TEXT_TOKENIZER_FILE, Path(tmp))
+        weights = registry.download(registry.FRAME_TOKENIZER, chosen[registry.FRAME_TOKENIZER], FRAME_TOKENIZER_FILE, Path(tmp))
         return Tokenizers(TextTokenizer.load(text_file), frame_tokenizer.load(weights, target),
                           chosen[registry.TEXT_TOKENIZER], chosen[registry.FRAME_TOKENIZER], target)
 

@@ -23,16 +23,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-
 from cogflow.model import generate, train
-from cogflow.model.caption_following import FIELDS, CaptionFollowing, Reading, confusion, presence, read_video_frames, score
+from cogflow.model.caption_following import (
+    FIELDS,
+    CaptionFollowing,
+    Reading,
+    confusion,
+    presence,
+    read_video_frames,
+    score,
+)
 from cogflow.model.generate import ROUNDS, Stage
 from cogflow.model.text_tokenizer import TextTokenizer
 from cogflow.pipeline import lake, sample_data
 from cogflow.pipeline.preview import find_font
 from cogflow.pipeline.settings import Settings
 from cogflow.pipeline.storage import Storage
+from PIL import Image, ImageDraw, ImageFont
 
 
 @dataclass(frozen=True)

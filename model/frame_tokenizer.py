@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from cogflow.pipeline.contract import CLIP_SIZE
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class FrameTokenizerConfig:
     def levels(self) -> int:
         return int(math.log2(self.compression))
 
-    def grid(self, size: int = 160) -> int:
+    def grid(self, size: int = CLIP_SIZE) -> int:
         """Codes per side of a `size` frame."""
         return size // self.compression
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import torch
-from mlflow.pyfunc import PythonModel, PythonModelContext
-
 from cogflow.model import frame_tokenizer
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class FrameTokenizerModel(PythonModel):

@@ -33,21 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-
 from cogflow.model import tracking
 from cogflow.model.encode_clips import Tokenizers, load_tokenizers
-from cogflow.model.layout import FRAMES, Layout, build_inputs, dense_mask, layer_shift, slots
+from cogflow.model.layout import Layout, build_inputs, dense_mask, layer_shift, slots
 from cogflow.model.progress import StepProgress
-from cogflow.model.text_tokenizer import FPS_RATES
 from cogflow.model.transformer import CogVideoTransformer, KVCache, ModelSpec
 from cogflow.model.transformer import load as load_transformer
+from cogflow.pipeline.contract import CLIP_FRAMES, FPS_RATES, INTERPOLATION_ROUNDS, run_model, stage_file
 from cogflow.pipeline.preview import find_font
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import safe_uri
 from cogflow.pipeline.video import encode_video
+from PIL import Image, ImageDraw, ImageFont
 
-ROUNDS = 3  # stage-2 rounds: 5 -> 9 -> 17 -> 33 frames
+ROUNDS = INTERPOLATION_ROUNDS  # stage-2 rounds: 5 -> 9 -> 17 -> 33 frames
 KEYFRAME_FPS = 1.0  # stage 1 samples at 1 fps: 5 key frames over 4 s (CogVideo's "4.0秒")
 SUFFIXES = (".mp4", ".gif")
 OPTIONS = ("temperature", "top_k", "top_p", "guidance", "parallel")  # GenerateConfig's fields, as options
@@ -336,7 +335,7 @@ def interpolate_round(model: CogVideoTransformer, frames: torch.Tensor, text_ids
         raise ValueError(f"interpolation takes an odd number of frames (3 or more), not {t}")
     w = (t - 1) // 2
     windows = frames.to(device).unfold(1, 3, 2).permute(0, 1, 3, 2).reshape(v * w, 3, n)  # (V*W, 3, n)
-    codes = torch.zeros(v * w, FRAMES, n, dtype=torch.long, device=device)
+    codes = torch.zeros(v * w, CLIP_FRAMES, n, dtype=torch.long, device=device)
     codes[:, 0::2] = windows  # given times 0, 2, 4; times 1, 3 are placeholders
     text_ids = text_ids.to(device).repeat_interleave(w, dim=0)  # (V*W, L)
     text_mask = text_mask.to(device).bool().repeat_interleave(w, dim=0)
@@ -351,7 +350,7 @@ def interpolate_round(model: CogVideoTransformer, frames: torch.Tensor, text_ids
     bar = _bar(f"stage 2: round {stream}, {w} windows", len(steps), progress)
     started = time.perf_counter()
     sampled = decode(model, tokens, text_valid, steps, choose, bar)
-    filled = place_codes(lay, sampled, codes).view(v, w, FRAMES, n)
+    filled = place_codes(lay, sampled, codes).view(v, w, CLIP_FRAMES, n)
     # each window contributes its times 0..3; the last frame closes the sequence
     out = torch.cat([filled[:, :, :4].reshape(v, 4 * w, n), frames[:, -1:].to(device)], dim=1).cpu()
     seconds = time.perf_counter() - started
@@ -434,7 +433,7 @@ def sample_for_training(model: CogVideoTransformer, layout: Layout, tokenizers: 
     text_ids = torch.tensor(rows["text_ids"][:1], dtype=torch.long)  # (1, L)
     text_mask = torch.tensor(rows["text_mask"][:1], dtype=torch.bool)
     fps_id = int(rows["fps_token_id"][0])
-    truth = torch.from_numpy(np.frombuffer(rows["frame_codes"][0], "<i2").astype(np.int64)).view(1, FRAMES, n)
+    truth = torch.from_numpy(np.frombuffer(rows["frame_codes"][0], "<i2").astype(np.int64)).view(1, CLIP_FRAMES, n)
     text = tokenizers.text
     was_training = model.training
     model.eval()
@@ -459,7 +458,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _artifact(stage: int) -> str:
-    return f"model/stage{stage}.pt"
+    return run_model(stage_file(stage))
 
 
 def stage_source(settings: Settings, stage: int, ref: str | None) -> tuple[str, str | None]:

@@ -25,28 +25,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from cogflow.pipeline.contract import CLIP_FRAMES, TEXT_SLOTS
 
-FRAMES = 5
 STAGE_SLOT_TIMES = {1: (0, 1, 2, 3, 4), 2: (0, 2, 4, 1, 3)}  # the true time of the frame in each slot
 IGNORE = -100  # the target of a slot that predicts nothing (cross_entropy's ignore_index)
 
 
 @dataclass(frozen=True)
 class Layout:
-    text_len: int = 64  # text slots (the lake's token rows have 64)
+    text_len: int = TEXT_SLOTS  # text slots (the lake's token rows have TEXT_SLOTS; a run may take fewer)
     grid: int = 10  # a frame is grid x grid codes
     stage: int = 1
-    frames: int = FRAMES  # 1: a text-to-image run of the same model (its spatial channel can seed a video model)
+    frames: int = CLIP_FRAMES  # 1: a text-to-image run of the same model (its spatial channel can seed a video model)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_SLOT_TIMES:
             raise ValueError(f"stage must be 1 or 2, not {self.stage}")
-        if self.stage == 2 and self.frames != FRAMES:
+        if self.stage == 2 and self.frames != CLIP_FRAMES:
             raise ValueError("stage 2 interpolates 5-frame windows: frames must be 5")
         if self.text_len < 1:
             raise ValueError(f"text_len must be at least 1, not {self.text_len}")
-        if not 1 <= self.frames <= FRAMES:
-            raise ValueError(f"frames must be 1..{FRAMES}, not {self.frames}")
+        if not 1 <= self.frames <= CLIP_FRAMES:
+            raise ValueError(f"frames must be 1..{CLIP_FRAMES}, not {self.frames}")
 
     @property
     def frame_len(self) -> int:

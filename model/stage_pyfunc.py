@@ -13,10 +13,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.pyfunc import PythonModel, PythonModelContext
-
 from cogflow.model import generate
 from cogflow.model.text_tokenizer import TextTokenizer
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class StageModel(PythonModel):

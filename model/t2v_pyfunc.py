@@ -20,11 +20,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.pyfunc import PythonModel, PythonModelContext
-
 from cogflow.model import frame_tokenizer, generate
 from cogflow.model.encode_clips import Tokenizers
 from cogflow.model.text_tokenizer import TextTokenizer
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class TextToVideoModel(PythonModel):

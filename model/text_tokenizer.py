@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+from cogflow.pipeline.contract import FPS_RATES, FPS_TOKENS
 from sentencepiece import sentencepiece_model_pb2
 
-FPS_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 PAD, UNK, BOI, NEWLINE = "<pad>", "<unk>", "<boi>", "<n>"
-FPS_TOKENS = tuple(f"<fps_{fps:g}>" for fps in FPS_RATES)
 USER_PIECES = (BOI, NEWLINE, *FPS_TOKENS)  # ids 2.. in this order, right after <pad> and <unk>
 
 # Han ideographs: 々〆〇, extension A, the unified block, compatibility ideographs, and planes 2 and 3 (extensions B

@@ -7,9 +7,8 @@ artifacts. Loading `models:/cogflow-text-tokenizer/<version>` needs only cogflow
 from __future__ import annotations
 
 import mlflow
-from mlflow.pyfunc import PythonModel, PythonModelContext
-
 from cogflow.model.text_tokenizer import TextTokenizer
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class TextTokenizerModel(PythonModel):

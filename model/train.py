@@ -36,22 +36,28 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
 from cogflow.model import config as configs
 from cogflow.model import distributed, generate, registry, tracking
 from cogflow.model import transformer as transformers
 from cogflow.model.encode_clips import Tokenizers, load_tokenizers
 from cogflow.model.generate import GenerateConfig
-from cogflow.model.layout import FRAMES, Layout, build_inputs
+from cogflow.model.layout import Layout, build_inputs
 from cogflow.model.progress import StepProgress
-from cogflow.model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
-                            short_hash)
+from cogflow.model.training import (
+    StopSignal,
+    checkpoint_store,
+    learning_rate,
+    load_checkpoint,
+    run_entry_point,
+    save_checkpoint,
+)
 from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import CLIP_FRAMES, RUN_MODEL_DIR, TEXT_SLOTS, TEXT_TO_IMAGE_FILE, naming_hash, run_model, stage_file
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage, safe_uri
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 KIND = "cogvideo"  # configs in model/configs/cogvideo/
 
@@ -85,12 +91,12 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample videos logged to MLflow (0: only at the end)
     loader_workers: int = 0  # data-loader processes per training process
     seed: int = 0
-    frames: int = FRAMES  # 1: a text-to-image run whose spatial channel a video model can start from
+    frames: int = CLIP_FRAMES  # 1: a text-to-image run whose spatial channel a video model can start from
     # Text slots of a sample (captions are left-padded to it; a longer one keeps its beginning). CogVideo's 64 is the
     # lake's row width (TEXT_SLOTS); a run of shorter captions may take fewer: each slot is attended to by every
     # code of the sample, so the sample world's captions (at most 22 pieces) waste a tenth of a video sample's
     # attention, and two fifths of a text-to-image one's, on 64. The model records it in its layout.
-    text_len: int = Layout.text_len
+    text_len: int = TEXT_SLOTS
     spatial_from: str = ""  # a text-to-image run id or .pt file: load its spatial channel
     freeze_spatial: bool = True  # ... and keep it fixed, as CogVideo kept CogView2
     # Stage 1 starts from the spatial channel of a text-to-image run of this many steps (on single frames of the same
@@ -139,8 +145,8 @@ class TrainResult:
 
 
 def kind(stage: int, frames: int) -> str:
-    """The MLflow run kind: stage1, stage2, or t2i for a 1-frame run."""
-    return "t2i" if frames == 1 else f"stage{stage}"
+    """The MLflow run kind: stage1, stage2, or t2i for a 1-frame run (its model file is <kind>.pt)."""
+    return TEXT_TO_IMAGE_FILE.removesuffix(".pt") if frames == 1 else stage_file(stage).removesuffix(".pt")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,7 +172,7 @@ def to_batch(rows: dict[str, list], layout: Layout) -> dict[str, torch.Tensor]:
     """Token rows (columns of COLUMNS as lists) -> tensors: text_ids, text_mask (B, layout.text_len), fps (B,), codes
     (B, 5, g*g); and the clip ids, to tell which rows a batch holds."""
     grid = layout.grid
-    codes = np.frombuffer(b"".join(rows["frame_codes"]), "<i2").reshape(len(rows["frame_codes"]), FRAMES, grid * grid)
+    codes = np.frombuffer(b"".join(rows["frame_codes"]), "<i2").reshape(len(rows["frame_codes"]), CLIP_FRAMES, grid * grid)
     text_ids, text_mask = fit_text(torch.tensor(rows["text_ids"], dtype=torch.long),
                                    torch.tensor(rows["text_mask"], dtype=torch.bool), layout.text_len)
     return {"text_ids": text_ids, "text_mask": text_mask, "fps": torch.tensor(rows["fps_token_id"], dtype=torch.long),
@@ -374,13 +380,13 @@ def token_inputs(settings: Settings, stage: int, frame_version: str | None) -> t
 
 def resolve_spatial(settings: Settings, ref: str, dest: Path) -> Path:
     """A text-to-image model file: a local .pt, or the model of a t2i run (its id, `runs:/<id>[/path]`, `models:/...`)."""
-    source, _ = generate.model_source(ref, "model/t2i.pt", "train.spatial_from")
+    source, _ = generate.model_source(ref, run_model(TEXT_TO_IMAGE_FILE), "train.spatial_from")
     return generate.fetch_model(settings, source, dest)
 
 
 def load_init(settings: Settings, ref: str, model: CogVideoTransformer) -> None:
     """Start `model` from the weights of the stage model `ref` (train.init_from); its shapes must be the same."""
-    source, _ = generate.model_source(ref, "model/stage1.pt", "train.init_from")
+    source, _ = generate.model_source(ref, run_model(stage_file(1)), "train.init_from")
     with tempfile.TemporaryDirectory(prefix="cogflow-init-") as tmp:
         saved = torch.load(generate.fetch_model(settings, source, Path(tmp)), map_location="cpu", weights_only=False)
     own = model.state_dict()
@@ -420,8 +426,8 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
                      stage_cfg.window, stage_cfg.shift, frames_config.fsq_levels if frames_config.quantizer == "fsq" else ())
     boi = tokenizers.text.boi_id
     name = kind(stage, cfg.frames)
-    data_hash = short_hash([parts, frame_version, text_version])
-    config_hash = short_hash({**configs.as_dict(run), "stage": stage, "world_size": env.world})
+    data_hash = naming_hash([parts, frame_version, text_version])
+    config_hash = naming_hash({**configs.as_dict(run), "stage": stage, "world_size": env.world})
     tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash, "cogflow.stage": str(stage),
             "cogflow.frame_tokenizer_version": frame_version, "cogflow.text_tokenizer_version": text_version}
 
@@ -460,7 +466,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    ckpt_store, ckpt_rel = checkpoint_store(settings), f"{name}/{short_hash([data_hash, config_hash])}/checkpoint.pt"
+    ckpt_store, ckpt_rel = checkpoint_store(settings), f"{name}/{naming_hash([data_hash, config_hash])}/checkpoint.pt"
     state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
     if resume and state is None:
         raise ValueError(f"--resume: no checkpoint of this training at {safe_uri(ckpt_store.root)}/{ckpt_rel}")
@@ -562,7 +568,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
             final.load_state_dict(model_state)
             transformers.save(final, str(out), {"stage": stage, "text_tokenizer_version": text_version,
                                                 "frame_tokenizer_version": frame_version, "run_config": configs.as_dict(run)})
-            tracking.log_artifact(out, "model")
+            tracking.log_artifact(out, RUN_MODEL_DIR)
             tracking.set_tags({"cogflow.complete": "true", "cogflow.val_bits_per_token": f"{bits:.6g}",
                                "cogflow.eval_split": eval_split, "cogflow.parameters": str(parameters)})
         distributed.barrier()

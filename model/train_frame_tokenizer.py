@@ -28,20 +28,33 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
 from cogflow.model import config as configs
 from cogflow.model import distributed, registry, tracking
 from cogflow.model.clip_frames import ClipFrames, reader_slot, sample_frames
-from cogflow.model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr, save, training_loss
+from cogflow.model.frame_tokenizer import (
+    FrameTokenizer,
+    FrameTokenizerConfig,
+    codebook_usage,
+    psnr,
+    save,
+    training_loss,
+)
 from cogflow.model.progress import StepProgress
-from cogflow.model.training import (StopSignal, checkpoint_store, learning_rate, load_checkpoint, run_entry_point, save_checkpoint,
-                            short_hash)
+from cogflow.model.training import (
+    StopSignal,
+    checkpoint_store,
+    learning_rate,
+    load_checkpoint,
+    run_entry_point,
+    save_checkpoint,
+)
 from cogflow.pipeline import lake
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from cogflow.pipeline.contract import CLIP_SIZE, FRAME_TOKENIZER_FILE, naming_hash
 
 KIND = "frame_tokenizer"  # configs in model/configs/frame_tokenizer/
 
@@ -75,8 +88,8 @@ class FrameTokenizerRun:
 
     def __post_init__(self) -> None:
         crop, c = self.train.crop, self.model.compression
-        if crop % c or not 0 < crop <= 160:
-            raise ValueError(f"train.crop must be a multiple of the compression ({c}) up to 160, not {crop}")
+        if crop % c or not 0 < crop <= CLIP_SIZE:
+            raise ValueError(f"train.crop must be a multiple of the compression ({c}) up to {CLIP_SIZE}, not {crop}")
 
 
 def load_config(name: str = "demo", overrides: list[str] | tuple[str, ...] = ()) -> FrameTokenizerRun:
@@ -117,7 +130,7 @@ class TrainCrops(IterableDataset):
         skip = len(range(worker, self.skip_steps, workers))  # batches this worker made before the checkpoint
         slot, _ = reader_slot()
         rng = random.Random(f"crops {cfg.seed} {slot}")
-        offsets = range(0, 160 - cfg.crop + 1, self.align)
+        offsets = range(0, CLIP_SIZE - cfg.crop + 1, self.align)
         frames = ClipFrames(self.lake_uri, "train", shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, repeat=True)
         batch: list[torch.Tensor] = []
         made = 0
@@ -188,8 +201,8 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
     parts = lake.clip_parts(store)
     if not parts or _train_frames(store) < run.train.batch_size * env.world:
         raise ValueError(f"the lake at {settings.lake} has too few train clips for a batch: run `cogflow split` first")
-    data_hash = short_hash(parts)
-    config_hash = short_hash({**configs.as_dict(run), "world_size": env.world})
+    data_hash = naming_hash(parts)
+    config_hash = naming_hash({**configs.as_dict(run), "world_size": env.world})
     tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash}
 
     # Already registered? Rank 0 asks MLflow; everyone follows.
@@ -209,7 +222,7 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
     # The model, the optimizer, and where a killed run of the same training left off.
     model = FrameTokenizer(run.model).to(env.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
-    ckpt_store, ckpt_rel = checkpoint_store(settings), f"frame-tokenizer/{short_hash([data_hash, config_hash])}/checkpoint.pt"
+    ckpt_store, ckpt_rel = checkpoint_store(settings), f"frame-tokenizer/{naming_hash([data_hash, config_hash])}/checkpoint.pt"
     state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
     step, run_id = 0, None
     if state is not None:
@@ -297,7 +310,7 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
             tags.update({"cogflow.thumbnail_psnr": f"{thumbnail_psnr:.6g}", "cogflow.eval_split": eval_split})
             comparison_grid(eval_frames, rec, baseline, Path(tmp) / "before_after.png")
             tracking.log_artifact(Path(tmp) / "before_after.png")
-            weights = save(model, Path(tmp) / "frame_tokenizer.pt")
+            weights = save(model, Path(tmp) / FRAME_TOKENIZER_FILE)
             version = str(registry.register_frame_tokenizer(weights, tags, eval_frames[:1].numpy()).version)
         version = distributed.from_main(version)
     return FrameTokenizerResult(version, run_id, True, step, eval_split, metrics["psnr"], thumbnail_psnr,

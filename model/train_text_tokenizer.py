@@ -8,7 +8,6 @@ A training that the registry already holds (same captions, same config) is skipp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -16,14 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
 from cogflow.model import registry, tracking
 from cogflow.model.text_tokenizer import TextTokenizer
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import TEXT_SLOTS, TEXT_TOKENIZER_FILE, naming_hash
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage
-
-TEXT_SLOTS = 64  # text positions per sample, as in CogVideo
 
 
 @dataclass(frozen=True)
@@ -44,10 +41,6 @@ class TextTokenizerResult:
     vocab_size: int
     captions: int
     note: str
-
-
-def _hash(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def _byte_share(tokenizer: TextTokenizer, ids: list[list[int]]) -> float:
@@ -81,8 +74,8 @@ def train_text_tokenizer(settings: Settings, config: TextTokenizerConfig = TextT
     val = [c for c in captions if c["split"] == "val"]
     if not train:
         raise ValueError(f"the lake at {settings.lake} has no train captions: ingest a manifest first")
-    data_hash = _hash([c["caption_id"] for c in train])
-    config_hash = _hash(asdict(config))
+    data_hash = naming_hash([c["caption_id"] for c in train])
+    config_hash = naming_hash(asdict(config))
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     known = registry.find_version(registry.TEXT_TOKENIZER, data_hash, config_hash)
     if known is not None:
@@ -102,7 +95,7 @@ def train_text_tokenizer(settings: Settings, config: TextTokenizerConfig = TextT
         examples = [c["caption"] for c in (val or train)[:8]]
         pieces = [[tokenizer.sp.id_to_piece(i) for i in tokenizer.encode(t)] for t in examples]
         tracking.log_text("\n".join(f"{t}\n  {p}" for t, p in zip(examples, pieces)), "examples.txt")
-        model_file = tokenizer.save(Path(tmp) / "text.model")
+        model_file = tokenizer.save(Path(tmp) / TEXT_TOKENIZER_FILE)
         version = registry.register_text_tokenizer(model_file, tags, examples[:2])
         run_id = active.info.run_id
     return TextTokenizerResult(str(version.version), run_id, True, tokenizer.vocab_size, len(train), report.note)

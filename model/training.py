@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-
 from cogflow.pipeline.settings import Settings
 from cogflow.pipeline.storage import Storage
 
@@ -39,11 +37,6 @@ def learning_rate(step: int, train: Schedule) -> float:
     progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
     floor = train.lr * train.min_lr_ratio
     return floor + (train.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def short_hash(value: object) -> str:
-    """16 hex digits naming `value` (JSON-able): the data, the config, a checkpoint's folder."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def checkpoint_store(settings: Settings) -> Storage:

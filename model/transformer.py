@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.checkpoint import checkpoint
-
 from cogflow.model import layout as layouts
 from cogflow.model.layout import IGNORE, Layout
+from cogflow.pipeline.contract import CLIP_FRAMES
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class CogVideoTransformer(nn.Module):
             self.level_embed = nn.Embedding(int(levels.sum()), c.hidden)
         self.text_position = nn.Embedding(lay.text_slots, c.hidden)
         self.row_position, self.col_position = nn.Embedding(lay.grid, c.hidden), nn.Embedding(lay.grid, c.hidden)
-        self.time_position = nn.Embedding(layouts.FRAMES, c.hidden)
+        self.time_position = nn.Embedding(CLIP_FRAMES, c.hidden)
         if c.rope:
             self.register_buffer("rope_angles", rotary_angles(spec), persistent=False)  # (S, d/2)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))

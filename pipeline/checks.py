@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 import duckdb
-
 from cogflow.pipeline import db, lake
+from cogflow.pipeline.contract import SQL_PARAMS
 from cogflow.pipeline.storage import Storage
 
 # The columns the checks read, per table.
@@ -44,7 +44,7 @@ def run_checks(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Run every query in sql/checks/ against the registered tables; raise if any returns rows."""
     failures, names = [], db.check_names()
     for name in names:
-        result = db.run(con, name)
+        result = db.run(con, name, **SQL_PARAMS)
         columns = [d[0] for d in result.description]
         rows = result.fetchall()
         if rows:

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from cogflow.pipeline.video import CLIP_SIZE, DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
+from cogflow.pipeline.contract import CLIP_SIZE
+from cogflow.pipeline.video import (
+    DecodeStats,
+    WindowFailed,
+    WindowFrames,
+    file_sha256,
+    sample_windows,
+)
 
 HEADER = struct.Struct(">Q")
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)

@@ -24,13 +24,19 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from cogflow.pipeline import checks, db, lake
 from cogflow.pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
 from cogflow.pipeline.manifest import json_key, load_manifest, local_path
-from cogflow.pipeline.settings import Limits, Settings
-from cogflow.pipeline.storage import FetchError, Storage, download_policy, fetch, is_remote, safe_uri
 from cogflow.pipeline.prober import probe_bounded
+from cogflow.pipeline.settings import Limits, Settings
+from cogflow.pipeline.storage import (
+    FetchError,
+    Storage,
+    download_policy,
+    fetch,
+    is_remote,
+    safe_uri,
+)
 from cogflow.pipeline.video import ProbeError, ProbeResult
 
 # Reasons that lie in a source's bytes: remembered, so the source is not probed again on every run.

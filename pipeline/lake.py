@@ -17,15 +17,15 @@ import fcntl
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from cogflow.pipeline import lease as lease_module
+from cogflow.pipeline.contract import CLIP_STAGES
 from cogflow.pipeline.lease import WRITER_LEASE, S3Lease
 from cogflow.pipeline.storage import S3Storage, Storage
 
@@ -371,7 +371,6 @@ def try_shard_lock(store: Storage, shard_id: str) -> Iterator[bool]:
         yield held
 
 
-CLIP_STAGES = (1, 2)
 
 
 def finished_shards(store: Storage) -> set[str]:

@@ -34,7 +34,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import botocore.exceptions
-
 from cogflow.pipeline.storage import S3Storage, safe_uri
 
 log = logging.getLogger(__name__)

@@ -26,13 +26,25 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from cogflow.pipeline import db
 from cogflow.pipeline.settings import Limits
 from cogflow.pipeline.storage import (
-    FetchError, Storage, fetch, http_exists, is_remote, s3_uri_problem, safe_uri, source_key, split_s3,
+    FetchError,
+    Storage,
+    fetch,
+    http_exists,
+    is_remote,
+    s3_uri_problem,
+    safe_uri,
+    source_key,
+    split_s3,
 )
-from cogflow.pipeline.subtitles import SUBTITLE_SUFFIXES, Cue, SubtitleError, parse_subtitles
+from cogflow.pipeline.subtitles import (
+    SUBTITLE_SUFFIXES,
+    Cue,
+    SubtitleError,
+    parse_subtitles,
+)
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 FORMATS.update({suffix: "subtitles" for suffix in SUBTITLE_SUFFIXES})

@@ -18,11 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageFont
-
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE
 from cogflow.pipeline.storage import Storage
-from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE
+from PIL import Image, ImageDraw, ImageFont
 
 GAP = 4
 MARGIN = 8

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from cogflow.pipeline import checks, lake
 from cogflow.pipeline.split import shard_paths
 from cogflow.pipeline.storage import TMP_MARK, Storage, safe_uri

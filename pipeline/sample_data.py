@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
+from cogflow.pipeline.contract import CLIP_SIZE
 from cogflow.pipeline.video import encode_video
 
 # name -> (RGB, Chinese, English). Saturated colours, far apart, so a colour mask finds the shape after encoding.
@@ -154,7 +154,7 @@ def held_out_specs(count: int, exclude: set[str], seed: int = 0) -> list[VideoSp
     for i in order:
         colour, shape, motion, background, language = combos[i]
         spec = VideoSpec(name=f"held_out_{len(specs):04d}", shape=shape, colour=colour, motion=motion,
-                         background=background, fps=24, width=160, height=160, duration_s=4.0, fmt="mp4",
+                         background=background, fps=24, width=CLIP_SIZE, height=CLIP_SIZE, duration_s=4.0, fmt="mp4",
                          language=language, caption="")
         spec = replace(spec, caption=caption_for(spec))
         if spec.caption not in exclude:

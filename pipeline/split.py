@@ -31,24 +31,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
 from cogflow.pipeline import checks, db, lake
 from cogflow.pipeline.children import ChildProcesses
+from cogflow.pipeline.contract import (
+    CLIP_FRAMES,
+    CLIP_STAGES,
+    SQL_PARAMS,
+    fps_token,
+)
 from cogflow.pipeline.decoder import DecodeJob, Decoder
 from cogflow.pipeline.settings import Limits, Settings
 from cogflow.pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
-from cogflow.pipeline.video import CLIP_FRAMES, DecodeStats, WindowFailed, WindowFrames
+from cogflow.pipeline.video import WindowFailed, WindowFrames
 
-RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # frames per second a clip may be sampled at, each with its token
-STAGE2_RATES = (2.0, 4.0, 8.0)  # the rates of the three interpolation rounds
-STAGES = lake.CLIP_STAGES
+STAGES = CLIP_STAGES
 EST_CLIP_BYTES = 250_000  # one clip of real footage once compressed (384,000 raw bytes), for sizing shards
 ROW_GROUP_CLIPS = 32  # clips per Parquet row group: about 12 MB of frames in memory per stage
-
-
-def fps_token(fps: float) -> str:
-    """The text token of a frame rate: 0.25 -> '<fps_0.25>', 1.0 -> '<fps_1>' (as the SQL writes it)."""
-    return f"<fps_{fps:g}>"
 
 
 def frame_instants(start_s: float, fps: float) -> list[float]:
@@ -99,8 +97,7 @@ def _plan_params(settings: Settings, stages: tuple[int, ...]) -> dict[str, objec
     opts = settings.split
     return {
         "stages": list(stages),
-        "rates": list(RATES),
-        "stage2_rates": list(STAGE2_RATES),
+        **SQL_PARAMS,
         "stage1_windows": opts.stage1_windows,
         "stage2_windows": opts.stage2_windows,
         "window_step": opts.window_step,

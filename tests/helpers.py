@@ -55,7 +55,6 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
     """
     import av
     import numpy as np
-
     from cogflow.pipeline.video import encode_audio_only, encode_video
 
     good = copy_sample(sample_dir, folder)
@@ -151,7 +150,10 @@ def tokenized_home(root: Path, sample_dir: Path, vocab_size: int = 400, encode: 
     clip encoded into token shards too. Returns the home."""
     from cogflow.model.encode_clips import encode_clips
     from cogflow.model.train_frame_tokenizer import load_config, train_frame_tokenizer
-    from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+    from cogflow.model.train_text_tokenizer import (
+        TextTokenizerConfig,
+        train_text_tokenizer,
+    )
     from cogflow.pipeline.ingest import ingest
     from cogflow.pipeline.split import split
 

@@ -1,7 +1,8 @@
--- Frame rates come from the fixed set, stage 2 only at the interpolation rates, each with its own token.
+-- Frame rates come from the fixed set ($rates), stage 2 only at the interpolation rates ($stage2_rates), each with
+-- its own token ($fps_tokens[i] is the token of $rates[i]); the values are cogflow.pipeline.contract's.
 SELECT clip_id, stage, fps, fps_token
 FROM clips
-WHERE fps NOT IN (0.25, 0.5, 1, 2, 4, 8)
-   OR (stage = 2 AND fps NOT IN (2, 4, 8))
-   OR stage NOT IN (1, 2)
-   OR fps_token <> '<fps_' || printf('%g', fps) || '>'
+WHERE NOT list_contains($rates, fps)
+   OR (stage = 2 AND NOT list_contains($stage2_rates, fps))
+   OR NOT list_contains($clip_stages, stage)
+   OR fps_token IS DISTINCT FROM $fps_tokens[list_position($rates, fps)]

@@ -60,7 +60,7 @@ windows AS (
 SELECT
     left(sha256(caption_id || '|' || stage || '|' || printf('%g', fps) || '|' || printf('%.3f', start_s)), 16) AS clip_id,
     stage::TINYINT AS stage, video_id, caption_id, caption, language, split, fps,
-    '<fps_' || printf('%g', fps) || '>' AS fps_token, start_s, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail
+    $fps_tokens[list_position($rates, fps)] AS fps_token, start_s, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail
 FROM windows
 
 UNION ALL

@@ -31,14 +31,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
 from cogflow.model.generate import (  # noqa: E402
     GenerateConfig,
     generate_keyframes,
-    guided as guided_logits,
     interpolate,
     interpolate_round,
     sample_codes,
+)
+from cogflow.model.generate import (
+    guided as guided_logits,
 )
 from cogflow.model.layout import Layout, build_inputs, slots  # noqa: E402
 from cogflow.model.text_tokenizer import TextTokenizer  # noqa: E402

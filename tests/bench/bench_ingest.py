@@ -39,9 +39,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
-
-from cogflow.pipeline import db, ingest as ingest_mod, lake  # noqa: E402
-from cogflow.pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, generate_sample_data, plan_videos  # noqa: E402
+from cogflow.pipeline import db, lake  # noqa: E402
+from cogflow.pipeline import ingest as ingest_mod
+from cogflow.pipeline.sample_data import (  # noqa: E402
+    BACKGROUNDS,
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    generate_sample_data,
+    plan_videos,
+)
 from cogflow.pipeline.settings import load_settings  # noqa: E402
 from cogflow.pipeline.storage import Storage  # noqa: E402
 

@@ -25,13 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
+from bench_stage1 import append_row, shares, table_cells  # noqa: E402  (this folder: the same read-back table)
 from cogflow.model import generate  # noqa: E402
 from cogflow.model.caption_following import read_video  # noqa: E402
 from cogflow.model.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
 from cogflow.model.evaluate import batch_seed  # noqa: E402
 from cogflow.pipeline.settings import load_settings  # noqa: E402
-from bench_stage1 import append_row, shares, table_cells  # noqa: E402  (this folder: the same read-back table)
 
 
 def hold(keys: torch.Tensor) -> torch.Tensor:

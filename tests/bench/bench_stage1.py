@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from cogflow.model import generate  # noqa: E402
 from cogflow.model.caption_following import FIELDS, read_video  # noqa: E402
 from cogflow.model.diagnose import VALUES, diagnosis_prompts, to_pixels, wilson  # noqa: E402

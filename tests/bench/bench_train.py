@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
 from cogflow.model import transformer  # noqa: E402
 from cogflow.model.layout import Layout, build_inputs  # noqa: E402
 from cogflow.model.train import load_config, matmul_peak, memory_gb, optimizer_step  # noqa: E402

@@ -12,14 +12,13 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
-from prefect.exceptions import ParameterTypeError
-
 from cogflow.flows.cli import main
 from cogflow.flows.data_to_model import data_to_model_flow
 from cogflow.model import registry, tracking
 from cogflow.pipeline import video
 from cogflow.pipeline.settings import load_settings
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
+from prefect.exceptions import ParameterTypeError
 
 TINY = ["--config", "debug", "--tokenizer-config", "debug", "--vocab-size", "400", "--prompts", "3"]
 # The champion trains longer than the debug config's 8 steps, so that a 2-step stage is clearly worse on val.

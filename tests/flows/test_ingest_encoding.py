@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-from helpers import copy_sample
-
 from cogflow.flows.cli import main
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
+from helpers import copy_sample
 
 CAPTIONS = ["一只红色的圆在黑色背景上向右移动", "绿色三角形，缓慢旋转"]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from helpers import copy_sample, make_bad_corpus, write_csv
-from prefect.client.orchestration import get_client
-
 from cogflow.flows.cli import main
 from cogflow.flows.ingest import run_ingest
 from cogflow.pipeline.settings import load_settings
+from helpers import copy_sample, make_bad_corpus, write_csv
+from prefect.client.orchestration import get_client
 
 
 def _artifact(key: str):

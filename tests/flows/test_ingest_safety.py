@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_sample, trickle, write_csv
-from prefect.client.orchestration import get_client
-
 from cogflow.flows.ingest import run_ingest
 from cogflow.pipeline.settings import load_settings
+from helpers import copy_sample, trickle, write_csv
+from prefect.client.orchestration import get_client
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-0d1e5e7c"  # noqa: S105  (planted, to be looked for everywhere after the run)

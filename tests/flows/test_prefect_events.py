@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timezone
 
+from cogflow.flows.cli import main
 from helpers import copy_sample, write_csv
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -17,8 +18,6 @@ from prefect.client.schemas.filters import (
     TaskRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
-
-from cogflow.flows.cli import main
 
 
 def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sample_dir, capsys):

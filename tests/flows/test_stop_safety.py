@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import trickle, write_csv
-
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
 from cogflow.pipeline.storage import Storage
+from helpers import trickle, write_csv
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
-
 from cogflow.flows.cli import main
 from cogflow.model import registry
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
 
 
 def test_cli_tokenize_text_registers_once(tmp_path, capsys, monkeypatch, sample_dir):

@@ -4,12 +4,11 @@ to train on."""
 
 from __future__ import annotations
 
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
-
 from cogflow.flows.cli import main
 from cogflow.model import tracking
 from cogflow.pipeline import video
 from cogflow.pipeline.settings import load_settings
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 
 
 def test_train_both_stages_then_generate(tmp_path, capsys, monkeypatch, sample_dir):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
-
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import load_settings
 from cogflow.pipeline.split import split
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 
 
 @pytest.fixture(scope="session")

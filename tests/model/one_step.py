@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 
 import torch
-
 from cogflow.model import distributed
 from cogflow.model.layout import Layout, build_inputs
 from cogflow.model.train import full_state, optimizer_step

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
-
 from cogflow.model.caption_following import (
     FIELDS,
     CaptionFollowing,
@@ -23,13 +21,21 @@ from cogflow.model.caption_following import (
     confusion,
     largest_component,
     presence,
-    read_video_frames,
     read_frame,
     read_video,
+    read_video_frames,
     score,
 )
-from cogflow.pipeline.sample_data import COLOURS, MOTIONS, SHAPES, VideoSpec, generate_sample_data, render_frame
+from cogflow.pipeline.sample_data import (
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    VideoSpec,
+    generate_sample_data,
+    render_frame,
+)
 from cogflow.pipeline.video import CLIP_SIZE, WindowFrames, sample_windows
+from PIL import Image, ImageFilter
 
 VIDEOS = 30  # 5 of each motion, 7-8 of each shape: every value is read more than once
 COUNTS = (5, 33)  # stage-1 key frames, and a whole generated video

@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import copy_sample, lake_settings, write_csv
-from mlflow.tracking import MlflowClient
-
 from cogflow.flows.cli import main
 from cogflow.model import tracking
 from cogflow.model import transformer as transformers
@@ -31,6 +28,8 @@ from cogflow.model.diagnose import (
 from cogflow.model.layout import Layout
 from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from cogflow.pipeline.sample_data import VideoSpec, render_frame
+from helpers import copy_sample, lake_settings, write_csv
+from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,7 +142,10 @@ def pair_home(tmp_path_factory, sample_dir) -> tuple[Path, dict[int, str]]:
     from cogflow.model.train import load_config
     from cogflow.model.train_frame_tokenizer import load_config as tokenizer_config
     from cogflow.model.train_frame_tokenizer import train_frame_tokenizer
-    from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+    from cogflow.model.train_text_tokenizer import (
+        TextTokenizerConfig,
+        train_text_tokenizer,
+    )
     from cogflow.pipeline.ingest import ingest
     from cogflow.pipeline.split import split
 

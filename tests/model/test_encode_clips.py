@@ -16,8 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import lake_settings, tokenized_home
-
 from cogflow.model import registry
 from cogflow.model.encode_clips import encode_clips, load_tokenizers
 from cogflow.model.text_tokenizer import TextTokenizer
@@ -28,6 +26,7 @@ from cogflow.pipeline.sample_data import generate_sample_data
 from cogflow.pipeline.settings import load_settings
 from cogflow.pipeline.split import split
 from cogflow.pipeline.storage import Storage
+from helpers import lake_settings, tokenized_home
 
 ROOT = Path(__file__).resolve().parents[2]
 

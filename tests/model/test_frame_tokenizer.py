@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from cogflow.model.frame_tokenizer import FrameTokenizer, FrameTokenizerConfig, codebook_usage, psnr
+from cogflow.model.frame_tokenizer import (
+    FrameTokenizer,
+    FrameTokenizerConfig,
+    codebook_usage,
+    psnr,
+)
 
 TINY = FrameTokenizerConfig(compression=16, channels=8, res_blocks=1, codebook_size=64, code_dim=16)
 

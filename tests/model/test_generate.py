@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import lake_settings, tokenized_home
-from PIL import Image
-
 from cogflow.model import generate, tracking
 from cogflow.model import transformer as transformers
 from cogflow.model.encode_clips import load_tokenizers
@@ -30,9 +27,23 @@ from cogflow.model.generate import (
     schedule,
     sequential_schedule,
 )
-from cogflow.model.layout import IGNORE, Layout, build_inputs, dense_mask, layer_shift, slots
-from cogflow.model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig
+from cogflow.model.layout import (
+    IGNORE,
+    Layout,
+    build_inputs,
+    dense_mask,
+    layer_shift,
+    slots,
+)
+from cogflow.model.transformer import (
+    CogVideoTransformer,
+    KVCache,
+    ModelSpec,
+    TransformerConfig,
+)
 from cogflow.pipeline.video import probe
+from helpers import lake_settings, tokenized_home
+from PIL import Image
 
 PROMPT = "一个下午在海滩上奔跑的女人"
 TINY = TransformerConfig(layers=2, hidden=32, heads=2)

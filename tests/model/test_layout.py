@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cogflow.model import layout as L
 from cogflow.model.layout import IGNORE, Layout, build_inputs, dense_mask, slots
 

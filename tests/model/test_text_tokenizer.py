@@ -8,10 +8,15 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from sentencepiece import sentencepiece_model_pb2
-
-from cogflow.model.text_tokenizer import FPS_RATES, FPS_TOKENS, WORDS_DELIMITER, TextTokenizer, segments
+from cogflow.model.text_tokenizer import (
+    FPS_RATES,
+    FPS_TOKENS,
+    WORDS_DELIMITER,
+    TextTokenizer,
+    segments,
+)
 from cogflow.pipeline.sample_data import caption_for, plan_videos
+from sentencepiece import sentencepiece_model_pb2
 
 CAPTIONS = [caption_for(spec) for spec in plan_videos(120, seed=5)] + [
     "一个下午在海滩上奔跑的女人",

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import lake_settings, tokenized_home, upload_tree
-from mlflow.tracking import MlflowClient
-
 from cogflow.model import tracking
 from cogflow.model.layout import Layout
 from cogflow.model.train import TokenStream, fit_text, load_config, train_stage
 from cogflow.model.transformer import load as load_model
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
+from helpers import lake_settings, tokenized_home, upload_tree
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,10 +14,13 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
 from cogflow.model import frame_tokenizer, registry
 from cogflow.model.config import ConfigError, named
-from cogflow.model.train_frame_tokenizer import FrameTokenizerRun, load_config, train_frame_tokenizer
+from cogflow.model.train_frame_tokenizer import (
+    FrameTokenizerRun,
+    load_config,
+    train_frame_tokenizer,
+)
 from cogflow.model.training import checkpoint_store, learning_rate
 from cogflow.pipeline.settings import load_settings
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import mlflow
-from helpers import copy_sample, write_csv
-
 from cogflow.model import registry
 from cogflow.model.text_tokenizer import TextTokenizer
 from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import load_settings
+from helpers import copy_sample, write_csv
 
 
 def test_trained_on_the_lake_registered_skipped_when_known_and_loadable(tmp_path, sample_dir, monkeypatch):

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cogflow.model.layout import Layout, build_inputs
-from cogflow.model.transformer import CogVideoTransformer, KVCache, ModelSpec, TransformerConfig, rotary_angles, rotate
+from cogflow.model.transformer import (
+    CogVideoTransformer,
+    KVCache,
+    ModelSpec,
+    TransformerConfig,
+    rotary_angles,
+    rotate,
+)
 
 K, V = 40, 30  # frame codes, text pieces
 
@@ -105,7 +111,6 @@ def test_mixing_starts_even_and_text_uses_the_spatial_channel_alone() -> None:
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_attention_block_masks_match_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.nn.attention.flex_attention as fa
-
     from cogflow.model import transformer
 
     # eager FlexAttention on the CPU (slow but exact); the compiled kernel is for CUDA

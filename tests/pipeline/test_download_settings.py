@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from cogflow.pipeline.settings import SettingError, read_settings
 from cogflow.pipeline.storage import FetchError, download_policy, fetch
 

@@ -17,14 +17,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import copy_sample, write_csv
-
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.manifest import resolve_source
 from cogflow.pipeline.settings import Limits, load_settings
 from cogflow.pipeline.split import _local_source
-from cogflow.pipeline.storage import FetchError, Storage, fetch, http_exists, safe_uri, source_key, stop_downloads_on_error
+from cogflow.pipeline.storage import (
+    FetchError,
+    Storage,
+    fetch,
+    http_exists,
+    safe_uri,
+    source_key,
+    stop_downloads_on_error,
+)
+from helpers import copy_sample, write_csv
 
 PAYLOAD = bytes(range(256)) * 16  # 4 KiB
 

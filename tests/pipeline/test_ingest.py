@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_sample, make_bad_corpus, upload_tree, write_csv
-
 from cogflow.pipeline import lake
-from cogflow.pipeline.ingest import DataCheckError, finish_ingest, ingest, plan_ingest, probe_source
+from cogflow.pipeline.ingest import (
+    DataCheckError,
+    finish_ingest,
+    ingest,
+    plan_ingest,
+    probe_source,
+)
 from cogflow.pipeline.settings import load_settings
 from cogflow.pipeline.storage import Storage
+from helpers import copy_sample, make_bad_corpus, upload_tree, write_csv
 
 
 def lake_files(root: Path) -> dict[str, int]:

@@ -11,16 +11,15 @@ import time
 from pathlib import Path
 
 import botocore.exceptions
+import cogflow.pipeline.ingest as ingest_module
 import pyarrow as pa
 import pytest
-from tiny_lake import tiny_manifest, tiny_settings
-
-import cogflow.pipeline.ingest as ingest_module
 from cogflow.pipeline import lake
 from cogflow.pipeline import lease as lease_module
 from cogflow.pipeline.ingest import finish_ingest, plan_ingest, probe_source
 from cogflow.pipeline.lease import LeaseLost, S3Lease, check_held
 from cogflow.pipeline.storage import Storage
+from tiny_lake import tiny_manifest, tiny_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,12 +7,16 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import write_csv
-
 from cogflow.pipeline import db
-from cogflow.pipeline.manifest import ManifestError, json_key, load_manifest, manifest_base, resolve_source
+from cogflow.pipeline.manifest import (
+    ManifestError,
+    json_key,
+    load_manifest,
+    manifest_base,
+    resolve_source,
+)
 from cogflow.pipeline.subtitles import SubtitleError, parse_subtitles
-
+from helpers import write_csv
 
 # --- resolving video paths -------------------------------------------------------------------------------------
 

@@ -10,14 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import copy_sample, write_csv
-
 from cogflow.flows.cli import main
 from cogflow.pipeline import db, lake, manifest
 from cogflow.pipeline.ingest import ingest, probe_source
 from cogflow.pipeline.manifest import ManifestError, check_manifest, load_manifest
 from cogflow.pipeline.settings import Limits, load_settings
 from cogflow.pipeline.storage import Storage
+from helpers import copy_sample, write_csv
 
 CAPTIONS = ["一只红色的圆在黑色背景上向右移动", "绿色三角形，缓慢旋转", "a blue square 和 一只猫"]
 

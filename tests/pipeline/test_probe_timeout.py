@@ -11,10 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from helpers import write_csv
-
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import load_settings
+from helpers import write_csv
 
 
 def test_a_probe_that_takes_too_long_is_cut_off_and_remembered(tmp_path: Path, sample_dir: Path, monkeypatch) -> None:

@@ -12,15 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers import upload_tree
-from tiny_lake import tiny_manifest, tiny_settings
-
 from cogflow.flows.cli import main
 from cogflow.pipeline import checks, lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.repair import repair
 from cogflow.pipeline.split import pending_shards, shard_paths, split, split_shard
 from cogflow.pipeline.storage import Storage
+from helpers import upload_tree
+from tiny_lake import tiny_manifest, tiny_settings
 
 
 @pytest.fixture(scope="module")

