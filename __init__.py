@@ -27,20 +27,20 @@ _API = {
     "load_settings": ".pipeline.settings",
     "ingest": ".pipeline.ingest",
     "split": ".pipeline.split",
-    "train_text_tokenizer": ".model.train_text_tokenizer",
-    "train_frame_tokenizer": ".model.train_frame_tokenizer",
-    "encode_clips": ".model.encode_clips",
-    "load_config": ".model.train",
-    "train_stage": ".model.train",
-    "generate_video": ".model.generate",
+    "train_text_tokenizer": ".model.tokenizers.train_text",
+    "train_frame_tokenizer": ".model.tokenizers.train_frame",
+    "encode_clips": ".model.tokenizers.encode",
+    "load_config": ".model.cogvideo.train",
+    "train_stage": ".model.cogvideo.train",
+    "generate_video": ".model.serving.generate",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for readers and type checkers (re-exported through __all__)
-    from .model.encode_clips import encode_clips
-    from .model.generate import generate_video
-    from .model.train import load_config, train_stage
-    from .model.train_frame_tokenizer import train_frame_tokenizer
-    from .model.train_text_tokenizer import train_text_tokenizer
+    from .model.tokenizers.encode import encode_clips
+    from .model.serving.generate import generate_video
+    from .model.cogvideo.train import load_config, train_stage
+    from .model.tokenizers.train_frame import train_frame_tokenizer
+    from .model.tokenizers.train_text import train_text_tokenizer
     from .pipeline.ingest import ingest
     from .pipeline.settings import Settings, load_settings
     from .pipeline.split import split

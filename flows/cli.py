@@ -126,7 +126,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from cogflow.model.diagnose import DiagnoseConfig, run_diagnosis
+    from cogflow.model.evaluation.diagnose import DiagnoseConfig, run_diagnosis
     from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
@@ -171,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
         TrainingParams,
         data_to_model_flow,
     )
-    from cogflow.model.generate import generate_from_model
+    from cogflow.model.serving.generate import generate_from_model
     from cogflow.pipeline.settings import load_settings
     from cogflow.pipeline.storage import safe_uri
 
@@ -271,7 +271,7 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from cogflow.model.generate import main as generate_main
+    from cogflow.model.serving.generate import main as generate_main
 
     return generate_main(args.generate_argv, prog="cogflow generate")
 

@@ -1,5 +1,5 @@
 """The register flow: evaluate a trained pair of stages, register them, and move `champion` only past a gate
-(plain steps in model/evaluate.py and model/registry.py).
+(plain steps in model/evaluation/evaluate.py and model/serving/registry.py).
 
 1. The two training runs (default: the newest complete run of each stage). A cogflow-t2v version made from the
    same runs with the same evaluation settings means the work is done: nothing is evaluated or registered again.
@@ -20,10 +20,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cogflow.model.cogvideo import stages
+from cogflow.model.serving.text_to_video import TextToVideo
 from cogflow.flows.launch import gpu_slot
 from cogflow.flows.progress import Progress
-from cogflow.model import generate, registry, tracking
-from cogflow.model.evaluate import (
+from cogflow.model import tracking
+from cogflow.model.serving import registry
+from cogflow.model.evaluation.evaluate import (
     Decision,
     EvalConfig,
     Evaluation,
@@ -31,7 +34,7 @@ from cogflow.model.evaluate import (
     gate,
     val_bits,
 )
-from cogflow.model.generate import GenerateConfig
+from cogflow.model.cogvideo.sampling import GenerateConfig
 from cogflow.pipeline.contract import CLIP_SIZE, FRAME_TOKENIZER_FILE, VIDEO_FRAMES, INFO_FILE, TEXT_TOKENIZER_FILE, naming_hash, run_model, stage_file
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage, safe_uri
@@ -103,7 +106,7 @@ class RegisterSummary:
 def _run_ids(settings: Settings, stage1: str | None, stage2: str | None) -> tuple[str, str]:
     runs = []
     for stage, ref in ((1, stage1), (2, stage2)):
-        _, run_id = generate.stage_source(settings, stage, ref)
+        _, run_id = stages.stage_source(settings, stage, ref)
         if run_id is None:
             raise ValueError(f"register takes the MLflow run of stage {stage} (its id or runs:/<id>), not {ref!r}")
         runs.append(run_id)
@@ -123,19 +126,19 @@ def evaluate_task(settings: Settings, files: dict[str, Path], params: Evaluation
         progress.advance(done - progress.done)
 
     with gpu_slot():
-        device = generate.default_device()
-        first, second, tokenizers = generate.load_pair(settings, str(files["stage1"]), str(files["stage2"]), device)
-        evaluation = evaluate_pair(settings, first, second, tokenizers, params.config(), out_dir, on_batch)
+        t2v = TextToVideo.from_runs(settings, str(files["stage1"]), str(files["stage2"]))
+        first, second, device = t2v.first, t2v.second, t2v.device
+        evaluation = evaluate_pair(settings, t2v, params.config(), out_dir, on_batch)
         champion = registry.alias_version(registry.TEXT_TO_VIDEO, registry.CHAMPION)
         champion_bits = None
         if champion is not None:
             champion_bits = {}
             with tempfile.TemporaryDirectory(prefix="cogflow-champion-") as tmp:
                 for s in (1, 2):
-                    path = generate.fetch_model(settings, f"models:/{registry.TEXT_TO_VIDEO}/{champion.version}/artifacts/{stage_file(s)}", Path(tmp) / str(s))
-                    stage = generate.load_stage(path, s, f"{registry.TEXT_TO_VIDEO} v{champion.version}", device)
+                    path = stages.fetch_model(settings, f"models:/{registry.TEXT_TO_VIDEO}/{champion.version}/artifacts/{stage_file(s)}", Path(tmp) / str(s))
+                    stage = stages.load_stage(path, s, f"{registry.TEXT_TO_VIDEO} v{champion.version}", device)
                     champion_bits[s] = val_bits(settings, stage, params.val_rows)[0]
-    text_version, frame_version = generate.pair_versions(first, second)
+    text_version, frame_version = stages.pair_versions(first, second)
     pair = {"text_tokenizer_version": text_version, "frame_tokenizer_version": frame_version,
             "frame_len": first.model.spec.layout.frame_len, "generate": {1: first.defaults, 2: second.defaults}}
     return evaluation, {"version": None if champion is None else str(champion.version), "bits": champion_bits}, pair
@@ -201,7 +204,7 @@ def stage_example(settings: Settings, stage: int, frame_version: str, frame_len:
     """A real val token row as the stage pyfunc's input example, and an output of the shape predict returns."""
     import numpy as np
     import pandas as pd
-    from cogflow.model import train
+    from cogflow.model.cogvideo import train
 
     _, parts, _ = train.token_inputs(settings, stage, frame_version)
     rows, _ = train.eval_rows(Storage.at(settings.lake), parts, 1)
@@ -245,7 +248,7 @@ def register_flow(stage1: str | None = None, stage2: str | None = None, lake: st
     else:
         out_dir = Path(settings.home).absolute() / "evaluations" / f"{runs[0][:8]}-{runs[1][:8]}-{eval_hash}"
         with tempfile.TemporaryDirectory(prefix="cogflow-stages-") as tmp:  # each stage downloaded once, used twice
-            files = {f"stage{s}": generate.fetch_model(settings, f"runs:/{run_id}/{run_model(stage_file(s))}", Path(tmp) / str(s))
+            files = {f"stage{s}": stages.fetch_model(settings, f"runs:/{run_id}/{run_model(stage_file(s))}", Path(tmp) / str(s))
                      for s, run_id in zip((1, 2), runs)}
             result, champion, pair = evaluate_task(settings, files, evaluation, out_dir)
             summary = register_task(settings, runs, files, pair, evaluation, result, champion, out_dir, eval_hash)

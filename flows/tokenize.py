@@ -2,7 +2,7 @@
 into token rows (plain steps in model/).
 
 In order: the text tokenizer (SentencePiece, in this process), the frame tokenizer (a VQ-VAE, in a child process:
-`python -m cogflow.model.train_frame_tokenizer`, or torchrun for `nproc` > 1), then the encoding of every clip file not
+`python -m cogflow.model.tokenizers.train_frame`, or torchrun for `nproc` > 1), then the encoding of every clip file not
 yet encoded with those two versions, and the lake's data checks. A training the registry already holds (same
 data, same config) is skipped, so a scheduled run on an unchanged lake only looks.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from cogflow.flows.launch import gpu_slot, run_module
 from cogflow.flows.progress import Progress, child_log
-from cogflow.model.encode_clips import EncodeResult, encode_clips
-from cogflow.model.train_frame_tokenizer import FrameTokenizerResult
-from cogflow.model.train_text_tokenizer import (
+from cogflow.model.tokenizers.encode import EncodeResult, encode_clips
+from cogflow.model.tokenizers.train_frame import FrameTokenizerResult
+from cogflow.model.tokenizers.train_text import (
     TextTokenizerConfig,
     TextTokenizerResult,
     train_text_tokenizer,
@@ -42,7 +42,7 @@ def frames_task(settings: Settings, config: str, overrides: list[str], nproc: in
     # the child's periodic "frame tokenizer 25/1200 ..." lines feed a progress artifact
     log = child_log(get_run_logger().info, STEP_LINE, "training the frame tokenizer (steps)", "frame-tokenizer-progress")
     with gpu_slot():
-        result = run_module("cogflow.model.train_frame_tokenizer", args, settings, nproc=nproc, log=log)
+        result = run_module("cogflow.model.tokenizers.train_frame", args, settings, nproc=nproc, log=log)
     return FrameTokenizerResult(**result)
 
 

@@ -1,7 +1,7 @@
 """The train flow: one CogVideo stage trained from the lake's token shards, in a child process (plain steps in
-model/train.py).
+model/cogvideo/train.py).
 
-`python -m cogflow.model.train` for one process on a CPU or one GPU, `torchrun --standalone --nproc_per_node=N` for more
+`python -m cogflow.model.cogvideo.train` for one process on a CPU or one GPU, `torchrun --standalone --nproc_per_node=N` for more
 (by default, one process per visible GPU). The child's lines stream into the flow's log and its step lines into
 a progress artifact; a non-zero exit fails the flow with the child's last lines. Returns the MLflow run id (in the
 summary), which `cogflow generate` picks up as the newest trained stage.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from cogflow.flows.launch import gpu_slot, run_module
 from cogflow.flows.progress import child_log
-from cogflow.model.train import TrainResult
+from cogflow.model.cogvideo.train import TrainResult
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage, safe_uri
 from prefect import flow, get_run_logger, task
@@ -42,7 +42,7 @@ def train_task(settings: Settings, stage: int, config: str, overrides: list[str]
     # the child's periodic "stage 1 25/300 ..." lines feed a progress artifact
     log = child_log(get_run_logger().info, STEP_LINE, f"training stage {stage} (steps)", f"stage{stage}-progress")
     with gpu_slot():
-        return TrainResult(**run_module("cogflow.model.train", args, settings, nproc=nproc, log=log))
+        return TrainResult(**run_module("cogflow.model.cogvideo.train", args, settings, nproc=nproc, log=log))
 
 
 @dataclass

@@ -1,1 +1,2 @@
-"""The CogVideo model: tokenizers and the two transformer stages (filled in by the training issues)."""
+"""The CogVideo model, in rooms (model/README.md): tokenizers/, cogvideo/, evaluation/, serving/; and what they
+share: configs, MLflow tracking, progress bars, the process group, the training skeleton and the media files."""

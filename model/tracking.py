@@ -1,4 +1,4 @@
-"""MLflow for cogflow: where runs go, and the one place (with model/registry.py) that imports mlflow.
+"""MLflow for cogflow: where runs go, and the one place (with model/serving/registry.py) that imports mlflow.
 
 The embedded default needs no server: runs in `sqlite:///$COGFLOW_HOME/mlflow.db`, artifacts under
 `$COGFLOW_HOME/mlartifacts`. Any other tracking URI (an `http://` server, which stores artifacts where it

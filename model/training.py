@@ -1,4 +1,4 @@
-"""What both training entry points (model/train_frame_tokenizer.py, model/train.py) share: the learning-rate
+"""What both training entry points (model/tokenizers/train_frame.py, model/cogvideo/train.py) share: the learning-rate
 schedule, atomic checkpoints in the artifact store, a stop flag set by SIGTERM, the hash that names a training, and
 how an entry point ends (exit codes, the result file).
 """

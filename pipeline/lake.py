@@ -169,7 +169,7 @@ CLIP_SHARDS = pa.schema(
     ]
 )
 
-# One encoded clip, in `tokens/v<frame tokenizer version>/stage=S/shard-<shard_id>.parquet` (model/encode_clips.py):
+# One encoded clip, in `tokens/v<frame tokenizer version>/stage=S/shard-<shard_id>.parquet` (model/tokenizers/encode.py):
 # what both CogVideo stages train on.
 TOKENS = pa.schema(
     [
@@ -407,7 +407,7 @@ def row_counts(store: Storage) -> dict[str, int]:
 
 
 def token_lock_id(frame_version: str, stage: int, shard_id: str) -> str:
-    """The shard lock (`shard_lock`) a token file and its record are written under (model/encode_clips.py)."""
+    """The shard lock (`shard_lock`) a token file and its record are written under (model/tokenizers/encode.py)."""
     return f"tokens-v{frame_version}-{stage}-{shard_id}"
 
 

@@ -148,9 +148,9 @@ def tokenized_home(root: Path, sample_dir: Path, vocab_size: int = 400, encode: 
     """A home under `root` whose lake holds the sample videos split into clips and whose MLflow registry holds both
     tokenizers (text with `vocab_size` pieces, the debug frame tokenizer; version 1 of each); with `encode`, every
     clip encoded into token shards too. Returns the home."""
-    from cogflow.model.encode_clips import encode_clips
-    from cogflow.model.train_frame_tokenizer import load_config, train_frame_tokenizer
-    from cogflow.model.train_text_tokenizer import (
+    from cogflow.model.tokenizers.encode import encode_clips
+    from cogflow.model.tokenizers.train_frame import load_config, train_frame_tokenizer
+    from cogflow.model.tokenizers.train_text import (
         TextTokenizerConfig,
         train_text_tokenizer,
     )

@@ -24,15 +24,15 @@ import importlib.util, json, sys
 import cogflow
 light = not any(m in sys.modules for m in ("torch", "prefect", "mlflow", "duckdb"))
 tops = {name: importlib.util.find_spec(name) is not None for name in ("model", "pipeline", "flows", "sql")}
-import cogflow.model.train, cogflow.pipeline.split, cogflow.flows.cli, cogflow.sql
+import cogflow.model.cogvideo.train, cogflow.pipeline.split, cogflow.flows.cli, cogflow.sql
 print(json.dumps({"light": light, "tops": tops, "all": [callable(getattr(cogflow, n)) for n in cogflow.__all__],
-                  "file": cogflow.model.train.__file__}))
+                  "file": cogflow.model.cogvideo.train.__file__}))
 """)
     got = json.loads(out)
     assert got["light"], "import cogflow must not load torch, Prefect, MLflow or DuckDB"
     assert not any(got["tops"].values()), got["tops"]
     assert all(got["all"])
-    assert Path(got["file"]).resolve() == ROOT / "model" / "train.py"
+    assert Path(got["file"]).resolve() == ROOT / "model" / "cogvideo" / "train.py"
 
 
 def test_every_source_folder_is_a_listed_package() -> None:

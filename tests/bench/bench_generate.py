@@ -31,19 +31,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from cogflow.model.generate import (  # noqa: E402
-    GenerateConfig,
-    generate_keyframes,
-    interpolate,
-    interpolate_round,
-    sample_codes,
-)
-from cogflow.model.generate import (
-    guided as guided_logits,
-)
-from cogflow.model.layout import Layout, build_inputs, slots  # noqa: E402
-from cogflow.model.text_tokenizer import TextTokenizer  # noqa: E402
-from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig  # noqa: E402
+from cogflow.model.cogvideo.sampling import GenerateConfig, generate_keyframes, interpolate, interpolate_round, sample_codes
+from cogflow.model.cogvideo.sampling import guided as guided_logits
+from cogflow.model.cogvideo.layout import Layout, build_inputs, slots  # noqa: E402
+from cogflow.model.tokenizers.text import TextTokenizer  # noqa: E402
+from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig  # noqa: E402
 
 DEMO = TransformerConfig(layers=4, hidden=128, heads=4)
 CODEBOOK, TEXT_VOCAB, TEXT_LEN, GRID = 1024, 3000, 64, 10

@@ -4,7 +4,7 @@
     ... --stage1 RUN --stage2 RUN --sample temperature=0.3 --sample top_k=1 --prompts 96
 
 Stage 1 makes the 5 key frames of each prompt once (its own sampling defaults). Then the 33-frame video is made
-from those same key frames several ways, and each is read back whole (model/caption_following.py):
+from those same key frames several ways, and each is read back whole (model/evaluation/caption_following.py):
 - `hold`: every in-between frame repeats the key frame before it (no stage 2 at all): what the key frames say
   when read as a video, the reference stage 2 should keep;
 - `stage 2 default`: stage 2 with its own [generate] table, as the demo makes videos;
@@ -26,16 +26,18 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from bench_stage1 import append_row, shares, table_cells  # noqa: E402  (this folder: the same read-back table)
-from cogflow.model import generate  # noqa: E402
-from cogflow.model.caption_following import read_video  # noqa: E402
-from cogflow.model.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
-from cogflow.model.evaluate import batch_seed  # noqa: E402
+from cogflow.model.cogvideo import sampling
+from cogflow.model.cogvideo import stages
+from cogflow.model.serving import text_to_video
+from cogflow.model.evaluation.caption_following import read_video  # noqa: E402
+from cogflow.model.evaluation.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
+from cogflow.model.evaluation.evaluate import batch_seed  # noqa: E402
 from cogflow.pipeline.settings import load_settings  # noqa: E402
 
 
 def hold(keys: torch.Tensor) -> torch.Tensor:
     """(B, 5, n) key frames -> (B, 33, n): each in-between frame repeats the key frame before it."""
-    step = 2**generate.ROUNDS
+    step = 2**sampling.ROUNDS
     return torch.cat([keys[:, :-1].repeat_interleave(step, dim=1), keys[:, -1:]], dim=1)
 
 
@@ -50,7 +52,8 @@ def main() -> int:
     parser.add_argument("--out", help="JSON lines file to append the result to")
     args = parser.parse_args()
     settings = load_settings()
-    first, second, tokenizers = generate.load_pair(settings, args.stage1, args.stage2, torch.device("cpu"))
+    t2v = text_to_video.TextToVideo.from_runs(settings, args.stage1, args.stage2, "cpu")
+    first, second, tokenizers = t2v.first, t2v.second, t2v.tokenizers
     prompts = diagnosis_prompts(settings, args.prompts)
     variants = [parse_variant("default"), *(parse_variant(s) for s in args.sample if s != "no-caption")]
     if "no-caption" in args.sample:
@@ -61,16 +64,16 @@ def main() -> int:
     seconds = {name: 0.0 for name in readings}
     for b, start in enumerate(range(0, len(prompts), args.batch)):
         captions, seed = [p.caption for p in prompts[start:start + args.batch]], batch_seed(0, b)
-        keys = generate.text_to_keyframes(first, tokenizers, captions, {}, seed)[0].codes  # (B, 5, n)
+        keys = text_to_video.text_to_keyframes(first, tokenizers, captions, {}, seed)[0].codes  # (B, 5, n)
         readings["hold"] += [read_video(f) for f in to_pixels(tokenizers, hold(keys))]
         ids, mask, _ = text.encode_batch(captions, second.model.spec.layout.text_len)
         for v in variants:
             started = time.monotonic()
-            config = generate.sampling_config(second, {**v.options, "guidance": None})
+            config = stages.sampling_config(second, {**v.options, "guidance": None})
             blank = v.name == "no-caption"  # pads only, as a training row whose caption was dropped
-            video, _ = generate.interpolate(second.model, keys, torch.from_numpy(0 * ids if blank else ids),
+            video, _ = sampling.interpolate(second.model, keys, torch.from_numpy(0 * ids if blank else ids),
                                             torch.from_numpy(0 * mask if blank else mask),
-                                            generate.KEYFRAME_FPS, text.boi_id, text.fps_id, config, seed)
+                                            text_to_video.KEYFRAME_FPS, text.boi_id, text.fps_id, config, seed)
             readings[f"stage 2 {v.name}"] += [read_video(f) for f in to_pixels(tokenizers, video.codes)]
             seconds[f"stage 2 {v.name}"] += time.monotonic() - started
         print(f"{min(start + args.batch, len(prompts))}/{len(prompts)} prompts", flush=True)

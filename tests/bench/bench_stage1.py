@@ -8,7 +8,7 @@ What one change to stage 1 (its config, its data, a text-to-image start) does to
 run and without Prefect, so that each row of an ablation table is one command:
 - training time, tokens/s, val bits per code (stage 1 and, with --t2i-steps, the text-to-image run);
 - stage 1's 5 key frames for `--prompts` prompts (half val captions, half sample-world captions no video of the
-  lake has: model/diagnose.py's prompts) read back per field, with 95% Wilson intervals next to chance.
+  lake has: model/evaluation/diagnose.py's prompts) read back per field, with 95% Wilson intervals next to chance.
 
 Key frames are what stage 1 alone decides (colour, shape, background and the direction of motion); the whole
 33-frame video needs stage 2 and is `cogflow diagnose`'s. One JSON line per run is appended to `--out`
@@ -28,22 +28,23 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from cogflow.model import generate  # noqa: E402
-from cogflow.model.caption_following import FIELDS, read_video  # noqa: E402
-from cogflow.model.diagnose import VALUES, diagnosis_prompts, to_pixels, wilson  # noqa: E402
-from cogflow.model.encode_clips import load_tokenizers  # noqa: E402
-from cogflow.model.evaluate import batch_seed  # noqa: E402
-from cogflow.model.train import load_config, train_stage  # noqa: E402
+from cogflow.model.cogvideo import stages
+from cogflow.model.serving import text_to_video
+from cogflow.model.evaluation.caption_following import FIELDS, read_video  # noqa: E402
+from cogflow.model.evaluation.diagnose import VALUES, diagnosis_prompts, to_pixels, wilson  # noqa: E402
+from cogflow.model.tokenizers.encode import load_tokenizers  # noqa: E402
+from cogflow.model.evaluation.evaluate import batch_seed  # noqa: E402
+from cogflow.model.cogvideo.train import load_config, train_stage  # noqa: E402
 from cogflow.pipeline.settings import load_settings  # noqa: E402
 
 
-def read_keyframes(settings, stage: generate.Stage, prompts, options: dict, batch: int = 16) -> dict[str, dict]:
+def read_keyframes(settings, stage: stages.Stage, prompts, options: dict, batch: int = 16) -> dict[str, dict]:
     """Per field (and background): right, n, share and its 95% interval over the prompts with a truth."""
     tokenizers = load_tokenizers(settings, stage.info["frame_tokenizer_version"], stage.info["text_tokenizer_version"], "cpu")
     readings = []
     for b, start in enumerate(range(0, len(prompts), batch)):
         captions = [p.caption for p in prompts[start:start + batch]]
-        codes = generate.text_to_keyframes(stage, tokenizers, captions, options, batch_seed(0, b))[0].codes
+        codes = text_to_video.text_to_keyframes(stage, tokenizers, captions, options, batch_seed(0, b))[0].codes
         # A text-to-image model makes one frame: read as a still video of two (colour and shape; no motion).
         readings += [read_video(frames if len(frames) > 1 else np.repeat(frames, 2, axis=0))
                      for frames in to_pixels(tokenizers, codes)]
@@ -115,8 +116,8 @@ def main() -> int:
     run_id = row["stage1"]["run_id"]
 
     started = time.monotonic()
-    path = generate.find_stage(settings, 1, run_id)
-    stage = generate.load_stage(path, 1, run_id, "cpu")
+    path = stages.find_stage(settings, 1, run_id)
+    stage = stages.load_stage(path, 1, run_id, "cpu")
     options = {k: float(v) if "." in v else int(v) for k, v in (s.split("=", 1) for s in args.sample)}
     prompts = diagnosis_prompts(settings, args.prompts)
     row["keyframes"] = read_keyframes(settings, stage, prompts, options)

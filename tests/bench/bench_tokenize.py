@@ -15,7 +15,7 @@ Targets (reported side by side, never asserted):
 4. encode throughput on the CPU: `cogflow tokenize encode` frames/s end to end, and as a ratio of the bare frame
    encoder on frames already in memory (what reading, text encoding and writing cost around it).
 
-Every training runs as `python -m cogflow.model.train_frame_tokenizer` in a child process, as the tokenize flow runs it.
+Every training runs as `python -m cogflow.model.tokenizers.train_frame` in a child process, as the tokenize flow runs it.
 Images of originals / reconstructions / thumbnails are written to --out.
 
 Exit status: 0 when every step ran (whether or not the targets are met: the verdict lines say), 2 otherwise.
@@ -39,12 +39,14 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import torch  # noqa: E402
-from cogflow.model import frame_tokenizer, registry, tracking  # noqa: E402
-from cogflow.model.clip_frames import sample_frames  # noqa: E402
-from cogflow.model.encode_clips import encode_clips, load_tokenizers  # noqa: E402
-from cogflow.model.frame_tokenizer import codebook_usage, psnr  # noqa: E402
-from cogflow.model.train_frame_tokenizer import comparison_grid, load_config, thumbnail  # noqa: E402
-from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer  # noqa: E402
+from cogflow.model import tracking
+from cogflow.model.tokenizers import frame as frame_tokenizer
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers.clip_frames import sample_frames  # noqa: E402
+from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers  # noqa: E402
+from cogflow.model.tokenizers.frame import codebook_usage, psnr  # noqa: E402
+from cogflow.model.tokenizers.train_frame import comparison_grid, load_config, thumbnail  # noqa: E402
+from cogflow.model.tokenizers.train_text import TextTokenizerConfig, train_text_tokenizer  # noqa: E402
 from cogflow.pipeline.ingest import ingest  # noqa: E402
 from cogflow.pipeline.sample_data import generate_sample_data  # noqa: E402
 from cogflow.pipeline.settings import Settings, load_settings  # noqa: E402
@@ -90,7 +92,7 @@ def build_lake(settings: Settings, manifest: Path) -> int:
 def train(settings: Settings, config: str, overrides: list[str], log: Path) -> tuple[dict, float]:
     """Train in a child process as the flow does; (its result, wall seconds)."""
     env = {**os.environ, "COGFLOW_HOME": settings.home, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    command = [sys.executable, "-m", "cogflow.model.train_frame_tokenizer", "--config", config, "--lake", settings.lake,
+    command = [sys.executable, "-m", "cogflow.model.tokenizers.train_frame", "--config", config, "--lake", settings.lake,
                "--result-file", str(log.with_suffix(".json")), *(a for o in overrides for a in ("--set", o))]
     started = time.monotonic()
     with open(log, "w") as out:

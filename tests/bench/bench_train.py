@@ -3,10 +3,10 @@ against the matmul peak measured in the same run.
 
     .venv/bin/python tests/bench/bench_train.py [--config demo] [--steps 20] [--set model.layers=8]
 
-For each stage of the config (its window settings), one training step (model/train.py's `optimizer_step`: forward,
+For each stage of the config (its window settings), one training step (model/cogvideo/train.py's `optimizer_step`: forward,
 backward, clipping, AdamW) runs repeatedly on a random batch of the config's batch size at the demo tokenizer's
 shapes (10x10 codes from 1,024, a 3,000-piece text vocabulary; `--grid 20 --codebook 8192` for the base layout).
-Reported: tokens/s (every slot of every sample), model FLOPs per token (model/transformer.py::flops_per_token), MFU
+Reported: tokens/s (every slot of every sample), model FLOPs per token (model/cogvideo/transformer.py::flops_per_token), MFU
 = achieved model FLOP/s / measured peak FLOP/s (float32 matmuls on the CPU, bf16 on CUDA, where FlexAttention's
 block masks are used as in training), and peak memory. Nothing is asserted; exit 0 when it ran.
 """
@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from cogflow.model import transformer  # noqa: E402
-from cogflow.model.layout import Layout, build_inputs  # noqa: E402
-from cogflow.model.train import load_config, matmul_peak, memory_gb, optimizer_step  # noqa: E402
-from cogflow.model.transformer import CogVideoTransformer, ModelSpec  # noqa: E402
+from cogflow.model.cogvideo import transformer
+from cogflow.model.cogvideo.layout import Layout, build_inputs  # noqa: E402
+from cogflow.model.cogvideo.train import load_config, matmul_peak, memory_gb, optimizer_step  # noqa: E402
+from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec  # noqa: E402
 
 
 def measure(spec: ModelSpec, batch: int, steps: int, device: torch.device, flex: bool, checkpointing: bool) -> dict:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from cogflow.flows.cli import main
 from cogflow.flows.data_to_model import data_to_model_flow
-from cogflow.model import registry, tracking
+from cogflow.model import tracking
+from cogflow.model.serving import registry
 from cogflow.pipeline import video
 from cogflow.pipeline.settings import load_settings
 from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv

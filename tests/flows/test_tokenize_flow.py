@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 from cogflow.flows.cli import main
-from cogflow.model import registry
+from cogflow.model.serving import registry
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
 from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv

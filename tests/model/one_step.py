@@ -1,4 +1,4 @@
-"""One optimizer step of model/train.py on a fixed batch, for the gradient test: run plainly on the whole batch,
+"""One optimizer step of model/cogvideo/train.py on a fixed batch, for the gradient test: run plainly on the whole batch,
 or under `torchrun --nproc_per_node=2` where each rank takes its half (DDP, or FSDP with --fsdp). Writes the
 gradient (rank 0) to the given file: with plain SGD at lr 1, the step is the (clipped) gradient.
 
@@ -11,9 +11,9 @@ import sys
 
 import torch
 from cogflow.model import distributed
-from cogflow.model.layout import Layout, build_inputs
-from cogflow.model.train import full_state, optimizer_step
-from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.model.cogvideo.layout import Layout, build_inputs
+from cogflow.model.cogvideo.train import full_state, optimizer_step
+from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 
 K, V, B = 40, 30, 4
 

@@ -1,4 +1,4 @@
-"""cogflow.model.caption_following: colour, shape, motion and background read back from real decoded sample clips.
+"""cogflow.model.evaluation.caption_following: colour, shape, motion and background read back from real decoded sample clips.
 
 The clips are real: `generate_sample_data` encodes them (H.264, VP9, MPEG-4 in rotation) and `sample_windows`
 decodes them into 160x160 center crops the way split makes training clips, so codec blur, chroma subsampling and
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cogflow.model.caption_following import (
+from cogflow.model.evaluation.caption_following import (
     FIELDS,
     CaptionFollowing,
     FrameReading,

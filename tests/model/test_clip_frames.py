@@ -1,11 +1,11 @@
-"""cogflow.model.clip_frames: frames streamed from a real split lake, dealt over readers without overlap."""
+"""cogflow.model.tokenizers.clip_frames: frames streamed from a real split lake, dealt over readers without overlap."""
 
 from __future__ import annotations
 
 import hashlib
 
 import torch
-from cogflow.model.clip_frames import ClipFrames, row_groups
+from cogflow.model.tokenizers.clip_frames import ClipFrames, row_groups
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
 
@@ -24,7 +24,7 @@ def test_every_frame_of_a_split_comes_once_in_uint8(clip_lake: str) -> None:
 
 
 def test_readers_split_the_work_without_overlap(clip_lake: str, monkeypatch) -> None:
-    import cogflow.model.clip_frames as module
+    import cogflow.model.tokenizers.clip_frames as module
 
     assert len(row_groups(Storage.at(clip_lake))) >= 2
     everything = sorted(digest(f) for f in ClipFrames(clip_lake, "train"))
@@ -42,7 +42,7 @@ def test_a_data_loader_with_workers_and_repeat(clip_lake: str) -> None:
 
 
 def test_more_readers_than_row_groups_still_share_every_frame_once(clip_lake: str, monkeypatch) -> None:
-    import cogflow.model.clip_frames as module
+    import cogflow.model.tokenizers.clip_frames as module
 
     readers = len(row_groups(Storage.at(clip_lake))) + 3
     everything = sorted(digest(f) for f in ClipFrames(clip_lake, "train"))

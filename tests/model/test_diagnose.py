@@ -1,4 +1,4 @@
-"""cogflow.model.diagnose: the Wilson interval's arithmetic, the copy-the-neighbour baseline on hand-made codes, pure-background
+"""cogflow.model.evaluation.diagnose: the Wilson interval's arithmetic, the copy-the-neighbour baseline on hand-made codes, pure-background
 tiles of a drawn frame, the layout check (training loss == cached decoding fed the true codes) on tiny random
 models of both stages, and `cogflow diagnose` end to end on a real tokenized lake with ground truth and random-weight
 stages of the debug config (training them would triple the file's time and tell these checks nothing more)."""
@@ -14,8 +14,8 @@ import pytest
 import torch
 from cogflow.flows.cli import main
 from cogflow.model import tracking
-from cogflow.model import transformer as transformers
-from cogflow.model.diagnose import (
+from cogflow.model.cogvideo import transformer as transformers
+from cogflow.model.evaluation.diagnose import (
     Z95,
     CodePredictions,
     background_tiles,
@@ -25,8 +25,8 @@ from cogflow.model.diagnose import (
     parse_variant,
     wilson,
 )
-from cogflow.model.layout import Layout
-from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.model.cogvideo.layout import Layout
+from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from cogflow.pipeline.sample_data import VideoSpec, render_frame
 from helpers import copy_sample, lake_settings, write_csv
 from mlflow.tracking import MlflowClient
@@ -138,11 +138,11 @@ def pair_home(tmp_path_factory, sample_dir) -> tuple[Path, dict[int, str]]:
     """A home whose lake holds the sample videos with their ground truth (the manifest's extra columns), split and
     encoded with both tokenizers (text v1, debug frame tokenizer v1), and a complete MLflow run of each stage with
     random weights of the debug config's sizes."""
-    from cogflow.model.encode_clips import encode_clips, load_tokenizers
-    from cogflow.model.train import load_config
-    from cogflow.model.train_frame_tokenizer import load_config as tokenizer_config
-    from cogflow.model.train_frame_tokenizer import train_frame_tokenizer
-    from cogflow.model.train_text_tokenizer import (
+    from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers
+    from cogflow.model.cogvideo.train import load_config
+    from cogflow.model.tokenizers.train_frame import load_config as tokenizer_config
+    from cogflow.model.tokenizers.train_frame import train_frame_tokenizer
+    from cogflow.model.tokenizers.train_text import (
         TextTokenizerConfig,
         train_text_tokenizer,
     )

@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cogflow.model import registry
-from cogflow.model.encode_clips import encode_clips, load_tokenizers
-from cogflow.model.text_tokenizer import TextTokenizer
-from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers
+from cogflow.model.tokenizers.text import TextTokenizer
+from cogflow.model.tokenizers.train_text import TextTokenizerConfig, train_text_tokenizer
 from cogflow.pipeline import checks, lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.sample_data import generate_sample_data
@@ -127,7 +127,7 @@ KILL_MOMENTS = ["after 1.5", "a token file", "a record", "after 3.0", "two recor
 
 def _run_and_kill(home: Path, when: str) -> int:
     env = {**os.environ, "COGFLOW_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "cogflow.model.encode_clips", "--batch-clips", "2"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cogflow.model.tokenizers.encode", "--batch-clips", "2"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lake_dir, started = home / "lake", time.monotonic()
     conditions = {

@@ -1,11 +1,11 @@
-"""cogflow.model.frame_tokenizer: shapes and layouts, the EMA codebook and its restarts, and learning on real frames."""
+"""cogflow.model.tokenizers.frame: shapes and layouts, the EMA codebook and its restarts, and learning on real frames."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from cogflow.model.frame_tokenizer import (
+from cogflow.model.tokenizers.frame import (
     FrameTokenizer,
     FrameTokenizerConfig,
     codebook_usage,
@@ -116,7 +116,7 @@ def test_fsq_codes_do_not_move_with_small_noise_and_gradients_pass() -> None:
 
 
 def test_an_fsq_tokenizer_saves_and_loads(tmp_path) -> None:
-    from cogflow.model.frame_tokenizer import load, save
+    from cogflow.model.tokenizers.frame import load, save
 
     model = FrameTokenizer(FSQ).eval()
     frames = torch.randint(0, 256, (2, 160, 160, 3), dtype=torch.uint8)

@@ -10,24 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from cogflow.model import generate, tracking
-from cogflow.model import transformer as transformers
-from cogflow.model.encode_clips import load_tokenizers
-from cogflow.model.generate import (
-    GenerateConfig,
-    attention_graph,
-    find_stage,
-    generate_keyframes,
-    generate_video,
-    guided,
-    interpolate,
-    main,
-    parallel_schedule,
-    sample_codes,
-    schedule,
-    sequential_schedule,
-)
-from cogflow.model.layout import (
+from cogflow.model.cogvideo import sampling
+from cogflow.model import tracking
+from cogflow.model.cogvideo import transformer as transformers
+from cogflow.model.tokenizers.encode import load_tokenizers
+from cogflow.model.cogvideo.sampling import GenerateConfig, attention_graph, generate_keyframes, guided, interpolate, parallel_schedule, sample_codes, schedule, sequential_schedule
+from cogflow.model.cogvideo.stages import find_stage
+from cogflow.model.serving.generate import generate_video, main
+from cogflow.model.cogvideo.layout import (
     IGNORE,
     Layout,
     build_inputs,
@@ -35,7 +25,7 @@ from cogflow.model.layout import (
     layer_shift,
     slots,
 )
-from cogflow.model.transformer import (
+from cogflow.model.cogvideo.transformer import (
     CogVideoTransformer,
     KVCache,
     ModelSpec,
@@ -89,7 +79,7 @@ def tokenizers(tokenized: Path):
 
 def log_stage(settings, stage: int, model: CogVideoTransformer, folder: Path, complete: bool = True,
               versions: tuple[str, str] = ("1", "1"), generate: dict | None = None) -> str:
-    """A finished training run as model/train.py leaves it: tags, and the stage file as artifact model/stageN.pt."""
+    """A finished training run as model/cogvideo/train.py leaves it: tags, and the stage file as artifact model/stageN.pt."""
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"stage{stage}.pt"
@@ -283,7 +273,7 @@ def test_training_sample_sits_next_to_its_clip(tokenizers, tmp_path: Path) -> No
     for stage in (1, 2):
         model = tiny_model(stage, 5 * (stage - 1), 2 * (stage - 1), dtype=torch.float32, vocab=tokenizers.text.vocab_size)
         model.train()
-        path = generate.sample_for_training(model, model.spec.layout, tokenizers, rows, tmp_path / f"s{stage}.gif",
+        path = sampling.sample_for_training(model, model.spec.layout, tokenizers, rows, tmp_path / f"s{stage}.gif",
                                             GenerateConfig())
         assert model.training  # put back as it was
         video = probe(path, **PROBE_LIMITS)

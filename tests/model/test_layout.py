@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cogflow.model import layout as L
-from cogflow.model.layout import IGNORE, Layout, build_inputs, dense_mask, slots
+from cogflow.model.cogvideo import layout as L
+from cogflow.model.cogvideo.layout import IGNORE, Layout, build_inputs, dense_mask, slots
 
 
 def frame_block(mask: torch.Tensor, lay: Layout, a: int, b: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""cogflow.model.text_tokenizer: SentencePiece trained on captions; words kept apart, exact round trips, reserved ids,
+"""cogflow.model.tokenizers.text: SentencePiece trained on captions; words kept apart, exact round trips, reserved ids,
 left padding, and tokenizers trained before words were kept apart still encoding as they did."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from cogflow.model.text_tokenizer import (
+from cogflow.model.tokenizers.text import (
     FPS_RATES,
     FPS_TOKENS,
     WORDS_DELIMITER,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from cogflow.model import tracking
-from cogflow.model.layout import Layout
-from cogflow.model.train import TokenStream, fit_text, load_config, train_stage
-from cogflow.model.transformer import load as load_model
+from cogflow.model.cogvideo.layout import Layout
+from cogflow.model.cogvideo.train import TokenStream, fit_text, load_config, train_stage
+from cogflow.model.cogvideo.transformer import load as load_model
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
 from helpers import lake_settings, tokenized_home, upload_tree
@@ -111,7 +111,7 @@ def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path
     expected = metric_steps(reference.run_id, "train/loss")
     expected_state = load_model(str(tracking.download(f"runs:/{reference.run_id}/model/stage1.pt", tmp_path / "a")))[0].state_dict()
 
-    command = [sys.executable, "-m", "cogflow.model.train", "--stage", "1", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
+    command = [sys.executable, "-m", "cogflow.model.cogvideo.train", "--stage", "1", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
     env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake"), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -195,8 +195,8 @@ def test_stage2_starts_from_a_stage1_run(home: Path, monkeypatch) -> None:
         started.setdefault("state", {k: v.clone() for k, v in model.state_dict().items()})
         return optimizer_step(model, *args, **kwargs)
 
-    from cogflow.model import train as train_module
-    from cogflow.model.train import optimizer_step
+    from cogflow.model.cogvideo import train as train_module
+    from cogflow.model.cogvideo.train import optimizer_step
 
     monkeypatch.setattr(train_module, "optimizer_step", steps)
     second = train_stage(settings, 2, load_config("debug", [f'train.init_from="{first.run_id}"']), progress=False)
@@ -209,7 +209,7 @@ def test_stage2_starts_from_a_stage1_run(home: Path, monkeypatch) -> None:
 
 def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(home: Path) -> None:
     overrides = ["train.steps=12", "train.log_every=1", "train.checkpoint_every=100", "train.val_every=100"]
-    command = [sys.executable, "-m", "cogflow.model.train", "--stage", "2", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
+    command = [sys.executable, "-m", "cogflow.model.cogvideo.train", "--stage", "2", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
     env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake"), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -244,7 +244,7 @@ def test_lake_and_checkpoints_on_s3(tokens_home: Path, tmp_path: Path, s3, monke
 
 
 def test_fsdp_training_under_torchrun_stops_resumes_and_leaves_a_whole_model(home: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cogflow.model.train",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cogflow.model.cogvideo.train",
                "--stage", "1", "--config", "debug", "--set", "train.fsdp=true", "--set", "train.batch_size=2", "--quiet"]
     env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake")}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -14,9 +14,10 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from cogflow.model import frame_tokenizer, registry
+from cogflow.model.tokenizers import frame as frame_tokenizer
+from cogflow.model.serving import registry
 from cogflow.model.config import ConfigError, named
-from cogflow.model.train_frame_tokenizer import (
+from cogflow.model.tokenizers.train_frame import (
     FrameTokenizerRun,
     load_config,
     train_frame_tokenizer,
@@ -124,7 +125,7 @@ def test_two_process_torchrun_on_cpu(tmp_path, clip_lake) -> None:
     out = tmp_path / "result.json"
     env = {**os.environ, "COGFLOW_HOME": str(tmp_path / "home"), "COGFLOW_LAKE": clip_lake, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "cogflow.model.train_frame_tokenizer", "--config", "debug", "--set", "train.batch_size=4",
+               "-m", "cogflow.model.tokenizers.train_frame", "--config", "debug", "--set", "train.batch_size=4",
                "--result-file", str(out), "--quiet"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -146,7 +147,7 @@ def test_sigterm_checkpoints_and_the_next_run_goes_on_from_there(tmp_path, clip_
     overrides = ["--set", "train.steps=100000", "--set", "train.checkpoint_every=100000", "--set", "train.log_every=1",
                  "--set", "train.val_every=100000"]
     out = tmp_path / "result.json"
-    child = subprocess.Popen([sys.executable, "-m", "cogflow.model.train_frame_tokenizer", "--config", "debug", *overrides,
+    child = subprocess.Popen([sys.executable, "-m", "cogflow.model.tokenizers.train_frame", "--config", "debug", *overrides,
                               "--result-file", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     for line in child.stdout:
         if line.startswith("frame tokenizer 3/"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import mlflow
-from cogflow.model import registry
-from cogflow.model.text_tokenizer import TextTokenizer
-from cogflow.model.train_text_tokenizer import TextTokenizerConfig, train_text_tokenizer
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers.text import TextTokenizer
+from cogflow.model.tokenizers.train_text import TextTokenizerConfig, train_text_tokenizer
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import load_settings
 from helpers import copy_sample, write_csv

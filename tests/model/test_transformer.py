@@ -3,16 +3,21 @@ give SDPA's answer, the spatial channel loads from a text-to-image model and sta
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from cogflow.model.layout import Layout, build_inputs
-from cogflow.model.transformer import (
+from cogflow.model.cogvideo.layout import Layout, build_inputs
+from cogflow.model.cogvideo.transformer import (
     CogVideoTransformer,
     KVCache,
     ModelSpec,
     TransformerConfig,
+    load,
     rotary_angles,
     rotate,
+    save,
 )
 
 K, V = 40, 30  # frame codes, text pieces
@@ -111,7 +116,7 @@ def test_mixing_starts_even_and_text_uses_the_spatial_channel_alone() -> None:
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_attention_block_masks_match_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.nn.attention.flex_attention as fa
-    from cogflow.model import transformer
+    from cogflow.model.cogvideo import transformer
 
     # eager FlexAttention on the CPU (slow but exact); the compiled kernel is for CUDA
     monkeypatch.setattr(transformer, "_compiled_flex", lambda: fa.flex_attention)
@@ -178,3 +183,29 @@ def test_levels_embedding_shares_what_codes_on_one_level_have_in_common() -> Non
     torch.testing.assert_close(model.logits(torch.cat(parts, dim=1)), full, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="needs an FSQ frame tokenizer"):
         ModelSpec(TransformerConfig(code_embedding="levels"), lay, K, V)
+
+
+def test_model_files_hold_plain_values_and_older_files_still_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model file loads without unpickling any class (so it survives moves of the code); files of cogflow before
+    0.2 pickled the spec's classes as model.transformer.* and model.layout.*, and load through a renaming reader."""
+    from cogflow.model.cogvideo import layout as layout_module
+    from cogflow.model.cogvideo import transformer as transformer_module
+
+    spec = ModelSpec(TransformerConfig(layers=1, hidden=16, heads=2), Layout(text_len=4, grid=2, stage=2), K, V, 2, 1)
+    model = CogVideoTransformer(spec)
+    new = save(model, str(tmp_path / "new.pt"), {"stage": 2})
+    assert isinstance(torch.load(new, weights_only=True)["spec"], dict)
+    loaded, saved = load(new)
+    assert loaded.spec == spec and saved["stage"] == 2
+
+    # an old file: the same classes, pickled under the module paths of the time
+    for cls, old in ((ModelSpec, "model.transformer"), (TransformerConfig, "model.transformer"), (Layout, "model.layout")):
+        monkeypatch.setattr(cls, "__module__", old)
+    monkeypatch.setitem(sys.modules, "model.transformer", transformer_module)
+    monkeypatch.setitem(sys.modules, "model.layout", layout_module)
+    torch.save({"spec": spec, "state": model.state_dict(), "stage": 2}, tmp_path / "old.pt")
+    monkeypatch.undo()
+    assert "model.transformer" not in sys.modules
+    loaded, saved = load(str(tmp_path / "old.pt"))
+    assert loaded.spec == spec and saved["stage"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -6,7 +6,7 @@
   world that no training clip had (the generator's ground truth comes with both). All prompts go through both
   stages in batches, as `cogflow generate` would make them one by one.
 - Caption following: on prompts with ground truth, colour, shape and motion are read back from the generated frames
-  (model/caption_following.py) and scored against the truth, next to chance.
+  (model/evaluation/caption_following.py) and scored against the truth, next to chance.
 
 Everything a person would look at lands in `out_dir`: one MP4 per prompt, a sheet of all of them with what was read
 back, and prompts.json.
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cogflow.model import generate, train
-from cogflow.model.caption_following import (
+from cogflow.model import media
+from cogflow.model.serving.text_to_video import KEYFRAME_FPS, TextToVideo
+from cogflow.model.cogvideo import train
+from cogflow.model.evaluation.caption_following import (
     FIELDS,
     CaptionFollowing,
     Reading,
@@ -33,8 +35,9 @@ from cogflow.model.caption_following import (
     read_video_frames,
     score,
 )
-from cogflow.model.generate import ROUNDS, Stage
-from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model.cogvideo.sampling import ROUNDS
+from cogflow.model.cogvideo.stages import Stage
+from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake, sample_data
 from cogflow.pipeline.preview import find_font
 from cogflow.pipeline.settings import Settings
@@ -135,7 +138,7 @@ def eval_prompts(settings: Settings, count: int, seed: int = 0, max_val: int | N
 
 def batch_seed(seed: int, batch: int) -> int:
     """The sampling seed of the `batch`-th batch of evaluation prompts: one per batch, since a row draws its noise by
-    its index within the batch (generate.gumbel_noise), and the same videos for the same prompts, batch and seed."""
+    its index within the batch (sampling.gumbel_noise), and the same videos for the same prompts, batch and seed."""
     return seed * 7919 + batch
 
 
@@ -146,12 +149,12 @@ def _truth(metadata: str | None) -> dict[str, str] | None:
     return {f: str(meta[f]) for f in wanted} if all(meta.get(f) for f in wanted) else None
 
 
-def evaluate_pair(settings: Settings, first: Stage, second: Stage, tokenizers: generate.Tokenizers, config: EvalConfig,
-                  out_dir: Path, on_batch: Callable[[int, int], None] | None = None) -> Evaluation:
+def evaluate_pair(settings: Settings, t2v: TextToVideo, config: EvalConfig, out_dir: Path,
+                  on_batch: Callable[[int, int], None] | None = None) -> Evaluation:
     """Val bits per token of both stages, a video per held-out prompt, caption following where there is truth."""
     started = time.monotonic()
     bits, rows, split = {}, {}, "val"
-    for stage in (first, second):
+    for stage in (t2v.first, t2v.second):
         s = stage.model.spec.layout.stage
         bits[s], split, rows[s] = val_bits(settings, stage, config.val_rows)
 
@@ -163,14 +166,13 @@ def evaluate_pair(settings: Settings, first: Stage, second: Stage, tokenizers: g
     videos, readings, frame_readings, pixels_all, codes, seconds = [], [], [], [], 0, 0.0
     for b, start in enumerate(range(0, len(prompts), config.batch)):
         batch = prompts[start:start + config.batch]
-        made = generate.text_to_video(first, second, tokenizers, [p.caption for p in batch], config.options(),
-                                      seed=batch_seed(config.seed, b))
+        with torch.inference_mode():
+            made = t2v.codes([p.caption for p in batch], config.options(), seed=batch_seed(config.seed, b))
+            pixels = t2v.pixels(made.codes)  # (B, 33, 160, 160, 3)
         codes, seconds = codes + made.tokens, seconds + made.seconds
-        n = made.codes.shape[-1]
-        pixels = generate.to_pixels(tokenizers, made.codes.reshape(-1, n)).reshape(*made.codes.shape[:2], 160, 160, 3)
         for i, frames in enumerate(pixels):
             path = out_dir / "videos" / f"{start + i:03d}.mp4"
-            generate.write_video(path, frames, generate.KEYFRAME_FPS * 2**ROUNDS)
+            media.write_video(path, frames, KEYFRAME_FPS * 2**ROUNDS)
             videos.append(str(path))
             reading, per_frame = read_video_frames(frames)
             readings.append(reading)

@@ -1,6 +1,6 @@
 """Train the text tokenizer on the lake's captions (train split), track it in MLflow and register it.
 
-    python -m cogflow.model.train_text_tokenizer [--vocab-size N]      (or `cogflow tokenize text`)
+    python -m cogflow.model.tokenizers.train_text [--vocab-size N]      (or `cogflow tokenize text`)
 
 A training that the registry already holds (same captions, same config) is skipped: its version is returned.
 """
@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from cogflow.model import registry, tracking
-from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model import tracking
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import TEXT_SLOTS, TEXT_TOKENIZER_FILE, naming_hash
 from cogflow.pipeline.settings import Settings, load_settings
@@ -28,7 +29,7 @@ class TextTokenizerConfig:
     vocab_size: int = 16000
     model_type: str = "unigram"
     text_slots: int = TEXT_SLOTS
-    # Pieces never span two words (model/text_tokenizer.py). Part of the config hash, so a lake whose registered
+    # Pieces never span two words (model/tokenizers/text.py). Part of the config hash, so a lake whose registered
     # tokenizer predates it trains a new one rather than skipping.
     words: bool = True
 

@@ -1,12 +1,12 @@
 """Train the frame tokenizer (VQ-VAE) on the lake's clip frames, track it in MLflow and register it.
 
-    python -m cogflow.model.train_frame_tokenizer --config demo [--set train.steps=600]     (or `cogflow tokenize frames`)
-    torchrun --nproc_per_node=2 -m cogflow.model.train_frame_tokenizer --config demo
+    python -m cogflow.model.tokenizers.train_frame --config demo [--set train.steps=600]     (or `cogflow tokenize frames`)
+    torchrun --nproc_per_node=2 -m cogflow.model.tokenizers.train_frame --config demo
 
 Read top to bottom in execution order: config, data, evaluation, the training loop (the schedule, checkpoints and
 the SIGTERM flag are model/training.py's).
 
-- Frames stream from the finished clip shards (model/clip_frames.py), dealt over ranks and data-loader
+- Frames stream from the finished clip shards (model/tokenizers/clip_frames.py), dealt over ranks and data-loader
   workers. Training sees random crops aligned to the code grid; evaluation sees whole frames of the `val`
   split (of `train` when the lake has no val clips, and the metrics say so).
 - A checkpoint (model, optimizer, step, RNG state, MLflow run) is written atomically every `checkpoint_every`
@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from cogflow.model import config as configs
-from cogflow.model import distributed, registry, tracking
-from cogflow.model.clip_frames import ClipFrames, reader_slot, sample_frames
-from cogflow.model.frame_tokenizer import (
+from cogflow.model import distributed, tracking
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers.clip_frames import ClipFrames, reader_slot, sample_frames
+from cogflow.model.tokenizers.frame import (
     FrameTokenizer,
     FrameTokenizerConfig,
     codebook_usage,

@@ -10,23 +10,26 @@
   the start; text uses the spatial channel alone.
 - The spatial channel (with embeddings, norms and MLPs: everything but the temporal channel, the mixing and the
   time embedding) can be loaded from a 1-frame run of the same model and frozen, as CogVideo froze CogView2.
-- Attention is PyTorch SDPA with the dense masks of model/layout.py; on CUDA, training can use FlexAttention
+- Attention is PyTorch SDPA with the dense masks of model/cogvideo/layout.py; on CUDA, training can use FlexAttention
   with block masks made from the same rules, which skips blocks nobody attends.
 - A key-value cache lets generation compute any set of slots whose inputs are known (one code at a time, or a
-  wavefront of codes in several frames at once: model/generate.py).
+  wavefront of codes in several frames at once: model/cogvideo/sampling.py).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import pickle
+import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from cogflow.model import layout as layouts
-from cogflow.model.layout import IGNORE, Layout
+from cogflow.model.cogvideo import layout as layouts
+from cogflow.model.cogvideo.layout import IGNORE, Layout
 from cogflow.pipeline.contract import CLIP_FRAMES
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -412,14 +415,50 @@ def flops_per_token(spec: ModelSpec, parameters: int) -> float:
     return 6 * parameters + 2 * 12 * c.layers * c.hidden * spec.layout.length
 
 
+def spec_to_dict(spec: ModelSpec) -> dict:
+    """The spec as plain values (what a model file holds, so it loads with weights_only and wherever the code moves)."""
+    return asdict(spec)
+
+
+def spec_from_dict(values: dict) -> ModelSpec:
+    return ModelSpec(**{**values, "config": TransformerConfig(**values["config"]), "layout": Layout(**values["layout"]),
+                        "code_levels": tuple(values.get("code_levels", ()))})
+
+
+# Model files written before cogflow 0.2 pickled the spec's classes under their module paths of the time.
+_MOVED = {old: "cogflow.model.cogvideo." + old.rsplit(".", 1)[1]
+          for old in ("model.transformer", "model.layout", "cogflow.model.transformer", "cogflow.model.layout")}
+
+
+class _MovedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(_MOVED.get(module, module), name)
+
+
+_old_pickle = types.ModuleType("cogflow_old_pickle")  # torch.load's pickle_module: Unpickler and load
+_old_pickle.Unpickler = _MovedUnpickler  # type: ignore[attr-defined]
+_old_pickle.load = pickle.load  # type: ignore[attr-defined]
+
+
 def save(model: CogVideoTransformer, path: str, extra: dict | None = None) -> str:
-    """Weights and spec in one file (what generation and a 1-frame model's heirs load)."""
-    torch.save({"spec": model.spec, "state": model.state_dict(), **(extra or {})}, path)
+    """Weights and spec in one file (what generation and a 1-frame model's heirs load): tensors and plain values only."""
+    torch.save({"spec": spec_to_dict(model.spec), "state": model.state_dict(), **(extra or {})}, path)
     return path
 
 
+def read(path: str) -> dict:
+    """A model file's contents on the CPU, its spec a ModelSpec. Files of cogflow 0.2 on load without unpickling any
+    class (weights_only); older ones, which pickled the spec, through a reader that knows where its classes moved."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        saved = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_old_pickle)
+    spec = saved["spec"]
+    return {**saved, "spec": spec if isinstance(spec, ModelSpec) else spec_from_dict(spec)}
+
+
 def load(path: str, device: str | torch.device = "cpu") -> tuple[CogVideoTransformer, dict]:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = read(path)
     model = CogVideoTransformer(saved["spec"])
     model.load_state_dict(saved["state"])
     return model.to(device).eval(), saved

@@ -109,7 +109,7 @@ def register_frame_tokenizer(weights_file: Path, tags: dict[str, str], example: 
 def register_stage(stage: int, model_file: Path, example: object, output: object, params: dict[str, object],
                    tags: dict[str, str]) -> ModelVersion:
     """A trained stage (`artifacts/stage<N>.pt`) as a version of cogflow-stage<N>: its pyfunc samples frame codes
-    from token rows (model/stage_pyfunc.py), and `cogflow generate --stage<N> models:/...` takes it."""
+    from token rows (model/serving/stage_pyfunc.py), and `cogflow generate --stage<N> models:/...` takes it."""
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, output, params=params)
@@ -121,7 +121,7 @@ def register_text_to_video(files: dict[str, Path], example: object, output: obje
                            tags: dict[str, str]) -> ModelVersion:
     """Both stages, both tokenizers and what they were made from (`files`: stage1, stage2, text_tokenizer,
     frame_tokenizer, info) as a version of cogflow-t2v, whose pyfunc turns captions into videos
-    (model/t2v_pyfunc.py). Loading it needs cogflow installed and the artifact store reachable, nothing else."""
+    (model/serving/t2v_pyfunc.py). Loading it needs cogflow installed and the artifact store reachable, nothing else."""
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, output, params=params)
@@ -138,6 +138,20 @@ def torch_version() -> str:
     import torch
 
     return torch.__version__.split("+")[0]
+
+
+def resolve(uri: str) -> tuple[str, str]:
+    """`models:/<name>@<alias>` or `models:/<name>/<version>` -> (name, version); ValueError when there is none."""
+    ref = uri.removeprefix("models:/")
+    name, at, alias = ref.partition("@")
+    if at:
+        version = alias_version(name, alias)
+    else:
+        name, _, number = ref.partition("/")
+        version = get_version(name, number) if number.isdigit() else None
+    if not uri.startswith("models:/") or version is None:
+        raise ValueError(f"no registered model version {uri!r} (models:/<name>@<alias> or models:/<name>/<version>)")
+    return name, str(version.version)
 
 
 def download(name: str, version: str, artifact: str, dest: Path) -> Path:

@@ -1,7 +1,7 @@
 """Train a CogVideo stage on the lake's token shards, track it in MLflow.
 
-    python -m cogflow.model.train --stage 1 --config demo [--set train.steps=600]          (or `cogflow train --stage 1`)
-    torchrun --nproc_per_node=8 -m cogflow.model.train --stage 2 --config base
+    python -m cogflow.model.cogvideo.train --stage 1 --config demo [--set train.steps=600]          (or `cogflow train --stage 1`)
+    torchrun --nproc_per_node=8 -m cogflow.model.cogvideo.train --stage 2 --config base
 
 Read top to bottom in execution order: config, data, checkpoints, evaluation, one optimizer step, the training
 loop (the schedule, atomic checkpoint files and the SIGTERM flag are model/training.py's).
@@ -36,12 +36,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from cogflow.model.cogvideo import sampling
+from cogflow.model.cogvideo import stages
 from cogflow.model import config as configs
-from cogflow.model import distributed, generate, registry, tracking
-from cogflow.model import transformer as transformers
-from cogflow.model.encode_clips import Tokenizers, load_tokenizers
-from cogflow.model.generate import GenerateConfig
-from cogflow.model.layout import Layout, build_inputs
+from cogflow.model import distributed, tracking
+from cogflow.model.serving import registry
+from cogflow.model.cogvideo import transformer as transformers
+from cogflow.model.tokenizers.encode import Tokenizers, load_tokenizers
+from cogflow.model.cogvideo.sampling import GenerateConfig
+from cogflow.model.cogvideo.layout import Layout, build_inputs
 from cogflow.model.progress import StepProgress
 from cogflow.model.training import (
     StopSignal,
@@ -51,7 +54,7 @@ from cogflow.model.training import (
     run_entry_point,
     save_checkpoint,
 )
-from cogflow.model.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_FRAMES, RUN_MODEL_DIR, TEXT_SLOTS, TEXT_TO_IMAGE_FILE, naming_hash, run_model, stage_file
 from cogflow.pipeline.settings import Settings, load_settings
@@ -380,15 +383,15 @@ def token_inputs(settings: Settings, stage: int, frame_version: str | None) -> t
 
 def resolve_spatial(settings: Settings, ref: str, dest: Path) -> Path:
     """A text-to-image model file: a local .pt, or the model of a t2i run (its id, `runs:/<id>[/path]`, `models:/...`)."""
-    source, _ = generate.model_source(ref, run_model(TEXT_TO_IMAGE_FILE), "train.spatial_from")
-    return generate.fetch_model(settings, source, dest)
+    source, _ = stages.model_source(ref, run_model(TEXT_TO_IMAGE_FILE), "train.spatial_from")
+    return stages.fetch_model(settings, source, dest)
 
 
 def load_init(settings: Settings, ref: str, model: CogVideoTransformer) -> None:
     """Start `model` from the weights of the stage model `ref` (train.init_from); its shapes must be the same."""
-    source, _ = generate.model_source(ref, run_model(stage_file(1)), "train.init_from")
+    source, _ = stages.model_source(ref, run_model(stage_file(1)), "train.init_from")
     with tempfile.TemporaryDirectory(prefix="cogflow-init-") as tmp:
-        saved = torch.load(generate.fetch_model(settings, source, Path(tmp)), map_location="cpu", weights_only=False)
+        saved = transformers.read(str(stages.fetch_model(settings, source, Path(tmp))))
     own = model.state_dict()
     misfits = [n for n, t in saved["state"].items() if n not in own or own[n].shape != t.shape]
     if misfits or set(own) - set(saved["state"]):
@@ -449,7 +452,7 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
         load_init(settings, cfg.init_from, model)
     if cfg.spatial_from:
         with tempfile.TemporaryDirectory(prefix="cogflow-t2i-") as tmp:
-            saved = torch.load(resolve_spatial(settings, cfg.spatial_from, Path(tmp)), map_location="cpu", weights_only=False)
+            saved = transformers.read(str(resolve_spatial(settings, cfg.spatial_from, Path(tmp))))
         model.load_spatial(saved["state"], freeze=cfg.freeze_spatial)
     model.activation_checkpointing = cfg.activation_checkpointing
     parameters = model.parameter_count()  # before FSDP shards them
@@ -579,7 +582,7 @@ def _log_sample(model: CogVideoTransformer, layout: Layout, tokenizers: Tokenize
                 step: int, options: GenerateConfig) -> None:
     """A sample video of the model as it is: stage 1 draws key frames for the first val caption; stage 2 fills
     frames 1 and 3 of the first val clip from its frames 0, 2, 4. Logged as `samples/step-N.gif`."""
-    path = generate.sample_for_training(model, layout, tokenizers, val, tmp / f"step-{step:07d}.gif", options)
+    path = sampling.sample_for_training(model, layout, tokenizers, val, tmp / f"step-{step:07d}.gif", options)
     tracking.log_artifact(path, "samples")
 
 

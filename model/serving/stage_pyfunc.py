@@ -13,8 +13,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from cogflow.model import generate
-from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model.cogvideo import sampling
+from cogflow.model.cogvideo import stages
+from cogflow.model.tokenizers.text import TextTokenizer
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
@@ -22,14 +23,14 @@ class StageModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         path = context.artifacts["stage"]
-        model, saved = generate.load_transformer(path, device)
-        self.stage = generate.Stage(model, {k: v for k, v in saved.items() if k != "state"}, path)
+        model, saved = stages.load_transformer(path, device)
+        self.stage = stages.Stage(model, {k: v for k, v in saved.items() if k != "state"}, path)
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         params = dict(params or {})
         seed = int(params.pop("seed", 0))
         model, lay = self.stage.model, self.stage.model.spec.layout
-        config = generate.sampling_config(self.stage, {k: v for k, v in params.items() if k in generate.OPTIONS})
+        config = stages.sampling_config(self.stage, {k: v for k, v in params.items() if k in sampling.OPTIONS})
         ids = torch.tensor(np.stack(model_input["text_ids"].to_numpy()), dtype=torch.long)  # (N, L)
         mask = torch.tensor(np.stack(model_input["text_mask"].to_numpy()), dtype=torch.bool)
         fps = [int(f) for f in model_input["fps_token_id"]]
@@ -37,12 +38,12 @@ class StageModel(PythonModel):
             raise ValueError("all rows of one call must share their fps token")
         with torch.inference_mode():
             if lay.stage == 1:
-                made = generate.generate_keyframes(model, ids, mask, fps[0], TextTokenizer.boi_id, TextTokenizer.pad_id,
+                made = sampling.generate_keyframes(model, ids, mask, fps[0], TextTokenizer.boi_id, TextTokenizer.pad_id,
                                                    config, seed)
             else:
                 given = torch.tensor(np.stack(model_input["given_codes"].to_numpy()), dtype=torch.long)
                 given = given.view(len(model_input), 3, lay.frame_len)  # (N, 3, n): times 0, 2, 4
-                made = generate.interpolate_round(model, given, ids, mask, fps[0], TextTokenizer.boi_id, config, seed, 1)
+                made = sampling.interpolate_round(model, given, ids, mask, fps[0], TextTokenizer.boi_id, config, seed, 1)
         return made.codes.numpy()  # (N, 5, n)
 
 

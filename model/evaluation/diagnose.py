@@ -3,7 +3,7 @@
 Each part is a plain function that can be called alone (from an experiment script, say) and returns `Measure`s,
 rows of one table:
 1. `caption_following`: a video for each of N prompts (half val captions of the lake, half sample-world captions no
-   video of it has), read back (model/caption_following.py) per field against the truth, with 95% Wilson intervals
+   video of it has), read back (model/evaluation/caption_following.py) per field against the truth, with 95% Wilson intervals
    next to chance, on stage 1's 5 key frames and on the whole 33-frame video: which stage loses what.
 2. The same for several sampling variants (`variants`; key frames only unless asked): is it the sampling?
 3. `tokenizer_ceiling`: real clips read back before and after a round trip through the frame tokenizer, its PSNR,
@@ -37,10 +37,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-from cogflow.model import generate, train
-from cogflow.model.caption_following import FIELDS, Reading, border_colour, read_video
-from cogflow.model.encode_clips import Tokenizers
-from cogflow.model.evaluate import (
+from cogflow.model.cogvideo import sampling
+from cogflow.model.cogvideo import stages
+from cogflow.model import media
+from cogflow.model.serving.text_to_video import TextToVideo
+from cogflow.model.cogvideo import train
+from cogflow.model.evaluation.caption_following import FIELDS, Reading, border_colour, read_video
+from cogflow.model.tokenizers.encode import Tokenizers
+from cogflow.model.evaluation.evaluate import (
     Prompt,
     _truth,
     batch_seed,
@@ -48,11 +52,12 @@ from cogflow.model.evaluate import (
     evaluation_sheet,
     val_rows,
 )
-from cogflow.model.frame_tokenizer import psnr
-from cogflow.model.generate import ROUNDS, GenerateConfig, Stage
-from cogflow.model.layout import IGNORE, build_inputs, slots
-from cogflow.model.text_tokenizer import TextTokenizer
-from cogflow.model.transformer import CogVideoTransformer
+from cogflow.model.tokenizers.frame import psnr
+from cogflow.model.cogvideo.sampling import ROUNDS, GenerateConfig
+from cogflow.model.cogvideo.stages import Stage
+from cogflow.model.cogvideo.layout import IGNORE, build_inputs, slots
+from cogflow.model.tokenizers.text import TextTokenizer
+from cogflow.model.cogvideo.transformer import CogVideoTransformer
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE, naming_hash
 from cogflow.pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
@@ -179,12 +184,6 @@ def background_tiles(frame: np.ndarray, grid: int, distance: float = BACKGROUND_
     return ~far.reshape(grid, h // grid, grid, w // grid).any(axis=(1, 3))
 
 
-def to_pixels(tokenizers: Tokenizers, codes: torch.Tensor) -> np.ndarray:
-    """codes (B, T, n) -> frames (B, T, 160, 160, 3) uint8."""
-    b, t, n = codes.shape
-    return generate.to_pixels(tokenizers, codes.reshape(-1, n)).reshape(b, t, CLIP_SIZE, CLIP_SIZE, 3)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # 1-2. Caption following, for several sampling variants
 
@@ -237,7 +236,7 @@ class Following:
     seconds: dict[str, float]  # per variant
 
 
-def caption_following(first: Stage, second: Stage, tokenizers: Tokenizers, prompts: Sequence[Prompt],
+def caption_following(t2v: TextToVideo, prompts: Sequence[Prompt],
                       variants: Sequence[Variant] = tuple(map(parse_variant, DEFAULT_VARIANTS)), *, seed: int = 0,
                       batch: int = 8, full: Sequence[str] | None = None,
                       log: Callable[[str], None] = lambda line: None) -> Following:
@@ -245,6 +244,7 @@ def caption_following(first: Stage, second: Stage, tokenizers: Tokenizers, promp
     makes the evaluation's videos), read back on stage 1's key frames and, for the variants named in `full`
     (default: the first), on the whole 33-frame video after stage 2."""
     full = [variants[0].name] if full is None else list(full)
+    first, tokenizers = t2v.first, t2v.tokenizers
     readings: dict[tuple[str, str], list[Reading]] = {}
     sheet: list[np.ndarray] = []
     sheet_readings: list[Reading] = []
@@ -257,10 +257,10 @@ def caption_following(first: Stage, second: Stage, tokenizers: Tokenizers, promp
         for b, start in enumerate(range(0, len(prompts), batch)):
             captions, batch_seeded = [p.caption for p in prompts[start:start + batch]], batch_seed(seed, b)
             if whole:  # its key frames are stage 1's, exactly: stage 2 keeps every given frame
-                codes = generate.text_to_video(first, second, tokenizers, captions, variant.options, batch_seeded).codes
+                codes = t2v.codes(captions, variant.options, batch_seeded).codes
             else:
-                codes = generate.text_to_keyframes(first, tokenizers, captions, variant.options, batch_seeded)[0].codes
-            pixels = to_pixels(tokenizers, codes)  # (B, 33 or 5, 160, 160, 3)
+                codes = t2v.keyframes(captions, variant.options, batch_seeded)[0].codes
+            pixels = media.to_pixels(tokenizers, codes)  # (B, 33 or 5, 160, 160, 3)
             for frames in pixels:
                 keys.append(read_video(frames[:: 2**ROUNDS] if whole else frames))
                 if whole:
@@ -271,7 +271,7 @@ def caption_following(first: Stage, second: Stage, tokenizers: Tokenizers, promp
             log(f"  {variant.name}: {len(keys)}/{len(prompts)} {'videos' if whole else 'key frames'} "
                 f"({time.monotonic() - started:.0f} s)")
         seconds[variant.name] = time.monotonic() - started
-        config = generate.sampling_config(first, variant.options)
+        config = stages.sampling_config(first, variant.options)
         section = f"caption following, sampling {variant.name} ({describe(config)})"
         key = f"following/{_slug(variant.name)}"
         readings[variant.name, "key frames"] = keys
@@ -302,7 +302,7 @@ def tokenizer_ceiling(settings: Settings, tokenizers: Tokenizers, clips: int = 4
     flat = torch.from_numpy(real.reshape(-1, CLIP_SIZE, CLIP_SIZE, 3))
     codes = torch.cat([tokenizers.frames.encode(chunk.to(tokenizers.device)).cpu() for chunk in flat.split(batch)])
     grid = codes.shape[-1]  # codes (M*5, g, g)
-    decoded = to_pixels(tokenizers, codes.reshape(len(rows), CLIP_FRAMES, grid * grid))  # (M, 5, 160, 160, 3)
+    decoded = media.to_pixels(tokenizers, codes.reshape(len(rows), CLIP_FRAMES, grid * grid))  # (M, 5, 160, 160, 3)
 
     out = []
     truths = caption_truths(store)
@@ -425,7 +425,7 @@ def code_backgrounds(settings: Settings, predictions: CodePredictions, tokenizer
     tiles = np.zeros((len(p.clip_ids), CLIP_FRAMES, grid, grid), dtype=bool)  # (R, 5, g, g)
     for r, clip_id in enumerate(p.clip_ids):
         missing = clip_id not in frames
-        clip = to_pixels(tokenizers, torch.from_numpy(p.codes[r : r + 1]))[0] if missing else frames[clip_id]
+        clip = media.to_pixels(tokenizers, torch.from_numpy(p.codes[r : r + 1]))[0] if missing else frames[clip_id]
         tiles[r] = [background_tiles(frame, grid) for frame in clip]
     return tiles[p.row, p.time, p.index // grid, p.index % grid]
 
@@ -535,7 +535,7 @@ def layout_check(model: CogVideoTransformer, rows: dict[str, list], boi: int = T
         total += F.cross_entropy(logits.flatten(0, 1).double(), truth.flatten(), reduction="sum").item()
         return truth
 
-    generate.decode(model, start.to(device), valid, generate.schedule(model.spec, parallel), choose)
+    sampling.decode(model, start.to(device), valid, sampling.schedule(model.spec, parallel), choose)
     return float(full), total / count
 
 
@@ -627,11 +627,11 @@ class Diagnosis:
         return out
 
 
-def diagnose(settings: Settings, first: Stage, second: Stage, tokenizers: Tokenizers,
-             config: DiagnoseConfig = DiagnoseConfig(), log: Callable[[str], None] = lambda line: None,
-             ) -> tuple[Diagnosis, Following | None]:
+def diagnose(settings: Settings, t2v: TextToVideo, config: DiagnoseConfig = DiagnoseConfig(),
+             log: Callable[[str], None] = lambda line: None) -> tuple[Diagnosis, Following | None]:
     """Run the parts of `config` on a loaded pair, saying what each does and how long it took; the diagnosis, and
     what caption following made (its videos, for the sheet)."""
+    first, second, tokenizers = t2v.first, t2v.second, t2v.tokenizers
     measures: list[Measure] = []
     seconds: dict[str, float] = {}
     variants = [parse_variant(v) for v in config.variants]
@@ -665,7 +665,7 @@ def diagnose(settings: Settings, first: Stage, second: Stage, tokenizers: Tokeni
         full = [v.name for v in variants] if config.full_sweep else None
         following = timed("following", f"caption following: {len(prompts)} prompts, sampling "
                                        f"{', '.join(config.variants)}",
-                          lambda: caption_following(first, second, tokenizers, prompts, variants, seed=config.seed,
+                          lambda: caption_following(t2v, prompts, variants, seed=config.seed,
                                                     batch=config.batch, full=full, log=log))
         measures += following.measures
         seconds.update({f"following {name}": spent for name, spent in following.seconds.items()})
@@ -694,7 +694,7 @@ def diagnose(settings: Settings, first: Stage, second: Stage, tokenizers: Tokeni
 
 def _short(source: str) -> str:
     """A stage's name in a folder: its run id's first 8 digits, else a hash of the reference it came from."""
-    return source[:8] if generate.RUN_ID.match(source) else naming_hash(source)[:8]
+    return source[:8] if stages.RUN_ID.match(source) else naming_hash(source)[:8]
 
 
 def save(diagnosis: Diagnosis, following: Following | None, out_dir: Path) -> list[Path]:
@@ -719,10 +719,10 @@ def run_diagnosis(settings: Settings, stage1: str | None = None, stage2: str | N
     from cogflow.model import tracking
 
     started = time.monotonic()
-    target = torch.device(device) if device else generate.default_device()
-    first, second, tokenizers = generate.load_pair(settings, stage1, stage2, target)
-    log(f"stages {first.source} (1) and {second.source} (2) on {target}, loaded in {time.monotonic() - started:.1f} s")
-    diagnosis, following = diagnose(settings, first, second, tokenizers, config, log)
+    t2v = TextToVideo.from_runs(settings, stage1, stage2, device)
+    first, second, tokenizers = t2v.first, t2v.second, t2v.tokenizers
+    log(f"stages {first.source} (1) and {second.source} (2) on {t2v.device}, loaded in {time.monotonic() - started:.1f} s")
+    diagnosis, following = diagnose(settings, t2v, config, log)
     out_dir = Path(settings.home).absolute() / "diagnoses" / f"{_short(first.source)}-{_short(second.source)}"
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     tags = {"cogflow.stage1_run": first.source, "cogflow.stage2_run": second.source,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import torch
-from cogflow.model import frame_tokenizer
+from cogflow.model.tokenizers import frame as frame_tokenizer
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 

@@ -7,7 +7,7 @@ artifacts. Loading `models:/cogflow-text-tokenizer/<version>` needs only cogflow
 from __future__ import annotations
 
 import mlflow
-from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model.tokenizers.text import TextTokenizer
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 

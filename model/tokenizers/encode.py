@@ -1,6 +1,6 @@
 """Encode: every clip of the lake into one token row, with registered versions of both tokenizers.
 
-    python -m cogflow.model.encode_clips [--frame-tokenizer V] [--text-tokenizer V]     (or `cogflow tokenize encode`)
+    python -m cogflow.model.tokenizers.encode [--frame-tokenizer V] [--text-tokenizer V]     (or `cogflow tokenize encode`)
 
 The unit of work is one clip file of a finished split shard (`clips/stage=S/shard-<id>.parquet`); a finished
 shard never changes, since new clips always come in new shards. Its rows go to
@@ -29,10 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from cogflow.model import frame_tokenizer, registry, tracking
-from cogflow.model.frame_tokenizer import FrameTokenizer
+from cogflow.model import tracking
+from cogflow.model.tokenizers import frame as frame_tokenizer
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers.frame import FrameTokenizer
 from cogflow.model.progress import StepProgress
-from cogflow.model.text_tokenizer import TextTokenizer
+from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE, FRAME_TOKENIZER_FILE, TEXT_SLOTS, TEXT_TOKENIZER_FILE
 from cogflow.pipeline.settings import Settings, load_settings
