@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean up down stack-status
+.PHONY: install demo lint test bench clean up down stack-status
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(BIN)/cogflow: pyproject.toml
@@ -18,9 +18,17 @@ install: $(BIN)/cogflow
 demo: install
 	$(BIN)/cogflow demo
 
+# ruff (lint and format) and mypy. mypy cannot follow the package-dir mapping of pyproject.toml (the root is the
+# `cogflow` package), so it reads the package through a link named cogflow to this checkout.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@mkdir -p $(VENV)/typecheck && ln -sfn "$(CURDIR)" $(VENV)/typecheck/cogflow
+	MYPYPATH=$(VENV)/typecheck $(BIN)/mypy -p cogflow
+
 # One worker per core; a test file stays on one worker, so its module fixtures (a split lake, a trained pair) are
 # built once. Many tests wait on servers and child processes, so two workers gain even on two cores.
-test: install
+test: lint
 	$(BIN)/python -m pytest -q -n auto --dist loadfile tests
 
 bench: install
@@ -32,7 +40,7 @@ bench: install
 
 clean:
 	-test -x $(BIN)/python && $(BIN)/python infra/stack.py down  # a running stack keeps its state in .cogflow
-	rm -rf $(VENV) .cogflow *.egg-info
+	rm -rf $(VENV) .cogflow *.egg-info .mypy_cache .ruff_cache
 
 # The whole stack on this machine, no Docker (infra/stack.py, infra/README.md): S3 (moto), MLflow, a Prefect
 # server, the deployments of prefect.yaml and a worker per pool. Options: make up STACK_ARGS="--no-worker".

@@ -12,6 +12,8 @@ notebook calls; every name is imported on first use, so `import cogflow` does no
     cogflow.encode_clips(settings)            # after the tokenizers are trained (cogflow tokenize)
     cogflow.train_stage(settings, 1, cogflow.load_config("demo"))
     cogflow.generate_video(settings, "一个红色的圆形在米色背景上从左向右移动。", "circle.mp4")
+    t2v = cogflow.TextToVideo.from_registry(settings, "models:/cogflow-t2v@champion")
+    made, frames = t2v.generate("a red circle moves from left to right on a beige background")
 """
 
 from __future__ import annotations
@@ -33,17 +35,21 @@ _API = {
     "load_config": ".model.cogvideo.train",
     "train_stage": ".model.cogvideo.train",
     "generate_video": ".model.serving.generate",
+    "TextToVideo": ".model.serving.text_to_video",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for readers and type checkers (re-exported through __all__)
-    from .model.tokenizers.encode import encode_clips
-    from .model.serving.generate import generate_video
-    from .model.cogvideo.train import load_config, train_stage
-    from .model.tokenizers.train_frame import train_frame_tokenizer
-    from .model.tokenizers.train_text import train_text_tokenizer
-    from .pipeline.ingest import ingest
-    from .pipeline.settings import Settings, load_settings
-    from .pipeline.split import split
+    from .model.cogvideo.train import load_config as load_config
+    from .model.cogvideo.train import train_stage as train_stage
+    from .model.serving.generate import generate_video as generate_video
+    from .model.serving.text_to_video import TextToVideo as TextToVideo
+    from .model.tokenizers.encode import encode_clips as encode_clips
+    from .model.tokenizers.train_frame import train_frame_tokenizer as train_frame_tokenizer
+    from .model.tokenizers.train_text import train_text_tokenizer as train_text_tokenizer
+    from .pipeline.ingest import ingest as ingest
+    from .pipeline.settings import Settings as Settings
+    from .pipeline.settings import load_settings as load_settings
+    from .pipeline.split import split as split
 
 __all__ = sorted(_API)
 

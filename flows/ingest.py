@@ -6,7 +6,16 @@ Planning and writing run once; probing fans out over the flow's task runner, bou
 
 from __future__ import annotations
 
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
 from cogflow.flows.progress import Progress
+from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.ingest import (
     IngestPlan,
     IngestSummary,
@@ -17,16 +26,10 @@ from cogflow.pipeline.ingest import (
 from cogflow.pipeline.manifest import check_manifest
 from cogflow.pipeline.prober import stop_probes_on_error
 from cogflow.pipeline.settings import Limits, Settings, load_settings
-from cogflow.pipeline.storage import safe_uri
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 # Results stay in memory: every step is idempotent against the lake, which is the only state that matters.
-plan_task = task(plan_ingest, name="plan-ingest", cache_policy=NO_CACHE)
-finish_task = task(finish_ingest, name="write-lake", cache_policy=NO_CACHE)
+plan_task = task(name="plan-ingest", cache_policy=NO_CACHE)(plan_ingest)
+finish_task = task(name="write-lake", cache_policy=NO_CACHE)(finish_ingest)
 
 
 @task(name="probe-video", cache_policy=NO_CACHE, task_run_name="probe {source_uri}")
@@ -63,7 +66,8 @@ def hand_over_manifest(manifest: str) -> str:
     return shown
 
 
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().probe_workers))
+# prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().probe_workers))  # type: ignore[arg-type]
 def ingest_flow(
     manifest: str,
     lake: str | None = None,
@@ -77,7 +81,12 @@ def ingest_flow(
     logger = get_run_logger()
     manifest = _handed_over.get(manifest, manifest)
     plan = plan_task(
-        manifest, settings, video_col=video_col, caption_col=caption_col, retry_rejects=retry_rejects, encoding=encoding,
+        manifest,
+        settings,
+        video_col=video_col,
+        caption_col=caption_col,
+        retry_rejects=retry_rejects,
+        encoding=encoding,
     )
     logger.info("%d new sources to probe with %d workers", len(plan.to_probe), settings.probe_workers)
     summary = finish_task(plan, _probe_all(plan))
@@ -85,22 +94,28 @@ def ingest_flow(
     # One line in the run's log; the full table is the artifact (and what the CLI prints).
     logger.info(
         "%d of %d rows accepted (%d new captions), %d rejected, %d videos probed",
-        summary.accepted_rows, summary.manifest_rows, summary.new_rows["captions"], summary.rejected_rows,
+        summary.accepted_rows,
+        summary.manifest_rows,
+        summary.new_rows["captions"],
+        summary.rejected_rows,
         summary.sources_probed,
     )
     return summary
 
 
-def run_ingest(settings: Settings, **parameters: object) -> IngestSummary:
+def run_ingest(settings: Settings, **parameters: Any) -> IngestSummary:
     """Run the flow with a task runner sized from the settings (the decorator cannot know them).
 
     A local manifest that cannot be read (encoding, columns) raises ManifestError before the flow starts, so the
     user sees one line rather than Prefect's tracebacks of the failed task and flow.
     """
     check_manifest(
-        str(parameters["manifest"]), encoding=parameters.get("encoding"),  # type: ignore[arg-type]
-        video_col=str(parameters.get("video_col", "video")), caption_col=str(parameters.get("caption_col", "caption")),
+        str(parameters["manifest"]),
+        encoding=parameters.get("encoding"),
+        video_col=str(parameters.get("video_col", "video")),
+        caption_col=str(parameters.get("caption_col", "caption")),
     )
-    runner = ThreadPoolTaskRunner(max_workers=settings.probe_workers)
+    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=settings.probe_workers)
     parameters["manifest"] = hand_over_manifest(str(parameters["manifest"]))
-    return ingest_flow.with_options(task_runner=runner)(**parameters)
+    # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
+    return ingest_flow.with_options(task_runner=runner)(**parameters)  # type: ignore[arg-type]

@@ -26,25 +26,36 @@ class ChildFailed(RuntimeError):
 
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child see the same settings as this process."""
-    env = {**os.environ, "COGFLOW_HOME": settings.home, "COGFLOW_LAKE": settings.lake,
-           "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "COGFLOW_HOME": settings.home,
+        "COGFLOW_LAKE": settings.lake,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "PYTHONUNBUFFERED": "1",
+    }
     if settings.s3_endpoint:
         env["AWS_ENDPOINT_URL_S3"] = settings.s3_endpoint
     return env
 
 
-def run_module(module: str, args: list[str], settings: Settings, nproc: int = 1,
-               log: Callable[[str], None] = print) -> dict:
+def run_module(
+    module: str, args: list[str], settings: Settings, nproc: int = 1, log: Callable[[str], None] = print
+) -> dict:
     """Run `module` (which must accept --result-file) and return the result it wrote.
 
     Exit code 2 is the entry point's usage error (ValueError with its message); any other failure is ChildFailed."""
     with tempfile.TemporaryDirectory(prefix="cogflow-child-") as tmp:
         result_file = Path(tmp) / "result.json"
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+        launcher = (
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+            if nproc > 1
+            else [sys.executable]
+        )
         command = [*launcher, "-m", module, *args, "--result-file", str(result_file)]
         tail: deque[str] = deque(maxlen=20)
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=child_env(settings), bufsize=1) as child:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(settings), bufsize=1
+        ) as child:
             assert child.stdout is not None
             for line in child.stdout:
                 line = line.rstrip()

@@ -6,6 +6,8 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
+from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -17,7 +19,10 @@ class Progress:
         self.total, self.label, self.done = total, label, 0
         self._last = 0.0
         self._tty = sys.stderr.isatty()
-        self._artifact = create_progress_artifact(progress=0.0, key=key, description=label) if total else None
+        # called from sync code, where Prefect's async_dispatch runs the sync version: the id, not a coroutine
+        self._artifact = (
+            cast(UUID, create_progress_artifact(progress=0.0, key=key, description=label)) if total else None
+        )
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -31,7 +36,12 @@ class Progress:
         if self._tty:
             filled = int(percent // 4)
             end = "\n" if self.done >= self.total else ""
-            print(f"\r{self.label} [{'#' * filled}{'.' * (25 - filled)}] {self.done}/{self.total}", end=end, file=sys.stderr, flush=True)
+            print(
+                f"\r{self.label} [{'#' * filled}{'.' * (25 - filled)}] {self.done}/{self.total}",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def child_log(log: Callable[[str], None], step_line: re.Pattern[str], label: str, key: str) -> Callable[[str], None]:

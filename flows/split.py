@@ -11,6 +11,14 @@ its own server, so use it with a Prefect server), and `dask` / `ray` spread the 
 
 from __future__ import annotations
 
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
 from cogflow.flows.progress import Progress
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import (
@@ -24,16 +32,11 @@ from cogflow.pipeline.split import (
     stop_shards_on_error,
 )
 from cogflow.pipeline.storage import Storage
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 TASK_RUNNERS = ("threads", "processes", "dask", "ray")
 
-plan_task = task(plan_split, name="plan-clips", cache_policy=NO_CACHE)
-finish_task = task(finish_split, name="check-clips", cache_policy=NO_CACHE)
+plan_task = task(name="plan-clips", cache_policy=NO_CACHE)(plan_split)
+finish_task = task(name="check-clips", cache_policy=NO_CACHE)(finish_split)
 
 
 @task(name="split-shard", cache_policy=NO_CACHE, task_run_name="shard {shard.shard_id}")
@@ -41,7 +44,9 @@ def shard_task(settings: Settings, shard: ShardTask) -> ShardResult:
     logger = get_run_logger()
 
     def on_video(result: ShardResult) -> None:
-        logger.info("shard %s: %d/%d videos, %d clips", shard.shard_id, result.videos, shard.videos, result.clips_written)
+        logger.info(
+            "shard %s: %d/%d videos, %d clips", shard.shard_id, result.videos, shard.videos, result.clips_written
+        )
 
     return split_shard(settings, shard, on_video=on_video)
 
@@ -69,14 +74,20 @@ def make_task_runner(spec: str, workers: int) -> TaskRunner:
         if address:
             return DaskTaskRunner(address=f"tcp://{address}")
         # One single-threaded worker process per slot: the decoding happens in child processes anyway.
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        )
     if kind == "ray":
         try:
             from prefect_ray import RayTaskRunner
         except ImportError as exc:
             raise ValueError("--task-runner ray needs prefect-ray: pip install prefect-ray") from exc
-        return RayTaskRunner(address=f"ray://{address}") if address else RayTaskRunner(init_kwargs={"num_cpus": workers})
-    raise ValueError(f"unknown task runner {spec!r}: use one of {', '.join(TASK_RUNNERS)} (dask and ray may add ://address)")
+        return (
+            RayTaskRunner(address=f"ray://{address}") if address else RayTaskRunner(init_kwargs={"num_cpus": workers})
+        )
+    raise ValueError(
+        f"unknown task runner {spec!r}: use one of {', '.join(TASK_RUNNERS)} (dask and ray may add ://address)"
+    )
 
 
 def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]:
@@ -95,7 +106,8 @@ def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]
     return results
 
 
-@flow(name="split", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().split.workers))
+# prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
+@flow(name="split", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().split.workers))  # type: ignore[arg-type]
 def split_flow(lake: str | None = None, stage: str = "all", retry_rejects: bool = False) -> SplitSummary:
     """Cut every captioned video of the lake not split yet into 5-frame 160x160 clips (stage 1, 2 or all).
 
@@ -107,18 +119,25 @@ def split_flow(lake: str | None = None, stage: str = "all", retry_rejects: bool 
     plan = plan_task(settings, parse_stages(stage), retry_rejects)
     logger.info(
         "%d new windows planned; %d shards to split (%d clips), %d already finished",
-        plan.new_windows, len(plan.pending), sum(s.clips for s in plan.pending), plan.finished_before,
+        plan.new_windows,
+        len(plan.pending),
+        sum(s.clips for s in plan.pending),
+        plan.finished_before,
     )
     summary = finish_task(settings, plan, _split_all(settings, plan.pending))
     create_table_artifact(key="split-summary", table=summary.table(), description=f"split {summary.lake}")
     logger.info(
         "%d clips written from %d videos (%d frames decoded), %d rejected",
-        summary.clips_written, summary.videos, summary.frames_decoded, sum(summary.rejects.values()),
+        summary.clips_written,
+        summary.videos,
+        summary.frames_decoded,
+        sum(summary.rejects.values()),
     )
     return summary
 
 
-def run_split(settings: Settings, task_runner: str = "threads", **parameters: object) -> SplitSummary:
+def run_split(settings: Settings, task_runner: str = "threads", **parameters: Any) -> SplitSummary:
     """Run the flow on the named task runner, sized from the settings."""
     runner = make_task_runner(task_runner, settings.split.workers)
-    return split_flow.with_options(task_runner=runner)(**parameters)
+    # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
+    return split_flow.with_options(task_runner=runner)(**parameters)  # type: ignore[arg-type]

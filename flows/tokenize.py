@@ -12,6 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
 from cogflow.flows.launch import gpu_slot, run_module
 from cogflow.flows.progress import Progress, child_log
 from cogflow.model.tokenizers.encode import EncodeResult, encode_clips
@@ -22,32 +26,36 @@ from cogflow.model.tokenizers.train_text import (
     train_text_tokenizer,
 )
 from cogflow.pipeline import checks
+from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.storage import Storage, safe_uri
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from cogflow.pipeline.storage import Storage
 
 STEPS = ("text", "frames", "encode")
 STEP_LINE = re.compile(r"^frame tokenizer (\d+)/(\d+) ")
 
-text_task = task(train_text_tokenizer, name="train-text-tokenizer", cache_policy=NO_CACHE)
+text_task = task(name="train-text-tokenizer", cache_policy=NO_CACHE)(train_text_tokenizer)
 
 
 @task(name="train-frame-tokenizer", cache_policy=NO_CACHE)
-def frames_task(settings: Settings, config: str, overrides: list[str], nproc: int, restart: bool) -> FrameTokenizerResult:
+def frames_task(
+    settings: Settings, config: str, overrides: list[str], nproc: int, restart: bool
+) -> FrameTokenizerResult:
     args = ["--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
     if restart:
         args.append("--restart")
     # the child's periodic "frame tokenizer 25/1200 ..." lines feed a progress artifact
-    log = child_log(get_run_logger().info, STEP_LINE, "training the frame tokenizer (steps)", "frame-tokenizer-progress")
+    log = child_log(
+        get_run_logger().info, STEP_LINE, "training the frame tokenizer (steps)", "frame-tokenizer-progress"
+    )
     with gpu_slot():
         result = run_module("cogflow.model.tokenizers.train_frame", args, settings, nproc=nproc, log=log)
     return FrameTokenizerResult(**result)
 
 
 @task(name="encode-clips", cache_policy=NO_CACHE)
-def encode_task(settings: Settings, frame_version: str | None, text_version: str | None, batch_clips: int) -> EncodeResult:
+def encode_task(
+    settings: Settings, frame_version: str | None, text_version: str | None, batch_clips: int
+) -> EncodeResult:
     progress: Progress | None = None
 
     def on_file(result: EncodeResult, total: int) -> None:
@@ -76,21 +84,27 @@ class TokenizeSummary:
         out = [f"tokenize {self.lake}"]
         if (t := self.text_tokenizer) is not None:
             what = "trained" if t.trained else "already registered: same captions, same config"
-            out.append(f"  text tokenizer   cogflow-text-tokenizer v{t.version} ({what}): {t.vocab_size} pieces from {t.captions} captions")
+            out.append(
+                f"  text tokenizer   cogflow-text-tokenizer v{t.version} ({what}): {t.vocab_size} pieces from {t.captions} captions"
+            )
             if t.note:
                 out.append(f"                   {t.note}")
         if (f := self.frame_tokenizer) is not None:
             what = "trained" if f.trained else "already registered: same clips, same config"
             name = f"v{f.version}" if f.version else "(not registered yet)"
-            out.append(f"  frame tokenizer  cogflow-frame-tokenizer {name} ({what}, {f.steps} steps): {f.eval_split} PSNR "
-                       f"{f.psnr:.2f} dB against {f.thumbnail_psnr:.2f} dB for a bicubic thumbnail of as many pixels as codes; "
-                       f"codebook {f.codebook_used:.0%} used, perplexity {f.perplexity:.1f}")
+            out.append(
+                f"  frame tokenizer  cogflow-frame-tokenizer {name} ({what}, {f.steps} steps): {f.eval_split} PSNR "
+                f"{f.psnr:.2f} dB against {f.thumbnail_psnr:.2f} dB for a bicubic thumbnail of as many pixels as codes; "
+                f"codebook {f.codebook_used:.0%} used, perplexity {f.perplexity:.1f}"
+            )
             if f.note:
                 out.append(f"                   {f.note}")
         if (e := self.encoding) is not None:
             stages = ", ".join(f"stage {s}: {n}" for s, n in sorted(e.stages.items())) or "nothing new"
-            out.append(f"  encoded          {e.clips} clips from {e.files_encoded} clip files ({stages}) at {e.frames_per_s:.0f} frames/s "
-                       f"into tokens/v{e.frame_tokenizer_version}; {e.files_done_before} files were encoded already")
+            out.append(
+                f"  encoded          {e.clips} clips from {e.files_encoded} clip files ({stages}) at {e.frames_per_s:.0f} frames/s "
+                f"into tokens/v{e.frame_tokenizer_version}; {e.files_done_before} files were encoded already"
+            )
         if self.checks:
             out.append(f"  data checks passed: {len(self.checks)}")
         out.append(f"  MLflow: {self.mlflow}")
@@ -141,6 +155,9 @@ def tokenize_flow(
         summary.checks = checks_task(settings)
     for line in summary.lines():
         logger.info(line)
-    create_markdown_artifact(key="tokenize-summary", markdown="\n".join(["```", *summary.lines(), "```"]),
-                             description=f"tokenize {summary.lake}")
+    create_markdown_artifact(
+        key="tokenize-summary",
+        markdown="\n".join(["```", *summary.lines(), "```"]),
+        description=f"tokenize {summary.lake}",
+    )
     return summary

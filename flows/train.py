@@ -12,14 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cogflow.flows.launch import gpu_slot, run_module
-from cogflow.flows.progress import child_log
-from cogflow.model.cogvideo.train import TrainResult
-from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.storage import Storage, safe_uri
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+
+from cogflow.flows.launch import gpu_slot, run_module
+from cogflow.flows.progress import child_log
+from cogflow.model.cogvideo.train import TrainResult
+from cogflow.pipeline.fetch import safe_uri
+from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.storage import Storage
 
 STEP_LINE = re.compile(r"^(?:stage [12]|text-to-image) (\d+)/(\d+) ")
 
@@ -32,9 +34,25 @@ def default_nproc() -> int:
 
 
 @task(name="train-stage", cache_policy=NO_CACHE)
-def train_task(settings: Settings, stage: int, config: str, overrides: list[str], nproc: int,
-               frame_tokenizer_version: str | None, restart: bool, resume: bool) -> TrainResult:
-    args = ["--stage", str(stage), "--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
+def train_task(
+    settings: Settings,
+    stage: int,
+    config: str,
+    overrides: list[str],
+    nproc: int,
+    frame_tokenizer_version: str | None,
+    restart: bool,
+    resume: bool,
+) -> TrainResult:
+    args = [
+        "--stage",
+        str(stage),
+        "--config",
+        config,
+        "--lake",
+        settings.lake,
+        *(a for o in overrides for a in ("--set", o)),
+    ]
     if frame_tokenizer_version:
         args += ["--frame-tokenizer", frame_tokenizer_version]
     args += ["--restart"] if restart else []
@@ -59,14 +77,18 @@ class TrainSummary:
     def lines(self) -> list[str]:
         r = self.result
         what = "trained" if r.trained else "found: " + r.note
-        out = [f"train stage {r.stage} on {self.lake}",
-               f"  MLflow run {r.run_id} ({what}, {r.steps} steps, {r.parameters / 1e6:.2f}M parameters)"]
+        out = [
+            f"train stage {r.stage} on {self.lake}",
+            f"  MLflow run {r.run_id} ({what}, {r.steps} steps, {r.parameters / 1e6:.2f}M parameters)",
+        ]
         if r.complete:
             out.append(f"  {r.eval_split} bits per token {r.val_bits_per_token:.3f}")
         else:
             out.append(f"  {r.note}")
         if r.trained and r.tokens_per_s == r.tokens_per_s:  # not NaN
-            out.append(f"  {r.tokens_per_s:,.0f} tokens/s, model FLOPs utilisation {r.mfu:.1%} of the measured matmul peak")
+            out.append(
+                f"  {r.tokens_per_s:,.0f} tokens/s, model FLOPs utilisation {r.mfu:.1%} of the measured matmul peak"
+            )
         out.append(f"  MLflow: {self.mlflow}")
         return out
 
@@ -75,20 +97,38 @@ class TrainSummary:
 
 
 @flow(name="train")
-def train_flow(stage: int, config: str = "demo", overrides: list[str] | None = None, lake: str | None = None,
-               nproc: int | None = None, frame_tokenizer_version: str | None = None, restart: bool = False,
-               resume: bool = False) -> TrainSummary:
+def train_flow(
+    stage: int,
+    config: str = "demo",
+    overrides: list[str] | None = None,
+    lake: str | None = None,
+    nproc: int | None = None,
+    frame_tokenizer_version: str | None = None,
+    restart: bool = False,
+    resume: bool = False,
+) -> TrainSummary:
     """Train stage 1 (key frames) or 2 (interpolation) on the lake's token shards; returns the MLflow run."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, not {stage}")
     settings = load_settings(lake=lake)
     settings = settings.replace(lake=Storage.at(settings.lake).root)  # the child gets an absolute path
-    result = train_task(settings, stage, config, list(overrides or []), nproc or default_nproc(),
-                        frame_tokenizer_version, restart, resume)
+    result = train_task(
+        settings,
+        stage,
+        config,
+        list(overrides or []),
+        nproc or default_nproc(),
+        frame_tokenizer_version,
+        restart,
+        resume,
+    )
     summary = TrainSummary(safe_uri(settings.lake), safe_uri(settings.mlflow_tracking_uri), result)
     logger = get_run_logger()
     for line in summary.lines():
         logger.info(line)
-    create_markdown_artifact(key=f"train-stage{stage}-summary", markdown="\n".join(["```", *summary.lines(), "```"]),
-                             description=f"train stage {stage}")
+    create_markdown_artifact(
+        key=f"train-stage{stage}-summary",
+        markdown="\n".join(["```", *summary.lines(), "```"]),
+        description=f"train stage {stage}",
+    )
     return summary

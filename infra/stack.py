@@ -50,15 +50,42 @@ DUMMY_KEY = "cogflow-local"  # moto takes any credentials; real ones never go ne
 DEFAULT_PORTS = {"s3": 5055, "mlflow": 5000, "prefect": 4200}
 SERVERS = ("s3", "mlflow", "prefect")
 GPU_LIMIT = "cogflow-gpu"  # flows/launch.py: the global concurrency limit the GPU steps take a slot of
-ENV_EXPORTS = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "COGFLOW_LAKE", "COGFLOW_CHECKPOINTS", "COGFLOW_HOME",
-               "COGFLOW_CHECKOUT", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-               "AWS_DEFAULT_REGION")
+ENV_EXPORTS = (
+    "PREFECT_API_URL",
+    "MLFLOW_TRACKING_URI",
+    "COGFLOW_LAKE",
+    "COGFLOW_CHECKPOINTS",
+    "COGFLOW_HOME",
+    "COGFLOW_CHECKOUT",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
 # Settings in the caller's environment that would point a service somewhere else than this stack.
-FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH",
-           "PREFECT_UI_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "MLFLOW_TRACKING_URI",
-           "MLFLOW_REGISTRY_URI", "MLFLOW_S3_ENDPOINT_URL", "COGFLOW_LAKE", "COGFLOW_HOME", "COGFLOW_CHECKPOINTS",
-           "COGFLOW_ARTIFACTS", "COGFLOW_CHECKOUT", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-           "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+FOREIGN = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_HOME",
+    "PREFECT_PROFILE",
+    "PREFECT_PROFILES_PATH",
+    "PREFECT_UI_API_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "COGFLOW_LAKE",
+    "COGFLOW_HOME",
+    "COGFLOW_CHECKPOINTS",
+    "COGFLOW_ARTIFACTS",
+    "COGFLOW_CHECKOUT",
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
 
 
 class StackError(RuntimeError):
@@ -76,7 +103,7 @@ def _stat(pid: int) -> tuple[str, int, int, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the name in brackets may hold spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the name in brackets may hold spaces
     return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
 
 
@@ -236,7 +263,7 @@ class Stack:
         return self.log_dir / f"{name}.log"
 
     # what runs
-    def load(self) -> "Stack":
+    def load(self) -> Stack:
         info = self.state / "stack.json"
         if info.exists():
             self.ports = {**json.loads(info.read_text())["ports"], **self.ports}
@@ -281,32 +308,84 @@ class Stack:
         }
 
     def worker_env(self) -> dict[str, str]:
-        return clean_env(**self.client_env(), PREFECT_HOME=str(self.state / "prefect"),
-                         MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+        return clean_env(
+            **self.client_env(),
+            PREFECT_HOME=str(self.state / "prefect"),
+            MLFLOW_DISABLE_TELEMETRY="true",
+            PYTHONUNBUFFERED="1",
+        )
 
     def services(self, pools: list[str]) -> list[Service]:
         s3, mlflow, prefect = (self.base_url(n) for n in SERVERS)
         aws = {"AWS_ACCESS_KEY_ID": DUMMY_KEY, "AWS_SECRET_ACCESS_KEY": DUMMY_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
         services = [
-            Service("s3", [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.ports["s3"])],
-                    clean_env(), health=f"{s3}/", url=s3),
-            Service("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.state / 'mlflow.db'}",
-                               "--artifacts-destination", MLFLOW_ARTIFACTS, "--host", HOST,
-                               "--port", str(self.ports["mlflow"]), "--workers", "1"],
-                    # No job runner: its consumers (GenAI scoring, trace archival) are 7 processes cogflow has no use for.
-                    clean_env(MLFLOW_S3_ENDPOINT_URL=s3, AWS_ENDPOINT_URL_S3=s3, MLFLOW_DISABLE_TELEMETRY="true",
-                              MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **aws),
-                    health=f"{mlflow}/health", url=mlflow),
-            Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(self.ports["prefect"])],
-                    clean_env(PREFECT_HOME=str(self.state / "prefect-server"), PREFECT_API_URL=f"{prefect}/api",
-                              PREFECT_SERVER_ANALYTICS_ENABLED="false"),
-                    health=f"{prefect}/api/health", url=prefect),
+            Service(
+                "s3",
+                [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.ports["s3"])],
+                clean_env(),
+                health=f"{s3}/",
+                url=s3,
+            ),
+            Service(
+                "mlflow",
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.state / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    MLFLOW_ARTIFACTS,
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(self.ports["mlflow"]),
+                    "--workers",
+                    "1",
+                ],
+                # No job runner: its consumers (GenAI scoring, trace archival) are 7 processes cogflow has no use for.
+                clean_env(
+                    MLFLOW_S3_ENDPOINT_URL=s3,
+                    AWS_ENDPOINT_URL_S3=s3,
+                    MLFLOW_DISABLE_TELEMETRY="true",
+                    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+                    **aws,
+                ),
+                health=f"{mlflow}/health",
+                url=mlflow,
+            ),
+            Service(
+                "prefect",
+                [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(self.ports["prefect"])],
+                clean_env(
+                    PREFECT_HOME=str(self.state / "prefect-server"),
+                    PREFECT_API_URL=f"{prefect}/api",
+                    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                ),
+                health=f"{prefect}/api/health",
+                url=prefect,
+            ),
         ]
         for pool in pools:
             worker = f"{pool}-{socket.gethostname()}"
-            services.append(Service(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
-                                                      "--name", worker, "--install-policy", "never"],
-                                    self.worker_env(), pool=pool, worker=worker))
+            services.append(
+                Service(
+                    f"worker-{pool}",
+                    [
+                        str(BIN / "prefect"),
+                        "worker",
+                        "start",
+                        "--pool",
+                        pool,
+                        "--name",
+                        worker,
+                        "--install-policy",
+                        "never",
+                    ],
+                    self.worker_env(),
+                    pool=pool,
+                    worker=worker,
+                )
+            )
         return services
 
     def start(self, service: Service) -> subprocess.Popen:
@@ -314,8 +393,15 @@ class Stack:
         with open(log, "ab") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(service.command)}\n".encode())
             out.flush()
-            child = subprocess.Popen(service.command, env=service.env, cwd=CHECKOUT, stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            child = subprocess.Popen(
+                service.command,
+                env=service.env,
+                cwd=CHECKOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pid_file(service.name).write_text(f"{child.pid} {_start_time(child.pid)}\n")
         return child
 
@@ -327,7 +413,9 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "    (no log)"
 
 
-def wait_healthy(stack: Stack, started: dict[str, tuple[Service, subprocess.Popen]], timeout: float) -> dict[str, float]:
+def wait_healthy(
+    stack: Stack, started: dict[str, tuple[Service, subprocess.Popen]], timeout: float
+) -> dict[str, float]:
     """Poll every started server's health URL; the seconds each took. A service that exits or does not answer
     in time is an error naming its log."""
     t0 = time.monotonic()
@@ -339,12 +427,16 @@ def wait_healthy(stack: Stack, started: dict[str, tuple[Service, subprocess.Pope
                 took[name] = time.monotonic() - t0
                 del pending[name]
             elif child.poll() is not None:
-                raise StackError(f"{name} exited with code {child.returncode} before answering {service.health}; "
-                                 f"its log {stack.log_file(name)} ends with:\n{_tail(stack.log_file(name))}")
+                raise StackError(
+                    f"{name} exited with code {child.returncode} before answering {service.health}; "
+                    f"its log {stack.log_file(name)} ends with:\n{_tail(stack.log_file(name))}"
+                )
         if pending and time.monotonic() - t0 > timeout:
             name = next(iter(pending))
-            raise StackError(f"{name} did not answer {pending[name][0].health} within {timeout:.0f} s; "
-                             f"its log {stack.log_file(name)} ends with:\n{_tail(stack.log_file(name))}")
+            raise StackError(
+                f"{name} did not answer {pending[name][0].health} within {timeout:.0f} s; "
+                f"its log {stack.log_file(name)} ends with:\n{_tail(stack.log_file(name))}"
+            )
         time.sleep(0.2)
     return took
 
@@ -365,8 +457,15 @@ def run_logged(stack: Stack, name: str, command: list[str], env: dict[str, str],
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         out.flush()
         try:
-            code = subprocess.run(command, env=env, cwd=CHECKOUT, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, timeout=timeout).returncode
+            code = subprocess.run(
+                command,
+                env=env,
+                cwd=CHECKOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            ).returncode
         except subprocess.TimeoutExpired:
             code = None
     if code != 0:
@@ -381,9 +480,12 @@ def deploy(stack: Stack, api_url: str, timeout: float) -> None:
     pull steps when VAR is set where it runs, and keeps the template when it is not. Kept, it is resolved by each
     flow run from its worker's environment, so a GPU machine whose checkout lives elsewhere works too."""
     pools = work_pools()
-    env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(stack.state / "prefect"),
-                    # `schedules: []` in prefect.yaml then removes schedules an earlier deploy created
-                    PREFECT_DEPLOYMENTS_CLEAR_SCHEDULES_ON_EMPTY="true")
+    env = clean_env(
+        PREFECT_API_URL=api_url,
+        PREFECT_HOME=str(stack.state / "prefect"),
+        # `schedules: []` in prefect.yaml then removes schedules an earlier deploy created
+        PREFECT_DEPLOYMENTS_CLEAR_SCHEDULES_ON_EMPTY="true",
+    )
     run_logged(stack, "deploy", [sys.executable, __file__, "_bootstrap", *pools], env, timeout)
     run_logged(stack, "deploy", [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, timeout)
 
@@ -401,8 +503,11 @@ def bootstrap(pools: list[str]) -> None:
                 client.read_work_pool(pool)
                 print(f"work pool {pool} exists")
             except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(name=pool, type="process",
-                                                       base_job_template=ProcessWorker.get_default_base_job_template()))
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                    )
+                )
                 print(f"work pool {pool} created (process)")
         try:
             client.read_global_concurrency_limit_by_name(GPU_LIMIT)
@@ -420,16 +525,22 @@ def wait_workers(stack: Stack, started: dict[str, tuple[Service, subprocess.Pope
     pending = dict(started)
     while pending:
         for name, (service, child) in list(pending.items()):
-            request = urllib.request.Request(f"{api}/work_pools/{service.pool}/workers/filter", data=b"{}",
-                                             method="POST", headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"{api}/work_pools/{service.pool}/workers/filter",
+                data=b"{}",
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             with contextlib.suppress(OSError, ValueError):
                 with urllib.request.urlopen(request, timeout=2) as reply:
                     if any(w["name"] == service.worker for w in json.load(reply)):
                         del pending[name]
                         continue
             if child.poll() is not None:
-                raise StackError(f"{name} exited with code {child.returncode}; its log {stack.log_file(name)} ends "
-                                 f"with:\n{_tail(stack.log_file(name))}")
+                raise StackError(
+                    f"{name} exited with code {child.returncode}; its log {stack.log_file(name)} ends "
+                    f"with:\n{_tail(stack.log_file(name))}"
+                )
         if pending and time.monotonic() - t0 > timeout:
             name = next(iter(pending))
             raise StackError(f"{name} did not show up at {api} within {timeout:.0f} s; see {stack.log_file(name)}")
@@ -462,7 +573,7 @@ def _summary(stack: Stack, state_arg: str) -> str:
         "",
         "Point a shell (cogflow, prefect, mlflow) at it:",
         *("  " + line for line in _env_lines(stack)),
-        f"  (or: eval \"$({me} env{state_arg})\")",
+        f'  (or: eval "$({me} env{state_arg})")',
         "",
         f"Stop it with: {'make down' if not state_arg else f'{me} down{state_arg}'}",
     ]
@@ -507,18 +618,25 @@ def cmd_up(args: argparse.Namespace) -> int:
             port = requested[name] if requested[name] is not None else stack.ports.get(name, DEFAULT_PORTS[name])
             port = port or free_port()
             if port_in_use(port):
-                raise StackError(f"port {port} for {name} is in use: stop what listens there, or choose another "
-                                 f"with --{name}-port (0 picks a free one)")
+                raise StackError(
+                    f"port {port} for {name} is in use: stop what listens there, or choose another "
+                    f"with --{name}-port (0 picks a free one)"
+                )
             stack.ports[name] = port
         stack.save()
         if "s3" not in running and (stack.state / "mlflow.db").exists():
             if "mlflow" in running:
-                print("warning: S3 was not running: MLflow's runs and models point at artifacts that are gone "
-                      "(`down`, then `up`, starts both afresh)", file=sys.stderr)
+                print(
+                    "warning: S3 was not running: MLflow's runs and models point at artifacts that are gone "
+                    "(`down`, then `up`, starts both afresh)",
+                    file=sys.stderr,
+                )
             else:
                 (stack.state / "mlflow.db").replace(stack.state / "mlflow.db.orphaned")
-                print("a fresh S3 has none of the old MLflow artifacts: MLflow starts on a fresh database "
-                      f"(the old one is {stack.state / 'mlflow.db.orphaned'})")
+                print(
+                    "a fresh S3 has none of the old MLflow artifacts: MLflow starts on a fresh database "
+                    f"(the old one is {stack.state / 'mlflow.db.orphaned'})"
+                )
 
         started: dict[str, tuple[Service, subprocess.Popen]] = {}
         try:
@@ -536,8 +654,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             create_bucket(stack)
             t = time.monotonic()
             deploy(stack, f"{stack.base_url('prefect')}/api", args.timeout)
-            print(f"  work pools {', '.join(pools)}, limit {GPU_LIMIT} and the deployments of prefect.yaml "
-                  f"in place ({time.monotonic() - t:.1f} s)")
+            print(
+                f"  work pools {', '.join(pools)}, limit {GPU_LIMIT} and the deployments of prefect.yaml "
+                f"in place ({time.monotonic() - t:.1f} s)"
+            )
             workers = {}
             for name in wanted:
                 if name.startswith("worker-") and name not in running:
@@ -577,8 +697,10 @@ def cmd_down(args: argparse.Namespace) -> int:
                 print(f"stopped {name} (pid {running[name]}; {how})")
         (stack.state / "stack.json").unlink(missing_ok=True)
         if "s3" in running:
-            print("moto's S3 data (the lake, MLflow's artifacts, checkpoints) was in memory and is gone; "
-                  f"Prefect's database and the logs stay in {stack.state}")
+            print(
+                "moto's S3 data (the lake, MLflow's artifacts, checkpoints) was in memory and is gone; "
+                f"Prefect's database and the logs stay in {stack.state}"
+            )
     return 0
 
 
@@ -593,7 +715,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if service.name in SERVERS:
             ok = pid is not None and http_ok(service.health, timeout=2.0)
             healthy += ok
-            what = f"running (pid {pid}), {'healthy' if ok else 'NOT answering ' + service.health}" if pid else "not running"
+            what = (
+                f"running (pid {pid}), {'healthy' if ok else 'NOT answering ' + service.health}"
+                if pid
+                else "not running"
+            )
             print(f"  {service.name:24} {what:50} {service.url}")
         else:
             what = f"running (pid {pid})" if pid else "not running"
@@ -633,15 +759,26 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap(argv[1:])
         return 0
     parser = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--state", default=str(CHECKOUT / ".cogflow" / "stack"),
-                        help="where PIDs, logs, ports and databases go (default .cogflow/stack in the checkout)")
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for each service (up), or before SIGKILL (down; default 120 and 15)")
+    parser.add_argument(
+        "--state",
+        default=str(CHECKOUT / ".cogflow" / "stack"),
+        help="where PIDs, logs, ports and databases go (default .cogflow/stack in the checkout)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for each service (up), or before SIGKILL (down; default 120 and 15)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start S3 (moto), MLflow, Prefect, deploy prefect.yaml, start the workers")
     for name in SERVERS:
-        up.add_argument(f"--{name}-port", type=int, default=None,
-                        help=f"port of {name} (default {DEFAULT_PORTS[name]}; 0 picks a free one)")
+        up.add_argument(
+            f"--{name}-port",
+            type=int,
+            default=None,
+            help=f"port of {name} (default {DEFAULT_PORTS[name]}; 0 picks a free one)",
+        )
     up.add_argument("--no-worker", action="store_true", help="start everything but the workers")
     commands.add_parser("down", help="stop everything the stack started, workers first")
     commands.add_parser("status", help="show each service: running or not, its URL")
@@ -659,7 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down" and not any(a.startswith("--timeout") for a in argv):
         args.timeout = 15.0
     try:
-        return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "env": cmd_env, "deploy": cmd_deploy}[args.command](args)
+        return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "env": cmd_env, "deploy": cmd_deploy}[
+            args.command
+        ](args)
     except StackError as exc:
         print(f"infra/stack.py {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -15,11 +15,14 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CONFIGS = Path(__file__).with_name("configs")
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -39,7 +42,9 @@ def config_path(kind: str, name_or_path: str) -> Path:
         return path
     shipped = CONFIGS / kind / f"{name_or_path}.toml"
     if not shipped.is_file():
-        raise ConfigError(f"no {kind} config named {name_or_path!r}; known: {', '.join(named(kind))} (or a path to a .toml file)")
+        raise ConfigError(
+            f"no {kind} config named {name_or_path!r}; known: {', '.join(named(kind))} (or a path to a .toml file)"
+        )
     return shipped
 
 
@@ -77,15 +82,18 @@ def build(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {cls.__name__} "
-                          f"(known: {', '.join(fields)})")
+        raise ConfigError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {cls.__name__} "
+            f"(known: {', '.join(fields)})"
+        )
     kwargs = {}
     for name, value in values.items():
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {name} must be a table")
-            kwargs[name] = build(kind, value, f"{where} [{name}]")
+            # a field's annotation is a class, never an instance
+            kwargs[name] = build(typing.cast("type[DataclassInstance]", kind), value, f"{where} [{name}]")
         else:
             kwargs[name] = _typed(value, kind, f"{where}: {name}")
     try:

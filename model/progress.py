@@ -24,8 +24,15 @@ class StepProgress:
         self.bar: Progress | None = None
         self.started = time.monotonic()
         if self.live:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[status]}"), transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                transient=False,
+            )
             self.task = self.bar.add_task(description, total=total, completed=done, status="")
             self.bar.start()
 
@@ -33,7 +40,9 @@ class StepProgress:
         if self.bar is not None:
             self.bar.update(self.task, completed=done, status=status)
         elif not self.quiet and (done % self.every == 0 or done == self.total):
-            print(f"{self.description} {done}/{self.total} ({time.monotonic() - self.started:.0f} s) {status}", flush=True)
+            print(
+                f"{self.description} {done}/{self.total} ({time.monotonic() - self.started:.0f} s) {status}", flush=True
+            )
 
     def log(self, text: str) -> None:
         if self.quiet:

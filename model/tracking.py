@@ -56,8 +56,9 @@ def use(tracking_uri: str, home: str, experiment: str = EXPERIMENT) -> str:
 
 
 @contextlib.contextmanager
-def run(name: str, params: dict[str, object], tags: dict[str, str] | None = None,
-        run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def run(
+    name: str, params: dict[str, object], tags: dict[str, str] | None = None, run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run with the resolved config as params (flattened with dots) and cogflow's tags; with `run_id`,
     that run again (a training resumed from its checkpoint carries on in the same run)."""
     if run_id is not None and _exists(run_id):
@@ -110,7 +111,9 @@ def latest_run(tags: dict[str, str]) -> str | None:
     if experiment is None:
         return None
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = MlflowClient().search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    runs = MlflowClient().search_runs(
+        [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+    )
     return runs[0].info.run_id if runs else None
 
 

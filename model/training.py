@@ -19,15 +19,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
 from cogflow.pipeline.settings import Settings
 from cogflow.pipeline.storage import Storage
 
 
 class Schedule(Protocol):
-    steps: int
-    lr: float
-    min_lr_ratio: float
-    warmup_steps: int
+    """What the learning-rate schedule reads of a (frozen) training config."""
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def min_lr_ratio(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
 
 
 def learning_rate(step: int, train: Schedule) -> float:

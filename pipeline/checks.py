@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import duckdb
+
 from cogflow.pipeline import db, lake
 from cogflow.pipeline.contract import SQL_PARAMS
 from cogflow.pipeline.storage import Storage
@@ -26,7 +27,18 @@ CHECK_COLUMNS = {
     "clip_shards": ["shard_id", "clips_planned", "clips_written", "rejects"],
 }
 TOKEN_CHECK_COLUMNS = ["clip_id", "stage", "shard_id", "frame_tokenizer_version", "text_tokenizer_version"]
-CLIP_CHECK_COLUMNS = ["clip_id", "video_id", "caption_id", "stage", "fps", "fps_token", "start_s", "frame_times", "split", "shard_id"]
+CLIP_CHECK_COLUMNS = [
+    "clip_id",
+    "video_id",
+    "caption_id",
+    "stage",
+    "fps",
+    "fps_token",
+    "start_s",
+    "frame_times",
+    "split",
+    "shard_id",
+]
 
 
 class DataCheckError(Exception):

@@ -45,9 +45,7 @@ class ChildProcesses:
     @contextlib.contextmanager
     def stop_on_error(self) -> Iterator[None]:
         """The block that waits on the threads: on any exception out of it, stop them all, then re-raise."""
-        from cogflow.pipeline.storage import (
-            stop_downloads_on_error,  # here: a probe child needs neither boto3 nor the rest
-        )
+        from cogflow.pipeline.fetch import stop_downloads_on_error
 
         self._stopping.clear()
         with stop_downloads_on_error():

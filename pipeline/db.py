@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from duckdb.func import PythonUDFType
 
 
 @cache
@@ -56,7 +57,9 @@ def connect(
             "preserve_insertion_order": True,
         }
     )
-    con.create_function("unescape_entities", _html_unescape, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
+    con.create_function(
+        "unescape_entities", _html_unescape, ["VARCHAR"], "VARCHAR", type=PythonUDFType.ARROW, side_effects=False
+    )
     con.execute(sql_text("macros"))
     return con
 

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from cogflow.pipeline.contract import CLIP_SIZE
 from cogflow.pipeline.video import (
@@ -71,7 +71,7 @@ def run_job(job: DecodeJob) -> Iterator[Result]:
     yield from sample_windows(path, job.windows, size=job.size, threads=job.threads, seek_gap_s=job.seek_gap_s)
 
 
-def _send(out: BinaryIO, message: object) -> None:
+def _send(out: IO[bytes], message: object) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     out.write(HEADER.pack(len(payload)))
     out.write(payload)
@@ -107,7 +107,7 @@ class Decoder:
         self._replies: queue.Queue = queue.Queue()
         self._jobs = 0
 
-    def __enter__(self) -> "Decoder":
+    def __enter__(self) -> Decoder:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -117,8 +117,12 @@ class Decoder:
         """Start the child now (it is started on first use otherwise)."""
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "cogflow.pipeline.decoder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+                [sys.executable, "-m", "cogflow.pipeline.decoder"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
             )
+            assert self._proc.stdin is not None and self._proc.stdout is not None  # both are pipes
             try:  # a 1 MB pipe holds two clips: fewer switches between the child and the reader (Linux only)
                 fcntl.fcntl(self._proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
             except (AttributeError, OSError):
@@ -165,11 +169,13 @@ class Decoder:
         finished = False
         try:
             proc = self.start()
+            assert proc.stdin is not None  # start() gives the child a pipe as its stdin
             try:
                 _send(proc.stdin, job)
             except OSError:  # the child died between jobs: one fresh try
                 self._kill()
                 proc = self.start()
+                assert proc.stdin is not None
                 _send(proc.stdin, job)
             deadline = started + timeout_s
             while True:

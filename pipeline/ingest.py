@@ -20,23 +20,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from cogflow.pipeline import checks, db, lake
 from cogflow.pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
+from cogflow.pipeline.fetch import FetchError, download_policy, fetch, safe_uri
 from cogflow.pipeline.manifest import json_key, load_manifest, local_path
 from cogflow.pipeline.prober import probe_bounded
 from cogflow.pipeline.settings import Limits, Settings
-from cogflow.pipeline.storage import (
-    FetchError,
-    Storage,
-    download_policy,
-    fetch,
-    is_remote,
-    safe_uri,
-)
+from cogflow.pipeline.storage import Storage, is_remote
 from cogflow.pipeline.video import ProbeError, ProbeResult
 
 # Reasons that lie in a source's bytes: remembered, so the source is not probed again on every run.
@@ -71,6 +67,8 @@ KNOWN_COLUMNS = {
     "captions": ["caption_id"],
     "rejects": ["reject_id", "manifest_uri", "source_uri", "reason", "detail"],
 }
+
+
 @dataclass
 class IngestPlan:
     manifest_uri: str  # as recorded (credentials removed)
@@ -133,7 +131,7 @@ def _register_lake(con: duckdb.DuckDBPyConnection, store: Storage, columns: dict
     db.register(con, **{f"{prefix}{name}": lake.read_table(store, name, cols) for name, cols in columns.items()})
 
 
-def _params(s: Settings, manifest_uri: str) -> dict[str, object]:
+def _params(s: Settings, manifest_uri: str) -> dict[str, Any]:
     """The values the SQL files bind (each file takes the ones it uses)."""
     return {
         "manifest_uri": manifest_uri,
@@ -163,13 +161,24 @@ def plan_ingest(
     con = db.connect(temp_directory=str(workdir / "duckdb"))
     try:
         load_manifest(
-            con, manifest, video_col=video_col, caption_col=caption_col,
-            allowed_roots=settings.allowed_roots, limits=settings.limits, workdir=workdir, encoding=encoding,
+            con,
+            manifest,
+            video_col=video_col,
+            caption_col=caption_col,
+            allowed_roots=settings.allowed_roots,
+            limits=settings.limits,
+            workdir=workdir,
+            encoding=encoding,
         )
         params = _params(settings, manifest_uri)
         db.materialize(
-            con, "staging/stg_manifest", video_col=video_col, caption_col=caption_col,
-            video_key=json_key(video_col), caption_key=json_key(caption_col), **params,
+            con,
+            "staging/stg_manifest",
+            video_col=video_col,
+            caption_col=caption_col,
+            video_key=json_key(video_col),
+            caption_key=json_key(caption_col),
+            **params,
         )
         db.run(con, "staging/drop_raw_rows")  # stg_manifest carries all of it; free the memory for what follows
         _register_lake(con, Storage.at(settings.lake), KNOWN_COLUMNS, prefix="lake_")
@@ -184,8 +193,11 @@ def plan_ingest(
 def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
     if is_remote(fetch_uri):
         return fetch(
-            fetch_uri, tmp / "video", max_bytes=limits.max_bytes,
-            timeout_s=limits.download_timeout_s, retries=limits.download_retries,
+            fetch_uri,
+            tmp / "video",
+            max_bytes=limits.max_bytes,
+            timeout_s=limits.download_timeout_s,
+            retries=limits.download_retries,
         )
     path = Path(fetch_uri)
     try:
@@ -197,7 +209,9 @@ def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
             raise ProbeError("missing_file", f"{fetch_uri} does not exist") from None
         raise
     if not stat.S_ISREG(info.st_mode):  # never opened: a FIFO would block the probe until a writer comes
-        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "no regular file"
+        kind = (
+            "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "no regular file"
+        )
         raise ProbeError("not_a_file", f"{fetch_uri} is {kind}")
     size = info.st_size
     if size > limits.max_bytes:
@@ -213,8 +227,12 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
             path = _local_video(fetch_uri, Path(tmp), limits)
             # in a child process, stopped after probe_timeout_s: a pathological file can keep FFmpeg busy for ever
             result = probe_bounded(
-                path, limits.probe_timeout_s, max_width=limits.max_width, max_height=limits.max_height,
-                max_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,
+                path,
+                limits.probe_timeout_s,
+                max_width=limits.max_width,
+                max_height=limits.max_height,
+                max_pixels=limits.max_pixels,
+                max_aspect_ratio=limits.max_aspect_ratio,
             )
         if result.duration_s <= 0:
             raise ProbeError("zero_duration", f"{result.frame_count} frames over {result.duration_s} s")
@@ -297,14 +315,16 @@ def _clear_stale_rejects(con: duckdb.DuckDBPyConnection, store: Storage, manifes
             continue
         whole = lake.read_table(store, "rejects", parts=[part])
         # a record goes only if it is this manifest's: the same row with the same reason in another manifest stays
-        goes = pc.and_(pc.is_in(whole["reject_id"], pa.array(sorted(stale), pa.string())),
-                       pc.fill_null(pc.equal(whole["manifest_uri"], manifest_uri), False))
+        goes = pc.and_(
+            pc.is_in(whole["reject_id"], pa.array(sorted(stale), pa.string())),
+            pc.fill_null(pc.equal(whole["manifest_uri"], manifest_uri), False),
+        )
         lake.rewrite(store, "rejects", part, whole.filter(pc.invert(goes)))
     _register_lake(con, store, {"rejects": KNOWN_COLUMNS["rejects"]}, prefix="lake_")
     return len(stale)
 
 
-def ingest(manifest: str, settings: Settings, **options: object) -> IngestSummary:
+def ingest(manifest: str, settings: Settings, **options: Any) -> IngestSummary:
     """The whole ingest in one process, probing one source after another (the flow probes in parallel)."""
     plan = plan_ingest(manifest, settings, **options)
     probes = [probe_source(uri, fetch_uri, settings.limits) for uri, fetch_uri in plan.to_probe]

@@ -18,12 +18,13 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from cogflow.pipeline import lease as lease_module
 from cogflow.pipeline.contract import CLIP_STAGES
 from cogflow.pipeline.lease import WRITER_LEASE, S3Lease
@@ -220,7 +221,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def read_table(store: Storage, name: str, columns: list[str] | None = None, parts: list[str] | None = None) -> pa.Table:
@@ -371,8 +372,6 @@ def try_shard_lock(store: Storage, shard_id: str) -> Iterator[bool]:
         yield held
 
 
-
-
 def finished_shards(store: Storage) -> set[str]:
     """Ids of the shards whose completion record exists."""
     return {Path(rel).stem.removeprefix("shard-") for rel in store.list_files("clip_shards", ".parquet")}
@@ -383,7 +382,9 @@ def clip_parts(store: Storage, stage: int | None = None) -> list[str]:
     done = finished_shards(store)
     stages = CLIP_STAGES if stage is None else (stage,)
     return [
-        rel for s in stages for rel in store.list_files(f"clips/stage={s}", ".parquet")
+        rel
+        for s in stages
+        for rel in store.list_files(f"clips/stage={s}", ".parquet")
         if Path(rel).stem.removeprefix("shard-") in done
     ]
 
@@ -424,8 +425,11 @@ def token_file_key(rel: str) -> tuple[str, int, str] | None:
     parts = rel.split("/")
     if len(parts) != 4 or not parts[2].removeprefix("stage=").isdigit():
         return None
-    key = (parts[1].removeprefix("v"), int(parts[2].removeprefix("stage=")),
-           parts[3].removeprefix("shard-").removesuffix(".parquet"))
+    key = (
+        parts[1].removeprefix("v"),
+        int(parts[2].removeprefix("stage=")),
+        parts[3].removeprefix("shard-").removesuffix(".parquet"),
+    )
     return key if rel in token_paths(*key).values() else None
 
 
@@ -438,10 +442,15 @@ def token_records(store: Storage, frame_version: str | None = None) -> pa.Table:
 def token_parts(store: Storage, frame_version: str | None = None, stage: int | None = None) -> list[str]:
     """The token files with a completion record, of one frame tokenizer version (or all), of one stage (or both)."""
     records = token_records(store, frame_version).to_pylist()
-    return sorted(token_paths(r["frame_tokenizer_version"], r["stage"], r["shard_id"])["tokens"] for r in records
-                  if stage is None or r["stage"] == stage)
+    return sorted(
+        token_paths(r["frame_tokenizer_version"], r["stage"], r["shard_id"])["tokens"]
+        for r in records
+        if stage is None or r["stage"] == stage
+    )
 
 
-def read_tokens(store: Storage, frame_version: str | None, columns: list[str] | None = None, stage: int | None = None) -> pa.Table:
+def read_tokens(
+    store: Storage, frame_version: str | None, columns: list[str] | None = None, stage: int | None = None
+) -> pa.Table:
     """Token rows of finished token files only (of one frame tokenizer version, or all)."""
     return read_table(store, "tokens", columns, parts=token_parts(store, frame_version, stage))

@@ -34,7 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import botocore.exceptions
-from cogflow.pipeline.storage import S3Storage, safe_uri
+
+from cogflow.pipeline.fetch import safe_uri
+from cogflow.pipeline.storage import S3Storage
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class LeaseLost(RuntimeError):
 _held = threading.local()
 
 
-def _thread_leases() -> list["S3Lease"]:
+def _thread_leases() -> list[S3Lease]:
     if not hasattr(_held, "leases"):
         _held.leases = []
     return _held.leases
@@ -83,10 +85,16 @@ class S3Lease:
 
     def _body(self, released: bool = False) -> bytes:
         now = time.time()
-        return json.dumps({
-            "owner": self.owner, "holder": f"{socket.gethostname()} pid {os.getpid()}", "purpose": self.purpose,
-            "taken_or_renewed_at": now, "ttl_s": self.ttl_s, "expires_at": 0.0 if released else now + self.ttl_s,
-        }).encode()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "holder": f"{socket.gethostname()} pid {os.getpid()}",
+                "purpose": self.purpose,
+                "taken_or_renewed_at": now,
+                "ttl_s": self.ttl_s,
+                "expires_at": 0.0 if released else now + self.ttl_s,
+            }
+        ).encode()
 
     # -- taking ------------------------------------------------------------------------------------------------
 
@@ -119,9 +127,12 @@ class S3Lease:
                 etag = self.store.put_bytes_if(self.rel, self._body(), current_etag) or self._own_etag()
                 if etag is None:
                     return False
-                log.warning("took over the stale lease %s of %s (expired %.1f s ago)", self.uri,
-                            self.holder.get("holder", "an unknown writer"),
-                            time.time() - self.holder.get("expires_at", 0.0))
+                log.warning(
+                    "took over the stale lease %s of %s (expired %.1f s ago)",
+                    self.uri,
+                    self.holder.get("holder", "an unknown writer"),
+                    time.time() - self.holder.get("expires_at", 0.0),
+                )
         self.etag, self.lost = etag, None
         self._valid_until = started + self.ttl_s
         self._stop.clear()
@@ -139,8 +150,12 @@ class S3Lease:
         while not self.try_acquire():
             expires_at = self.holder.get("expires_at", 0.0)
             if tries == 0 and expires_at:
-                log.warning("waiting for the lease %s, held by %s (%s)", self.uri,
-                            self.holder.get("holder", "another writer"), self.holder.get("purpose", ""))
+                log.warning(
+                    "waiting for the lease %s, held by %s (%s)",
+                    self.uri,
+                    self.holder.get("holder", "another writer"),
+                    self.holder.get("purpose", ""),
+                )
             # soon at first (most holds are short), then every 2 s; never much past a live holder's expiry
             pause = min(0.05 * 2**tries, 2.0, self.ttl_s / 4, max(0.02, expires_at - time.time() + 0.02))
             tries += 1
@@ -158,8 +173,9 @@ class S3Lease:
         if self.lost is None and time.monotonic() > self._valid_until - self.ttl_s / 4:
             self.lost = f"no renewal got through for {self.ttl_s * 0.75:.0f} s"
         if self.lost is not None:
-            raise LeaseLost(f"lost the lease {self.uri} ({self.lost}): stopped writing; another writer may have "
-                            f"the lake now")
+            raise LeaseLost(
+                f"lost the lease {self.uri} ({self.lost}): stopped writing; another writer may have the lake now"
+            )
 
     def renew(self) -> None:
         """Extend the lease by its time to live; sets `lost` when another writer has taken it over."""
@@ -214,7 +230,7 @@ class S3Lease:
         self.etag = None
 
     @contextlib.contextmanager
-    def held(self) -> Iterator["S3Lease"]:
+    def held(self) -> Iterator[S3Lease]:
         """Hold the lease for the block (waiting for it first); LeaseLost at the end if it was lost meanwhile."""
         self.acquire()
         try:
@@ -224,9 +240,11 @@ class S3Lease:
             raise
         self.release()
         if self.lost is not None:
-            raise LeaseLost(f"lost the lease {self.uri} ({self.lost}) while writing: another writer may have "
-                            f"written at the same time; `cogflow repair --lake {safe_uri(self.store.root)}` removes "
-                            f"what a raced write left behind")
+            raise LeaseLost(
+                f"lost the lease {self.uri} ({self.lost}) while writing: another writer may have "
+                f"written at the same time; `cogflow repair --lake {safe_uri(self.store.root)}` removes "
+                f"what a raced write left behind"
+            )
 
 
 def _parse(data: bytes) -> dict:

@@ -26,19 +26,11 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from cogflow.pipeline import db
+from cogflow.pipeline.fetch import FetchError, fetch, http_exists, s3_uri_problem, safe_uri, source_key
 from cogflow.pipeline.settings import Limits
-from cogflow.pipeline.storage import (
-    FetchError,
-    Storage,
-    fetch,
-    http_exists,
-    is_remote,
-    s3_uri_problem,
-    safe_uri,
-    source_key,
-    split_s3,
-)
+from cogflow.pipeline.storage import Storage, is_remote, split_s3
 from cogflow.pipeline.subtitles import (
     SUBTITLE_SUFFIXES,
     Cue,
@@ -67,7 +59,9 @@ class Resolved:
 def manifest_format(uri: str) -> str:
     suffix = _suffix(uri)
     if suffix not in FORMATS:
-        raise ManifestError(f"unknown manifest format {suffix!r} for {safe_uri(uri)}; expected one of {sorted(FORMATS)}")
+        raise ManifestError(
+            f"unknown manifest format {suffix!r} for {safe_uri(uri)}; expected one of {sorted(FORMATS)}"
+        )
     return FORMATS[suffix]
 
 
@@ -103,28 +97,37 @@ def resolve_source(value: str | None, base: str, allowed_roots: Sequence[str] = 
         return Resolved(None, None, "malformed_uri", f"not a valid URL: {exc}")
     scheme = parsed.scheme.lower()
     if scheme == "s3":
-        uri = "s3://" + value[len("s3://"):]
+        uri = "s3://" + value[len("s3://") :]
         problem = s3_uri_problem(uri) if value[3:5] == "//" else "s3 URIs are written s3://bucket/key"
         return Resolved(None, None, "malformed_uri", problem) if problem else Resolved(uri, uri)
     if scheme in ("http", "https"):
         problem = _http_uri_problem(value)
         if problem:
             return Resolved(None, None, "malformed_uri", problem)
-        uri = scheme + value[len(scheme):]
+        uri = scheme + value[len(scheme) :]
         return Resolved(source_key(uri), uri)
     if scheme == "file":
         value = urllib.request.url2pathname(parsed.path)
     elif len(scheme) > 1:  # one letter is a Windows drive, not a scheme
-        return Resolved(None, None, "unsupported_uri", f"{scheme}:// is not supported (local path, file://, s3://, http(s)://)")
+        return Resolved(
+            None, None, "unsupported_uri", f"{scheme}:// is not supported (local path, file://, s3://, http(s)://)"
+        )
 
     if is_remote(base):
         if os.path.isabs(value) or scheme == "file":
-            return Resolved(None, None, "path_outside_roots", f"{value!r}: a remote manifest cannot point at local files")
+            return Resolved(
+                None, None, "path_outside_roots", f"{value!r}: a remote manifest cannot point at local files"
+            )
         prefix = urllib.parse.urlparse(base)
         path = posixpath.normpath(posixpath.join(prefix.path, parsed.path))
         # the server decodes %2e%2e into '..': the decoded path must stay below the prefix too
-        if not (path.startswith(prefix.path) and urllib.parse.unquote(path) == posixpath.normpath(urllib.parse.unquote(path))):
-            return Resolved(None, None, "path_outside_roots", f"{parsed.path!r} leaves the manifest's prefix {safe_uri(base)}")
+        if not (
+            path.startswith(prefix.path)
+            and urllib.parse.unquote(path) == posixpath.normpath(urllib.parse.unquote(path))
+        ):
+            return Resolved(
+                None, None, "path_outside_roots", f"{parsed.path!r} leaves the manifest's prefix {safe_uri(base)}"
+            )
         uri = urllib.parse.urlunparse((prefix.scheme, prefix.netloc, path, "", parsed.query, ""))
         return Resolved(safe_uri(uri), uri)
 
@@ -164,7 +167,9 @@ def local_copy(uri: str, workdir: Path, limits: Limits) -> Path:
         return Path(uri)
     name = posixpath.basename(urllib.parse.urlparse(uri).path) or "download"
     dest = Path(tempfile.mkdtemp(dir=workdir)) / name
-    return fetch(uri, dest, max_bytes=limits.max_bytes, timeout_s=limits.download_timeout_s, retries=limits.download_retries)
+    return fetch(
+        uri, dest, max_bytes=limits.max_bytes, timeout_s=limits.download_timeout_s, retries=limits.download_retries
+    )
 
 
 def _source_exists(uri: str) -> bool:
@@ -226,6 +231,7 @@ def _expand_subtitle_column(
         if resolved.reason:
             replaced.append((row_number, raw, resolved.reason, f"subtitles: {resolved.detail}"))
             continue
+        assert resolved.fetch_uri is not None  # resolve_source gives a fetch URI whenever it gives no reason
         if resolved.fetch_uri not in read:
             try:
                 read[resolved.fetch_uri] = _read_subtitles(resolved.fetch_uri, workdir, limits)
@@ -248,7 +254,7 @@ def load_manifest(
     video_col: str = "video",
     caption_col: str = "caption",
     allowed_roots: Sequence[str] = (),
-    limits: Limits = Limits(),
+    limits: Limits = Limits(),  # noqa: B008 (a frozen dataclass)
     workdir: Path,
     encoding: str | None = None,
 ) -> None:
@@ -407,10 +413,15 @@ def decode_manifest(path: Path, encoding: str | None, name: str, workdir: Path |
                 decoder.setstate(state)
                 line += _lines_before_error(decoder, chunk)
                 shown = codec.removesuffix("-sig")  # 'utf-8-sig' is UTF-8 that began with a byte order mark
-                hint = (f"is {encoding!r} the file's encoding?" if encoding
-                        else "give its encoding with --encoding, e.g. --encoding gb18030")
+                hint = (
+                    f"is {encoding!r} the file's encoding?"
+                    if encoding
+                    else "give its encoding with --encoding, e.g. --encoding gb18030"
+                )
                 bad = exc.object[exc.start : exc.end].hex(" ")
-                raise ManifestError(f"{name}: line {line} is not {shown} text ({exc.reason}: bytes {bad}); {hint}") from None
+                raise ManifestError(
+                    f"{name}: line {line} is not {shown} text ({exc.reason}: bytes {bad}); {hint}"
+                ) from None
             if first and text:
                 text, first = text.removeprefix("\ufeff"), False
             line += text.count("\n")

@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from PIL import Image, ImageDraw, ImageFont
+
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE
 from cogflow.pipeline.storage import Storage
-from PIL import Image, ImageDraw, ImageFont
 
 GAP = 4
 MARGIN = 8
@@ -108,13 +109,19 @@ def contact_sheet(clips: list[dict]) -> Image.Image:
         for k, frame in enumerate(frames):
             sheet.paste(Image.fromarray(frame), (MARGIN + k * (CLIP_SIZE + GAP), y))
         for n, line in enumerate(lines):
-            draw.text((MARGIN, y + CLIP_SIZE + GAP + n * line_h), line, fill=(90, 90, 90) if n == 0 else "black", font=font)
+            draw.text(
+                (MARGIN, y + CLIP_SIZE + GAP + n * line_h), line, fill=(90, 90, 90) if n == 0 else "black", font=font
+            )
         y += height
     return sheet
 
 
 def select_clips(
-    store: Storage, clip_ids: list[str] | None = None, random_n: int | None = None, stage: int | None = None, seed: int = 0
+    store: Storage,
+    clip_ids: list[str] | None = None,
+    random_n: int | None = None,
+    stage: int | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     """Clips by id, or `random_n` drawn at random (seeded); frames are read only for the clips chosen."""
     index = lake.read_clips(store, ["clip_id", "shard_id", "stage", "fps"], stage=stage)
@@ -129,9 +136,13 @@ def select_clips(
         return []
     chosen = index.filter(pc.is_in(index["clip_id"], pa.array(wanted, pa.string())))
     rows: dict[str, dict] = {}
-    for shard_id, shard_stage in {(s, st) for s, st in zip(chosen["shard_id"].to_pylist(), chosen["stage"].to_pylist())}:
+    for shard_id, shard_stage in {
+        (s, st) for s, st in zip(chosen["shard_id"].to_pylist(), chosen["stage"].to_pylist())
+    }:
         fs, path = store.arrow(f"clips/stage={shard_stage}/shard-{shard_id}.parquet")
-        table = pq.read_table(path, filesystem=fs, columns=PREVIEW_COLUMNS, filters=[("clip_id", "in", wanted)], partitioning=None)
+        table = pq.read_table(
+            path, filesystem=fs, columns=PREVIEW_COLUMNS, filters=[("clip_id", "in", wanted)], partitioning=None
+        )
         rows.update({row["clip_id"]: row for row in table.to_pylist()})
     return [rows[c] for c in wanted]
 

@@ -41,8 +41,9 @@ class Prober:
             return self._proc, self._conn
         self._kill()
         mine, theirs = multiprocessing.Pipe()
-        proc = subprocess.Popen([sys.executable, "-m", "cogflow.pipeline.prober", str(theirs.fileno())],
-                                pass_fds=(theirs.fileno(),))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cogflow.pipeline.prober", str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+        )
         theirs.close()  # the child's end is the child's only: its exit is then an end of file here
         self._proc, self._conn = proc, mine
         self._finalizer = weakref.finalize(self, mine.close)  # a prober dropped with its thread lets its child go
@@ -54,7 +55,9 @@ class Prober:
                 raise ProbeError("probe_error", f"the probe process did not start within {STARTUP_TIMEOUT_S:g} s")
             mine.recv()
         except (EOFError, OSError):
-            raise ProbeError("probe_error", f"the probe process exited as it started (exit code {self._kill()})") from None
+            raise ProbeError(
+                "probe_error", f"the probe process exited as it started (exit code {self._kill()})"
+            ) from None
         return proc, mine
 
     def _kill(self) -> int | None:
@@ -89,8 +92,10 @@ class Prober:
                 conn.send((str(path), limits))
                 if not conn.poll(timeout_s):
                     self._kill()
-                    raise ProbeError("probe_timeout", f"the probe took longer than {timeout_s:g} s and was stopped "
-                                                      "(COGFLOW_PROBE_TIMEOUT_S)")
+                    raise ProbeError(
+                        "probe_timeout",
+                        f"the probe took longer than {timeout_s:g} s and was stopped (COGFLOW_PROBE_TIMEOUT_S)",
+                    )
                 reply = conn.recv()
         except (EOFError, OSError):  # the child died: a crash, or the run stopping killed it
             code = self._kill()

@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from cogflow.pipeline import checks, lake
+from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.split import shard_paths
-from cogflow.pipeline.storage import TMP_MARK, Storage, safe_uri
+from cogflow.pipeline.storage import TMP_MARK, Storage
 
 # The tables written by appending parts, and the key each row must hold once (README, "The lake").
 APPENDED_KEYS = {
@@ -60,11 +62,17 @@ class RepairSummary:
 
     def text(self) -> str:
         out = [f"removed {line}" for line in self.lines] + [f"left alone: {s}" for s in self.skipped]
-        what = (f"removed {_n(self.files_removed, 'file')} and {_n(self.rows_removed, 'duplicate row')}"
-                if self.files_removed or self.rows_removed else "nothing to remove")
+        what = (
+            f"removed {_n(self.files_removed, 'file')} and {_n(self.rows_removed, 'duplicate row')}"
+            if self.files_removed or self.rows_removed
+            else "nothing to remove"
+        )
         out.append(f"repair {self.lake}: {what} ({self.seconds:.1f} s)")
-        out.append(f"data checks failed:\n{self.check_failure}" if self.check_failure
-                   else f"data checks passed: {len(self.checks)}")
+        out.append(
+            f"data checks failed:\n{self.check_failure}"
+            if self.check_failure
+            else f"data checks passed: {len(self.checks)}"
+        )
         return "\n".join(out)
 
 
@@ -182,8 +190,11 @@ class _Repair:
                 seen.add(pair)
         with contextlib.ExitStack() as locks:
             # a splitter reads its shard's rows from the plan: touch only rows of shards no one is splitting now
-            free = {s for s in sorted(set(doubles) | repeated)
-                    if locks.enter_context(self.shard(s, f"shard {s}, planned twice"))}
+            free = {
+                s
+                for s in sorted(set(doubles) | repeated)
+                if locks.enter_context(self.shard(s, f"shard {s}, planned twice"))
+            }
             gone = free & set(doubles)
             seen.clear()
             for part, table in zip(parts, rows):
@@ -196,8 +207,10 @@ class _Repair:
             for shard_id in sorted(gone):
                 # A plan puts all windows of a video in one shard, so each window of a shard that goes is in a shard
                 # kept, or its caption has no window of that stage left in the plan and the next split plans it again.
-                self._shard_files(shard_id, "its windows were planned twice: a shard kept holds them, or the next "
-                                            "split plans them again")
+                self._shard_files(
+                    shard_id,
+                    "its windows were planned twice: a shard kept holds them, or the next split plans them again",
+                )
 
     def _shard_files(self, shard_id: str, why: str) -> None:
         """Remove a shard's files (held under its lock): the record first, so it stops counting at once."""

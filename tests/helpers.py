@@ -55,6 +55,7 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
     """
     import av
     import numpy as np
+
     from cogflow.pipeline.video import encode_audio_only, encode_video
 
     good = copy_sample(sample_dir, folder)
@@ -71,7 +72,9 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
         stream = c.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
         for i in range(50):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 5, np.uint8), format="rgb24")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 5, np.uint8), format="rgb24")
+            ):
                 c.mux(packet)
         for packet in stream.encode():
             c.mux(packet)
@@ -141,7 +144,9 @@ def lake_settings(home: Path):
     from cogflow.pipeline.settings import load_settings
 
     settings = load_settings(home=str(home))
-    return dataclasses.replace(settings, val_percent=SAMPLE_VAL_PERCENT, split=dataclasses.replace(settings.split, workers=1, shard_videos=1))
+    return dataclasses.replace(
+        settings, val_percent=SAMPLE_VAL_PERCENT, split=dataclasses.replace(settings.split, workers=1, shard_videos=1)
+    )
 
 
 def tokenized_home(root: Path, sample_dir: Path, vocab_size: int = 400, encode: bool = False) -> Path:

@@ -20,12 +20,15 @@ import numpy as np
 def moving_frames(n: int, size: int = 64) -> list[np.ndarray]:
     """Frames that change over time (so the encoder emits real data for each), RGB uint8."""
     ys, xs = np.mgrid[0:size, 0:size]
-    return [np.stack([(xs * 4 + 5 * i) % 256, (ys * 4) % 256, np.full_like(xs, (7 * i) % 256)], -1).astype(np.uint8)
-            for i in range(n)]
+    return [
+        np.stack([(xs * 4 + 5 * i) % 256, (ys * 4) % 256, np.full_like(xs, (7 * i) % 256)], -1).astype(np.uint8)
+        for i in range(n)
+    ]
 
 
-def encode_timed(path: Path, fmt: str, codec: str, rate: Fraction | int, times: list[int],
-                 options: dict[str, str] | None = None) -> Path:
+def encode_timed(
+    path: Path, fmt: str, codec: str, rate: Fraction | int, times: list[int], options: dict[str, str] | None = None
+) -> Path:
     """Encode one frame per entry of `times`, each at that pts in units of 1/`rate` (gaps allowed)."""
     frames = moving_frames(len(times))
     with av.open(str(path), "w", format=fmt) as container:

@@ -72,10 +72,19 @@ def read_code(frame: np.ndarray) -> Code:
 # Writers
 
 
-def write_frames(path: Path, frames: list[np.ndarray], *, rate: int | Fraction = 25, fmt: str | None = None,
-                 codec: str = "libx264", pts: list[int] | None = None, time_base: Fraction | None = None,
-                 rotation: int | None = None, options: dict[str, str] | None = None,
-                 container_options: dict[str, str] | None = None) -> Path:
+def write_frames(
+    path: Path,
+    frames: list[np.ndarray],
+    *,
+    rate: int | Fraction = 25,
+    fmt: str | None = None,
+    codec: str = "libx264",
+    pts: list[int] | None = None,
+    time_base: Fraction | None = None,
+    rotation: int | None = None,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
     """Encode RGB frames with PyAV: explicit `pts` (in `time_base`) make a variable frame rate."""
     with av.open(str(path), "w", format=fmt, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate, options={"preset": "veryfast", "crf": "16", **(options or {})})
@@ -107,8 +116,24 @@ def ffmpeg_encode(path: Path, frames: list[np.ndarray], rate: str, *args: str) -
     import imageio_ffmpeg
 
     height, width = frames[0].shape[:2]
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{width}x{height}", "-r", rate, "-i", "-", *args, str(path)]
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        rate,
+        "-i",
+        "-",
+        *args,
+        str(path),
+    ]
     subprocess.run(command, input=b"".join(np.ascontiguousarray(f).tobytes() for f in frames), check=True)
     return path
 
@@ -130,7 +155,9 @@ class Footage:
         return int(np.argmin(distance))  # the first of equals: the earlier frame
 
 
-def cfr_mp4(path: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = (320, 240), **kw: object) -> Footage:
+def cfr_mp4(
+    path: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = (320, 240), **kw: object
+) -> Footage:
     n = round(seconds * fps)
     write_frames(path, [code_frame(i, *size) for i in range(n)], rate=fps, **kw)  # type: ignore[arg-type]
     return Footage(path, [i / fps for i in range(n)], f"H.264 MP4 {fps} fps")
@@ -145,8 +172,14 @@ def vfr_mkv(path: Path) -> Footage:
     """Variable frame rate in Matroska (1 ms timestamps): bursts and pauses, as screen and phone recorders write."""
     steps_ms = [40, 40, 40, 200, 33, 33, 33, 500, 16, 16, 16, 16, 100, 40, 300, 40, 40, 40, 40, 250] * 3
     pts = list(np.cumsum([0] + steps_ms))
-    write_frames(path, [code_frame(i, 320, 240) for i in range(len(pts))], rate=25, fmt="matroska",
-                 pts=[int(p) for p in pts], time_base=Fraction(1, 1000))
+    write_frames(
+        path,
+        [code_frame(i, 320, 240) for i in range(len(pts))],
+        rate=25,
+        fmt="matroska",
+        pts=[int(p) for p in pts],
+        time_base=Fraction(1, 1000),
+    )
     return Footage(path, [p / 1000 for p in pts], "VFR Matroska")
 
 
@@ -154,8 +187,14 @@ def mpegts_offset(path: Path, offset_s: float = 10.0) -> Footage:
     """MPEG-TS cut from a broadcast: its clock starts at 10 s, and instants count from the stream's start."""
     n, fps = 75, 25
     ticks = [round((offset_s + i / fps) * 90000) for i in range(n)]
-    write_frames(path, [code_frame(i, 320, 240) for i in range(n)], rate=fps, fmt="mpegts", pts=ticks,
-                 time_base=Fraction(1, 90000))
+    write_frames(
+        path,
+        [code_frame(i, 320, 240) for i in range(n)],
+        rate=fps,
+        fmt="mpegts",
+        pts=ticks,
+        time_base=Fraction(1, 90000),
+    )
     return Footage(path, [i / fps for i in range(n)], "MPEG-TS, start time 10 s")
 
 
@@ -206,15 +245,34 @@ def interlaced_mpeg2(path: Path) -> Footage:
         woven = code_frame(i, 640, 480)[:, columns]
         woven[1::2] = code_frame(i ^ (2**BITS - 1), 640, 480)[1::2, columns]
         frames.append(woven)
-    ffmpeg_encode(path, frames, "25", "-vf", "setsar=8/9,setfield=tff", "-c:v", "mpeg2video",
-                  "-flags", "+ilme+ildct", "-b:v", "8M", "-f", "vob")
+    ffmpeg_encode(
+        path,
+        frames,
+        "25",
+        "-vf",
+        "setsar=8/9,setfield=tff",
+        "-c:v",
+        "mpeg2video",
+        "-flags",
+        "+ilme+ildct",
+        "-b:v",
+        "8M",
+        "-f",
+        "vob",
+    )
     return Footage(path, [i / 25 for i in range(30)], "interlaced MPEG-2, SAR 8:9, start time not 0")
 
 
 def lying_webm(path: Path) -> Footage:
     """A WebM whose header claims a quarter of its real length."""
-    footage = cfr_mp4(path, 3.0, 25, fmt="webm", codec="libvpx-vp9",
-                      options={"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"})
+    footage = cfr_mp4(
+        path,
+        3.0,
+        25,
+        fmt="webm",
+        codec="libvpx-vp9",
+        options={"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"},
+    )
     data = bytearray(path.read_bytes())
     at = data.find(b"\x44\x89")  # EBML Segment/Info/Duration
     size = data[at + 2] & 0x7F

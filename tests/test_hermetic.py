@@ -31,9 +31,12 @@ def _user_setup(user: Path) -> dict[str, str]:
         db.execute("insert into experiments values ('the user''s work')")
     db.close()
     (user / "aws" / "config").write_text("[profile work]\nregion = eu-west-3\n")
-    (user / "aws" / "credentials").write_text("[work]\naws_access_key_id = AKIAUSERUSERUSER\naws_secret_access_key = user\n")
+    (user / "aws" / "credentials").write_text(
+        "[work]\naws_access_key_id = AKIAUSERUSERUSER\naws_secret_access_key = user\n"
+    )
     (user / "prefect" / "profiles.toml").write_text(
-        'active = "work"\n\n[profiles.work]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\nPREFECT_API_KEY = "pnu_user"\n')
+        'active = "work"\n\n[profiles.work]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\nPREFECT_API_KEY = "pnu_user"\n'
+    )
     return {
         "HOME": str(user / "home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{user / 'mlflow.db'}",
@@ -59,9 +62,14 @@ def _user_setup(user: Path) -> dict[str, str]:
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
     """Every path under `folder` with its size, modification time and content hash."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
-                                         hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "",
+        )
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def test_live_user_settings_neither_break_the_tests_nor_get_touched(tmp_path: Path) -> None:
@@ -70,9 +78,23 @@ def test_live_user_settings_neither_break_the_tests_nor_get_touched(tmp_path: Pa
     before = _snapshot(user)
     env = {**os.environ, **live}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "basetemp"),
-         *REPRESENTATIVE],
-        cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--basetemp",
+            str(tmp_path / "basetemp"),
+            *REPRESENTATIVE,
+        ],
+        cwd=TESTS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert "3 passed" in run.stdout
     assert _snapshot(user) == before, "the tests wrote into the user's folder"

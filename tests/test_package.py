@@ -19,7 +19,9 @@ def _python(tmp_path: Path, code: str) -> str:
 
 
 def test_one_namespace_and_no_generic_top_level_packages(tmp_path: Path) -> None:
-    out = _python(tmp_path, """
+    out = _python(
+        tmp_path,
+        """
 import importlib.util, json, sys
 import cogflow
 light = not any(m in sys.modules for m in ("torch", "prefect", "mlflow", "duckdb"))
@@ -27,7 +29,8 @@ tops = {name: importlib.util.find_spec(name) is not None for name in ("model", "
 import cogflow.model.cogvideo.train, cogflow.pipeline.split, cogflow.flows.cli, cogflow.sql
 print(json.dumps({"light": light, "tops": tops, "all": [callable(getattr(cogflow, n)) for n in cogflow.__all__],
                   "file": cogflow.model.cogvideo.train.__file__}))
-""")
+""",
+    )
     got = json.loads(out)
     assert got["light"], "import cogflow must not load torch, Prefect, MLflow or DuckDB"
     assert not any(got["tops"].values()), got["tops"]

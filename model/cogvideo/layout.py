@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from cogflow.pipeline.contract import CLIP_FRAMES, TEXT_SLOTS
 
 STAGE_SLOT_TIMES = {1: (0, 1, 2, 3, 4), 2: (0, 2, 4, 1, 3)}  # the true time of the frame in each slot
@@ -135,7 +136,11 @@ def temporal_rule(s: Slots, window: int = 0, shift: int = 0) -> Callable[[torch.
 
     def rule(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         frames = ~s.is_text[q] & ~s.is_text[k]
-        order = s.given[k] | (~s.given[q] & (s.frame[k] < s.frame[q])) | ((s.frame[k] == s.frame[q]) & (s.index[k] <= s.index[q]))
+        order = (
+            s.given[k]
+            | (~s.given[q] & (s.frame[k] < s.frame[q]))
+            | ((s.frame[k] == s.frame[q]) & (s.index[k] <= s.index[q]))
+        )
         if window > 0:
             order = order & (window_row[q] == window_row[k]) & (window_col[q] == window_col[k])
         return s.is_text[k] | (frames & order)
@@ -178,8 +183,15 @@ def key_visible(text_valid: torch.Tensor, length: int) -> torch.Tensor:
 # Building a sample
 
 
-def build_inputs(layout: Layout, text_ids: torch.Tensor, text_mask: torch.Tensor, fps_ids: torch.Tensor,
-                 codes: torch.Tensor, codebook_size: int, boi_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def build_inputs(
+    layout: Layout,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    fps_ids: torch.Tensor,
+    codes: torch.Tensor,
+    codebook_size: int,
+    boi_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch as the model sees it.
 
     text_ids, text_mask (B, L); fps_ids (B,); codes (B, F, g*g) in time order (a frame not known yet may hold

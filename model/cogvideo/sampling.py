@@ -108,8 +108,9 @@ def filter_logits(logits: torch.Tensor, config: GenerateConfig) -> torch.Tensor:
     return logits
 
 
-def sample_codes(logits: torch.Tensor, config: GenerateConfig, seed: int, stream: int, rows: torch.Tensor,
-                 positions: torch.Tensor) -> torch.Tensor:
+def sample_codes(
+    logits: torch.Tensor, config: GenerateConfig, seed: int, stream: int, rows: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
     """logits (B, P, K) of the slots `positions` (P,) for batch rows `rows` (B,) -> codes (B, P).
 
     Gumbel-max: argmax(filtered logits + Gumbel noise) is a draw from softmax(filtered logits), and the noise is
@@ -214,8 +215,14 @@ Chooser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.inference_mode()
-def decode(model: CogVideoTransformer, tokens: torch.Tensor, text_valid: torch.Tensor, steps: Sequence[torch.Tensor],
-           choose: Chooser, bar: StepProgress | None = None) -> torch.Tensor:
+def decode(
+    model: CogVideoTransformer,
+    tokens: torch.Tensor,
+    text_valid: torch.Tensor,
+    steps: Sequence[torch.Tensor],
+    choose: Chooser,
+    bar: StepProgress | None = None,
+) -> torch.Tensor:
     """Run `steps` with the key-value cache; returns the sampled code of every predicted slot, (B, S) long (-1
     elsewhere). tokens (B, S) hold the known inputs; a predicted slot's placeholders are filled as codes come."""
     lay, device = model.spec.layout, tokens.device
@@ -266,8 +273,17 @@ class Decoded:
     seconds: float
 
 
-def generate_keyframes(model: CogVideoTransformer, text_ids: torch.Tensor, text_mask: torch.Tensor, fps_id: int,
-                       boi_id: int, pad_id: int, config: GenerateConfig, seed: int = 0, progress: bool = False) -> Decoded:
+def generate_keyframes(
+    model: CogVideoTransformer,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    fps_id: int,
+    boi_id: int,
+    pad_id: int,
+    config: GenerateConfig,
+    seed: int = 0,
+    progress: bool = False,
+) -> Decoded:
     """text_ids, text_mask (B, L) -> the 5 key frames' codes (B, 5, n), sampled at the fps token `fps_id`.
 
     With guidance (scale != 1) the batch holds a second stream per prompt, the caption dropped (pads only, the
@@ -306,9 +322,18 @@ def generate_keyframes(model: CogVideoTransformer, text_ids: torch.Tensor, text_
 # 5. Stage 2: interpolation
 
 
-def interpolate_round(model: CogVideoTransformer, frames: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                      fps_id: int, boi_id: int, config: GenerateConfig, seed: int, stream: int,
-                      progress: bool = False) -> Decoded:
+def interpolate_round(
+    model: CogVideoTransformer,
+    frames: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    fps_id: int,
+    boi_id: int,
+    config: GenerateConfig,
+    seed: int,
+    stream: int,
+    progress: bool = False,
+) -> Decoded:
     """frames (V, T, n), T odd -> (V, 2T-1, n): every window of three consecutive frames (2i, 2i+1, 2i+2) becomes
     the given times 0, 2, 4 of a stage-2 sample whose times 1 and 3 are generated; all windows in one batch.
     text_ids, text_mask (V, L): each video's caption. No guidance in stage 2 (CogVideo's default)."""
@@ -343,15 +368,34 @@ def interpolate_round(model: CogVideoTransformer, frames: torch.Tensor, text_ids
     return Decoded(out, len(steps), v * w * 2 * n, seconds)
 
 
-def interpolate(model: CogVideoTransformer, keyframes: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                keyframe_fps: float, boi_id: int, fps_id: Callable[[float], int], config: GenerateConfig, seed: int = 0,
-                progress: bool = False) -> tuple[Decoded, list[Decoded]]:
+def interpolate(
+    model: CogVideoTransformer,
+    keyframes: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    keyframe_fps: float,
+    boi_id: int,
+    fps_id: Callable[[float], int],
+    config: GenerateConfig,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Decoded, list[Decoded]]:
     """keyframes (V, 5, n) at `keyframe_fps` -> (V, 33, n) at 8x that rate, in ROUNDS rounds that double the rate
     (the fps token of round r is keyframe_fps * 2**r). Returns the whole result and each round's."""
     rounds, frames = [], keyframes
     for r in range(1, ROUNDS + 1):
-        done = interpolate_round(model, frames, text_ids, text_mask, fps_id(keyframe_fps * 2**r), boi_id, config,
-                                 seed, stream=r, progress=progress)
+        done = interpolate_round(
+            model,
+            frames,
+            text_ids,
+            text_mask,
+            fps_id(keyframe_fps * 2**r),
+            boi_id,
+            config,
+            seed,
+            stream=r,
+            progress=progress,
+        )
         rounds.append(done)
         frames = done.codes
     total = Decoded(frames, sum(d.steps for d in rounds), sum(d.tokens for d in rounds), sum(d.seconds for d in rounds))
@@ -362,8 +406,15 @@ def interpolate(model: CogVideoTransformer, keyframes: torch.Tensor, text_ids: t
 # 6. A sample during training
 
 
-def sample_for_training(model: CogVideoTransformer, layout: Layout, tokenizers: Tokenizers, rows: dict[str, list],
-                        path: Path, options: GenerateConfig, seed: int = 0) -> Path:
+def sample_for_training(
+    model: CogVideoTransformer,
+    layout: Layout,
+    tokenizers: Tokenizers,
+    rows: dict[str, list],
+    path: Path,
+    options: GenerateConfig,
+    seed: int = 0,
+) -> Path:
     """A GIF of what a stage makes of the first of `rows` (token rows: text_ids, text_mask, fps_token_id,
     frame_codes), next to that clip's own frames: stage 1 draws 5 frames (1 for a text-to-image run) for its caption
     at its fps token; stage 2 fills frames 1 and 3 from its frames 0, 2, 4. Played at the clip's frame rate. For samples during training:

@@ -16,8 +16,8 @@ from cogflow.model.cogvideo.transformer import CogVideoTransformer
 from cogflow.model.cogvideo.transformer import load as load_transformer
 from cogflow.model.tokenizers.encode import Tokenizers, load_tokenizers
 from cogflow.pipeline.contract import run_model, stage_file
+from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings
-from cogflow.pipeline.storage import safe_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -34,8 +34,10 @@ def stage_source(settings: Settings, stage: int, ref: str | None) -> tuple[str, 
         tracking.use(settings.mlflow_tracking_uri, settings.home)
         run_id = tracking.latest_run({"cogflow.kind": f"stage{stage}", "cogflow.complete": "true"})
         if run_id is None:
-            raise ValueError(f"no complete stage-{stage} run at {safe_uri(settings.mlflow_tracking_uri)}: "
-                             f"run `cogflow train --stage {stage}` first (or pass --stage{stage})")
+            raise ValueError(
+                f"no complete stage-{stage} run at {safe_uri(settings.mlflow_tracking_uri)}: "
+                f"run `cogflow train --stage {stage}` first (or pass --stage{stage})"
+            )
         return f"runs:/{run_id}/{_artifact(stage)}", run_id
     return model_source(ref, _artifact(stage), f"--stage{stage}")
 
@@ -55,7 +57,9 @@ def model_source(ref: str, artifact: str, option: str) -> tuple[str, str | None]
         if not Path(ref).is_file():
             raise ValueError(f"{option}: no file {ref}")
         return ref, None
-    raise ValueError(f"{option} takes a run id, runs:/<id>[/path], models:/<name>/<version>, or a .pt file; not {ref!r}")
+    raise ValueError(
+        f"{option} takes a run id, runs:/<id>[/path], models:/<name>/<version>, or a .pt file; not {ref!r}"
+    )
 
 
 def fetch_model(settings: Settings, source: str, dest: Path | None = None) -> Path:
@@ -110,9 +114,11 @@ def pair_versions(first: Stage, second: Stage) -> tuple[str, str]:
     """(text, frame) tokenizer versions both stages were trained with; they must agree."""
     versions = [(s.info.get("text_tokenizer_version"), s.info.get("frame_tokenizer_version")) for s in (first, second)]
     if versions[0] != versions[1]:
-        raise ValueError(f"stage 1 ({first.source}) was trained with text/frame tokenizer versions "
-                         f"{versions[0][0]}/{versions[0][1]} and stage 2 ({second.source}) with "
-                         f"{versions[1][0]}/{versions[1][1]}: pick stages trained on the same tokens")
+        raise ValueError(
+            f"stage 1 ({first.source}) was trained with text/frame tokenizer versions "
+            f"{versions[0][0]}/{versions[0][1]} and stage 2 ({second.source}) with "
+            f"{versions[1][0]}/{versions[1][1]}: pick stages trained on the same tokens"
+        )
     return str(versions[0][0]), str(versions[0][1])
 
 
@@ -122,9 +128,11 @@ def check_tokenizers(tokenizers: Tokenizers, *stages: Stage) -> Tokenizers:
         spec = s.model.spec
         have = (tokenizers.frames.config.codebook_size, tokenizers.text.vocab_size, tokenizers.frames.config.grid())
         if (spec.codebook_size, spec.text_vocab, spec.layout.grid) != have:
-            raise ValueError(f"stage {spec.layout.stage} ({s.source}) has {spec.codebook_size} codes, {spec.text_vocab} "
-                             f"text pieces and a {spec.layout.grid}x{spec.layout.grid} grid; its tokenizers have "
-                             f"{have[0]}, {have[1]} and {have[2]}x{have[2]}")
+            raise ValueError(
+                f"stage {spec.layout.stage} ({s.source}) has {spec.codebook_size} codes, {spec.text_vocab} "
+                f"text pieces and a {spec.layout.grid}x{spec.layout.grid} grid; its tokenizers have "
+                f"{have[0]}, {have[1]} and {have[2]}x{have[2]}"
+            )
     return tokenizers
 
 

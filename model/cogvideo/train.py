@@ -24,28 +24,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import random
-import resource
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
-from cogflow.model.cogvideo import sampling
-from cogflow.model.cogvideo import stages
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
 from cogflow.model import config as configs
 from cogflow.model import distributed, tracking
-from cogflow.model.serving import registry
+from cogflow.model.cogvideo import sampling, stages
 from cogflow.model.cogvideo import transformer as transformers
-from cogflow.model.tokenizers.encode import Tokenizers, load_tokenizers
+from cogflow.model.cogvideo.data import TokenStream, eval_rows
+from cogflow.model.cogvideo.layout import Layout
 from cogflow.model.cogvideo.sampling import GenerateConfig
-from cogflow.model.cogvideo.layout import Layout, build_inputs
+from cogflow.model.cogvideo.steps import (
+    bits_per_token,
+    full_state,
+    load_full_state,
+    matmul_peak,
+    memory_gb,
+    micro_batches,
+    optimizer_step,
+)
+from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from cogflow.model.progress import StepProgress
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers.encode import Tokenizers, load_tokenizers
 from cogflow.model.training import (
     StopSignal,
     checkpoint_store,
@@ -54,13 +62,19 @@ from cogflow.model.training import (
     run_entry_point,
     save_checkpoint,
 )
-from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 from cogflow.pipeline import lake
-from cogflow.pipeline.contract import CLIP_FRAMES, RUN_MODEL_DIR, TEXT_SLOTS, TEXT_TO_IMAGE_FILE, naming_hash, run_model, stage_file
+from cogflow.pipeline.contract import (
+    CLIP_FRAMES,
+    RUN_MODEL_DIR,
+    TEXT_SLOTS,
+    TEXT_TO_IMAGE_FILE,
+    naming_hash,
+    run_model,
+    stage_file,
+)
+from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.storage import Storage, safe_uri
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from cogflow.pipeline.storage import Storage
 
 KIND = "cogvideo"  # configs in model/configs/cogvideo/
 
@@ -153,210 +167,6 @@ def kind(stage: int, frames: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data
-
-COLUMNS = ["clip_id", "split", "text_ids", "text_mask", "fps_token_id", "frame_codes"]
-
-
-def fit_text(ids: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded text rows (B, L) as `length` slots, still left-padded: a model may take fewer text slots than the
-    lake's rows hold (short captions need no 64). A caption with more pieces than `length` keeps its beginning, as
-    `TextTokenizer.encode_batch` cuts a prompt at generation."""
-    width = ids.shape[1]
-    if length >= width:  # more slots: more pads on the left
-        return F.pad(ids, (length - width, 0)), F.pad(mask, (length - width, 0))
-    pieces = mask.sum(1)  # (B,)
-    start = width - pieces.clamp(min=length)  # (B,) the first slot kept: the caption's first piece when it is cut
-    window = start[:, None] + torch.arange(length)  # (B, length)
-    return ids.gather(1, window), mask.gather(1, window)
-
-
-def to_batch(rows: dict[str, list], layout: Layout) -> dict[str, torch.Tensor]:
-    """Token rows (columns of COLUMNS as lists) -> tensors: text_ids, text_mask (B, layout.text_len), fps (B,), codes
-    (B, 5, g*g); and the clip ids, to tell which rows a batch holds."""
-    grid = layout.grid
-    codes = np.frombuffer(b"".join(rows["frame_codes"]), "<i2").reshape(len(rows["frame_codes"]), CLIP_FRAMES, grid * grid)
-    text_ids, text_mask = fit_text(torch.tensor(rows["text_ids"], dtype=torch.long),
-                                   torch.tensor(rows["text_mask"], dtype=torch.bool), layout.text_len)
-    return {"text_ids": text_ids, "text_mask": text_mask, "fps": torch.tensor(rows["fps_token_id"], dtype=torch.long),
-            "codes": torch.from_numpy(codes.astype(np.int64)), "clip_id": list(rows["clip_id"])}
-
-
-class TokenStream(IterableDataset):
-    """Endless batches of `train` token rows, each with the data position after it.
-
-    Consumer c of C (= ranks x workers) reads files c, c+C, ... when there are at least C files, else every C-th
-    row of every file: no two consumers ever see the same row. Each epoch visits the consumer's files in a seeded
-    order and each file's rows in a seeded order; a position (epoch, file, row) says where the next batch starts,
-    so a resumed run starts there without reading what came before."""
-
-    def __init__(self, lake_uri: str, parts: list[str], layout: Layout, batch_size: int, seed: int,
-                 rank: int, world: int, start: list[tuple[int, int, int]] | None = None, worker_offset: int = 0) -> None:
-        self.lake_uri, self.parts, self.layout, self.batch_size, self.seed = lake_uri, parts, layout, batch_size, seed
-        self.rank, self.world, self.start, self.worker_offset = rank, world, start, worker_offset
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        # A data loader takes batches from its workers in turn, starting with worker 0. A resumed run's next batch
-        # may be due from another worker, so worker ids are rotated to keep every worker's files and position.
-        worker = (worker + self.worker_offset) % workers
-        consumer, consumers = self.rank * workers + worker, self.world * workers
-        whole_files = len(self.parts) >= consumers
-        mine = self.parts[consumer::consumers] if whole_files else self.parts
-        store = Storage.at(self.lake_uri)
-        epoch, file_at, row_at = self.start[worker] if self.start else (0, 0, 0)
-        batch: dict[str, list] = {c: [] for c in COLUMNS}
-        while True:
-            order = random.Random(f"files {self.seed} {epoch} {consumer}").sample(range(len(mine)), len(mine))
-            seen = 0
-            for k in range(file_at, len(order)):
-                fs, path = store.arrow(mine[order[k]])
-                with fs.open_input_file(path) as f:
-                    table = pq.read_table(f, columns=COLUMNS)
-                columns = {c: table[c].to_pylist() for c in COLUMNS}
-                rows = [i for i, split in enumerate(columns["split"])
-                        if split == "train" and (whole_files or i % consumers == consumer)]
-                random.Random(f"rows {self.seed} {epoch} {mine[order[k]]}").shuffle(rows)
-                seen += len(rows)
-                for r in range(row_at, len(rows)):
-                    for c in COLUMNS:
-                        batch[c].append(columns[c][rows[r]])
-                    if len(batch["split"]) == self.batch_size:
-                        position = (epoch, k, r + 1) if r + 1 < len(rows) else (epoch, k + 1, 0)
-                        yield to_batch(batch, self.layout), position
-                        batch = {c: [] for c in COLUMNS}
-                row_at = 0
-            if seen == 0 and file_at == 0:
-                raise ValueError(f"data-loader consumer {consumer} of {consumers} has no train rows: too few token files "
-                                 f"or rows for {self.world} processes x {workers} workers")
-            epoch, file_at = epoch + 1, 0
-
-
-def eval_rows(store: Storage, parts: list[str], count: int) -> tuple[dict[str, list], str]:
-    """Up to `count` rows of the val split (of train when the lake has none), in a fixed order."""
-    table = lake.read_table(store, "tokens", COLUMNS, parts=parts).sort_by("clip_id")
-    for split in ("val", "train"):
-        chosen = table.filter(table["split"].to_numpy(zero_copy_only=False) == split).slice(0, count)
-        if chosen.num_rows:
-            return {c: chosen[c].to_pylist() for c in COLUMNS}, split
-    raise ValueError("the token files hold no rows")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
-    """Unsharded model and optimizer state dicts, the same for a plain or an FSDP model (on every rank)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    options = StateDictOptions(full_state_dict=True)
-    if optimizer is None:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(model, options=options), {}
-    return get_state_dict(model, optimizer, options=options)
-
-
-def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
-                   options=StateDictOptions(full_state_dict=True))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluation and sizes
-
-
-@torch.no_grad()
-def bits_per_token(model: torch.nn.Module, layout: Layout, rows: dict[str, list], boi: int, codebook: int,
-                   batch_size: int, device: torch.device, autocast) -> float:
-    """Mean cross-entropy of the predicted codes of `rows`, in bits."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(rows["split"]), batch_size):
-        part = to_batch({c: v[start:start + batch_size] for c, v in rows.items()}, layout)
-        tokens, targets, valid = build_inputs(layout, part["text_ids"], part["text_mask"], part["fps"], part["codes"],
-                                              codebook, boi)
-        with autocast:
-            loss, n = _loss(model, tokens.to(device), targets.to(device), valid.to(device))
-        total, count = total + loss.item() * n, count + n
-    model.train(was_training)
-    return total / count / math.log(2)
-
-
-def _loss(model: torch.nn.Module, tokens, targets, valid, flex: bool = False) -> tuple[torch.Tensor, int]:
-    """The loss through `model`'s own forward, so that DDP's and FSDP's hooks run."""
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
-    return inner.code_loss(model(tokens, valid, flex=flex), targets)
-
-
-def matmul_peak(device: torch.device, seconds: float = 1.0) -> float:
-    """FLOP/s of large square matmuls on this device (bf16 on CUDA, float32 on the CPU): MFU's denominator."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm up
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    started, runs = time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        a @ b
-        runs += 1
-        sync()
-    return 2 * n**3 * runs / (time.perf_counter() - started)
-
-
-def memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # peak RSS; Linux counts in kB
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# One optimizer step (also what the 2-process gradient test runs)
-
-
-def micro_batches(batch: dict[str, torch.Tensor], layout: Layout, codebook: int, boi: int, caption_dropout: float,
-                  generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of rows as model inputs, with some captions dropped (pads only) for classifier-free guidance.
-
-    A run of fewer frames than a row holds (a 1-frame text-to-image run) takes a random stretch of each row, so
-    that every frame of the lake, not only the first, is an image for its caption."""
-    text_ids, text_mask = batch["text_ids"].clone(), batch["text_mask"].clone()
-    drop = torch.rand(len(text_ids), generator=generator) < caption_dropout  # (B,)
-    text_ids[drop], text_mask[drop] = 0, False
-    codes = batch["codes"]  # (B, 5, n)
-    if layout.frames < codes.shape[1]:
-        first = torch.randint(0, codes.shape[1] - layout.frames + 1, (len(codes),), generator=generator)  # (B,)
-        codes = codes[torch.arange(len(codes))[:, None], first[:, None] + torch.arange(layout.frames)]  # (B, frames, n)
-    tokens, targets, valid = build_inputs(layout, text_ids, text_mask, batch["fps"], codes, codebook, boi)
-    return tokens.to(device), targets.to(device), valid.to(device)
-
-
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro: list[tuple], lr: float,
-                   grad_clip: float, autocast, flex: bool = False) -> float:
-    """Accumulate gradients over the micro-batches (DDP syncs on the last only), clip, step; the mean loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for i, (tokens, targets, valid) in enumerate(micro):
-        last = i == len(micro) - 1
-        sync = contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync()
-        with sync:
-            with autocast:
-                loss, _ = _loss(model, tokens, targets, valid, flex)
-            (loss / len(micro)).backward()
-        total += loss.item() / len(micro)
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-    optimizer.step()
-    return total
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -367,16 +177,22 @@ def token_inputs(settings: Settings, stage: int, frame_version: str | None) -> t
     if frame_version is None:
         latest = registry.latest_version(registry.FRAME_TOKENIZER)
         if latest is None:
-            raise ValueError(f"no frame tokenizer is registered at {safe_uri(settings.mlflow_tracking_uri)}: run `cogflow tokenize` first")
+            raise ValueError(
+                f"no frame tokenizer is registered at {safe_uri(settings.mlflow_tracking_uri)}: run `cogflow tokenize` first"
+            )
         frame_version = str(latest.version)
     records = [r for r in lake.token_records(store, frame_version).to_pylist() if r["stage"] == stage]
     if not records:
-        raise ValueError(f"the lake at {safe_uri(settings.lake)} has no stage-{stage} tokens of frame tokenizer "
-                         f"v{frame_version}: run `cogflow tokenize` first")
+        raise ValueError(
+            f"the lake at {safe_uri(settings.lake)} has no stage-{stage} tokens of frame tokenizer "
+            f"v{frame_version}: run `cogflow tokenize` first"
+        )
     text_versions = sorted({r["text_tokenizer_version"] for r in records})
     if len(text_versions) > 1:
-        raise ValueError(f"stage-{stage} tokens of v{frame_version} mix text tokenizer versions {text_versions}: "
-                         f"run `cogflow tokenize encode` to finish re-encoding")
+        raise ValueError(
+            f"stage-{stage} tokens of v{frame_version} mix text tokenizer versions {text_versions}: "
+            f"run `cogflow tokenize encode` to finish re-encoding"
+        )
     parts = sorted(lake.token_paths(frame_version, stage, r["shard_id"])["tokens"] for r in records)
     return frame_version, parts, text_versions[0]
 
@@ -395,22 +211,38 @@ def load_init(settings: Settings, ref: str, model: CogVideoTransformer) -> None:
     own = model.state_dict()
     misfits = [n for n, t in saved["state"].items() if n not in own or own[n].shape != t.shape]
     if misfits or set(own) - set(saved["state"]):
-        raise ValueError(f"train.init_from {ref} does not fit this model (another size, codebook or text vocabulary): "
-                         f"{', '.join((misfits or sorted(set(own) - set(saved['state'])))[:5])}")
+        raise ValueError(
+            f"train.init_from {ref} does not fit this model (another size, codebook or text vocabulary): "
+            f"{', '.join((misfits or sorted(set(own) - set(saved['state'])))[:5])}"
+        )
     model.load_state_dict(saved["state"])
 
 
-def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_version: str | None = None,
-                restart: bool = False, resume: bool = False, until_step: int | None = None,
-                progress: bool = True) -> TrainResult:
+def train_stage(
+    settings: Settings,
+    stage: int,
+    run: CogVideoRun,
+    *,
+    frame_version: str | None = None,
+    restart: bool = False,
+    resume: bool = False,
+    until_step: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train (or resume, or find already done) one stage of `run` on the lake's token shards.
 
     `resume` insists on a checkpoint; `restart` ignores one; `until_step` checkpoints and stops at that step."""
     env = distributed.setup()
     cfg = run.train
     if stage == 1 and cfg.frames > 1 and cfg.t2i_steps > 0 and not cfg.spatial_from:
-        image = train_stage(settings, 1, replace(run, train=replace(cfg, frames=1, steps=cfg.t2i_steps, t2i_steps=0)),
-                            frame_version=frame_version, restart=restart, progress=progress)
+        image = train_stage(
+            settings,
+            1,
+            replace(run, train=replace(cfg, frames=1, steps=cfg.t2i_steps, t2i_steps=0)),
+            frame_version=frame_version,
+            restart=restart,
+            progress=progress,
+        )
         if not image.complete:
             return image  # stopped (SIGTERM): the same command resumes it, then goes on to stage 1
         cfg = replace(cfg, spatial_from=image.run_id)
@@ -419,32 +251,56 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     store = Storage.at(settings.lake)
     if env.main:
         tracking.use(settings.mlflow_tracking_uri, settings.home)
-    frame_version, parts, text_version = distributed.from_main(token_inputs(settings, stage, frame_version) if env.main else None)
+    frame_version, parts, text_version = distributed.from_main(
+        token_inputs(settings, stage, frame_version) if env.main else None
+    )
     tokenizers: Tokenizers = load_tokenizers(settings, frame_version, text_version, device="cpu")
     grid = tokenizers.frames.config.grid()
     layout = Layout(text_len=cfg.text_len, grid=grid, stage=stage, frames=cfg.frames)
     stage_cfg = run.stage_config(stage)
     frames_config = tokenizers.frames.config
-    spec = ModelSpec(run.model, layout, frames_config.codebook_size, tokenizers.text.vocab_size,
-                     stage_cfg.window, stage_cfg.shift, frames_config.fsq_levels if frames_config.quantizer == "fsq" else ())
+    spec = ModelSpec(
+        run.model,
+        layout,
+        frames_config.codebook_size,
+        tokenizers.text.vocab_size,
+        stage_cfg.window,
+        stage_cfg.shift,
+        frames_config.fsq_levels if frames_config.quantizer == "fsq" else (),
+    )
     boi = tokenizers.text.boi_id
     name = kind(stage, cfg.frames)
     data_hash = naming_hash([parts, frame_version, text_version])
     config_hash = naming_hash({**configs.as_dict(run), "stage": stage, "world_size": env.world})
-    tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash, "cogflow.stage": str(stage),
-            "cogflow.frame_tokenizer_version": frame_version, "cogflow.text_tokenizer_version": text_version}
+    tags = {
+        "cogflow.data_hash": data_hash,
+        "cogflow.config_hash": config_hash,
+        "cogflow.stage": str(stage),
+        "cogflow.frame_tokenizer_version": frame_version,
+        "cogflow.text_tokenizer_version": text_version,
+    }
 
     # Done before? Rank 0 asks MLflow; everyone follows.
-    done = None
+    done: tuple[str, dict[str, str]] | None = None
     if env.main and not restart:
-        done = tracking.latest_run({"cogflow.kind": name, "cogflow.complete": "true", **tags})
-        done = None if done is None else (done, tracking.run_tags(done))
+        found = tracking.latest_run({"cogflow.kind": name, "cogflow.complete": "true", **tags})
+        done = None if found is None else (found, tracking.run_tags(found))
     done = distributed.from_main(done)
     if done is not None:
         run_id, known = done
-        return TrainResult(stage, run_id, False, cfg.steps, True, known.get("cogflow.eval_split", ""),
-                           float(known.get("cogflow.val_bits_per_token", "nan")), float("nan"), float("nan"),
-                           int(known.get("cogflow.parameters", "0")), "a complete run of this training exists: same tokens, same config")
+        return TrainResult(
+            stage,
+            run_id,
+            False,
+            cfg.steps,
+            True,
+            known.get("cogflow.eval_split", ""),
+            float(known.get("cogflow.val_bits_per_token", "nan")),
+            float("nan"),
+            float("nan"),
+            int(known.get("cogflow.parameters", "0")),
+            "a complete run of this training exists: same tokens, same config",
+        )
 
     # The model (from a text-to-image run's spatial channel, if asked), the optimizer, where a killed run left off.
     model = CogVideoTransformer(spec)
@@ -460,15 +316,24 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     if cfg.fsdp and env.world > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if env.device.type == "cuda" else MixedPrecisionPolicy()
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if env.device.type == "cuda"
+            else MixedPrecisionPolicy()
+        )
         for block in model.blocks:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.dim() >= 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+    )
     ckpt_store, ckpt_rel = checkpoint_store(settings), f"{name}/{naming_hash([data_hash, config_hash])}/checkpoint.pt"
     state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
     if resume and state is None:
@@ -485,25 +350,58 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda")
 
     workers = max(1, cfg.loader_workers)
-    stream = TokenStream(settings.lake, parts, layout, cfg.batch_size, cfg.seed, env.rank, env.world, positions,
-                         worker_offset=step * cfg.grad_accum % workers)
-    loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0)
+    stream = TokenStream(
+        settings.lake,
+        parts,
+        layout,
+        cfg.batch_size,
+        cfg.seed,
+        env.rank,
+        env.world,
+        positions,
+        worker_offset=step * cfg.grad_accum % workers,
+    )
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0
+    )
     worker_positions = list(positions or [(0, 0, 0)] * workers)
     val, eval_split = eval_rows(store, parts, cfg.val_batches * cfg.batch_size)
     flops_token = transformers.flops_per_token(spec, parameters)
     peak = matmul_peak(env.device)
-    params = {**configs.as_dict(run), "stage": stage, "world_size": env.world, "device": env.device.type,
-              "eval_split": eval_split, "parameters": parameters, "layout": asdict(layout),
-              "codebook_size": spec.codebook_size, "text_vocab": spec.text_vocab, "matmul_peak_tflops": peak / 1e12}
+    params = {
+        **configs.as_dict(run),
+        "stage": stage,
+        "world_size": env.world,
+        "device": env.device.type,
+        "eval_split": eval_split,
+        "parameters": parameters,
+        "layout": asdict(layout),
+        "codebook_size": spec.codebook_size,
+        "text_vocab": spec.text_vocab,
+        "matmul_peak_tflops": peak / 1e12,
+    }
 
     def checkpoint(at: int) -> None:
         model_state, optimizer_state = full_state(model, optimizer)
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
+        }
         everyone = distributed.gather((worker_positions, rng))
         if env.main:
-            save_checkpoint(ckpt_store, ckpt_rel, {"model": model_state, "optimizer": optimizer_state, "step": at,
-                                                   "run_id": run_id, "positions": [p for p, _ in everyone],
-                                                   "rng": [r for _, r in everyone], "config": configs.as_dict(run)})
+            save_checkpoint(
+                ckpt_store,
+                ckpt_rel,
+                {
+                    "model": model_state,
+                    "optimizer": optimizer_state,
+                    "step": at,
+                    "run_id": run_id,
+                    "positions": [p for p, _ in everyone],
+                    "rng": [r for _, r in everyone],
+                    "config": configs.as_dict(run),
+                },
+            )
         distributed.barrier()
 
     def evaluate() -> float:
@@ -511,14 +409,24 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
         return bits_per_token(model, layout, val, boi, spec.codebook_size, cfg.batch_size, env.device, autocast)
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * env.world * layout.length
-    bar = StepProgress(f"stage {stage}" if cfg.frames > 1 else "text-to-image", cfg.steps, step,
-                       enabled=progress and env.main, every=cfg.log_every)
+    bar = StepProgress(
+        f"stage {stage}" if cfg.frames > 1 else "text-to-image",
+        cfg.steps,
+        step,
+        enabled=progress and env.main,
+        every=cfg.log_every,
+    )
     tokens_per_s = mfu = float("nan")
-    with (tracking.run(name, params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
-            tempfile.TemporaryDirectory(prefix="cogflow-train-") as tmp, StopSignal.installed():
-        run_id = distributed.from_main(active.info.run_id if env.main else None)
-        bar.log(f"{name}: {parameters / 1e6:.2f}M parameters, {layout.length} tokens a sample, "
-                f"{len(parts)} token files, evaluating on {eval_split}; MLflow run {run_id}")
+    with (
+        tracking.run(name, params, tags, run_id=run_id) if env.main else contextlib.nullcontext() as active,
+        tempfile.TemporaryDirectory(prefix="cogflow-train-") as tmp,
+        StopSignal.installed(),
+    ):
+        run_id = distributed.from_main(active.info.run_id if active is not None else None)
+        bar.log(
+            f"{name}: {parameters / 1e6:.2f}M parameters, {layout.length} tokens a sample, "
+            f"{len(parts)} token files, evaluating on {eval_split}; MLflow run {run_id}"
+        )
         window_started, window_steps = time.monotonic(), 0
         batches = iter(loader)
         while step < cfg.steps:
@@ -529,7 +437,9 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
                 # which captions drop depends on (seed, step, micro-step, rank) alone, so a resumed run drops the same
                 # ones (a tuple of ints hashes the same in every process)
                 generator = torch.Generator().manual_seed(hash((cfg.seed, step, m, env.rank)) % 2**63)
-                micro.append(micro_batches(batch, layout, spec.codebook_size, boi, cfg.caption_dropout, generator, env.device))
+                micro.append(
+                    micro_batches(batch, layout, spec.codebook_size, boi, cfg.caption_dropout, generator, env.device)
+                )
             loss = optimizer_step(ddp, optimizer, micro, learning_rate(step, cfg), cfg.grad_clip, autocast, flex)
             step += 1
             window_steps += 1
@@ -538,26 +448,49 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
                 seconds = time.monotonic() - window_started
                 tokens_per_s = window_steps * tokens_per_step / max(seconds, 1e-9)
                 mfu = tokens_per_s * flops_token / (peak * env.world)
-                tracking.log_metrics({"train/loss": loss, "train/bits_per_token": loss / math.log(2),
-                                      "train/lr": learning_rate(step - 1, cfg), "train/tokens_per_s": tokens_per_s,
-                                      "train/mfu": mfu, "train/memory_gb": memory_gb(env.device)}, step=step)
+                tracking.log_metrics(
+                    {
+                        "train/loss": loss,
+                        "train/bits_per_token": loss / math.log(2),
+                        "train/lr": learning_rate(step - 1, cfg),
+                        "train/tokens_per_s": tokens_per_s,
+                        "train/mfu": mfu,
+                        "train/memory_gb": memory_gb(env.device),
+                    },
+                    step=step,
+                )
                 window_started, window_steps = time.monotonic(), 0
             if step % cfg.val_every == 0 or step == cfg.steps:
                 bits = evaluate()
                 if env.main:
                     tracking.log_metrics({f"{eval_split}/bits_per_token": bits}, step=step)
-                    bar.log(f"step {step}: {eval_split} bits per token {bits:.3f} (train loss {loss / math.log(2):.3f} bits)")
+                    bar.log(
+                        f"step {step}: {eval_split} bits per token {bits:.3f} (train loss {loss / math.log(2):.3f} bits)"
+                    )
             if env.main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps and not cfg.fsdp:
                 _log_sample(model, layout, tokenizers, val, Path(tmp), step, run.generate)
             bar.update(step, f"loss {loss:.4f}")
             # Every rank stops after the same step, even when the signal reached them at different moments.
-            stop = distributed.any_rank(StopSignal.requested or (until_step is not None and step >= until_step), env.device)
+            stop = distributed.any_rank(
+                StopSignal.requested or (until_step is not None and step >= until_step), env.device
+            )
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 checkpoint(step)
             if stop and step < cfg.steps:
                 bar.close()
-                return TrainResult(stage, run_id, True, step, False, eval_split, float("nan"), tokens_per_s, mfu,
-                                   parameters, f"stopped at step {step}; run again to resume")
+                return TrainResult(
+                    stage,
+                    run_id,
+                    True,
+                    step,
+                    False,
+                    eval_split,
+                    float("nan"),
+                    tokens_per_s,
+                    mfu,
+                    parameters,
+                    f"stopped at step {step}; run again to resume",
+                )
         bar.close()
 
         # The finished model: the run's artifact, and the tags that say it is complete.
@@ -569,17 +502,38 @@ def train_stage(settings: Settings, stage: int, run: CogVideoRun, *, frame_versi
             out = Path(tmp) / f"{name}.pt"
             final = CogVideoTransformer(spec)
             final.load_state_dict(model_state)
-            transformers.save(final, str(out), {"stage": stage, "text_tokenizer_version": text_version,
-                                                "frame_tokenizer_version": frame_version, "run_config": configs.as_dict(run)})
+            transformers.save(
+                final,
+                str(out),
+                {
+                    "stage": stage,
+                    "text_tokenizer_version": text_version,
+                    "frame_tokenizer_version": frame_version,
+                    "run_config": configs.as_dict(run),
+                },
+            )
             tracking.log_artifact(out, RUN_MODEL_DIR)
-            tracking.set_tags({"cogflow.complete": "true", "cogflow.val_bits_per_token": f"{bits:.6g}",
-                               "cogflow.eval_split": eval_split, "cogflow.parameters": str(parameters)})
+            tracking.set_tags(
+                {
+                    "cogflow.complete": "true",
+                    "cogflow.val_bits_per_token": f"{bits:.6g}",
+                    "cogflow.eval_split": eval_split,
+                    "cogflow.parameters": str(parameters),
+                }
+            )
         distributed.barrier()
     return TrainResult(stage, run_id, True, step, True, eval_split, bits, tokens_per_s, mfu, parameters)
 
 
-def _log_sample(model: CogVideoTransformer, layout: Layout, tokenizers: Tokenizers, val: dict[str, list], tmp: Path,
-                step: int, options: GenerateConfig) -> None:
+def _log_sample(
+    model: CogVideoTransformer,
+    layout: Layout,
+    tokenizers: Tokenizers,
+    val: dict[str, list],
+    tmp: Path,
+    step: int,
+    options: GenerateConfig,
+) -> None:
     """A sample video of the model as it is: stage 1 draws key frames for the first val caption; stage 2 fills
     frames 1 and 3 of the first val clip from its frames 0, 2, 4. Logged as `samples/step-N.gif`."""
     path = sampling.sample_for_training(model, layout, tokenizers, val, tmp / f"step-{step:07d}.gif", options)
@@ -589,21 +543,42 @@ def _log_sample(model: CogVideoTransformer, layout: Layout, tokenizers: Tokenize
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    parser.add_argument("--config", default="demo", help=f"a named config ({', '.join(configs.named(KIND))}) or a .toml file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600")
+    parser.add_argument(
+        "--config", default="demo", help=f"a named config ({', '.join(configs.named(KIND))}) or a .toml file"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600"
+    )
     parser.add_argument("--lake", help="the lake to read token shards from (default: $COGFLOW_LAKE)")
-    parser.add_argument("--frame-tokenizer", help="the frame tokenizer version whose tokens to train on (default: newest)")
-    parser.add_argument("--resume", action="store_true", help="continue from this training's checkpoint (an error when there is none)")
+    parser.add_argument(
+        "--frame-tokenizer", help="the frame tokenizer version whose tokens to train on (default: newest)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from this training's checkpoint (an error when there is none)"
+    )
     parser.add_argument("--restart", action="store_true", help="ignore a checkpoint of this training and start over")
-    parser.add_argument("--until-step", type=int, help="checkpoint and stop at this step (train in slices; run again to go on)")
+    parser.add_argument(
+        "--until-step", type=int, help="checkpoint and stop at this step (train in slices; run again to go on)"
+    )
     parser.add_argument("--result-file", help="also write the result as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     if args.resume and args.restart:
         parser.error("--resume and --restart contradict each other")
-    return run_entry_point("train", lambda: train_stage(
-        load_settings(lake=args.lake), args.stage, load_config(args.config, args.set), frame_version=args.frame_tokenizer,
-        restart=args.restart, resume=args.resume, until_step=args.until_step, progress=not args.quiet), args.result_file)
+    return run_entry_point(
+        "train",
+        lambda: train_stage(
+            load_settings(lake=args.lake),
+            args.stage,
+            load_config(args.config, args.set),
+            frame_version=args.frame_tokenizer,
+            restart=args.restart,
+            resume=args.resume,
+            until_step=args.until_step,
+            progress=not args.quiet,
+        ),
+        args.result_file,
+    )
 
 
 if __name__ == "__main__":

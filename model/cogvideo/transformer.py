@@ -24,15 +24,16 @@ import pickle
 import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
 from cogflow.model.cogvideo import layout as layouts
 from cogflow.model.cogvideo.layout import IGNORE, Layout
 from cogflow.pipeline.contract import CLIP_FRAMES
-from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,14 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.window < 0 or self.window > self.layout.grid or not 0 <= self.shift < max(self.window, 1):
-            raise ValueError(f"window must be 0..{self.layout.grid} and shift 0..window-1, not {self.window}, {self.shift}")
+            raise ValueError(
+                f"window must be 0..{self.layout.grid} and shift 0..window-1, not {self.window}, {self.shift}"
+            )
         if self.config.code_embedding == "levels" and math.prod(self.code_levels or (0,)) != self.codebook_size:
-            raise ValueError(f"code_embedding = levels needs an FSQ frame tokenizer: {self.codebook_size} codes, "
-                             f"levels {list(self.code_levels)}")
+            raise ValueError(
+                f"code_embedding = levels needs an FSQ frame tokenizer: {self.codebook_size} codes, "
+                f"levels {list(self.code_levels)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -95,12 +100,14 @@ class KVCache:
     filled: torch.Tensor  # (S,) bool
 
     @classmethod
-    def empty(cls, spec: ModelSpec, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> "KVCache":
+    def empty(cls, spec: ModelSpec, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> KVCache:
         c = spec.config
         shape = (batch, c.heads, spec.layout.length, c.hidden // c.heads)
         new = functools.partial(torch.zeros, shape, device=device, dtype=dtype)
-        return cls([{ch: (new(), new()) for ch in ("spatial", "temporal")} for _ in range(c.layers)],
-                   torch.zeros(spec.layout.length, dtype=torch.bool, device=device))
+        return cls(
+            [{ch: (new(), new()) for ch in ("spatial", "temporal")} for _ in range(c.layers)],
+            torch.zeros(spec.layout.length, dtype=torch.bool, device=device),
+        )
 
 
 @functools.cache
@@ -110,7 +117,7 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def rotary_angles(spec: "ModelSpec", base: float = 100.0) -> torch.Tensor:
+def rotary_angles(spec: ModelSpec, base: float = 100.0) -> torch.Tensor:
     """(S, d/2) angle of each slot for each pair of a head's channels: a quarter of the pairs turn with the frame's
     true time, the rest in two equal groups with its row and its column, at geometric frequencies 1 .. 1/base (a
     frame is at most a few dozen codes wide). Text slots and the fps token have angle 0."""
@@ -136,8 +143,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, drop
     return _compiled_flex()(q, k, v, block_mask=mask)
 
 
-def attend_by_frame(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, text_slots: int,
-                    frame_len: int, dropout: float) -> torch.Tensor:
+def attend_by_frame(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    text_slots: int,
+    frame_len: int,
+    dropout: float,
+) -> torch.Tensor:
     """The spatial channel over a whole sequence (B, h, S, d), in pieces: text sees text, and a frame code sees the
     text and its own frame only, so each frame attends on its own over (text + frame) keys instead of all S: at the
     demo's sizes a quarter of the work of one dense (S, S) pass, with the same result. `mask` (B, 1, S, S) is the
@@ -156,7 +170,9 @@ def attend_by_frame(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     keys = torch.cat([text_for_each_frame(k), by_frame(k)], dim=2)  # (B*F, h, T+n, d)
     values = torch.cat([text_for_each_frame(v), by_frame(v)], dim=2)
     rows = mask[:, 0, t:]  # (B, F*n, S)
-    own = torch.stack([rows[:, i * n:(i + 1) * n, t + i * n:t + (i + 1) * n] for i in range(f)], dim=1)  # (B, F, n, n)
+    own = torch.stack(
+        [rows[:, i * n : (i + 1) * n, t + i * n : t + (i + 1) * n] for i in range(f)], dim=1
+    )  # (B, F, n, n)
     frame_mask = torch.cat([rows[..., :t].reshape(b, f, n, t), own], dim=-1).reshape(b * f, 1, n, t + n)
     frames = attend(by_frame(q), keys, values, frame_mask, dropout)  # (B*F, h, n, d)
     return torch.cat([text, frames.reshape(b, f, h, n, d).transpose(1, 2).reshape(b, h, f * n, d)], dim=2)
@@ -170,9 +186,16 @@ class DualAttention(nn.Module):
         self.temporal_qkv, self.temporal_out = nn.Linear(c.hidden, 3 * c.hidden), nn.Linear(c.hidden, c.hidden)
         self.alpha = nn.Parameter(torch.zeros(c.hidden))  # sigmoid(0) = 0.5: both channels count equally at first
 
-    def channel(self, name: str, x: torch.Tensor, mask: object, positions: torch.Tensor | None,
-                cache: dict | None, frame_blocks: tuple[int, int] | None = None,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def channel(
+        self,
+        name: str,
+        x: torch.Tensor,
+        mask: object,
+        positions: torch.Tensor | None,
+        cache: dict | None,
+        frame_blocks: tuple[int, int] | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         b, p, hidden = x.shape
         qkv = self.spatial_qkv if name == "spatial" else self.temporal_qkv
         q, k, v = qkv(x).view(b, p, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)  # each (B, h, P, d)
@@ -181,7 +204,9 @@ class DualAttention(nn.Module):
         if cache is not None:  # write this step's slots, attend over every slot (the mask hides the unfilled)
             keys, values = cache[name]
             keys[:, :, positions], values[:, :, positions] = k.to(keys.dtype), v.to(values.dtype)
-            width = mask.shape[-1] if isinstance(mask, torch.Tensor) else keys.shape[2]  # `masks` cut what no query sees
+            width = (
+                mask.shape[-1] if isinstance(mask, torch.Tensor) else keys.shape[2]
+            )  # `masks` cut what no query sees
             k, v = keys[:, :, :width].to(q.dtype), values[:, :, :width].to(q.dtype)
         dropout = self.dropout if self.training else 0.0
         if frame_blocks is not None and isinstance(mask, torch.Tensor):
@@ -190,12 +215,27 @@ class DualAttention(nn.Module):
             out = attend(q, k, v, mask, dropout)  # (B, h, P, d)
         return out.transpose(1, 2).reshape(b, p, hidden)
 
-    def forward(self, x: torch.Tensor, masks: dict[str, object], is_frame: torch.Tensor,
-                positions: torch.Tensor | None = None, cache: dict | None = None,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        masks: dict[str, object],
+        is_frame: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: dict | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         # a pass over the whole sequence (training) attends frame by frame in the spatial channel
-        spatial = self.spatial_out(self.channel("spatial", x, masks["spatial"], positions, cache,
-                                                masks.get("frame_blocks"), rotary))
+        spatial = self.spatial_out(
+            self.channel(
+                "spatial",
+                x,
+                masks["spatial"],
+                positions,
+                cache,
+                cast("tuple[int, int] | None", masks.get("frame_blocks")),
+                rotary,
+            )
+        )
         temporal = self.temporal_out(self.channel("temporal", x, masks["temporal"], positions, cache, None, rotary))
         a = torch.sigmoid(self.alpha)
         return torch.where(is_frame[:, None], a * spatial + (1 - a) * temporal, spatial)
@@ -206,13 +246,22 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(c.hidden), nn.LayerNorm(c.hidden)
         self.attention = DualAttention(c)
-        self.mlp = nn.Sequential(nn.Linear(c.hidden, c.mlp_ratio * c.hidden), nn.GELU(approximate="tanh"),
-                                 nn.Linear(c.mlp_ratio * c.hidden, c.hidden))
+        self.mlp = nn.Sequential(
+            nn.Linear(c.hidden, c.mlp_ratio * c.hidden),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(c.mlp_ratio * c.hidden, c.hidden),
+        )
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, masks: dict[str, object], is_frame: torch.Tensor,
-                positions: torch.Tensor | None = None, cache: dict | None = None,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        masks: dict[str, object],
+        is_frame: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: dict | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         x = x + self.drop(self.attention(self.ln1(x), masks, is_frame, positions, cache, rotary))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -222,6 +271,9 @@ class Block(nn.Module):
 
 
 class CogVideoTransformer(nn.Module):
+    code_digits: torch.Tensor  # buffers, with code_embedding = "levels" and with rope
+    rope_angles: torch.Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         c, lay = spec.config, spec.layout
@@ -263,10 +315,16 @@ class CogVideoTransformer(nn.Module):
         text = (text_valid[:, : lay.text_len].long().cumsum(1) - 1).clamp(min=0)  # (B, L)
         text = torch.cat([text, text.new_full((text.shape[0], 1), lay.text_len)], dim=1)  # (B, L+1)
         text = self.text_position(text[:, positions.clamp(max=lay.text_slots - 1)])  # (B, P, C)
-        frames = self.time_position(s.time[positions]) + self.row_position(s.row[positions]) + self.col_position(s.col[positions])
+        frames = (
+            self.time_position(s.time[positions])
+            + self.row_position(s.row[positions])
+            + self.col_position(s.col[positions])
+        )
         return torch.where((positions >= lay.text_slots)[:, None], frames, text)  # (B, P, C)
 
-    def masks(self, text_valid: torch.Tensor, positions: torch.Tensor, filled: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+    def masks(
+        self, text_valid: torch.Tensor, positions: torch.Tensor, filled: torch.Tensor | None = None
+    ) -> list[dict[str, object]]:
         """Per layer, the (B, 1, P, S) masks of both channels for the queries at `positions`: the layout's rules,
         minus text pads (a slot always sees itself), minus slots not computed yet (`filled`, with a cache)."""
         spec, device = self.spec, str(text_valid.device)
@@ -278,15 +336,23 @@ class CogVideoTransformer(nn.Module):
             if filled is None:
                 return (allowed[None] & (visible[:, None, :] | itself[None]))[:, None]  # (B, 1, P, S)
             if bool((allowed & ~filled).any()):
-                raise RuntimeError("a slot would attend to a slot not computed yet: the decoding order breaks the masks")
+                raise RuntimeError(
+                    "a slot would attend to a slot not computed yet: the decoding order breaks the masks"
+                )
             # With a cache, keys past the last one any of these queries sees are left out: slots are computed
             # roughly in order, so a decoding step attends over half the sequence on average instead of all of it.
             width = int(allowed.any(0).nonzero().max()) + 1
-            return (allowed[None, :, :width] & (visible[:, None, :width] | itself[None, :, :width]))[:, None]  # (B, 1, P, width)
+            return (allowed[None, :, :width] & (visible[:, None, :width] | itself[None, :, :width]))[
+                :, None
+            ]  # (B, 1, P, width)
 
-        per_layer = self._per_layer(batch(layouts.dense_mask(spec.layout, "spatial", device=device)),
-                                    lambda shift: batch(layouts.dense_mask(spec.layout, "temporal", spec.window, shift, device)))
-        if filled is None and torch.equal(positions, torch.arange(spec.layout.length, device=positions.device)):  # frame by frame
+        per_layer = self._per_layer(
+            batch(layouts.dense_mask(spec.layout, "spatial", device=device)),
+            lambda shift: batch(layouts.dense_mask(spec.layout, "temporal", spec.window, shift, device)),
+        )
+        if filled is None and torch.equal(
+            positions, torch.arange(spec.layout.length, device=positions.device)
+        ):  # frame by frame
             for layer in per_layer:
                 layer["frame_blocks"] = (spec.layout.text_slots, spec.layout.frame_len)
         return per_layer
@@ -303,7 +369,9 @@ class CogVideoTransformer(nn.Module):
             mod = layouts.with_text_mask(rule, text_valid, spec.layout.text_slots)
             return create_block_mask(mod, b, None, n, n, device=str(device))
 
-        return self._per_layer(block(layouts.spatial_rule(s)), lambda shift: block(layouts.temporal_rule(s, spec.window, shift)))
+        return self._per_layer(
+            block(layouts.spatial_rule(s)), lambda shift: block(layouts.temporal_rule(s, spec.window, shift))
+        )
 
     def _per_layer(self, spatial: object, temporal: Callable[[int], object]) -> list[dict[str, object]]:
         """Each layer's masks: the one spatial mask, and the temporal mask of the layer's window shift (built once
@@ -313,8 +381,14 @@ class CogVideoTransformer(nn.Module):
         return [{"spatial": spatial, "temporal": by_shift[shift]} for shift in shifts]
 
     # ----------------------------------------------------------------------------------------------- forward
-    def forward(self, tokens: torch.Tensor, text_valid: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None, flex: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        text_valid: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        flex: bool = False,
+    ) -> torch.Tensor:
         """Hidden states (B, P, C) of the slots at `positions` (default: every slot, tokens (B, S)).
 
         With a cache, the slots' keys and values are stored and every filled slot is attended to: a full pass,
@@ -366,7 +440,9 @@ class CogVideoTransformer(nn.Module):
         """(..., C) -> (..., K): scores of the frame codes only, through their embeddings."""
         return hidden @ self.code_table().T
 
-    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, text_valid: torch.Tensor, flex: bool = False) -> tuple[torch.Tensor, int]:
+    def loss(
+        self, tokens: torch.Tensor, targets: torch.Tensor, text_valid: torch.Tensor, flex: bool = False
+    ) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy (nats) over the predicted codes, and how many codes that was."""
         return self.code_loss(self(tokens, text_valid, flex=flex), targets)
 
@@ -377,8 +453,19 @@ class CogVideoTransformer(nn.Module):
         return F.cross_entropy(logits.float(), targets[predicted]), int(predicted.sum())
 
     # ------------------------------------------------------------------------------ the text-to-image channel
-    SPATIAL = (".embed.", ".level_embed.", ".text_position.", ".row_position.", ".col_position.", ".norm.", ".ln1.", ".ln2.", ".mlp.",
-               ".spatial_qkv.", ".spatial_out.")
+    SPATIAL = (
+        ".embed.",
+        ".level_embed.",
+        ".text_position.",
+        ".row_position.",
+        ".col_position.",
+        ".norm.",
+        ".ln1.",
+        ".ln2.",
+        ".mlp.",
+        ".spatial_qkv.",
+        ".spatial_out.",
+    )
 
     def spatial_names(self) -> list[str]:
         """The parameters a 1-frame (text-to-image) run of this model trains that a video model can reuse."""
@@ -404,7 +491,11 @@ class CogVideoTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ sizes
     def parameter_count(self, embeddings: bool = False) -> int:
-        return sum(p.numel() for n, p in self.named_parameters() if embeddings or "position" not in n and not n.startswith(("embed.", "level_embed.")))
+        return sum(
+            p.numel()
+            for n, p in self.named_parameters()
+            if embeddings or "position" not in n and not n.startswith(("embed.", "level_embed."))
+        )
 
 
 def flops_per_token(spec: ModelSpec, parameters: int) -> float:
@@ -421,13 +512,21 @@ def spec_to_dict(spec: ModelSpec) -> dict:
 
 
 def spec_from_dict(values: dict) -> ModelSpec:
-    return ModelSpec(**{**values, "config": TransformerConfig(**values["config"]), "layout": Layout(**values["layout"]),
-                        "code_levels": tuple(values.get("code_levels", ()))})
+    return ModelSpec(
+        **{
+            **values,
+            "config": TransformerConfig(**values["config"]),
+            "layout": Layout(**values["layout"]),
+            "code_levels": tuple(values.get("code_levels", ())),
+        }
+    )
 
 
 # Model files written before cogflow 0.2 pickled the spec's classes under their module paths of the time.
-_MOVED = {old: "cogflow.model.cogvideo." + old.rsplit(".", 1)[1]
-          for old in ("model.transformer", "model.layout", "cogflow.model.transformer", "cogflow.model.layout")}
+_MOVED = {
+    old: "cogflow.model.cogvideo." + old.rsplit(".", 1)[1]
+    for old in ("model.transformer", "model.layout", "cogflow.model.transformer", "cogflow.model.layout")
+}
 
 
 class _MovedUnpickler(pickle.Unpickler):

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+
 from cogflow.pipeline.sample_data import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
 
 FIELDS = ("colour", "shape", "motion")  # what a caption asks for and what is scored
@@ -111,7 +113,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     roots = np.array([find(i) for i in range(len(rows))])
     sizes = np.bincount(roots, weights=ends - starts)
     out = np.zeros(mask.shape, dtype=bool)
-    for i in np.nonzero(roots == np.argmax(sizes))[0]:
+    for i in np.nonzero(roots == np.argmax(sizes))[0].tolist():
         out[rows[i], starts[i] : ends[i]] = True
     return out
 
@@ -147,8 +149,9 @@ def border_colour(rgb: np.ndarray) -> np.ndarray:
     """The background's RGB (3,) float32 of an (H, W, 3) frame: the median of its BORDER_PX ring, which ignores the
     stretch of border a cut-off shape covers."""
     b = BORDER_PX
-    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3),
-                             rgb[:, -b:].reshape(-1, 3)])
+    border = np.concatenate(
+        [rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)]
+    )
     return np.median(border, axis=0).astype(np.float32)
 
 
@@ -187,8 +190,14 @@ def read_frame(frame: np.ndarray) -> FrameReading:
     wy, wx = np.nonzero(weight)
     w = weight[wy, wx]
     area = float(w.sum())
-    return FrameReading(background, colour, shape, left + float((w * wx).sum()) / area + 0.5,
-                        top + float((w * wy).sum()) / area + 0.5, area)
+    return FrameReading(
+        background,
+        colour,
+        shape,
+        left + float((w * wx).sum()) / area + 0.5,
+        top + float((w * wy).sum()) / area + 0.5,
+        area,
+    )
 
 
 def _robust_change(values: np.ndarray, times: np.ndarray) -> float:
@@ -206,7 +215,7 @@ def _vote(names: Sequence[str | None], weights: Sequence[float] | None = None) -
     totals: Counter[str] = Counter()
     for name, weight in zip(names, weights if weights is not None else [1.0] * len(names)):
         if name is not None:
-            totals[name] += weight
+            totals[name] += weight  # type: ignore[assignment]  # a Counter adds floats too; typeshed says int
     return totals.most_common(1)[0][0] if totals else None
 
 
@@ -221,11 +230,13 @@ def motion_changes(readings: Sequence[FrameReading], width: int, height: int) ->
     dy = _robust_change(np.array([r.y for _, r in found]), times) / height
     # The side (sqrt of the area) grows linearly with the drawn scale, 0.4 -> 1.6: a change of 1.2 median sides.
     # Halved to ~0.6, like a move across the frame (~0.67 after the crop), so neither kind of motion dominates.
-    size = np.sqrt([r.area for _, r in found])
+    size = np.sqrt([cast(float, r.area) for _, r in found])  # found: frames with an area
     ds = 0.5 * _robust_change(size, times) / float(np.median(size))
-    return {"left_to_right" if dx > 0 else "right_to_left": abs(dx),
-            "down" if dy > 0 else "up": abs(dy),  # image y grows downwards: "up" is y decreasing
-            "growing" if ds > 0 else "shrinking": abs(ds)}
+    return {
+        "left_to_right" if dx > 0 else "right_to_left": abs(dx),
+        "down" if dy > 0 else "up": abs(dy),  # image y grows downwards: "up" is y decreasing
+        "growing" if ds > 0 else "shrinking": abs(ds),
+    }
 
 
 def read_video(frames: np.ndarray) -> Reading:
@@ -268,20 +279,25 @@ class CaptionFollowing:
         """A small table: one line per field, then the mean and all-correct lines."""
         rows = [(f, self.accuracy[f], self.chance[f]) for f in FIELDS]
         rows += [("mean", self.mean, self.mean_chance), ("all", self.all_correct, self.all_chance)]
-        return [f"caption following over {self.n} videos"] + [f"{name:<7} {acc:4.0%} (chance {ch:.0%})"
-                                                               for name, acc, ch in rows]
+        return [f"caption following over {self.n} videos"] + [
+            f"{name:<7} {acc:4.0%} (chance {ch:.0%})" for name, acc, ch in rows
+        ]
 
     def as_dict(self) -> dict[str, float]:
         """Flat metrics for MLflow: caption_<field>_accuracy, caption_<field>_chance, caption_mean_accuracy, ..."""
         out: dict[str, float] = {"caption_n": float(self.n)}
         for f in FIELDS:
             out[f"caption_{f}_accuracy"], out[f"caption_{f}_chance"] = self.accuracy[f], self.chance[f]
-        out.update(caption_mean_accuracy=self.mean, caption_mean_chance=self.mean_chance,
-                   caption_all_accuracy=self.all_correct, caption_all_chance=self.all_chance)
+        out.update(
+            caption_mean_accuracy=self.mean,
+            caption_mean_chance=self.mean_chance,
+            caption_all_accuracy=self.all_correct,
+            caption_all_chance=self.all_chance,
+        )
         return out
 
 
-_VALUES = {"colour": COLOURS, "shape": SHAPES, "motion": MOTIONS}
+_VALUES: dict[str, Mapping[str, object]] = {"colour": COLOURS, "shape": SHAPES, "motion": MOTIONS}
 
 
 def score(readings: Sequence[Reading], truths: Sequence[Mapping[str, str]]) -> CaptionFollowing:
@@ -290,14 +306,19 @@ def score(readings: Sequence[Reading], truths: Sequence[Mapping[str, str]]) -> C
         raise ValueError(f"{len(readings)} readings for {len(truths)} truths")
     if not readings:
         raise ValueError("nothing to score")
-    right = np.array([[getattr(r, f) is not None and getattr(r, f) == t[f] for f in FIELDS]
-                      for r, t in zip(readings, truths)])
+    right = np.array(
+        [[getattr(r, f) is not None and getattr(r, f) == t[f] for f in FIELDS] for r, t in zip(readings, truths)]
+    )
     accuracy = {f: float(right[:, k].mean()) for k, f in enumerate(FIELDS)}
     chance = {f: 1.0 / len(_VALUES[f]) for f in FIELDS}
     return CaptionFollowing(
-        n=len(readings), accuracy=accuracy, chance=chance,
-        mean=float(np.mean(list(accuracy.values()))), mean_chance=float(np.mean(list(chance.values()))),
-        all_correct=float(right.all(axis=1).mean()), all_chance=float(np.prod(list(chance.values()))),
+        n=len(readings),
+        accuracy=accuracy,
+        chance=chance,
+        mean=float(np.mean(list(accuracy.values()))),
+        mean_chance=float(np.mean(list(chance.values()))),
+        all_correct=float(right.all(axis=1).mean()),
+        all_chance=float(np.prod(list(chance.values()))),
     )
 
 
@@ -308,8 +329,10 @@ def confusion(readings: Sequence[Reading], truths: Sequence[Mapping[str, str]], 
     names = list(_VALUES[field])
     counts = Counter((t[field], getattr(r, field)) for r, t in zip(readings, truths))
     columns = [*names, None]
-    lines = [f"| {field}: asked, read → | " + " | ".join(c or "none" for c in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
+    lines = [
+        f"| {field}: asked, read → | " + " | ".join(c or "none" for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     lines += [f"| {name} | " + " | ".join(str(counts.get((name, c), 0)) for c in columns) + " |" for name in names]
     return "\n".join(lines)
 
@@ -323,13 +346,25 @@ def presence(frame_readings: Sequence[Sequence[FrameReading]], truths: Sequence[
         found = np.array([r.area is not None for r in readings], dtype=float)
         area = np.array([r.area or 0.0 for r in readings])
         stretches = np.array_split(np.arange(len(readings)), 3)
-        by_motion.setdefault(truth["motion"], []).append(np.array([[found[k].mean(), area[k].mean()] for k in stretches]))
+        by_motion.setdefault(truth["motion"], []).append(
+            np.array([[found[k].mean(), area[k].mean()] for k in stretches])
+        )
     names = ("start", "middle", "end")
-    lines = ["| motion asked | videos | " + " | ".join(f"found, {n}" for n in names) + " | "
-             + " | ".join(f"area, {n}" for n in names) + " |", "|---" * (2 + 2 * len(names)) + "|"]
+    lines = [
+        "| motion asked | videos | "
+        + " | ".join(f"found, {n}" for n in names)
+        + " | "
+        + " | ".join(f"area, {n}" for n in names)
+        + " |",
+        "|---" * (2 + 2 * len(names)) + "|",
+    ]
     for motion in (m for m in _VALUES["motion"] if m in by_motion):
         mean = np.mean(by_motion[motion], axis=0)  # (3, 2): (found, area) per stretch
-        lines.append(f"| {motion} | {len(by_motion[motion])} | " + " | ".join(f"{v:.0%}" for v in mean[:, 0]) + " | "
-                     + " | ".join(f"{v:.0f}" for v in mean[:, 1]) + " |")
+        lines.append(
+            f"| {motion} | {len(by_motion[motion])} | "
+            + " | ".join(f"{v:.0%}" for v in mean[:, 0])
+            + " | "
+            + " | ".join(f"{v:.0f}" for v in mean[:, 1])
+            + " |"
+        )
     return "\n".join(lines)
-

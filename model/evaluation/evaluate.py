@@ -23,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+
 from cogflow.model import media
-from cogflow.model.serving.text_to_video import KEYFRAME_FPS, TextToVideo
-from cogflow.model.cogvideo import train
+from cogflow.model.cogvideo import data, steps, train
+from cogflow.model.cogvideo.sampling import ROUNDS
+from cogflow.model.cogvideo.stages import Stage
 from cogflow.model.evaluation.caption_following import (
     FIELDS,
     CaptionFollowing,
@@ -35,14 +38,12 @@ from cogflow.model.evaluation.caption_following import (
     read_video_frames,
     score,
 )
-from cogflow.model.cogvideo.sampling import ROUNDS
-from cogflow.model.cogvideo.stages import Stage
+from cogflow.model.serving.text_to_video import KEYFRAME_FPS, TextToVideo
 from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake, sample_data
 from cogflow.pipeline.preview import find_font
 from cogflow.pipeline.settings import Settings
 from cogflow.pipeline.storage import Storage
-from PIL import Image, ImageDraw, ImageFont
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,15 @@ class Evaluation:
         return out
 
     def lines(self) -> list[str]:
-        out = [f"stage {s} {self.eval_split} bits per token {b:.3f} ({self.val_rows[s]} clips)" for s, b in self.bits.items()]
+        out = [
+            f"stage {s} {self.eval_split} bits per token {b:.3f} ({self.val_rows[s]} clips)"
+            for s, b in self.bits.items()
+        ]
         sources = {s: sum(p.source == s for p in self.prompts) for s in ("val", "held-out")}
-        out.append(f"{len(self.prompts)} videos for held-out prompts ({sources['val']} val captions, "
-                   f"{sources['held-out']} unseen sample-world captions) in {self.seconds:.0f} s: {self.sheet}")
+        out.append(
+            f"{len(self.prompts)} videos for held-out prompts ({sources['val']} val captions, "
+            f"{sources['held-out']} unseen sample-world captions) in {self.seconds:.0f} s: {self.sheet}"
+        )
         if self.following is not None:
             out.append(f"caption following on {self.following.n} videos (read back from the frames):")
             out += ["  " + line for line in self.following.lines()]
@@ -103,7 +109,7 @@ def val_rows(settings: Settings, stage: Stage, rows: int) -> tuple[dict[str, lis
     on those tokens is measured on (train rows when the lake has no val videos)."""
     version = str(stage.info.get("frame_tokenizer_version"))
     _, parts, _ = train.token_inputs(settings, stage.model.spec.layout.stage, version)
-    return train.eval_rows(Storage.at(settings.lake), parts, rows)
+    return data.eval_rows(Storage.at(settings.lake), parts, rows)
 
 
 def val_bits(settings: Settings, stage: Stage, rows: int, batch: int = 16) -> tuple[float, str, int]:
@@ -112,7 +118,9 @@ def val_bits(settings: Settings, stage: Stage, rows: int, batch: int = 16) -> tu
     chosen, split = val_rows(settings, stage, rows)
     device = next(stage.model.parameters()).device
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    bits = train.bits_per_token(stage.model, spec.layout, chosen, TextTokenizer.boi_id, spec.codebook_size, batch, device, autocast)
+    bits = steps.bits_per_token(
+        stage.model, spec.layout, chosen, TextTokenizer.boi_id, spec.codebook_size, batch, device, autocast
+    )
     return bits, split, len(chosen["split"])
 
 
@@ -124,7 +132,8 @@ def eval_prompts(settings: Settings, count: int, seed: int = 0, max_val: int | N
     table = lake.read_table(Storage.at(settings.lake), "captions", ["caption_id", "caption", "split", "metadata"])
     rows = sorted(table.to_pylist(), key=lambda r: r["caption_id"])
     truths = [_truth(r["metadata"]) for r in rows]
-    prompts, seen = [], set()
+    prompts: list[Prompt] = []
+    seen: set[str] = set()
     for row, truth in zip(rows, truths):
         if row["split"] == "val" and row["caption"] not in seen and len(prompts) < val_limit:
             prompts.append(Prompt(row["caption"], "val", truth))
@@ -149,8 +158,13 @@ def _truth(metadata: str | None) -> dict[str, str] | None:
     return {f: str(meta[f]) for f in wanted} if all(meta.get(f) for f in wanted) else None
 
 
-def evaluate_pair(settings: Settings, t2v: TextToVideo, config: EvalConfig, out_dir: Path,
-                  on_batch: Callable[[int, int], None] | None = None) -> Evaluation:
+def evaluate_pair(
+    settings: Settings,
+    t2v: TextToVideo,
+    config: EvalConfig,
+    out_dir: Path,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Evaluation:
     """Val bits per token of both stages, a video per held-out prompt, caption following where there is truth."""
     started = time.monotonic()
     bits, rows, split = {}, {}, "val"
@@ -160,12 +174,14 @@ def evaluate_pair(settings: Settings, t2v: TextToVideo, config: EvalConfig, out_
 
     prompts = eval_prompts(settings, config.prompts, config.seed)
     if not prompts:
-        raise ValueError("the lake has no val captions to evaluate on (and is not sample data): "
-                         "raise COGFLOW_VAL_PERCENT or add videos")
+        raise ValueError(
+            "the lake has no val captions to evaluate on (and is not sample data): "
+            "raise COGFLOW_VAL_PERCENT or add videos"
+        )
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, readings, frame_readings, pixels_all, codes, seconds = [], [], [], [], 0, 0.0
     for b, start in enumerate(range(0, len(prompts), config.batch)):
-        batch = prompts[start:start + config.batch]
+        batch = prompts[start : start + config.batch]
         with torch.inference_mode():
             made = t2v.codes([p.caption for p in batch], config.options(), seed=batch_seed(config.seed, b))
             pixels = t2v.pixels(made.codes)  # (B, 33, 160, 160, 3)
@@ -190,11 +206,25 @@ def evaluate_pair(settings: Settings, t2v: TextToVideo, config: EvalConfig, out_
         truths = [t for _, t in scored]
         tables = [confusion([r for r, _ in scored], truths, f) for f in FIELDS] + [presence(scored_frames, truths)]
         (out_dir / "confusion.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
-    (out_dir / "prompts.json").write_text(json.dumps(
-        [{**asdict(p), "read_back": asdict(r), "video": v} for p, r, v in zip(prompts, readings, videos)],
-        ensure_ascii=False, indent=1))
-    return Evaluation(bits, split, rows, prompts, readings, following, videos, str(sheet),
-                      time.monotonic() - started, codes / seconds if seconds else 0.0)
+    (out_dir / "prompts.json").write_text(
+        json.dumps(
+            [{**asdict(p), "read_back": asdict(r), "video": v} for p, r, v in zip(prompts, readings, videos)],
+            ensure_ascii=False,
+            indent=1,
+        )
+    )
+    return Evaluation(
+        bits,
+        split,
+        rows,
+        prompts,
+        readings,
+        following,
+        videos,
+        str(sheet),
+        time.monotonic() - started,
+        codes / seconds if seconds else 0.0,
+    )
 
 
 def evaluation_sheet(rows: list[np.ndarray], prompts: list[Prompt], readings: list[Reading]) -> Image.Image:
@@ -209,8 +239,11 @@ def evaluation_sheet(rows: list[np.ndarray], prompts: list[Prompt], readings: li
     draw = ImageDraw.Draw(sheet)
     for i, (frames, prompt, reading) in enumerate(zip(rows, prompts, readings)):
         y = margin + i * (text_h + size + gap)
-        read = " ".join(f"{f}={getattr(reading, f)}" + ("" if prompt.truth is None else
-                        (" ✓" if getattr(reading, f) == prompt.truth[f] else " ✗")) for f in FIELDS)
+        read = " ".join(
+            f"{f}={getattr(reading, f)}"
+            + ("" if prompt.truth is None else (" ✓" if getattr(reading, f) == prompt.truth[f] else " ✗"))
+            for f in FIELDS
+        )
         draw.text((margin, y), f"{prompt.caption}   [{prompt.source}]   read back: {read}", fill="black", font=font)
         for j, frame in enumerate(frames):
             sheet.paste(Image.fromarray(frame).resize((size, size)), (margin + j * (size + gap), y + text_h))
@@ -226,8 +259,9 @@ class Decision:
         return {"cogflow.gate": "passed" if self.promote else "failed", "cogflow.gate.reasons": "; ".join(self.reasons)}
 
 
-def gate(candidate: Evaluation, champion_bits: dict[int, float] | None, min_caption_accuracy: float,
-         tolerance: float = 0.0) -> Decision:
+def gate(
+    candidate: Evaluation, champion_bits: dict[int, float] | None, min_caption_accuracy: float, tolerance: float = 0.0
+) -> Decision:
     """Whether the candidate becomes champion: no stage worse on val bits per token than the champion's (measured
     on the same rows, `tolerance` bits allowed), and, where ground truth exists, caption following above
     `min_caption_accuracy` (the mean over colour, shape and motion)."""
@@ -239,14 +273,18 @@ def gate(candidate: Evaluation, champion_bits: dict[int, float] | None, min_capt
             continue
         better = bits <= champion_bits[s] + tolerance
         ok &= better
-        reasons.append(f"stage {s} {candidate.eval_split} bits {bits:.3f} {'<=' if better else '>'} champion's "
-                       f"{champion_bits[s]:.3f}" + (f" + {tolerance:g}" if tolerance else ""))
+        reasons.append(
+            f"stage {s} {candidate.eval_split} bits {bits:.3f} {'<=' if better else '>'} champion's "
+            f"{champion_bits[s]:.3f}" + (f" + {tolerance:g}" if tolerance else "")
+        )
     following = candidate.following
     if following is None:
         reasons.append("no ground truth for caption following: not gated on it")
     else:
         above = following.mean >= min_caption_accuracy
         ok &= above
-        reasons.append(f"caption following {following.mean:.1%} {'>=' if above else '<'} required "
-                       f"{min_caption_accuracy:.1%} (chance {following.mean_chance:.1%})")
+        reasons.append(
+            f"caption following {following.mean:.1%} {'>=' if above else '<'} required "
+            f"{min_caption_accuracy:.1%} (chance {following.mean_chance:.1%})"
+        )
     return Decision(ok, reasons)

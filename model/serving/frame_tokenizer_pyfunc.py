@@ -1,8 +1,8 @@
 """The frame tokenizer as an MLflow pyfunc model, logged from this file (models-from-code).
 
 `predict` takes uint8 frames (N, 160, 160, 3) and returns their codes (N, h, w) as int16; `load_context` reads
-the config and weights saved by `model.frame_tokenizer.save`. Loading `models:/cogflow-frame-tokenizer/<version>`
-needs only cogflow installed.
+the config and weights saved by `cogflow.model.tokenizers.frame.save`. Loading
+`models:/cogflow-frame-tokenizer/<version>` needs only the version's own requirements (cogflow's code travels with it).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import torch
-from cogflow.model.tokenizers import frame as frame_tokenizer
 from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from cogflow.model.tokenizers import frame as frame_tokenizer
 
 
 class FrameTokenizerModel(PythonModel):

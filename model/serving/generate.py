@@ -52,8 +52,15 @@ class GenerateResult:
         return asdict(self)
 
 
-def write_outputs(pixels: np.ndarray, out: Path, prompt: str, note: str, fps: float, frames_out: str | Path | None,
-                  upscale: int | None) -> np.ndarray:
+def write_outputs(
+    pixels: np.ndarray,
+    out: Path,
+    prompt: str,
+    note: str,
+    fps: float,
+    frames_out: str | Path | None,
+    upscale: int | None,
+) -> np.ndarray:
     """One video's frames (33, 160, 160, 3) to `out` (upscaled when asked) and its contact sheet to `frames_out`."""
     frames = upscaled(pixels, upscale) if upscale else pixels
     write_video(out, frames, fps)
@@ -70,11 +77,25 @@ def check_output(out: Path, upscale: int | None) -> None:
         raise ValueError(f"--upscale must be at least 16 (and even for MP4), not {upscale}")
 
 
-def generate_video(settings: Settings, prompt: str, out_path: str | Path, *, stage1: str | None = None,
-                   stage2: str | None = None, seed: int = 0, temperature: float | None = None, top_k: int | None = None,
-                   top_p: float | None = None, guidance: float | None = None, keyframe_fps: float = KEYFRAME_FPS,
-                   frames_out: str | Path | None = None, upscale: int | None = None, parallel: bool | None = None,
-                   device: str | None = None, progress: bool = True) -> GenerateResult:
+def generate_video(
+    settings: Settings,
+    prompt: str,
+    out_path: str | Path,
+    *,
+    stage1: str | None = None,
+    stage2: str | None = None,
+    seed: int = 0,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance: float | None = None,
+    keyframe_fps: float = KEYFRAME_FPS,
+    frames_out: str | Path | None = None,
+    upscale: int | None = None,
+    parallel: bool | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> GenerateResult:
     """`prompt` -> a 33-frame video at `out_path` (.mp4 or .gif). Sampling options left None come from each
     stage's `[generate]` table, else GenerateConfig's defaults; stage references as in `stage_source`."""
     out = Path(out_path)
@@ -85,12 +106,34 @@ def generate_video(settings: Settings, prompt: str, out_path: str | Path, *, sta
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "guidance": guidance, "parallel": parallel}
     started = time.monotonic()
     t2v = TextToVideo.from_runs(settings, stage1, stage2, device)
-    return _write(t2v, prompt, out, seed, options, keyframe_fps, frames_out, upscale, progress, started,
-                  f"stage 1 {t2v.first.source}   stage 2 {t2v.second.source}")
+    return _write(
+        t2v,
+        prompt,
+        out,
+        seed,
+        options,
+        keyframe_fps,
+        frames_out,
+        upscale,
+        progress,
+        started,
+        f"stage 1 {t2v.first.source}   stage 2 {t2v.second.source}",
+    )
 
 
-def _write(t2v: TextToVideo, prompt: str, out: Path, seed: int, options: dict, keyframe_fps: float,
-           frames_out: str | Path | None, upscale: int | None, progress: bool, started: float, source: str) -> GenerateResult:
+def _write(
+    t2v: TextToVideo,
+    prompt: str,
+    out: Path,
+    seed: int,
+    options: dict,
+    keyframe_fps: float,
+    frames_out: str | Path | None,
+    upscale: int | None,
+    progress: bool,
+    started: float,
+    source: str,
+) -> GenerateResult:
     """One prompt's video through `t2v`, written to `out` (and its contact sheet to `frames_out`)."""
     final_fps = keyframe_fps * 2**ROUNDS  # the last round's fps token, and the video's rate
     with torch.inference_mode():
@@ -99,12 +142,24 @@ def _write(t2v: TextToVideo, prompt: str, out: Path, seed: int, options: dict, k
     note = f"seed {seed}   {len(pixels)} frames at {final_fps:g} fps   {source}   key frames framed in red"
     frames = write_outputs(pixels, out, prompt, note, final_fps, frames_out, upscale)
     return GenerateResult(
-        path=str(out), frames=len(frames), size=int(frames.shape[1]), fps=final_fps,
-        seconds=time.monotonic() - started, stage1_steps=made.keyframes.steps, stage2_steps=made.interpolation.steps,
-        tokens=made.tokens, sampling_seconds=made.seconds, tokens_per_s=made.tokens / made.seconds if made.seconds else 0.0,
-        stage1_run=t2v.first.source, stage2_run=t2v.second.source, seed=seed, parallel=made.configs[0].parallel,
-        device=str(t2v.device), prompt_truncated=made.truncated[0],
-        frames_out=None if frames_out is None else str(frames_out))
+        path=str(out),
+        frames=len(frames),
+        size=int(frames.shape[1]),
+        fps=final_fps,
+        seconds=time.monotonic() - started,
+        stage1_steps=made.keyframes.steps,
+        stage2_steps=made.interpolation.steps,
+        tokens=made.tokens,
+        sampling_seconds=made.seconds,
+        tokens_per_s=made.tokens / made.seconds if made.seconds else 0.0,
+        stage1_run=t2v.first.source,
+        stage2_run=t2v.second.source,
+        seed=seed,
+        parallel=made.configs[0].parallel,
+        device=str(t2v.device),
+        prompt_truncated=made.truncated[0],
+        frames_out=None if frames_out is None else str(frames_out),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,18 +170,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """generate's options (shared with `cogflow generate`)."""
     parser.add_argument("prompt", help="what the video shows (Chinese or English, as the captions were)")
     parser.add_argument("-o", "--out", required=True, help="the video to write: .mp4 (H.264) or .gif")
-    parser.add_argument("--stage1", help="run id, runs:/<id>[/path], models:/<name>/<version> or a .pt file "
-                                         "(default: the newest complete stage-1 run)")
+    parser.add_argument(
+        "--stage1",
+        help="run id, runs:/<id>[/path], models:/<name>/<version> or a .pt file "
+        "(default: the newest complete stage-1 run)",
+    )
     parser.add_argument("--stage2", help="the same for stage 2")
-    parser.add_argument("--model", help="a registered text-to-video model instead of two stages, e.g. "
-                                        "models:/cogflow-t2v@champion (or /<version>, @candidate)")
+    parser.add_argument(
+        "--model",
+        help="a registered text-to-video model instead of two stages, e.g. "
+        "models:/cogflow-t2v@champion (or /<version>, @candidate)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same video")
     parser.add_argument("--temperature", type=float, help="default: the stage's [generate] table, else 1.0")
     parser.add_argument("--top-k", type=int, help="keep the k likeliest codes (0: off; default: as for temperature)")
     parser.add_argument("--top-p", type=float, help="nucleus sampling (1.0: off; default: as for temperature)")
     parser.add_argument("--guidance", type=float, help="stage-1 classifier-free guidance scale (1.0: off; default 3.0)")
-    parser.add_argument("--sequential", action="store_true", help="one code per forward call, as CogVideo "
-                                                                  "(same video, slower with windowed attention)")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one code per forward call, as CogVideo (same video, slower with windowed attention)",
+    )
     parser.add_argument("--frames-out", help="also write every frame as a contact sheet (PNG)")
     parser.add_argument("--upscale", type=int, help="resize the written video to this many pixels a side (bicubic)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
@@ -134,19 +198,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def generate_from_args(settings: Settings, args: argparse.Namespace, progress: bool = True) -> GenerateResult:
-    options = dict(seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   guidance=args.guidance, frames_out=args.frames_out, upscale=args.upscale,
-                   parallel=False if args.sequential else None, progress=progress)
+    options = dict(
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance=args.guidance,
+        frames_out=args.frames_out,
+        upscale=args.upscale,
+        parallel=False if args.sequential else None,
+        progress=progress,
+    )
     if args.model:
         if args.stage1 or args.stage2:
             raise ValueError("--model is both stages: give it or --stage1/--stage2, not both")
         return generate_from_model(settings, args.model, args.prompt, args.out, device=args.device, **options)
-    return generate_video(settings, args.prompt, args.out, stage1=args.stage1, stage2=args.stage2, device=args.device, **options)
+    return generate_video(
+        settings, args.prompt, args.out, stage1=args.stage1, stage2=args.stage2, device=args.device, **options
+    )
 
 
-def generate_from_model(settings: Settings, uri: str, prompt: str, out_path: str | Path, *, seed: int = 0,
-                        frames_out: str | Path | None = None, upscale: int | None = None, progress: bool = True,
-                        device: str | None = None, **options: object) -> GenerateResult:
+def generate_from_model(
+    settings: Settings,
+    uri: str,
+    prompt: str,
+    out_path: str | Path,
+    *,
+    seed: int = 0,
+    frames_out: str | Path | None = None,
+    upscale: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    **options: object,
+) -> GenerateResult:
     """`prompt` -> a video with a registered cogflow-t2v version (`TextToVideo.from_registry`); sampling options
     as in `generate_video`."""
     out = Path(out_path)
@@ -168,10 +252,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"generate: {exc}", file=sys.stderr)
         return 2
     r = result
-    print(f"wrote {r.path}: {r.frames} frames of {r.size}x{r.size} at {r.fps:g} fps, seed {r.seed}, in {r.seconds:.1f} s "
-          f"({r.tokens} codes at {r.tokens_per_s:,.0f} codes/s, {r.stage1_steps} + {r.stage2_steps} forward calls, "
-          f"{'wavefront' if r.parallel else 'one code per call'} decoding on {r.device})")
-    print(f"stages: MLflow runs {r.stage1_run} (1) and {r.stage2_run} (2)" + (f"; contact sheet {r.frames_out}" if r.frames_out else ""))
+    print(
+        f"wrote {r.path}: {r.frames} frames of {r.size}x{r.size} at {r.fps:g} fps, seed {r.seed}, in {r.seconds:.1f} s "
+        f"({r.tokens} codes at {r.tokens_per_s:,.0f} codes/s, {r.stage1_steps} + {r.stage2_steps} forward calls, "
+        f"{'wavefront' if r.parallel else 'one code per call'} decoding on {r.device})"
+    )
+    print(
+        f"stages: MLflow runs {r.stage1_run} (1) and {r.stage2_run} (2)"
+        + (f"; contact sheet {r.frames_out}" if r.frames_out else "")
+    )
     return 0
 
 

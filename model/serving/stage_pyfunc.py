@@ -13,10 +13,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from cogflow.model.cogvideo import sampling
-from cogflow.model.cogvideo import stages
-from cogflow.model.tokenizers.text import TextTokenizer
 from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from cogflow.model.cogvideo import sampling, stages
+from cogflow.model.tokenizers.text import TextTokenizer
 
 
 class StageModel(PythonModel):
@@ -38,12 +38,15 @@ class StageModel(PythonModel):
             raise ValueError("all rows of one call must share their fps token")
         with torch.inference_mode():
             if lay.stage == 1:
-                made = sampling.generate_keyframes(model, ids, mask, fps[0], TextTokenizer.boi_id, TextTokenizer.pad_id,
-                                                   config, seed)
+                made = sampling.generate_keyframes(
+                    model, ids, mask, fps[0], TextTokenizer.boi_id, TextTokenizer.pad_id, config, seed
+                )
             else:
                 given = torch.tensor(np.stack(model_input["given_codes"].to_numpy()), dtype=torch.long)
                 given = given.view(len(model_input), 3, lay.frame_len)  # (N, 3, n): times 0, 2, 4
-                made = sampling.interpolate_round(model, given, ids, mask, fps[0], TextTokenizer.boi_id, config, seed, 1)
+                made = sampling.interpolate_round(
+                    model, given, ids, mask, fps[0], TextTokenizer.boi_id, config, seed, 1
+                )
         return made.codes.numpy()  # (N, 5, n)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cogflow.model import tracking
 from cogflow.model.cogvideo.sampling import ROUNDS, Decoded, GenerateConfig, generate_keyframes, interpolate
 from cogflow.model.cogvideo.stages import (
     Stage,
@@ -29,7 +30,6 @@ from cogflow.model.cogvideo.stages import (
     stage_source,
     stage_tokenizers,
 )
-from cogflow.model import tracking
 from cogflow.model.media import to_pixels
 from cogflow.model.serving import registry
 from cogflow.model.tokenizers import frame as frame_tokenizer
@@ -49,8 +49,10 @@ KEYFRAME_FPS = 1.0  # stage 1 samples at 1 fps: 5 key frames over 4 s (CogVideo'
 
 def check_keyframe_fps(keyframe_fps: float) -> None:
     if any(keyframe_fps * 2**r not in FPS_RATES for r in range(ROUNDS + 1)):
-        raise ValueError(f"key frames at {keyframe_fps:g} fps need fps tokens up to {keyframe_fps * 2**ROUNDS:g}; "
-                         f"the text tokenizer has {', '.join(f'{f:g}' for f in FPS_RATES)}")
+        raise ValueError(
+            f"key frames at {keyframe_fps:g} fps need fps tokens up to {keyframe_fps * 2**ROUNDS:g}; "
+            f"the text tokenizer has {', '.join(f'{f:g}' for f in FPS_RATES)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -70,15 +72,31 @@ class Videos:
         return self.keyframes.tokens + self.interpolation.tokens
 
 
-def text_to_keyframes(first: Stage, tokenizers: Tokenizers, prompts: Sequence[str], options: dict, seed: int = 0,
-                      keyframe_fps: float = KEYFRAME_FPS, progress: bool = False) -> tuple[Decoded, list[bool]]:
+def text_to_keyframes(
+    first: Stage,
+    tokenizers: Tokenizers,
+    prompts: Sequence[str],
+    options: dict,
+    seed: int = 0,
+    keyframe_fps: float = KEYFRAME_FPS,
+    progress: bool = False,
+) -> tuple[Decoded, list[bool]]:
     """prompts (B) -> stage 1 alone: the 5 key frames' codes (B, 5, n) at `keyframe_fps`, exactly those
     `TextToVideo.codes` starts from for the same arguments; and per prompt whether its text was cut."""
     check_keyframe_fps(keyframe_fps)
     text = tokenizers.text
     ids, mask, cut = text.encode_batch(list(prompts), first.model.spec.layout.text_len)
-    keys = generate_keyframes(first.model, torch.from_numpy(ids), torch.from_numpy(mask), text.fps_id(keyframe_fps),
-                              text.boi_id, text.pad_id, sampling_config(first, options), seed, progress)
+    keys = generate_keyframes(
+        first.model,
+        torch.from_numpy(ids),
+        torch.from_numpy(mask),
+        text.fps_id(keyframe_fps),
+        text.boi_id,
+        text.pad_id,
+        sampling_config(first, options),
+        seed,
+        progress,
+    )
     return keys, [bool(c) for c in cut]
 
 
@@ -87,8 +105,13 @@ def default_device() -> torch.device:
 
 
 # The files of a registered text-to-video version, by artifact name (registry.register_text_to_video logs them).
-VERSION_FILES = {"stage1": stage_file(1), "stage2": stage_file(2), "text_tokenizer": TEXT_TOKENIZER_FILE,
-                 "frame_tokenizer": FRAME_TOKENIZER_FILE, "info": INFO_FILE}
+VERSION_FILES = {
+    "stage1": stage_file(1),
+    "stage2": stage_file(2),
+    "text_tokenizer": TEXT_TOKENIZER_FILE,
+    "frame_tokenizer": FRAME_TOKENIZER_FILE,
+    "info": INFO_FILE,
+}
 
 
 @dataclass
@@ -103,8 +126,13 @@ class TextToVideo:
         check_tokenizers(self.tokenizers, self.first, self.second)
 
     @classmethod
-    def from_runs(cls, settings: Settings, stage1: str | None = None, stage2: str | None = None,
-                  device: str | torch.device | None = None) -> TextToVideo:
+    def from_runs(
+        cls,
+        settings: Settings,
+        stage1: str | None = None,
+        stage2: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> TextToVideo:
         """Both stages from training runs (references as in `stage_source`: None is the newest complete run) and
         the registered tokenizer versions they were trained with."""
         target = torch.device(device) if device else default_device()
@@ -126,8 +154,13 @@ class TextToVideo:
         first = load_stage(Path(files["stage1"]), 1, info["stage1_run"], target)
         second = load_stage(Path(files["stage2"]), 2, info["stage2_run"], target)
         text_version, frame_version = pair_versions(first, second)
-        tokenizers = Tokenizers(TextTokenizer.load(files["text_tokenizer"]),
-                                frame_tokenizer.load(files["frame_tokenizer"], target), text_version, frame_version, target)
+        tokenizers = Tokenizers(
+            TextTokenizer.load(files["text_tokenizer"]),
+            frame_tokenizer.load(files["frame_tokenizer"], target),
+            text_version,
+            frame_version,
+            target,
+        )
         return cls(first, second, tokenizers)
 
     @classmethod
@@ -141,7 +174,9 @@ class TextToVideo:
             raise ValueError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from exc
         with tempfile.TemporaryDirectory(prefix="cogflow-t2v-") as tmp:
             try:
-                files = {key: registry.download(name, version, file, Path(tmp) / key) for key, file in VERSION_FILES.items()}
+                files = {
+                    key: registry.download(name, version, file, Path(tmp) / key) for key, file in VERSION_FILES.items()
+                }
             except Exception as exc:  # a version that is not a text-to-video model, a store that went away
                 raise ValueError(f"cannot load {uri} (version {version}): {str(exc).splitlines()[0]}") from exc
             return cls.from_files(files, device)
@@ -150,24 +185,49 @@ class TextToVideo:
     def device(self) -> torch.device:
         return self.tokenizers.device
 
-    def keyframes(self, prompts: Sequence[str], options: dict | None = None, seed: int = 0,
-                  keyframe_fps: float = KEYFRAME_FPS, progress: bool = False) -> tuple[Decoded, list[bool]]:
+    def keyframes(
+        self,
+        prompts: Sequence[str],
+        options: dict | None = None,
+        seed: int = 0,
+        keyframe_fps: float = KEYFRAME_FPS,
+        progress: bool = False,
+    ) -> tuple[Decoded, list[bool]]:
         """Stage 1 alone: the key frames `codes` starts from for the same arguments."""
         return text_to_keyframes(self.first, self.tokenizers, prompts, options or {}, seed, keyframe_fps, progress)
 
-    def codes(self, prompts: Sequence[str], options: dict | None = None, seed: int = 0,
-              keyframe_fps: float = KEYFRAME_FPS, progress: bool = False) -> Videos:
+    def codes(
+        self,
+        prompts: Sequence[str],
+        options: dict | None = None,
+        seed: int = 0,
+        keyframe_fps: float = KEYFRAME_FPS,
+        progress: bool = False,
+    ) -> Videos:
         """prompts (B) -> codes of B 33-frame videos, all in one batch: stage 1's 5 key frames at `keyframe_fps`,
         then three stage-2 rounds. `options` (GenerateConfig fields, None: the stage's default) override each
         stage's `[generate]` table; guidance is stage 1's alone. Row i of a batch draws its noise as row i (see
         `gumbel_noise`), so a prompt and a seed give the same video in any batch position with its batch seed."""
         options = options or {}
         keys, cut = self.keyframes(prompts, options, seed, keyframe_fps, progress)
-        config1, config2 = sampling_config(self.first, options), sampling_config(self.second, {**options, "guidance": None})
+        config1, config2 = (
+            sampling_config(self.first, options),
+            sampling_config(self.second, {**options, "guidance": None}),
+        )
         text = self.tokenizers.text
         ids2, mask2, cut2 = text.encode_batch(list(prompts), self.second.model.spec.layout.text_len)
-        video, _ = interpolate(self.second.model, keys.codes, torch.from_numpy(ids2), torch.from_numpy(mask2), keyframe_fps,
-                               text.boi_id, text.fps_id, config2, seed, progress)
+        video, _ = interpolate(
+            self.second.model,
+            keys.codes,
+            torch.from_numpy(ids2),
+            torch.from_numpy(mask2),
+            keyframe_fps,
+            text.boi_id,
+            text.fps_id,
+            config2,
+            seed,
+            progress,
+        )
         return Videos(video.codes, keys, video, [bool(a or b) for a, b in zip(cut, cut2)], (config1, config2))
 
     def pixels(self, codes: torch.Tensor) -> np.ndarray:
@@ -175,8 +235,9 @@ class TextToVideo:
         frames = to_pixels(self.tokenizers, codes.reshape(-1, codes.shape[-1]))
         return frames.reshape(*codes.shape[:-1], *frames.shape[1:])
 
-    def generate(self, caption: str, seed: int = 0, options: dict | None = None,
-                 progress: bool = False) -> tuple[Videos, np.ndarray]:
+    def generate(
+        self, caption: str, seed: int = 0, options: dict | None = None, progress: bool = False
+    ) -> tuple[Videos, np.ndarray]:
         """One caption -> (its codes and timings, frames (33, 160, 160, 3) uint8)."""
         if not caption.strip():
             raise ValueError("the caption is empty")

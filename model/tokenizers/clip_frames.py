@@ -15,10 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE
 from cogflow.pipeline.storage import Storage
-from torch.utils.data import IterableDataset, get_worker_info
 
 
 def row_groups(store: Storage, stage: int | None = None) -> list[tuple[str, int]]:
@@ -42,13 +43,23 @@ def reader_slot() -> tuple[int, int]:
 class ClipFrames(IterableDataset):
     """(H, W, 3) uint8 frames of one split of the lake's clips, each frame of a clip on its own."""
 
-    def __init__(self, lake_uri: str, split: str = "train", stage: int | None = None, *, shuffle_buffer: int = 512,
-                 seed: int = 0, repeat: bool = False) -> None:
+    def __init__(
+        self,
+        lake_uri: str,
+        split: str = "train",
+        stage: int | None = None,
+        *,
+        shuffle_buffer: int = 512,
+        seed: int = 0,
+        repeat: bool = False,
+    ) -> None:
         self.lake_uri, self.split, self.stage = lake_uri, split, stage
         self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
         self.epoch = 0
 
-    def _frames(self, units: list[tuple[str, int]], store: Storage, every: int = 1, first: int = 0) -> Iterator[torch.Tensor]:
+    def _frames(
+        self, units: list[tuple[str, int]], store: Storage, every: int = 1, first: int = 0
+    ) -> Iterator[torch.Tensor]:
         """The frames of `units`, in order; with `every` > 1 only frames first, first + every, ..."""
         fs, _ = store.arrow("")
         n = 0
@@ -100,9 +111,13 @@ def sample_frames(lake_uri: str, split: str, n: int, seed: int = 0, max_units: i
         with fs.open_input_file(store.arrow(unit[0])[1]) as f:
             return pq.ParquetFile(f).read_row_group(unit[1], columns=columns)
 
-    candidates = [(u, row, k) for u, unit in enumerate(units[:max_units])
-                  for row, s in enumerate(read(unit, ["split"])["split"].to_pylist()) if s == split
-                  for k in range(CLIP_FRAMES)]
+    candidates = [
+        (u, row, k)
+        for u, unit in enumerate(units[:max_units])
+        for row, s in enumerate(read(unit, ["split"])["split"].to_pylist())
+        if s == split
+        for k in range(CLIP_FRAMES)
+    ]
     chosen = sorted(rng.sample(candidates, min(n, len(candidates))))
     frames: list[np.ndarray] = []
     for u in sorted({c[0] for c in chosen}):

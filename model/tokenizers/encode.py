@@ -29,16 +29,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
 from cogflow.model import tracking
-from cogflow.model.tokenizers import frame as frame_tokenizer
-from cogflow.model.serving import registry
-from cogflow.model.tokenizers.frame import FrameTokenizer
 from cogflow.model.progress import StepProgress
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers import frame as frame_tokenizer
+from cogflow.model.tokenizers.frame import FrameTokenizer
 from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE, FRAME_TOKENIZER_FILE, TEXT_SLOTS, TEXT_TOKENIZER_FILE
+from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.storage import Storage, safe_uri
+from cogflow.pipeline.storage import Storage
 
 CLIP_COLUMNS = ["clip_id", "caption_id", "video_id", "caption", "stage", "fps", "split", "frames", "shard_id"]
 
@@ -82,8 +84,9 @@ class Tokenizers:
     device: torch.device
 
 
-def load_tokenizers(settings: Settings, frame_version: str | None = None, text_version: str | None = None,
-                    device: str | None = None) -> Tokenizers:
+def load_tokenizers(
+    settings: Settings, frame_version: str | None = None, text_version: str | None = None, device: str | None = None
+) -> Tokenizers:
     """The given (default: newest) registered versions of both tokenizers."""
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     chosen = {}
@@ -92,15 +95,26 @@ def load_tokenizers(settings: Settings, frame_version: str | None = None, text_v
         if version is None and asked:
             raise ValueError(f"{name} has no version {asked} at {safe_uri(settings.mlflow_tracking_uri)}")
         if version is None:
-            raise ValueError(f"no version of {name} is registered at {safe_uri(settings.mlflow_tracking_uri)}: "
-                             f"run `cogflow tokenize text` and `cogflow tokenize frames` first")
+            raise ValueError(
+                f"no version of {name} is registered at {safe_uri(settings.mlflow_tracking_uri)}: "
+                f"run `cogflow tokenize text` and `cogflow tokenize frames` first"
+            )
         chosen[name] = str(version.version)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with tempfile.TemporaryDirectory(prefix="cogflow-tokenizers-") as tmp:
-        text_file = registry.download(registry.TEXT_TOKENIZER, chosen[registry.TEXT_TOKENIZER], TEXT_TOKENIZER_FILE, Path(tmp))
-        weights = registry.download(registry.FRAME_TOKENIZER, chosen[registry.FRAME_TOKENIZER], FRAME_TOKENIZER_FILE, Path(tmp))
-        return Tokenizers(TextTokenizer.load(text_file), frame_tokenizer.load(weights, target),
-                          chosen[registry.TEXT_TOKENIZER], chosen[registry.FRAME_TOKENIZER], target)
+        text_file = registry.download(
+            registry.TEXT_TOKENIZER, chosen[registry.TEXT_TOKENIZER], TEXT_TOKENIZER_FILE, Path(tmp)
+        )
+        weights = registry.download(
+            registry.FRAME_TOKENIZER, chosen[registry.FRAME_TOKENIZER], FRAME_TOKENIZER_FILE, Path(tmp)
+        )
+        return Tokenizers(
+            TextTokenizer.load(text_file),
+            frame_tokenizer.load(weights, target),
+            chosen[registry.TEXT_TOKENIZER],
+            chosen[registry.FRAME_TOKENIZER],
+            target,
+        )
 
 
 def pending_files(store: Storage, tokenizers: Tokenizers) -> tuple[list[ClipFile], int]:
@@ -123,29 +137,37 @@ def encode_rows(rows: pa.Table, tokenizers: Tokenizers, text_slots: int = TEXT_S
     blob = b"".join(rows["frames"].to_pylist())
     frames = torch.from_numpy(np.frombuffer(blob, np.uint8).reshape(n * CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3).copy())
     started = time.perf_counter()
-    codes = tokenizers.frames.encode(frames.to(tokenizers.device))  # (n*5, h, w)
-    codes = codes.to(torch.int16).cpu().numpy()
+    codes = tokenizers.frames.encode(frames.to(tokenizers.device)).to(torch.int16).cpu().numpy()  # (n*5, h, w)
     seconds = time.perf_counter() - started
     grid = codes.shape[-1]
     codes = codes.reshape(n, CLIP_FRAMES * grid * grid).astype("<i2")
     ids, mask, cut = tokenizers.text.encode_batch(rows["caption"].to_pylist(), text_slots)
-    table = pa.table({
-        "clip_id": rows["clip_id"], "caption_id": rows["caption_id"], "video_id": rows["video_id"],
-        "stage": rows["stage"], "fps": rows["fps"], "split": rows["split"],
-        "text_ids": pa.array(list(ids), pa.list_(pa.int32())),
-        "text_mask": pa.array(list(mask), pa.list_(pa.bool_())),
-        "text_truncated": pa.array(cut),
-        "fps_token_id": pa.array([tokenizers.text.fps_id(f) for f in rows["fps"].to_pylist()], pa.int32()),
-        "frame_codes": pa.array([row.tobytes() for row in codes], pa.binary()),
-        "code_grid": pa.array(np.full(n, grid, np.int16)),
-        "text_tokenizer_version": pa.array([tokenizers.text_version] * n),
-        "frame_tokenizer_version": pa.array([tokenizers.frame_version] * n),
-        "shard_id": rows["shard_id"],
-    }, schema=lake.TOKENS)
+    table = pa.table(
+        {
+            "clip_id": rows["clip_id"],
+            "caption_id": rows["caption_id"],
+            "video_id": rows["video_id"],
+            "stage": rows["stage"],
+            "fps": rows["fps"],
+            "split": rows["split"],
+            "text_ids": pa.array(list(ids), pa.list_(pa.int32())),
+            "text_mask": pa.array(list(mask), pa.list_(pa.bool_())),
+            "text_truncated": pa.array(cut),
+            "fps_token_id": pa.array([tokenizers.text.fps_id(f) for f in rows["fps"].to_pylist()], pa.int32()),
+            "frame_codes": pa.array([row.tobytes() for row in codes], pa.binary()),
+            "code_grid": pa.array(np.full(n, grid, np.int16)),
+            "text_tokenizer_version": pa.array([tokenizers.text_version] * n),
+            "frame_tokenizer_version": pa.array([tokenizers.frame_version] * n),
+            "shard_id": rows["shard_id"],
+        },
+        schema=lake.TOKENS,
+    )
     return table, seconds
 
 
-def encode_file(store: Storage, clip_file: ClipFile, tokenizers: Tokenizers, batch_clips: int = 16) -> tuple[int, int, float]:
+def encode_file(
+    store: Storage, clip_file: ClipFile, tokenizers: Tokenizers, batch_clips: int = 16
+) -> tuple[int, int, float]:
     """Encode one clip file, publishing its tokens then its record; returns (clips, text truncated, encode
     seconds). Nothing when another run finished it meanwhile."""
     paths = lake.token_paths(tokenizers.frame_version, clip_file.stage, clip_file.shard_id)
@@ -164,21 +186,39 @@ def encode_file(store: Storage, clip_file: ClipFile, tokenizers: Tokenizers, bat
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_clips, columns=CLIP_COLUMNS):
                 table, spent = encode_rows(pa.Table.from_batches([batch]), tokenizers)
                 writer.write_table(table)
-                clips, truncated, seconds = clips + table.num_rows, truncated + sum(table["text_truncated"].to_pylist()), seconds + spent
+                clips, truncated, seconds = (
+                    clips + table.num_rows,
+                    truncated + sum(table["text_truncated"].to_pylist()),
+                    seconds + spent,
+                )
         store.put_file(paths["tokens"], local)
-        record = pa.table({
-            "shard_id": [clip_file.shard_id], "stage": [clip_file.stage], "frame_tokenizer_version": [tokenizers.frame_version],
-            "text_tokenizer_version": [tokenizers.text_version], "clips": [clips],
-            "seconds": [time.monotonic() - started], "finished_at": [lake.now()],
-        }, schema=lake.TOKEN_SHARDS)
+        record = pa.table(
+            {
+                "shard_id": [clip_file.shard_id],
+                "stage": [clip_file.stage],
+                "frame_tokenizer_version": [tokenizers.frame_version],
+                "text_tokenizer_version": [tokenizers.text_version],
+                "clips": [clips],
+                "seconds": [time.monotonic() - started],
+                "finished_at": [lake.now()],
+            },
+            schema=lake.TOKEN_SHARDS,
+        )
         pq.write_table(record, Path(tmp) / "record.parquet")
         store.put_file(paths["record"], Path(tmp) / "record.parquet")  # last: the tokens count from now on
         return clips, truncated, seconds
 
 
-def encode_clips(settings: Settings, frame_version: str | None = None, text_version: str | None = None, *,
-                 batch_clips: int = 16, device: str | None = None, progress: bool = True,
-                 on_file: Callable[[EncodeResult, int], None] | None = None) -> EncodeResult:
+def encode_clips(
+    settings: Settings,
+    frame_version: str | None = None,
+    text_version: str | None = None,
+    *,
+    batch_clips: int = 16,
+    device: str | None = None,
+    progress: bool = True,
+    on_file: Callable[[EncodeResult, int], None] | None = None,
+) -> EncodeResult:
     """Encode every clip file not yet encoded with these tokenizer versions (default: the newest registered)."""
     started = time.monotonic()
     store = Storage.at(settings.lake)
@@ -211,8 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
     args = parser.parse_args(argv)
     try:
-        result = encode_clips(load_settings(lake=args.lake), args.frame_tokenizer, args.text_tokenizer,
-                              batch_clips=args.batch_clips, device=args.device)
+        result = encode_clips(
+            load_settings(lake=args.lake),
+            args.frame_tokenizer,
+            args.text_tokenizer,
+            batch_clips=args.batch_clips,
+            device=args.device,
+        )
     except ValueError as exc:
         print(f"encode_clips: {exc}", file=sys.stderr)
         return 2

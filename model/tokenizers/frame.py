@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
 from cogflow.pipeline.contract import CLIP_SIZE
 
 
@@ -57,8 +58,10 @@ class FrameTokenizerConfig:
             if not levels or min(levels) < 2:
                 raise ValueError(f"fsq needs fsq_levels of at least 2 per channel, not {list(levels)}")
             if self.codebook_size != math.prod(levels) or self.code_dim != len(levels):
-                raise ValueError(f"fsq_levels {list(levels)} make {math.prod(levels)} codes of {len(levels)} channels: "
-                                 f"set codebook_size = {math.prod(levels)} and code_dim = {len(levels)}")
+                raise ValueError(
+                    f"fsq_levels {list(levels)} make {math.prod(levels)} codes of {len(levels)} channels: "
+                    f"set codebook_size = {math.prod(levels)} and code_dim = {len(levels)}"
+                )
         elif self.quantizer != "vq":
             raise ValueError(f"quantizer must be vq or fsq, not {self.quantizer!r}")
         if self.encoder not in ("conv", "tile"):
@@ -85,8 +88,12 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,8 +159,14 @@ class TileEncoder(nn.Module):
 class TileBlock(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.block = nn.Sequential(ChannelNorm(width), nn.SiLU(), nn.Conv2d(width, width, 1),
-                                   ChannelNorm(width), nn.SiLU(), nn.Conv2d(width, width, 1))
+        self.block = nn.Sequential(
+            ChannelNorm(width),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 1),
+            ChannelNorm(width),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
@@ -190,6 +203,10 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
 class EMAQuantizer(nn.Module):
     """Nearest-code quantization with an EMA codebook and restarts of dead codes."""
 
+    embed: torch.Tensor
+    cluster_size: torch.Tensor
+    embed_sum: torch.Tensor
+
     def __init__(self, config: FrameTokenizerConfig) -> None:
         super().__init__()
         self.decay, self.dead_after = config.ema_decay, config.dead_after
@@ -203,7 +220,9 @@ class EMAQuantizer(nn.Module):
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, h, w) ids of the nearest codes."""
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (N, D)
-        distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed.t() + self.embed.pow(2).sum(1)[None]  # (N, K)
+        distance = (
+            flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed.t() + self.embed.pow(2).sum(1)[None]
+        )  # (N, K)
         return distance.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
@@ -253,6 +272,11 @@ class ScalarQuantizer(nn.Module):
     """Finite scalar quantization: channel i of the encoder output is squashed into (-L_i/2, L_i/2) and rounded,
     so it takes L_i values; a code is the tuple of values, numbered in mixed radix. Same interface as
     EMAQuantizer (the commitment loss is 0: there is no codebook to commit to)."""
+
+    levels: torch.Tensor
+    radix: torch.Tensor
+    offset: torch.Tensor
+    span: torch.Tensor
 
     def __init__(self, config: FrameTokenizerConfig) -> None:
         super().__init__()
@@ -337,8 +361,9 @@ class FrameTokenizer(nn.Module):
         return self.to_frames(self.decoder(self.quantizer.lookup(codes).contiguous(memory_format=torch.channels_last)))
 
 
-def training_loss(x: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                  commitment_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def training_loss(
+    x: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], commitment_weight: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The VQ-VAE objective from a forward pass's (reconstruction, codes, commitment): reconstruction MSE plus
     the weighted commitment loss (the codebook itself learns by EMA, not by gradient). Separate from the model
     so a DDP-wrapped forward can use it."""
@@ -358,7 +383,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> FrameTokenizer
     saved = torch.load(path, map_location=device, weights_only=True)
     model = FrameTokenizer(FrameTokenizerConfig(**saved["config"]))
     model.load_state_dict(saved["state_dict"])
-    model.decoder.to(memory_format=torch.channels_last)  # what `decode` runs fastest with
+    # what `decode` runs fastest with; Module.to takes memory_format, which torch's overloads leave out
+    model.decoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model.to(device).eval()
 
 

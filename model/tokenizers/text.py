@@ -26,11 +26,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
-from cogflow.pipeline.contract import FPS_RATES, FPS_TOKENS
 from sentencepiece import sentencepiece_model_pb2
+
+from cogflow.pipeline.contract import FPS_RATES, FPS_TOKENS
 
 PAD, UNK, BOI, NEWLINE = "<pad>", "<unk>", "<boi>", "<n>"
 USER_PIECES = (BOI, NEWLINE, *FPS_TOKENS)  # ids 2.. in this order, right after <pad> and <unk>
@@ -63,13 +65,16 @@ class TrainReport:
     note: str  # why the two differ, when they do
 
 
-def _trainer_options(vocab_size: int, model_type: str, words: bool) -> dict[str, object]:
+def _trainer_options(vocab_size: int, model_type: str, words: bool) -> dict[str, Any]:
     # Segments are encoded one by one, so no dummy space may be put before each (" red" must stay "▁red", "red" at
     # the start of a text "red"): spaces are part of the segments themselves.
     # "▁" (a space) must be a piece even when no training caption has a space (all Chinese): a byte-fallback "▁"
     # would decode to itself instead of to a space. Whole-text training always saw it, in the dummy prefix.
-    words_options = {"pretokenization_delimiter": WORDS_DELIMITER, "add_dummy_prefix": False,
-                     "required_chars": "\u2581"} if words else {}
+    words_options = (
+        {"pretokenization_delimiter": WORDS_DELIMITER, "add_dummy_prefix": False, "required_chars": "\u2581"}
+        if words
+        else {}
+    )
     return {
         "vocab_size": vocab_size,
         "model_type": model_type,
@@ -78,7 +83,12 @@ def _trainer_options(vocab_size: int, model_type: str, words: bool) -> dict[str,
         "normalization_rule_name": "identity",
         "remove_extra_whitespaces": False,
         "split_digits": True,
-        "pad_id": 0, "pad_piece": PAD, "unk_id": 1, "unk_piece": UNK, "bos_id": -1, "eos_id": -1,
+        "pad_id": 0,
+        "pad_piece": PAD,
+        "unk_id": 1,
+        "unk_piece": UNK,
+        "bos_id": -1,
+        "eos_id": -1,
         "user_defined_symbols": list(USER_PIECES),
         "num_threads": 1,  # one thread: the same captions give the same model
         "minloglevel": 2,
@@ -120,7 +130,9 @@ class TextTokenizer:
         for i, piece in enumerate((PAD, UNK, *USER_PIECES)):
             if self.sp.piece_to_id(piece) != i:
                 raise ValueError(f"not a cogflow text tokenizer: {piece} is not id {i}")
-        delimiter = sentencepiece_model_pb2.ModelProto.FromString(model_proto).trainer_spec.pretokenization_delimiter
+        # the generated protobuf module has no stubs: mypy cannot see ModelProto
+        model = sentencepiece_model_pb2.ModelProto.FromString(model_proto)  # type: ignore[attr-defined]
+        delimiter = model.trainer_spec.pretokenization_delimiter
         if delimiter not in ("", WORDS_DELIMITER):
             raise ValueError(f"not a cogflow text tokenizer: unknown pretokenization delimiter {delimiter!r}")
         # True: trained on segments, so texts are cut into segments before encoding. False: a tokenizer from before
@@ -129,8 +141,9 @@ class TextTokenizer:
 
     # ----------------------------------------------------------------------------------------------- training
     @classmethod
-    def train(cls, captions: Iterable[str], vocab_size: int = 16000, model_type: str = "unigram", words: bool = True
-              ) -> tuple["TextTokenizer", TrainReport]:
+    def train(
+        cls, captions: Iterable[str], vocab_size: int = 16000, model_type: str = "unigram", words: bool = True
+    ) -> tuple[TextTokenizer, TrainReport]:
         """Train on `captions`. A corpus too small (or too varied) for `vocab_size` gets the size it supports,
         and the report says so, rather than failing. `words=False` trains as the first tokenizers did, on whole
         captions (pieces may span words)."""
@@ -138,29 +151,36 @@ class TextTokenizer:
         if not sentences:
             raise ValueError("no captions to train the text tokenizer on")
         with tempfile.TemporaryDirectory(prefix="cogflow-text-") as tmp:
-            options: dict[str, object] = {}
+            options: dict[str, Any] = {}
             if words:
                 cut = [segments(c) for c in sentences]
                 sentences = [WORDS_DELIMITER.join(c) for c in cut]
                 if model_type == "unigram":
                     seeds = Path(tmp) / "seeds.tsv"
-                    seeds.write_text("".join(f"{p}\t{n}\n" for p, n in _seed_pieces(s for c in cut for s in c)),
-                                     encoding="utf-8")
+                    seeds.write_text(
+                        "".join(f"{p}\t{n}\n" for p, n in _seed_pieces(s for c in cut for s in c)), encoding="utf-8"
+                    )
                     options["seed_sentencepieces_file"] = str(seeds)
             size, note = vocab_size, ""
             for _ in range(3):  # at most: too high, then fine (or too low, then fine)
                 out = io.BytesIO()
                 try:
-                    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=out,
-                                                   **_trainer_options(size, model_type, words), **options)
+                    spm.SentencePieceTrainer.train(
+                        sentence_iterator=iter(sentences),
+                        model_writer=out,
+                        **_trainer_options(size, model_type, words),
+                        **options,
+                    )
                     return cls(out.getvalue()), TrainReport(size, vocab_size, len(sentences), note)
                 except RuntimeError as exc:
                     bound = _bound(str(exc))
                     if bound is None:
                         raise
                     which, size = bound
-                    note = (f"vocabulary size {vocab_size} clamped to {size}: the {len(sentences):,} captions "
-                            f"support at {which} {size} pieces")
+                    note = (
+                        f"vocabulary size {vocab_size} clamped to {size}: the {len(sentences):,} captions "
+                        f"support at {which} {size} pieces"
+                    )
         raise RuntimeError(f"SentencePiece did not settle on a vocabulary size near {vocab_size}")
 
     # ------------------------------------------------------------------------------------------------- ids
@@ -202,8 +222,8 @@ class TextTokenizer:
             if len(pieces) > length:
                 pieces, cut[row] = pieces[:length], True
             if pieces:
-                ids[row, length - len(pieces):] = pieces
-                mask[row, length - len(pieces):] = True
+                ids[row, length - len(pieces) :] = pieces
+                mask[row, length - len(pieces) :] = True
         return ids, mask, cut
 
     # ------------------------------------------------------------------------------------------------- files
@@ -213,5 +233,5 @@ class TextTokenizer:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TextTokenizer":
+    def load(cls, path: str | Path) -> TextTokenizer:
         return cls(Path(path).read_bytes())

@@ -28,8 +28,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
 from cogflow.model import config as configs
 from cogflow.model import distributed, tracking
+from cogflow.model.progress import StepProgress
 from cogflow.model.serving import registry
 from cogflow.model.tokenizers.clip_frames import ClipFrames, reader_slot, sample_frames
 from cogflow.model.tokenizers.frame import (
@@ -40,7 +45,6 @@ from cogflow.model.tokenizers.frame import (
     save,
     training_loss,
 )
-from cogflow.model.progress import StepProgress
 from cogflow.model.training import (
     StopSignal,
     checkpoint_store,
@@ -50,12 +54,9 @@ from cogflow.model.training import (
     save_checkpoint,
 )
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import CLIP_SIZE, FRAME_TOKENIZER_FILE, naming_hash
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.storage import Storage
-from PIL import Image
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from cogflow.pipeline.contract import CLIP_SIZE, FRAME_TOKENIZER_FILE, naming_hash
 
 KIND = "frame_tokenizer"  # configs in model/configs/frame_tokenizer/
 
@@ -137,7 +138,7 @@ class TrainCrops(IterableDataset):
         made = 0
         for frame in frames:  # (160, 160, 3)
             top, left = rng.choice(offsets), rng.choice(offsets)
-            batch.append(frame[top:top + cfg.crop, left:left + cfg.crop])
+            batch.append(frame[top : top + cfg.crop, left : left + cfg.crop])
             if len(batch) == cfg.batch_size:
                 if made >= skip:
                     yield torch.stack(batch)  # (B, crop, crop, 3)
@@ -150,7 +151,9 @@ class TrainCrops(IterableDataset):
 
 
 @torch.no_grad()
-def evaluate(model: FrameTokenizer, frames: torch.Tensor, device: torch.device, batch: int = 16) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate(
+    model: FrameTokenizer, frames: torch.Tensor, device: torch.device, batch: int = 16
+) -> tuple[dict[str, float], torch.Tensor]:
     """PSNR of whole frames through the tokenizer and codebook usage; returns (metrics, reconstructions)."""
     was_training = model.training
     model.eval()
@@ -174,7 +177,9 @@ def thumbnail(frames: torch.Tensor, side: int) -> torch.Tensor:
     return back.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def comparison_grid(frames: torch.Tensor, reconstructions: torch.Tensor, baseline: torch.Tensor, path: Path, n: int = 8) -> Path:
+def comparison_grid(
+    frames: torch.Tensor, reconstructions: torch.Tensor, baseline: torch.Tensor, path: Path, n: int = 8
+) -> Path:
     """A PNG with n frames per row, spread over the set: originals, tokenizer reconstructions, bicubic thumbnails."""
     pick = torch.linspace(0, len(frames) - 1, min(n, len(frames))).round().long()
     rows = [torch.cat(list(t[pick]), dim=1) for t in (frames, reconstructions, baseline)]  # each (H, n*W, 3)
@@ -191,8 +196,14 @@ def _train_frames(store: Storage) -> int:
     return 5 * sum(1 for s in clips["split"].to_pylist() if s == "train")
 
 
-def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart: bool = False,
-                          until_step: int | None = None, progress: bool = True) -> FrameTokenizerResult:
+def train_frame_tokenizer(
+    settings: Settings,
+    run: FrameTokenizerRun,
+    *,
+    restart: bool = False,
+    until_step: int | None = None,
+    progress: bool = True,
+) -> FrameTokenizerResult:
     """Train (or resume, or find already registered) the frame tokenizer of `run` on the lake's clip frames.
 
     `until_step` stops early after checkpointing that step, without registering (training in slices)."""
@@ -207,23 +218,35 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
     tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash}
 
     # Already registered? Rank 0 asks MLflow; everyone follows.
-    known = None
+    known: tuple[str, str | None, dict[str, str]] | None = None
     if env.main:
         tracking.use(settings.mlflow_tracking_uri, settings.home)
-        known = registry.find_version(registry.FRAME_TOKENIZER, data_hash, config_hash)
-        known = None if known is None else (str(known.version), known.run_id, dict(known.tags))
+        found = registry.find_version(registry.FRAME_TOKENIZER, data_hash, config_hash)
+        known = None if found is None else (str(found.version), found.run_id, dict(found.tags))
     known = distributed.from_main(known)
     if known is not None:
         version, run_id, vtags = known
-        return FrameTokenizerResult(version, run_id, False, run.train.steps, vtags.get("cogflow.eval_split", ""),
-                                    float(vtags.get("cogflow.psnr", "nan")), float(vtags.get("cogflow.thumbnail_psnr", "nan")),
-                                    float(vtags.get("cogflow.codebook_used", "nan")), float(vtags.get("cogflow.perplexity", "nan")),
-                                    "the registry holds a frame tokenizer trained on these clips with this config")
+        assert run_id is not None  # cogflow registers every version from inside a run
+        return FrameTokenizerResult(
+            version,
+            run_id,
+            False,
+            run.train.steps,
+            vtags.get("cogflow.eval_split", ""),
+            float(vtags.get("cogflow.psnr", "nan")),
+            float(vtags.get("cogflow.thumbnail_psnr", "nan")),
+            float(vtags.get("cogflow.codebook_used", "nan")),
+            float(vtags.get("cogflow.perplexity", "nan")),
+            "the registry holds a frame tokenizer trained on these clips with this config",
+        )
 
     # The model, the optimizer, and where a killed run of the same training left off.
     model = FrameTokenizer(run.model).to(env.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
-    ckpt_store, ckpt_rel = checkpoint_store(settings), f"frame-tokenizer/{naming_hash([data_hash, config_hash])}/checkpoint.pt"
+    ckpt_store, ckpt_rel = (
+        checkpoint_store(settings),
+        f"frame-tokenizer/{naming_hash([data_hash, config_hash])}/checkpoint.pt",
+    )
     state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
     step, run_id = 0, None
     if state is not None:
@@ -235,8 +258,12 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
             torch.cuda.set_rng_state(state["rng"]["cuda"], env.device)
     ddp = DistributedDataParallel(model) if env.world > 1 else model  # the quantizer syncs its own statistics
 
-    loader = DataLoader(TrainCrops(settings.lake, run.train, run.model.compression, skip_steps=step), batch_size=None,
-                        num_workers=run.train.loader_workers, persistent_workers=run.train.loader_workers > 0)
+    loader = DataLoader(
+        TrainCrops(settings.lake, run.train, run.model.compression, skip_steps=step),
+        batch_size=None,
+        num_workers=run.train.loader_workers,
+        persistent_workers=run.train.loader_workers > 0,
+    )
     eval_frames, eval_split = sample_frames(settings.lake, "val", run.train.val_frames), "val"
     if len(eval_frames) == 0:
         eval_frames, eval_split = sample_frames(settings.lake, "train", run.train.val_frames), "train"
@@ -248,15 +275,35 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
 
     def checkpoint(at: int) -> None:
         if env.main:
-            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None}
-            save_checkpoint(ckpt_store, ckpt_rel, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                   "step": at, "run_id": run_id, "rng": rng, "config": configs.as_dict(run)})
+            rng = {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
+            }
+            save_checkpoint(
+                ckpt_store,
+                ckpt_rel,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": at,
+                    "run_id": run_id,
+                    "rng": rng,
+                    "config": configs.as_dict(run),
+                },
+            )
         distributed.barrier()
 
-    bar = StepProgress("frame tokenizer", run.train.steps, step, enabled=progress and env.main, every=run.train.log_every)
-    with (tracking.run("frame-tokenizer", params, tags, run_id=run_id) if env.main else contextlib.nullcontext()) as active, \
-            tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp, StopSignal.installed():
-        run_id = distributed.from_main(active.info.run_id if env.main else None)
+    bar = StepProgress(
+        "frame tokenizer", run.train.steps, step, enabled=progress and env.main, every=run.train.log_every
+    )
+    with (
+        (
+            tracking.run("frame-tokenizer", params, tags, run_id=run_id) if env.main else contextlib.nullcontext()
+        ) as active,
+        tempfile.TemporaryDirectory(prefix="cogflow-frames-") as tmp,
+        StopSignal.installed(),
+    ):
+        run_id = distributed.from_main(active.info.run_id if active is not None else None)  # None off rank 0
         if env.main and step == 0:
             tracking.log_metrics({f"{eval_split}/thumbnail_psnr": thumbnail_psnr}, step=0)
         window_started, window_frames = time.monotonic(), 0
@@ -278,9 +325,15 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
             if env.main and (step % run.train.log_every == 0 or step == run.train.steps):
                 seconds = time.monotonic() - window_started
                 used, perplexity = codebook_usage(terms["codes"], run.model.codebook_size)
-                logged = {"loss": loss.item(), "mse": terms["mse"].item(), "commitment": terms["commitment"].item(),
-                          "lr": learning_rate(step - 1, run.train), "frames_per_s": window_frames / max(seconds, 1e-9),
-                          "batch_codebook_used": used, "batch_perplexity": perplexity}
+                logged = {
+                    "loss": loss.item(),
+                    "mse": terms["mse"].item(),
+                    "commitment": terms["commitment"].item(),
+                    "lr": learning_rate(step - 1, run.train),
+                    "frames_per_s": window_frames / max(seconds, 1e-9),
+                    "batch_codebook_used": used,
+                    "batch_perplexity": perplexity,
+                }
                 if env.device.type == "cuda":
                     logged["memory_gb"] = torch.cuda.max_memory_allocated(env.device) / 1e9
                 tracking.log_metrics({f"train/{k}": v for k, v in logged.items()}, step=step)
@@ -290,17 +343,31 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
                 tracking.log_metrics({f"{eval_split}/{k}": v for k, v in metrics.items()}, step=step)
                 grid = comparison_grid(eval_frames, rec, baseline, Path(tmp) / f"step-{step:07d}.png")
                 tracking.log_artifact(grid, "reconstructions")
-                bar.log(f"step {step}: {eval_split} PSNR {metrics['psnr']:.2f} dB (thumbnail {thumbnail_psnr:.2f} dB), "
-                        f"codebook used {metrics['codebook_used']:.0%}, perplexity {metrics['perplexity']:.1f}")
+                bar.log(
+                    f"step {step}: {eval_split} PSNR {metrics['psnr']:.2f} dB (thumbnail {thumbnail_psnr:.2f} dB), "
+                    f"codebook used {metrics['codebook_used']:.0%}, perplexity {metrics['perplexity']:.1f}"
+                )
             bar.update(step, f"loss {loss.item():.4f}")
             # Every rank stops after the same step, even when the signal reached them at different moments.
-            stop = distributed.any_rank(StopSignal.requested or (until_step is not None and step >= until_step), env.device)
+            stop = distributed.any_rank(
+                StopSignal.requested or (until_step is not None and step >= until_step), env.device
+            )
             if step % run.train.checkpoint_every == 0 or step == run.train.steps or stop:
                 checkpoint(step)
             if stop and step < run.train.steps:
                 bar.close()
-                return FrameTokenizerResult("", run_id, True, step, eval_split, float("nan"), thumbnail_psnr,
-                                            float("nan"), float("nan"), f"stopped at step {step}; run again to resume")
+                return FrameTokenizerResult(
+                    "",
+                    run_id,
+                    True,
+                    step,
+                    eval_split,
+                    float("nan"),
+                    thumbnail_psnr,
+                    float("nan"),
+                    float("nan"),
+                    f"stopped at step {step}; run again to resume",
+                )
         bar.close()
 
         # Register the trained tokenizer (rank 0), and tell every rank which version it became.
@@ -314,23 +381,46 @@ def train_frame_tokenizer(settings: Settings, run: FrameTokenizerRun, *, restart
             weights = save(model, Path(tmp) / FRAME_TOKENIZER_FILE)
             version = str(registry.register_frame_tokenizer(weights, tags, eval_frames[:1].numpy()).version)
         version = distributed.from_main(version)
-    return FrameTokenizerResult(version, run_id, True, step, eval_split, metrics["psnr"], thumbnail_psnr,
-                                metrics["codebook_used"], metrics["perplexity"])
+    return FrameTokenizerResult(
+        version,
+        run_id,
+        True,
+        step,
+        eval_split,
+        metrics["psnr"],
+        thumbnail_psnr,
+        metrics["codebook_used"],
+        metrics["perplexity"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="demo", help=f"a named config ({', '.join(configs.named(KIND))}) or a .toml file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600")
+    parser.add_argument(
+        "--config", default="demo", help=f"a named config ({', '.join(configs.named(KIND))}) or a .toml file"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=600"
+    )
     parser.add_argument("--lake", help="the lake to read clips from (default: $COGFLOW_LAKE)")
     parser.add_argument("--restart", action="store_true", help="ignore a checkpoint of this training and start over")
-    parser.add_argument("--until-step", type=int, help="checkpoint and stop at this step (train in slices; run again to go on)")
+    parser.add_argument(
+        "--until-step", type=int, help="checkpoint and stop at this step (train in slices; run again to go on)"
+    )
     parser.add_argument("--result-file", help="also write the result as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
-    return run_entry_point("train_frame_tokenizer", lambda: train_frame_tokenizer(
-        load_settings(lake=args.lake), load_config(args.config, args.set), restart=args.restart,
-        until_step=args.until_step, progress=not args.quiet), args.result_file)
+    return run_entry_point(
+        "train_frame_tokenizer",
+        lambda: train_frame_tokenizer(
+            load_settings(lake=args.lake),
+            load_config(args.config, args.set),
+            restart=args.restart,
+            until_step=args.until_step,
+            progress=not args.quiet,
+        ),
+        args.result_file,
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from cogflow.model import tracking
 from cogflow.model.serving import registry
 from cogflow.model.tokenizers.text import TextTokenizer
@@ -69,8 +70,12 @@ def measure(tokenizer: TextTokenizer, captions: list[dict], slots: int) -> dict[
     return metrics
 
 
-def train_text_tokenizer(settings: Settings, config: TextTokenizerConfig = TextTokenizerConfig()) -> TextTokenizerResult:
-    captions = lake.read_table(Storage.at(settings.lake), "captions", ["caption_id", "caption", "language", "split"]).to_pylist()
+def train_text_tokenizer(
+    settings: Settings, config: TextTokenizerConfig = TextTokenizerConfig()
+) -> TextTokenizerResult:
+    captions = lake.read_table(
+        Storage.at(settings.lake), "captions", ["caption_id", "caption", "language", "split"]
+    ).to_pylist()
     train = sorted((c for c in captions if c["split"] == "train"), key=lambda c: c["caption_id"])
     val = [c for c in captions if c["split"] == "val"]
     if not train:
@@ -80,13 +85,27 @@ def train_text_tokenizer(settings: Settings, config: TextTokenizerConfig = TextT
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     known = registry.find_version(registry.TEXT_TOKENIZER, data_hash, config_hash)
     if known is not None:
-        return TextTokenizerResult(str(known.version), known.run_id, False, int(known.tags.get("cogflow.vocab_size", 0)),
-                                   len(train), "the registry holds a tokenizer trained on these captions with this config")
-    tokenizer, report = TextTokenizer.train((c["caption"] for c in train), config.vocab_size, config.model_type,
-                                            config.words)
-    tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash, "cogflow.vocab_size": str(tokenizer.vocab_size)}
-    with tracking.run("text-tokenizer", {**asdict(config), "train_captions": len(train)}, tags) as active, \
-            tempfile.TemporaryDirectory(prefix="cogflow-text-") as tmp:
+        assert known.run_id is not None  # cogflow registers every version from inside a run
+        return TextTokenizerResult(
+            str(known.version),
+            known.run_id,
+            False,
+            int(known.tags.get("cogflow.vocab_size", 0)),
+            len(train),
+            "the registry holds a tokenizer trained on these captions with this config",
+        )
+    tokenizer, report = TextTokenizer.train(
+        (c["caption"] for c in train), config.vocab_size, config.model_type, config.words
+    )
+    tags = {
+        "cogflow.data_hash": data_hash,
+        "cogflow.config_hash": config_hash,
+        "cogflow.vocab_size": str(tokenizer.vocab_size),
+    }
+    with (
+        tracking.run("text-tokenizer", {**asdict(config), "train_captions": len(train)}, tags) as active,
+        tempfile.TemporaryDirectory(prefix="cogflow-text-") as tmp,
+    ):
         tracking.log_metrics({"vocab_size": tokenizer.vocab_size})
         tracking.log_metrics({f"train/{k}": v for k, v in measure(tokenizer, train, config.text_slots).items()})
         if val:

@@ -31,11 +31,18 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from cogflow.model.cogvideo.sampling import GenerateConfig, generate_keyframes, interpolate, interpolate_round, sample_codes
-from cogflow.model.cogvideo.sampling import guided as guided_logits
+
 from cogflow.model.cogvideo.layout import Layout, build_inputs, slots  # noqa: E402
-from cogflow.model.tokenizers.text import TextTokenizer  # noqa: E402
+from cogflow.model.cogvideo.sampling import (
+    GenerateConfig,
+    generate_keyframes,
+    interpolate,
+    interpolate_round,
+    sample_codes,
+)
+from cogflow.model.cogvideo.sampling import guided as guided_logits
 from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig  # noqa: E402
+from cogflow.model.tokenizers.text import TextTokenizer  # noqa: E402
 
 DEMO = TransformerConfig(layers=4, hidden=128, heads=4)
 CODEBOOK, TEXT_VOCAB, TEXT_LEN, GRID = 1024, 3000, 64, 10
@@ -80,8 +87,14 @@ class Row:
 
 
 @torch.inference_mode()
-def no_cache_seconds(model: CogVideoTransformer, tokens: torch.Tensor, text_valid: torch.Tensor, guided: int,
-                     count: int, device: torch.device) -> float:
+def no_cache_seconds(
+    model: CogVideoTransformer,
+    tokens: torch.Tensor,
+    text_valid: torch.Tensor,
+    guided: int,
+    count: int,
+    device: torch.device,
+) -> float:
     """Seconds per code without the cache: a forward pass over the whole sequence, the logits of the next slot,
     a draw; over the first `count` predicted slots (batch as in the cached decode)."""
     lay = model.spec.layout
@@ -126,17 +139,29 @@ def stage1_row(name: str, window: int, shift: int, args: argparse.Namespace, dev
     parallel_s, parallel = best_of(args.repeats, lambda: run(True))
     both_ids, both_mask = torch.cat([ids, torch.zeros_like(ids)]), torch.cat([mask, torch.zeros_like(mask)])
     blank = torch.zeros(2, 5, GRID * GRID, dtype=torch.long, device=device)
-    tokens, _, text_valid = build_inputs(model.spec.layout, both_ids, both_mask, torch.full((2,), fps_id(1), device=device),
-                                         blank, CODEBOOK, BOI)
+    tokens, _, text_valid = build_inputs(
+        model.spec.layout, both_ids, both_mask, torch.full((2,), fps_id(1), device=device), blank, CODEBOOK, BOI
+    )
     per_code = no_cache_seconds(model, tokens, text_valid, 2, args.no_cache_tokens, device)
-    return Row(name, cached.tokens, cached.steps, parallel.steps, per_code * cached.tokens, args.no_cache_tokens,
-               cached_s, parallel_s, torch.equal(cached.codes, parallel.codes))
+    return Row(
+        name,
+        cached.tokens,
+        cached.steps,
+        parallel.steps,
+        per_code * cached.tokens,
+        args.no_cache_tokens,
+        cached_s,
+        parallel_s,
+        torch.equal(cached.codes, parallel.codes),
+    )
 
 
 def stage2_row(name: str, window: int, shift: int, args: argparse.Namespace, device: torch.device) -> Row:
     model = build(2, window, shift, device)
     ids, mask = prompt(1, device)
-    frames = torch.randint(0, CODEBOOK, (1, 2 * LAST_ROUND_WINDOWS + 1, GRID * GRID), generator=torch.Generator().manual_seed(1))
+    frames = torch.randint(
+        0, CODEBOOK, (1, 2 * LAST_ROUND_WINDOWS + 1, GRID * GRID), generator=torch.Generator().manual_seed(1)
+    )
 
     def run(parallel: bool):
         return interpolate_round(model, frames, ids, mask, fps_id(8), BOI, GenerateConfig(parallel=parallel), 0, 3)
@@ -147,16 +172,33 @@ def stage2_row(name: str, window: int, shift: int, args: argparse.Namespace, dev
     w = LAST_ROUND_WINDOWS
     codes = torch.zeros(w, 5, GRID * GRID, dtype=torch.long)
     codes[:, 0::2] = frames[0].unfold(0, 3, 2).permute(0, 2, 1)
-    tokens, _, text_valid = build_inputs(model.spec.layout, ids.repeat(w, 1), mask.repeat(w, 1),
-                                         torch.full((w,), fps_id(8), device=device), codes.to(device), CODEBOOK, BOI)
+    tokens, _, text_valid = build_inputs(
+        model.spec.layout,
+        ids.repeat(w, 1),
+        mask.repeat(w, 1),
+        torch.full((w,), fps_id(8), device=device),
+        codes.to(device),
+        CODEBOOK,
+        BOI,
+    )
     count = max(2, args.no_cache_tokens // 2)  # a batch of 8 windows: each forward is 4x stage 1's
     per_forward = no_cache_seconds(model, tokens, text_valid, 1, count, device)  # one code per window each
-    return Row(name, cached.tokens, cached.steps, parallel.steps, per_forward * (cached.tokens // w), count, cached_s,
-               parallel_s, torch.equal(cached.codes, parallel.codes))
+    return Row(
+        name,
+        cached.tokens,
+        cached.steps,
+        parallel.steps,
+        per_forward * (cached.tokens // w),
+        count,
+        cached_s,
+        parallel_s,
+        torch.equal(cached.codes, parallel.codes),
+    )
 
 
-def video_row(name: str, window1: int, shift1: int, args: argparse.Namespace, device: torch.device,
-              rows: dict[str, Row]) -> Row:
+def video_row(
+    name: str, window1: int, shift1: int, args: argparse.Namespace, device: torch.device, rows: dict[str, Row]
+) -> Row:
     """Stage 1 + the three stage-2 rounds for one prompt; no-cache time summed from the per-code figures."""
     first, second = build(1, window1, shift1, device), build(2, 5, 2, device)
     ids, mask = prompt(1, device)
@@ -175,24 +217,39 @@ def video_row(name: str, window1: int, shift1: int, args: argparse.Namespace, de
     # per-forward time (measured) stands in for all three rounds (an overestimate for the smaller batches)
     per_forward2 = stage2.no_cache_s / (stage2.tokens // LAST_ROUND_WINDOWS)
     no_cache = stage1.no_cache_s + 3 * (stage2.tokens // LAST_ROUND_WINDOWS) * per_forward2
-    return Row(name, keys_c.tokens + video_c.tokens, keys_c.steps + video_c.steps, keys_p.steps + video_p.steps,
-               no_cache, 0, cached_s, parallel_s, torch.equal(video_c.codes, video_p.codes))
+    return Row(
+        name,
+        keys_c.tokens + video_c.tokens,
+        keys_c.steps + video_c.steps,
+        keys_p.steps + video_p.steps,
+        no_cache,
+        0,
+        cached_s,
+        parallel_s,
+        torch.equal(video_c.codes, video_p.codes),
+    )
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'case':<52} {'codes':>6} {'calls seq/par':>14} {'no cache tok/s':>15} {'cache tok/s':>12} "
-            f"{'parallel tok/s':>15} {'cache vs none':>14} {'par vs cache':>13} {'same codes':>11}")
+    head = (
+        f"{'case':<52} {'codes':>6} {'calls seq/par':>14} {'no cache tok/s':>15} {'cache tok/s':>12} "
+        f"{'parallel tok/s':>15} {'cache vs none':>14} {'par vs cache':>13} {'same codes':>11}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.case:<52} {r.tokens:>6} {f'{r.steps_sequential}/{r.steps_parallel}':>14} "
-                     f"{r.tokens / r.no_cache_s:>15.1f} {r.tokens / r.cached_s:>12.1f} {r.tokens / r.parallel_s:>15.1f} "
-                     f"{r.no_cache_s / r.cached_s:>13.1f}x {r.cached_s / r.parallel_s:>12.2f}x {'yes' if r.identical else 'NO':>11}")
+        lines.append(
+            f"{r.case:<52} {r.tokens:>6} {f'{r.steps_sequential}/{r.steps_parallel}':>14} "
+            f"{r.tokens / r.no_cache_s:>15.1f} {r.tokens / r.cached_s:>12.1f} {r.tokens / r.parallel_s:>15.1f} "
+            f"{r.no_cache_s / r.cached_s:>13.1f}x {r.cached_s / r.parallel_s:>12.2f}x {'yes' if r.identical else 'NO':>11}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-cache-tokens", type=int, default=16, help="codes decoded without the cache (then extrapolated)")
+    parser.add_argument(
+        "--no-cache-tokens", type=int, default=16, help="codes decoded without the cache (then extrapolated)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs of each cached decode")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
@@ -208,14 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows["v0"] = video_row("whole video: stage 1 window 0 + stage 2 (3 rounds)", 0, 0, args, device, rows)
     rows["v5"] = video_row("whole video: stage 1 window 5 + stage 2 (3 rounds)", 5, 2, args, device, rows)
-    print(f"device {device}, {torch.get_num_threads()} torch threads; model {DEMO.layers} layers x {DEMO.hidden} hidden x "
-          f"{DEMO.heads} heads, {CODEBOOK} codes, {TEXT_VOCAB} text pieces, {TEXT_LEN} text slots, {GRID}x{GRID} codes "
-          f"a frame, random weights, float32")
+    print(
+        f"device {device}, {torch.get_num_threads()} torch threads; model {DEMO.layers} layers x {DEMO.hidden} hidden x "
+        f"{DEMO.heads} heads, {CODEBOOK} codes, {TEXT_VOCAB} text pieces, {TEXT_LEN} text slots, {GRID}x{GRID} codes "
+        f"a frame, random weights, float32"
+    )
     print(table(list(rows.values())))
     print()
-    print(f"no cache: timed over the first {args.no_cache_tokens} codes of stage 1 and the first "
-          f"{rows['s2'].measured_no_cache} code slots of stage 2 (each forward recomputes all 565 slots), "
-          f"extrapolated linearly; whole-video rows add those figures up (stage 2's three rounds at the batch-8 time).")
+    print(
+        f"no cache: timed over the first {args.no_cache_tokens} codes of stage 1 and the first "
+        f"{rows['s2'].measured_no_cache} code slots of stage 2 (each forward recomputes all 565 slots), "
+        f"extrapolated linearly; whole-video rows add those figures up (stage 2's three rounds at the batch-8 time)."
+    )
     print("calls: forward calls of the decode (the first computes the text, the fps token and any given frames).")
     print(f"total benchmark time {time.monotonic() - started:.0f} s")
     return 0

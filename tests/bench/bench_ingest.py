@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
+
 from cogflow.pipeline import db, lake  # noqa: E402
 from cogflow.pipeline import ingest as ingest_mod
 from cogflow.pipeline.sample_data import (  # noqa: E402
@@ -50,7 +51,7 @@ from cogflow.pipeline.sample_data import (  # noqa: E402
     plan_videos,
 )
 from cogflow.pipeline.settings import load_settings  # noqa: E402
-from cogflow.pipeline.storage import Storage  # noqa: E402
+from cogflow.pipeline.storage import Storage
 
 try:
     import psutil
@@ -75,9 +76,18 @@ COLUMNS = ["video", "caption", "start_s", "end_s", "shot_id", "source", "license
 
 MASK = (1 << 64) - 1
 
-CAMERA = [("镜头缓慢推进", "slow zoom in"), ("固定机位", "static camera"), ("镜头向右平移", "camera pans right"),
-          ("俯拍", "top-down view"), ("特写", "close-up"), ("远景", "wide shot"), ("手持拍摄", "handheld"),
-          ("柔和的光线", "soft light"), ("逆光", "backlit"), ("慢动作", "slow motion")]
+CAMERA = [
+    ("镜头缓慢推进", "slow zoom in"),
+    ("固定机位", "static camera"),
+    ("镜头向右平移", "camera pans right"),
+    ("俯拍", "top-down view"),
+    ("特写", "close-up"),
+    ("远景", "wide shot"),
+    ("手持拍摄", "handheld"),
+    ("柔和的光线", "soft light"),
+    ("逆光", "backlit"),
+    ("慢动作", "slow motion"),
+]
 LIGHT_EN = ["", "", "", " (Q&A reel)", " - take 2", " [HD]"]  # '&' in the clean text: entity-encoded in some rows
 SOURCES = ["stock", "crawl", "partner", "in-house", "user-upload"]
 LICENSES = ["cc-by", "cc-by-sa", "cc0", "proprietary", ""]
@@ -107,7 +117,12 @@ MIXES = [  # caption noise on accepted keys, as (name, share); all of it cleans 
     ("whitespace", 0.12),
     ("tags+entities+whitespace", 0.05),
 ]
-SPANS = [("none", 0.40), ("seconds", 0.40), ("hh:mm:ss", 0.10), ("end_past_duration_within_tolerance", 0.03)]  # rest: start only
+SPANS = [
+    ("none", 0.40),
+    ("seconds", 0.40),
+    ("hh:mm:ss", 0.10),
+    ("end_past_duration_within_tolerance", 0.03),
+]  # rest: start only
 
 
 def _u(key: int, salt: int) -> float:
@@ -143,7 +158,10 @@ def clean_text(key: int) -> tuple[str, str]:
     if lang < 0.90:
         article = "An" if colour[2][0] in "aeiou" else "A"
         tail = LIGHT_EN[int(_u(key, 7) * len(LIGHT_EN))]
-        return f"Shot {key}: {article} {colour[2]} {shape[1]} {motion[1]} on a {bg[2]} background, {cam[1]}{tail}.", "en"
+        return (
+            f"Shot {key}: {article} {colour[2]} {shape[1]} {motion[1]} on a {bg[2]} background, {cam[1]}{tail}.",
+            "en",
+        )
     return f"Shot {key}: 一个{colour[1]}的{shape[0]} {motion[1]}, {cam[1]}", "mixed"
 
 
@@ -154,14 +172,19 @@ def messy(text: str, lang: str, mix: str) -> str:
         if spaced:
             head, _, rest = text.partition(" ")
             return f"<p>{head} <b>{rest.replace(' ', ' <i>', 1)}</i></b></p><br/>"
-        return f"<p><span class=\"zh\">{text}</span></p>"
+        return f'<p><span class="zh">{text}</span></p>'
     if mix == "html_entities":
         if spaced:
             return text.replace("&", "&amp;").replace(" ", "&nbsp;", 2).replace(",", "&#44;", 1)
         return text.replace("一", "&#19968;", 1).replace("：", "&#xFF1A;", 1).replace("，", "&#65292;", 1)
     if mix == "control_chars":
         if spaced:
-            return "\ufeff" + text[:4] + "\u200b" + text[4:].replace(" ", "\t", 1).replace(" ", "\x07 ", 1).replace(" ", "\n", 1)
+            return (
+                "\ufeff"
+                + text[:4]
+                + "\u200b"
+                + text[4:].replace(" ", "\t", 1).replace(" ", "\x07 ", 1).replace(" ", "\n", 1)
+            )
         return "\ufeff" + text[:2] + "\u200b" + text[2:5] + "\x01" + text[5:] + "\r\n"
     if mix == "whitespace":
         if spaced:
@@ -214,7 +237,9 @@ def write_manifest(path: Path, rows: int, video_names: list[str], durations: lis
             elif fate == "caption_too_long":
                 caption = (text + " ") * 40
             elif fate == "malformed_span":
-                start, end = [("2.0", "1.0"), ("-1", "1"), ("abc", "1"), ("0", "0"), ("1", "one"), ("0:xx", "")][key % 6]
+                start, end = [("2.0", "1.0"), ("-1", "1"), ("abc", "1"), ("0", "0"), ("1", "one"), ("0:xx", "")][
+                    key % 6
+                ]
             elif fate == "span_beyond_video":
                 start, end = "0", "60"
             elif fate == "missing_file":
@@ -236,8 +261,19 @@ def write_manifest(path: Path, rows: int, video_names: list[str], durations: lis
                     exact_repeats += 1
             elif video.startswith("videos/") and _u(key, 17) < 0.05:
                 video, dot_paths = "./" + video, dot_paths + 1  # another spelling of the same file
-            w.writerow([video, caption, start, end, key, SOURCES[key % 5], LICENSES[key % 5 if key % 3 else 4],
-                        batch, NOTES[key % len(NOTES)]])
+            w.writerow(
+                [
+                    video,
+                    caption,
+                    start,
+                    end,
+                    key,
+                    SOURCES[key % 5],
+                    LICENSES[key % 5 if key % 3 else 4],
+                    batch,
+                    NOTES[key % len(NOTES)],
+                ]
+            )
             outcome = {"span_beyond_video": "malformed_span"}.get(fate, fate)
             expected[outcome] += 1
             fates[fate] += 1
@@ -249,9 +285,17 @@ def write_manifest(path: Path, rows: int, video_names: list[str], durations: lis
             if fate == "path_outside_roots":
                 outside_rows.append(i + 1)
     return {
-        "outcomes": expected, "new_captions": len(accepted_keys), "fates": fates, "mixes": mixes, "spans": spans_seen,
-        "languages": langs, "exact_repeats": exact_repeats, "variant_repeats": variant_repeats, "copy_rows": copy_rows,
-        "dot_paths": dot_paths, "outside_rows": outside_rows,
+        "outcomes": expected,
+        "new_captions": len(accepted_keys),
+        "fates": fates,
+        "mixes": mixes,
+        "spans": spans_seen,
+        "languages": langs,
+        "exact_repeats": exact_repeats,
+        "variant_repeats": variant_repeats,
+        "copy_rows": copy_rows,
+        "dot_paths": dot_paths,
+        "outside_rows": outside_rows,
     }
 
 
@@ -274,7 +318,7 @@ class RssSampler:
         while not self._stop.wait(self.interval_s):
             self.peak = max(self.peak, self.current())
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         if self._proc:
             self.reset()
             self._thread.start()
@@ -308,6 +352,7 @@ def timed_steps(phases: dict[str, float], sampler: RssSampler, peaks: dict[str, 
             mem = con.execute(DUCKDB_MEMORY).fetchall()[0] if name == "materialize" else None  # run's result is pending
             steps.append((sql_name, dt, mem))
             return result
+
         return timed
 
     def wrap(name, fn):
@@ -322,6 +367,7 @@ def timed_steps(phases: dict[str, float], sampler: RssSampler, peaks: dict[str, 
                 peaks[name] = max(peaks.get(name, 0), sampler.peak, sampler.current())
                 if name == "probe_source":
                     phases["probe_calls"] = phases.get("probe_calls", 0) + 1
+
         return timed
 
     for name, fn in originals.items():
@@ -364,10 +410,14 @@ def main(argv: list[str] | None = None) -> int:
 def run(rows: int, work: Path) -> int:
     cpus = os.cpu_count()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    print(f"cogflow ingest benchmark: {rows:,} manifest rows, os.cpu_count()={cpus} (usable: {affinity}), "
-          f"duckdb {duckdb.__version__}, python {sys.version.split()[0]}")
-    print(f"budget: ingest < {TIME_BUDGET_S:.0f} s, peak RSS < {MEMORY_BUDGET_BYTES / 1e9:.0f} GB "
-          f"({MEMORY_BUDGET_BYTES / 2**20:,.0f} MiB); work dir {work}")
+    print(
+        f"cogflow ingest benchmark: {rows:,} manifest rows, os.cpu_count()={cpus} (usable: {affinity}), "
+        f"duckdb {duckdb.__version__}, python {sys.version.split()[0]}"
+    )
+    print(
+        f"budget: ingest < {TIME_BUDGET_S:.0f} s, peak RSS < {MEMORY_BUDGET_BYTES / 1e9:.0f} GB "
+        f"({MEMORY_BUDGET_BYTES / 2**20:,.0f} MiB); work dir {work}"
+    )
 
     # 1. data (not part of the budget)
     data = work / "data"
@@ -381,17 +431,25 @@ def run(rows: int, work: Path) -> int:
     gen = write_manifest(manifest, rows, [s.filename for s in specs], [s.duration_s for s in specs])
     t_manifest = time.perf_counter() - t
     size = manifest.stat().st_size
-    print(f"\nsetup (not timed against the budget): {VIDEOS} clips + 1 byte-identical copy in {t_videos:.1f} s; "
-          f"manifest {size / 1e6:,.0f} MB written in {t_manifest:.1f} s")
-    print("  videos: " + ", ".join(f"{s.filename} ({s.duration_s:g} s)" for s in specs) + f", {COPY_NAME} (= {specs[0].filename})")
+    print(
+        f"\nsetup (not timed against the budget): {VIDEOS} clips + 1 byte-identical copy in {t_videos:.1f} s; "
+        f"manifest {size / 1e6:,.0f} MB written in {t_manifest:.1f} s"
+    )
+    print(
+        "  videos: "
+        + ", ".join(f"{s.filename} ({s.duration_s:g} s)" for s in specs)
+        + f", {COPY_NAME} (= {specs[0].filename})"
+    )
     share = lambda c: "  ".join(f"{k} {v / rows:.1%}" for k, v in c.most_common())  # noqa: E731
     print(f"  row fates:      {share(gen['fates'])}")
     print(f"  caption noise:  {share(gen['mixes'])}  (n/a: rejected rows, which get their own noise)")
     print(f"  spans:          {share(gen['spans'])}")
     print(f"  languages:      {share(gen['languages'])}")
-    print(f"  repeats of an earlier key: {gen['exact_repeats'] + gen['variant_repeats']:,} rows "
-          f"({gen['exact_repeats']:,} byte-identical, {gen['variant_repeats']:,} with white space / batch changed, "
-          f"{gen['copy_rows']:,} of them via the copied file); {gen['dot_paths']:,} rows spell a path as ./videos/...")
+    print(
+        f"  repeats of an earlier key: {gen['exact_repeats'] + gen['variant_repeats']:,} rows "
+        f"({gen['exact_repeats']:,} byte-identical, {gen['variant_repeats']:,} with white space / batch changed, "
+        f"{gen['copy_rows']:,} of them via the copied file); {gen['dot_paths']:,} rows spell a path as ./videos/..."
+    )
     print(f"  extra columns kept as metadata: {', '.join(COLUMNS[4:])}")
 
     settings = load_settings(home=str(work / "home"), lake=str(work / "lake"))
@@ -400,10 +458,14 @@ def run(rows: int, work: Path) -> int:
     # 2. the floor: a plain read of the same file with the same connection settings
     con = db.connect()
     t = time.perf_counter()
-    (plain_count,) = con.execute("SELECT count(*) FROM read_csv($p, all_varchar = true, header = true)", {"p": str(manifest)}).fetchone()
+    (plain_count,) = con.execute(
+        "SELECT count(*) FROM read_csv($p, all_varchar = true, header = true)", {"p": str(manifest)}
+    ).fetchone()
     t_plain = time.perf_counter() - t
     t = time.perf_counter()
-    con.execute("SELECT sum(length(t::VARCHAR)) FROM read_csv($p, all_varchar = true, header = true) AS t", {"p": str(manifest)}).fetchone()
+    con.execute(
+        "SELECT sum(length(t::VARCHAR)) FROM read_csv($p, all_varchar = true, header = true) AS t", {"p": str(manifest)}
+    ).fetchone()
     t_plain_all = time.perf_counter() - t
     con.close()
 
@@ -443,61 +505,97 @@ def run(rows: int, work: Path) -> int:
     print(f"  captions written         {summary.new_rows.get('captions', 0):>12,}")
     print(f"  duplicates merged        {summary.duplicate_rows:>12,}")
     print(f"  reject records written   {summary.new_rows.get('rejects', 0):>12,}")
-    print(f"  videos / sources written {summary.new_rows.get('videos', 0):>5,} / {summary.new_rows.get('sources', 0):,}")
+    print(
+        f"  videos / sources written {summary.new_rows.get('videos', 0):>5,} / {summary.new_rows.get('sources', 0):,}"
+    )
     print("  phases (first ingest)")
-    print(f"    plan_ingest  (read, clean, judge, list sources) {phases.get('plan_ingest', 0):7.2f} s   peak RSS {mb(peaks.get('plan_ingest', 0))}")
-    print(f"    probe_source ({probes} sources, one after another)   {t_probe:7.2f} s   peak RSS {mb(peaks.get('probe_source', 0))}")
-    print(f"    finish_ingest (outcomes, 4 appends, checks)     {phases.get('finish_ingest', 0):7.2f} s   peak RSS {mb(peaks.get('finish_ingest', 0))}")
+    print(
+        f"    plan_ingest  (read, clean, judge, list sources) {phases.get('plan_ingest', 0):7.2f} s   peak RSS {mb(peaks.get('plan_ingest', 0))}"
+    )
+    print(
+        f"    probe_source ({probes} sources, one after another)   {t_probe:7.2f} s   peak RSS {mb(peaks.get('probe_source', 0))}"
+    )
+    print(
+        f"    finish_ingest (outcomes, 4 appends, checks)     {phases.get('finish_ingest', 0):7.2f} s   peak RSS {mb(peaks.get('finish_ingest', 0))}"
+    )
     print(f"  ingest wall time         {t_ingest:>10.2f} s   (summary says {summary.seconds:.2f} s)")
     print(f"  rows/s                   {summary.manifest_rows / t_ingest:>12,.0f}")
     print(f"  sources probed           {summary.sources_probed:>12,}")
-    print(f"  videos probed/s          {probes / t_probe if t_probe else float('nan'):>12,.1f}   ({t_probe / max(probes, 1) * 1000:.0f} ms per source)")
+    print(
+        f"  videos probed/s          {probes / t_probe if t_probe else float('nan'):>12,.1f}   ({t_probe / max(probes, 1) * 1000:.0f} ms per source)"
+    )
     print(f"  plain read_csv count(*)  {t_plain:>10.2f} s   -> ingest / plain read = {t_ingest / t_plain:.1f}x")
     print(f"  plain read, all columns  {t_plain_all:>10.2f} s   -> ingest / full read  = {t_ingest / t_plain_all:.1f}x")
-    print(f"  peak RSS, first ingest   {mb(peak_first):>12}   (sampled every 10 ms; RSS after it {mb(rss_after_first)})")
-    print(f"  ru_maxrss, process       {mb(maxrss_end):>12}   (before ingest: {mb(baseline_rss)}, after first ingest: {mb(maxrss_first)})")
-    print(f"  re-ingest                {t_again:>10.2f} s   probed {again.sources_probed} sources, "
-          f"wrote {sum(again.new_rows.values())} rows, peak RSS {mb(peak_again)}")
-    print("                           (the one source re-probed is the missing file: missing_file is retried by design)")
+    print(
+        f"  peak RSS, first ingest   {mb(peak_first):>12}   (sampled every 10 ms; RSS after it {mb(rss_after_first)})"
+    )
+    print(
+        f"  ru_maxrss, process       {mb(maxrss_end):>12}   (before ingest: {mb(baseline_rss)}, after first ingest: {mb(maxrss_first)})"
+    )
+    print(
+        f"  re-ingest                {t_again:>10.2f} s   probed {again.sources_probed} sources, "
+        f"wrote {sum(again.new_rows.values())} rows, peak RSS {mb(peak_again)}"
+    )
+    print(
+        "                           (the one source re-probed is the missing file: missing_file is retried by design)"
+    )
     print(f"  lake after both          {', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}")
     print("  slowest SQL files (first ingest; execute time, DuckDB memory / spilled after a materialize)")
     for sql_name, dt, mem in sorted(steps, key=lambda s: -s[1])[:6]:
         extra = f"   duckdb {mb(mem[0])} in memory, {mb(mem[1])} spilled" if mem else ""
         print(f"    {sql_name:<28} {dt:6.2f} s{extra}")
     if mems:
-        print(f"  DuckDB memory_limit {mems[0][3]}: peak {mb(max(m[0] for m in mems))} in memory, "
-              f"peak {mb(max(m[1] for m in mems))} spilled to temp_directory '{mems[0][2]}'")
+        print(
+            f"  DuckDB memory_limit {mems[0][3]}: peak {mb(max(m[0] for m in mems))} in memory, "
+            f"peak {mb(max(m[1] for m in mems))} spilled to temp_directory '{mems[0][2]}'"
+        )
 
     # consistency with what the generator wrote
     problems = []
     got = {k: v for k, v in summary.outcomes.items() if v}
     want = {k: v for k, v in gen["outcomes"].items() if v}
     if got != want:
-        diff = {k: (want.get(k, 0), got.get(k, 0)) for k in sorted(set(got) | set(want)) if want.get(k, 0) != got.get(k, 0)}
+        diff = {
+            k: (want.get(k, 0), got.get(k, 0)) for k in sorted(set(got) | set(want)) if want.get(k, 0) != got.get(k, 0)
+        }
         problems.append(f"outcomes differ from the manifest's mix (reason: expected, got): {diff}")
     if summary.new_rows.get("captions") != gen["new_captions"]:
-        problems.append(f"captions written {summary.new_rows.get('captions'):,}, expected {gen['new_captions']:,} "
-                        "(one per distinct accepted key after cleaning)")
+        problems.append(
+            f"captions written {summary.new_rows.get('captions'):,}, expected {gen['new_captions']:,} "
+            "(one per distinct accepted key after cleaning)"
+        )
     if summary.duplicate_rows != want.get("accepted", 0) - gen["new_captions"]:
-        problems.append(f"duplicates merged {summary.duplicate_rows:,}, expected {want.get('accepted', 0) - gen['new_captions']:,}")
+        problems.append(
+            f"duplicates merged {summary.duplicate_rows:,}, expected {want.get('accepted', 0) - gen['new_captions']:,}"
+        )
     if (summary.new_rows.get("videos"), summary.new_rows.get("sources")) != (VIDEOS, VIDEOS + 1):
-        problems.append(f"videos/sources written {summary.new_rows.get('videos')}/{summary.new_rows.get('sources')}, "
-                        f"expected {VIDEOS}/{VIDEOS + 1} (the copy is the same video)")
+        problems.append(
+            f"videos/sources written {summary.new_rows.get('videos')}/{summary.new_rows.get('sources')}, "
+            f"expected {VIDEOS}/{VIDEOS + 1} (the copy is the same video)"
+        )
     # missing_file is a transient reason, retried by every run: the missing clip is the one source probed again
     reprobe = 1 if want.get("missing_file") else 0
     if again.sources_probed != reprobe or any(again.new_rows.values()):
-        problems.append(f"re-ingest probed {again.sources_probed} sources and wrote {again.new_rows}, "
-                        f"expected {reprobe} (the missing file, retried) and nothing written")
+        problems.append(
+            f"re-ingest probed {again.sources_probed} sources and wrote {again.new_rows}, "
+            f"expected {reprobe} (the missing file, retried) and nothing written"
+        )
     con = duckdb.connect()
-    rej_rows = sorted(r for (r,) in con.execute(
-        "SELECT DISTINCT row_number FROM read_parquet($p) WHERE reason = 'path_outside_roots'",
-        {"p": str(Path(settings.lake) / "rejects" / "*.parquet")}).fetchall())
+    rej_rows = sorted(
+        r
+        for (r,) in con.execute(
+            "SELECT DISTINCT row_number FROM read_parquet($p) WHERE reason = 'path_outside_roots'",
+            {"p": str(Path(settings.lake) / "rejects" / "*.parquet")},
+        ).fetchall()
+    )
     con.close()
     # a byte-identical repeat of a rejected row is one record, kept under the first row number
     if not set(rej_rows) <= set(gen["outside_rows"]) or not rej_rows or min(rej_rows) != min(gen["outside_rows"]):
         bad = sorted(set(rej_rows) - set(gen["outside_rows"]))[:5]
-        problems.append(f"rejects/ row_number does not match the manifest's data rows for path_outside_roots "
-                        f"(e.g. recorded {bad}, manifest rows are {gen['outside_rows'][:5]}...)")
+        problems.append(
+            f"rejects/ row_number does not match the manifest's data rows for path_outside_roots "
+            f"(e.g. recorded {bad}, manifest rows are {gen['outside_rows'][:5]}...)"
+        )
 
     budget = []
     if t_ingest >= TIME_BUDGET_S:
@@ -507,8 +605,10 @@ def run(rows: int, work: Path) -> int:
         budget.append(f"MEMORY: peak RSS {mb(peak)} >= {mb(MEMORY_BUDGET_BYTES)}")
 
     print("\nverdict")
-    print(f"  time   {'PASS' if t_ingest < TIME_BUDGET_S else 'FAIL'}  {t_ingest:.1f} s < {TIME_BUDGET_S:.0f} s"
-          + ("" if rows == 1_000_000 else f"   (note: {rows:,} rows, the budget is for 1,000,000)"))
+    print(
+        f"  time   {'PASS' if t_ingest < TIME_BUDGET_S else 'FAIL'}  {t_ingest:.1f} s < {TIME_BUDGET_S:.0f} s"
+        + ("" if rows == 1_000_000 else f"   (note: {rows:,} rows, the budget is for 1,000,000)")
+    )
     print(f"  memory {'PASS' if peak < MEMORY_BUDGET_BYTES else 'FAIL'}  {mb(peak)} < {mb(MEMORY_BUDGET_BYTES)}")
     print(f"  results {'consistent' if not problems else 'INCONSISTENT'} with the generated manifest")
     for p in budget + problems:

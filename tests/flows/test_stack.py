@@ -67,8 +67,12 @@ def _run(command: list[str], env: dict[str, str], timeout: float = 240) -> subpr
 
 def _api(stack: Stack, path: str, body: object = None) -> tuple[int, object]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(stack.api + path, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        stack.api + path,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, json.load(reply)
@@ -81,15 +85,34 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     state = tmp_path_factory.mktemp("stack")
     env = _clean_env()
     t0 = time.monotonic()
-    up = _run([sys.executable, STACK, "up", "--state", str(state), "--prefect-port", "0", "--mlflow-port", "0",
-               "--s3-port", "0", "--no-worker"], env, timeout=300)
+    up = _run(
+        [
+            sys.executable,
+            STACK,
+            "up",
+            "--state",
+            str(state),
+            "--prefect-port",
+            "0",
+            "--mlflow-port",
+            "0",
+            "--s3-port",
+            "0",
+            "--no-worker",
+        ],
+        env,
+        timeout=300,
+    )
     try:
         assert up.returncode == 0, f"stack.py up failed:\n{up.stdout}\n{up.stderr}"
         print(f"stack up in {time.monotonic() - t0:.1f} s")
         exported = _run([sys.executable, STACK, "env", "--state", str(state)], env)
         assert exported.returncode == 0, exported.stderr
-        values = dict(line.removeprefix("export ").split("=", 1) for line in exported.stdout.splitlines()
-                      if line.startswith("export "))
+        values = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in exported.stdout.splitlines()
+            if line.startswith("export ")
+        )
         home = tmp_path_factory.mktemp("prefect-client")
         yield Stack(state, {**_clean_env(**values), "PREFECT_HOME": str(home)}, up.stdout)
     finally:
@@ -137,9 +160,12 @@ def test_the_deployments_of_prefect_yaml_are_on_the_server(stack):
         assert got["global_concurrency_limit"]["limit"] == 1
         assert got["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         # Left for each worker to resolve from its own environment (stack.py deploys without COGFLOW_CHECKOUT).
-        assert got["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
-                                      {"directory": "{{ $COGFLOW_CHECKOUT }}"}}]
-        schedules = {(s["slug"], s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) for s in got["schedules"]}
+        assert got["pull_steps"] == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $COGFLOW_CHECKOUT }}"}}
+        ]
+        schedules = {
+            (s["slug"], s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) for s in got["schedules"]
+        }
         assert schedules == {(s["slug"], s["cron"], s["timezone"], s["active"]) for s in wanted.get("schedules") or []}
     assert on_server["data-to-model"]["work_pool_name"] == "cogflow-gpu-pool"
     assert on_server["ingest"]["schedules"] and not on_server["tokenize"]["schedules"]
@@ -150,8 +176,14 @@ def test_the_deployments_of_prefect_yaml_are_on_the_server(stack):
     minute, hour = (int(x) for x in nightly["schedules"][0]["schedule"]["cron"].split()[:2])
     deadline = time.monotonic() + 60
     while True:
-        status, runs = _api(stack, "/flow_runs/filter", {"deployments": {"id": {"any_": [nightly["id"]]}},
-                                                         "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        status, runs = _api(
+            stack,
+            "/flow_runs/filter",
+            {
+                "deployments": {"id": {"any_": [nightly["id"]]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            },
+        )
         if runs or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -163,8 +195,9 @@ def test_the_deployments_of_prefect_yaml_are_on_the_server(stack):
 def test_the_server_refuses_runs_with_bad_parameters(stack):
     _, deployments = _api(stack, "/deployments/filter", {})
     ids = {d["name"]: d["id"] for d in deployments}
-    status, reply = _api(stack, f"/deployments/{ids['data-to-model']}/create_flow_run",
-                         {"parameters": {"training": {"nproc": 0}}})
+    status, reply = _api(
+        stack, f"/deployments/{ids['data-to-model']}/create_flow_run", {"parameters": {"training": {"nproc": 0}}}
+    )
     assert status == 409 and "nproc" in reply["detail"], reply
     status, reply = _api(stack, f"/deployments/{ids['ingest']}/create_flow_run", {"parameters": {"manifest": 5}})
     assert status == 409 and "manifest" in reply["detail"], reply
@@ -178,12 +211,14 @@ def test_a_worker_runs_the_ingest_deployment_into_the_lake_on_s3(stack, sample_d
     with open(sample_dir / "manifest.csv", newline="") as f:
         captions = sorted(row["caption"] for row in csv.DictReader(f))
 
-    run = _run([PREFECT, "deployment", "run", "ingest/ingest", "-p", "manifest=s3://cogflow/incoming/manifest.csv"],
-               stack.env)
+    run = _run(
+        [PREFECT, "deployment", "run", "ingest/ingest", "-p", "manifest=s3://cogflow/incoming/manifest.csv"], stack.env
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
-    worker = _run([PREFECT, "worker", "start", "--pool", "cogflow-cpu", "--run-once", "--install-policy", "never"],
-                  stack.env)
+    worker = _run(
+        [PREFECT, "worker", "start", "--pool", "cogflow-cpu", "--run-once", "--install-policy", "never"], stack.env
+    )
     assert worker.returncode == 0, worker.stdout + worker.stderr
 
     status, flow_run = _api(stack, f"/flow_runs/{flow_run_id}")

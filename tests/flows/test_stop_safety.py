@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import trickle, write_csv
+
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
 from cogflow.pipeline.storage import Storage
-from helpers import trickle, write_csv
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -71,8 +72,14 @@ def _start(tmp_path: Path, *command: str, **env: str) -> subprocess.Popen:
 
     full_env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **env}
     out = open(tmp_path / "command.log", "wb")  # noqa: SIM115  (the child holds it)
-    return subprocess.Popen([sys.executable, "-m", "cogflow.flows.cli", *command], cwd=CHECKOUT, env=full_env, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cogflow.flows.cli", *command],
+        cwd=CHECKOUT,
+        env=full_env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _children(pid: int, module: str) -> list[int]:
@@ -122,7 +129,9 @@ def test_sigterm_stops_split_in_the_middle_of_a_download(tmp_path, sample_dir, w
     settings = _one_video_lake(tmp_path, sample_dir, f"http://127.0.0.1:{server.server_address[1]}/v.mp4")
     server.trickle.set()  # type: ignore[attr-defined]
     # the minimum rate is measured over stretches of the timeout: 60 s, so only SIGTERM can end this download
-    child = _start(tmp_path, "split", "--lake", settings.lake, COGFLOW_DOWNLOAD_TIMEOUT_S="60", COGFLOW_SPLIT_WORKERS="1")
+    child = _start(
+        tmp_path, "split", "--lake", settings.lake, COGFLOW_DOWNLOAD_TIMEOUT_S="60", COGFLOW_SPLIT_WORKERS="1"
+    )
     try:
         _wait_for(server.trickled.is_set, child, tmp_path / "command.log", "the download")  # type: ignore[attr-defined]
         time.sleep(0.3)
@@ -142,8 +151,12 @@ def test_sigterm_stops_split_while_its_decoder_works(tmp_path, sample_dir) -> No
     child = _start(tmp_path, "split", "--lake", settings.lake, COGFLOW_SPLIT_WORKERS="1")
     decoders: list[int] = []
     try:
-        _wait_for(lambda: bool(decoders.extend(_children(child.pid, "cogflow.pipeline.decoder")) or decoders),
-                  child, tmp_path / "command.log", "the decoder's start")
+        _wait_for(
+            lambda: bool(decoders.extend(_children(child.pid, "cogflow.pipeline.decoder")) or decoders),
+            child,
+            tmp_path / "command.log",
+            "the decoder's start",
+        )
         os.kill(decoders[0], signal.SIGSTOP)
         time.sleep(1.0)  # the shard sends its job and waits for frames
         assert _terminate_promptly(child, tmp_path / "command.log") < 5

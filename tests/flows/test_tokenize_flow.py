@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
+
 from cogflow.flows.cli import main
 from cogflow.model.serving import registry
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
 
 
 def test_cli_tokenize_text_registers_once(tmp_path, capsys, monkeypatch, sample_dir):
@@ -42,7 +43,10 @@ def test_cli_tokenize_all_trains_encodes_then_finds_everything_done(tmp_path, ca
 
     assert main(["tokenize", "--config", "debug", "--vocab-size", "500"]) == 0
     out = capsys.readouterr().out
-    assert "cogflow-text-tokenizer v1 (trained)" in out and "cogflow-frame-tokenizer v1 (trained, 12 steps): val PSNR" in out
+    assert (
+        "cogflow-text-tokenizer v1 (trained)" in out
+        and "cogflow-frame-tokenizer v1 (trained, 12 steps): val PSNR" in out
+    )
     store = Storage.at(str(tmp_path / "home" / "lake"))
     clips = lake.read_clips(store, ["clip_id"]).num_rows
     assert f"encoded          {clips} clips" in out and "data checks passed" in out
@@ -76,7 +80,8 @@ def test_frames_with_two_processes_through_the_flow(tmp_path, capsys, monkeypatc
 
 
 def test_tokenize_against_a_tracking_server_with_lake_artifacts_and_checkpoints_on_s3(
-        tmp_path, capsys, monkeypatch, sample_dir, s3, mlflow_server):
+    tmp_path, capsys, monkeypatch, sample_dir, s3, mlflow_server
+):
     """Configuration alone moves everything off the machine: nothing lands in COGFLOW_HOME."""
     home = tmp_path / "home"
     monkeypatch.setenv("COGFLOW_HOME", str(home))
@@ -93,8 +98,14 @@ def test_tokenize_against_a_tracking_server_with_lake_artifacts_and_checkpoints_
     out = capsys.readouterr().out
     assert "cogflow-frame-tokenizer v1 (trained" in out and f"MLflow: {mlflow_server}" in out
 
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket) for o in page.get("Contents", [])]
-    assert any(k.startswith("lake/tokens/v1/stage=") for k in keys) and any(k.startswith("lake/token_shards/v1/") for k in keys)
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+        for o in page.get("Contents", [])
+    ]
+    assert any(k.startswith("lake/tokens/v1/stage=") for k in keys) and any(
+        k.startswith("lake/token_shards/v1/") for k in keys
+    )
     assert any(k.startswith("checkpoints/frame-tokenizer/") and k.endswith("checkpoint.pt") for k in keys)
     assert any(k.startswith("mlartifacts/") and k.endswith("frame_tokenizer.pt") for k in keys)
     assert any(k.startswith("mlartifacts/") and k.endswith("text.model") for k in keys)

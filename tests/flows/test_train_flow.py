@@ -4,11 +4,12 @@ to train on."""
 
 from __future__ import annotations
 
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
+
 from cogflow.flows.cli import main
 from cogflow.model import tracking
 from cogflow.pipeline import video
 from cogflow.pipeline.settings import load_settings
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 
 
 def test_train_both_stages_then_generate(tmp_path, capsys, monkeypatch, sample_dir):
@@ -41,7 +42,12 @@ def test_train_both_stages_then_generate(tmp_path, capsys, monkeypatch, sample_d
     assert f"stage 1  MLflow run {stage1}  val bits per token" in capsys.readouterr().out
 
     out_file = tmp_path / "beach.mp4"
-    assert main(["generate", "一个下午在海滩上奔跑的女人", "-o", str(out_file), "--frames-out", str(tmp_path / "sheet.png")]) == 0
+    assert (
+        main(
+            ["generate", "一个下午在海滩上奔跑的女人", "-o", str(out_file), "--frames-out", str(tmp_path / "sheet.png")]
+        )
+        == 0
+    )
     probe = video.probe(out_file, max_width=4096, max_height=4096, max_pixels=4096 * 4096)
     assert (probe.width, probe.height) == (160, 160) and probe.frame_count == 33
     assert (tmp_path / "sheet.png").stat().st_size > 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
+
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import load_settings
 from cogflow.pipeline.split import split
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, write_csv
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,9 @@ def clip_lake(tmp_path_factory, sample_dir) -> str:
     rows = copy_sample(sample_dir, root / "data")
     manifest = write_csv(root / "data" / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows])
     settings = load_settings(home=str(root / "home"))
-    settings = dataclasses.replace(settings, val_percent=SAMPLE_VAL_PERCENT, split=dataclasses.replace(settings.split, workers=2))
+    settings = dataclasses.replace(
+        settings, val_percent=SAMPLE_VAL_PERCENT, split=dataclasses.replace(settings.split, workers=2)
+    )
     ingest(str(manifest), settings)
     split(settings)
     return settings.lake

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 
 import torch
+
 from cogflow.model import distributed
 from cogflow.model.cogvideo.layout import Layout, build_inputs
-from cogflow.model.cogvideo.train import full_state, optimizer_step
+from cogflow.model.cogvideo.steps import full_state, optimizer_step
 from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 
 K, V, B = 40, 30, 4
@@ -38,10 +39,18 @@ def main(out: str, fsdp: bool) -> None:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
     else:
         wrapped = model
-    before = {k: v.detach().clone() for k, v in full_state(model)[0].items()}  # (the state shares storage with the model)
+    before = {
+        k: v.detach().clone() for k, v in full_state(model)[0].items()
+    }  # (the state shares storage with the model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    loss = optimizer_step(wrapped, optimizer, [(tokens[share], targets[share], valid[share])], 1.0, 1.0,
-                          torch.autocast("cpu", enabled=False))
+    loss = optimizer_step(
+        wrapped,
+        optimizer,
+        [(tokens[share], targets[share], valid[share])],
+        1.0,
+        1.0,
+        torch.autocast("cpu", enabled=False),
+    )
     after, _ = full_state(model)
     if env.main:
         torch.save({"gradient": {k: before[k] - after[k] for k in before}, "loss": loss}, out)

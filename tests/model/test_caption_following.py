@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
+
 from cogflow.model.evaluation.caption_following import (
     FIELDS,
     CaptionFollowing,
@@ -35,12 +37,17 @@ from cogflow.pipeline.sample_data import (
     render_frame,
 )
 from cogflow.pipeline.video import CLIP_SIZE, WindowFrames, sample_windows
-from PIL import Image, ImageFilter
 
 VIDEOS = 30  # 5 of each motion, 7-8 of each shape: every value is read more than once
 COUNTS = (5, 33)  # stage-1 key frames, and a whole generated video
-OPPOSITE = {"left_to_right": "right_to_left", "right_to_left": "left_to_right", "up": "down", "down": "up",
-            "growing": "shrinking", "shrinking": "growing"}
+OPPOSITE = {
+    "left_to_right": "right_to_left",
+    "right_to_left": "left_to_right",
+    "up": "down",
+    "down": "up",
+    "growing": "shrinking",
+    "shrinking": "growing",
+}
 
 
 def _decode(path: Path, counts: tuple[int, ...], fps: int, duration_s: float) -> list[np.ndarray]:
@@ -103,7 +110,11 @@ def test_reads_real_decoded_clips(clips, readings, count):
     result = score(readings, rows)  # manifest rows carry the ground truth under the same names
     assert result.n == VIDEOS
     assert result.accuracy == {f: pytest.approx(accuracy[f]) for f in FIELDS}
-    assert result.chance == {"colour": pytest.approx(1 / 6), "shape": pytest.approx(1 / 4), "motion": pytest.approx(1 / 6)}
+    assert result.chance == {
+        "colour": pytest.approx(1 / 6),
+        "shape": pytest.approx(1 / 4),
+        "motion": pytest.approx(1 / 6),
+    }
     assert result.mean == pytest.approx(np.mean([accuracy[f] for f in FIELDS]))
     assert result.mean_chance == pytest.approx((1 / 6 + 1 / 4 + 1 / 6) / 3)
     assert result.all_chance == pytest.approx(1 / 144)
@@ -172,8 +183,20 @@ def test_uniform_and_degenerate_videos():
 
 
 def _spec(shape: str, **kw) -> VideoSpec:
-    base = dict(name="x", shape=shape, colour="red", motion="growing", background="gray", fps=24, width=160,
-                height=160, duration_s=2.0, fmt="mp4", language="en", caption="")
+    base = dict(
+        name="x",
+        shape=shape,
+        colour="red",
+        motion="growing",
+        background="gray",
+        fps=24,
+        width=160,
+        height=160,
+        duration_s=2.0,
+        fmt="mp4",
+        language="en",
+        caption="",
+    )
     return VideoSpec(**{**base, **kw})
 
 
@@ -242,8 +265,12 @@ def test_score_arithmetic():
     # The confusion table counts (asked, read) pairs: the square read as a square, the star read as a circle.
     table = confusion(readings, truths, "shape").splitlines()
     assert table[0] == "| shape: asked, read → | circle | square | triangle | star | none |"
-    assert table[2:] == ["| circle | 1 | 0 | 0 | 0 | 0 |", "| square | 0 | 1 | 0 | 0 | 0 |",
-                         "| triangle | 0 | 0 | 1 | 0 | 0 |", "| star | 1 | 0 | 0 | 0 | 0 |"]
+    assert table[2:] == [
+        "| circle | 1 | 0 | 0 | 0 | 0 |",
+        "| square | 0 | 1 | 0 | 0 | 0 |",
+        "| triangle | 0 | 0 | 1 | 0 | 0 |",
+        "| star | 1 | 0 | 0 | 0 | 0 |",
+    ]
     motion = confusion(readings, truths, "motion").splitlines()
     assert "| growing | 0 | 0 | 0 | 0 | 0 | 1 | 0 |" in motion and "| shrinking | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in motion
     assert "| white | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in confusion(readings, truths, "colour").splitlines()

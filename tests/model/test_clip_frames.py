@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import torch
+
 from cogflow.model.tokenizers.clip_frames import ClipFrames, row_groups
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage

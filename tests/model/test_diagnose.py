@@ -12,24 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import copy_sample, lake_settings, write_csv
+from mlflow.tracking import MlflowClient
+
 from cogflow.flows.cli import main
 from cogflow.model import tracking
 from cogflow.model.cogvideo import transformer as transformers
-from cogflow.model.evaluation.diagnose import (
-    Z95,
+from cogflow.model.cogvideo.layout import Layout
+from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.model.evaluation.baselines import (
     CodePredictions,
     background_tiles,
     copy_previous,
     layout_check,
     neighbour_baseline,
-    parse_variant,
-    wilson,
 )
-from cogflow.model.cogvideo.layout import Layout
-from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
+from cogflow.model.evaluation.diagnose import parse_variant
+from cogflow.model.evaluation.measures import Z95, wilson
 from cogflow.pipeline.sample_data import VideoSpec, render_frame
-from helpers import copy_sample, lake_settings, write_csv
-from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,8 +62,12 @@ def test_wilson_interval() -> None:
 
 
 def test_copy_the_neighbour_baseline_on_hand_made_codes() -> None:
-    codes = np.array([[[1, 2, 3, 4], [1, 2, 0, 4], [1, 2, 0, 4], [9, 9, 9, 9], [9, 9, 9, 1]],
-                      [[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 0, 0], [0, 0, 0, 7], [7, 7, 7, 7]]])  # (R=2, 5, n=4)
+    codes = np.array(
+        [
+            [[1, 2, 3, 4], [1, 2, 0, 4], [1, 2, 0, 4], [9, 9, 9, 9], [9, 9, 9, 1]],
+            [[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 0, 0], [0, 0, 0, 7], [7, 7, 7, 7]],
+        ]
+    )  # (R=2, 5, n=4)
     assert copy_previous(codes, [1, 2, 3, 4]) == {1: (3 + 4, 8), 2: (4 + 0, 8), 3: (0 + 3, 8), 4: (3 + 1, 8)}
     # stage 2 predicts frames 1 and 3: the model right on every code of frame 1 and on 2 of 8 of frame 3
     time = np.repeat([1, 3], 8)
@@ -100,9 +104,11 @@ def test_variants_parse_into_sampling_options() -> None:
 
 
 def token_rows(count: int, lay: Layout, codebook: int, vocab: int, seed: int = 0) -> dict[str, list]:
-    """Token rows as the lake holds them (train.COLUMNS): random captions of varied length, random codes."""
+    """Token rows as the lake holds them (data.COLUMNS): random captions of varied length, random codes."""
     g = np.random.default_rng(seed)
-    rows: dict[str, list] = {c: [] for c in ("clip_id", "split", "text_ids", "text_mask", "fps_token_id", "frame_codes")}
+    rows: dict[str, list] = {
+        c: [] for c in ("clip_id", "split", "text_ids", "text_mask", "fps_token_id", "frame_codes")
+    }
     for i in range(count):
         real = int(g.integers(1, lay.text_len + 1))
         mask = [False] * (lay.text_len - real) + [True] * real
@@ -117,8 +123,9 @@ def token_rows(count: int, lay: Layout, codebook: int, vocab: int, seed: int = 0
 
 @pytest.mark.parametrize("stage,window,shift", [(1, 0, 0), (1, 2, 1), (2, 2, 1)])
 @pytest.mark.parametrize("parallel", [True, False])
-def test_training_loss_equals_cached_decoding_of_the_true_codes(stage: int, window: int, shift: int,
-                                                                 parallel: bool) -> None:
+def test_training_loss_equals_cached_decoding_of_the_true_codes(
+    stage: int, window: int, shift: int, parallel: bool
+) -> None:
     torch.manual_seed(stage)
     lay = Layout(text_len=8, grid=4, stage=stage)
     model = CogVideoTransformer(ModelSpec(TransformerConfig(layers=3, hidden=32, heads=2), lay, 32, 50, window, shift))
@@ -138,8 +145,8 @@ def pair_home(tmp_path_factory, sample_dir) -> tuple[Path, dict[int, str]]:
     """A home whose lake holds the sample videos with their ground truth (the manifest's extra columns), split and
     encoded with both tokenizers (text v1, debug frame tokenizer v1), and a complete MLflow run of each stage with
     random weights of the debug config's sizes."""
-    from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers
     from cogflow.model.cogvideo.train import load_config
+    from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers
     from cogflow.model.tokenizers.train_frame import load_config as tokenizer_config
     from cogflow.model.tokenizers.train_frame import train_frame_tokenizer
     from cogflow.model.tokenizers.train_text import (
@@ -164,11 +171,24 @@ def pair_home(tmp_path_factory, sample_dir) -> tuple[Path, dict[int, str]]:
     for stage in (1, 2):
         torch.manual_seed(stage)
         lay = Layout(text_len=64, grid=tokenizers.frames.config.grid(), stage=stage)
-        spec = ModelSpec(run.model, lay, tokenizers.frames.config.codebook_size, tokenizers.text.vocab_size,
-                         run.stage_config(stage).window, run.stage_config(stage).shift)
-        path = transformers.save(CogVideoTransformer(spec), str(root / f"stage{stage}.pt"), {
-            "stage": stage, "text_tokenizer_version": "1", "frame_tokenizer_version": "1",
-            "run_config": {"generate": {"top_k": 0}}})
+        spec = ModelSpec(
+            run.model,
+            lay,
+            tokenizers.frames.config.codebook_size,
+            tokenizers.text.vocab_size,
+            run.stage_config(stage).window,
+            run.stage_config(stage).shift,
+        )
+        path = transformers.save(
+            CogVideoTransformer(spec),
+            str(root / f"stage{stage}.pt"),
+            {
+                "stage": stage,
+                "text_tokenizer_version": "1",
+                "frame_tokenizer_version": "1",
+                "run_config": {"generate": {"top_k": 0}},
+            },
+        )
         with tracking.run(f"stage{stage}", {"stage": stage}) as active:
             tracking.log_artifact(path, "model")
             tracking.set_tags({"cogflow.complete": "true"})
@@ -178,13 +198,32 @@ def pair_home(tmp_path_factory, sample_dir) -> tuple[Path, dict[int, str]]:
 
 def test_diagnose_command_end_to_end(pair_home: tuple[Path, dict[int, str]], capsys) -> None:
     home, runs = pair_home
-    args = ["--home", str(home), "diagnose", "--prompts", "4", "--clips", "3", "--variants", "default,guidance=1",
-            "--val-rows", "4"]
+    args = [
+        "--home",
+        str(home),
+        "diagnose",
+        "--prompts",
+        "4",
+        "--clips",
+        "3",
+        "--variants",
+        "default,guidance=1",
+        "--val-rows",
+        "4",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for part in ("[1/6] caption following", "[6/6] layout check", "frame tokenizer ceiling", "copying the previous frame",
-                 "against retrieval", "pure-background tiles", "stage 2 relative difference: ok", "seconds: following",
-                 "following guidance=1"):
+    for part in (
+        "[1/6] caption following",
+        "[6/6] layout check",
+        "frame tokenizer ceiling",
+        "copying the previous frame",
+        "against retrieval",
+        "pure-background tiles",
+        "stage 2 relative difference: ok",
+        "seconds: following",
+        "following guidance=1",
+    ):
         assert part in out, part
     assert "stage 1 relative difference: ok" in out and "MISMATCH" not in out
 
@@ -193,10 +232,19 @@ def test_diagnose_command_end_to_end(pair_home: tuple[Path, dict[int, str]], cap
     prompts = saved["prompts"]
     assert len(prompts) == 4 and all(p["truth"] for p in prompts) and sum(p["source"] == "val" for p in prompts) <= 2
     metrics = saved["metrics"]
-    for key in ("following/default/keys/all/colour", "following/default/video/all/motion_lo",
-                "following/guidance_1/keys/held_out/shape", "tokenizer/psnr", "tokenizer/background_codes",
-                "neighbour/stage2/frame1/copy", "neighbour/stage1/model", "retrieval/all/colour", "bits/stage2/object",
-                "bits/stage1/background_loss_share", "layout/stage2/cached"):
+    for key in (
+        "following/default/keys/all/colour",
+        "following/default/video/all/motion_lo",
+        "following/guidance_1/keys/held_out/shape",
+        "tokenizer/psnr",
+        "tokenizer/background_codes",
+        "neighbour/stage2/frame1/copy",
+        "neighbour/stage1/model",
+        "retrieval/all/colour",
+        "bits/stage2/object",
+        "bits/stage1/background_loss_share",
+        "layout/stage2/cached",
+    ):
         assert key in metrics, key
     assert "following/guidance_1/video/all/colour" not in metrics  # the sweep's other variants: key frames only
     assert metrics["following/default/keys/all/colour_lo"] <= metrics["following/default/keys/all/colour"]

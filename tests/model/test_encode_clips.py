@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import lake_settings, tokenized_home
+
 from cogflow.model.serving import registry
 from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers
 from cogflow.model.tokenizers.text import TextTokenizer
@@ -26,7 +28,6 @@ from cogflow.pipeline.sample_data import generate_sample_data
 from cogflow.pipeline.settings import load_settings
 from cogflow.pipeline.split import split
 from cogflow.pipeline.storage import Storage
-from helpers import lake_settings, tokenized_home
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +73,12 @@ def test_every_clip_becomes_one_exact_token_row(home: Path) -> None:
         codes = np.frombuffer(row["frame_codes"], "<i2").reshape(5, row["code_grid"], row["code_grid"])
         frames = np.frombuffer(clip["frames"], np.uint8).reshape(5, 160, 160, 3)
         assert row["code_grid"] == 10 and np.array_equal(codes, frames_model.predict(frames))
-        assert (row["stage"], row["fps"], row["split"], row["caption_id"]) == (clip["stage"], clip["fps"], clip["split"], clip["caption_id"])
+        assert (row["stage"], row["fps"], row["split"], row["caption_id"]) == (
+            clip["stage"],
+            clip["fps"],
+            clip["split"],
+            clip["caption_id"],
+        )
     assert "checks/token_shards_account_for_clips" in run_checks(settings)
 
     again = encode_clips(settings, progress=False)
@@ -127,8 +133,13 @@ KILL_MOMENTS = ["after 1.5", "a token file", "a record", "after 3.0", "two recor
 
 def _run_and_kill(home: Path, when: str) -> int:
     env = {**os.environ, "COGFLOW_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "cogflow.model.tokenizers.encode", "--batch-clips", "2"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogflow.model.tokenizers.encode", "--batch-clips", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     lake_dir, started = home / "lake", time.monotonic()
     conditions = {
         "a token file": lambda: any(lake_dir.glob("tokens/v1/stage=*/shard-*.parquet")),
@@ -136,7 +147,12 @@ def _run_and_kill(home: Path, when: str) -> int:
         "two records": lambda: len(list(lake_dir.glob("token_shards/v1/stage=*/*.parquet"))) >= 2,
     }
     while proc.poll() is None:
-        if when.startswith("after ") and time.monotonic() - started > float(when.split()[1]) or when in conditions and conditions[when]():
+        if (
+            when.startswith("after ")
+            and time.monotonic() - started > float(when.split()[1])
+            or when in conditions
+            and conditions[when]()
+        ):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)

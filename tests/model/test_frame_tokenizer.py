@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from cogflow.model.tokenizers.frame import (
     FrameTokenizer,
     FrameTokenizerConfig,
@@ -17,7 +18,9 @@ TINY = FrameTokenizerConfig(compression=16, channels=8, res_blocks=1, codebook_s
 
 @pytest.mark.parametrize("compression, grid", [(8, 20), (16, 10)])
 def test_a_160_frame_becomes_the_code_grid_of_its_compression_and_back(compression: int, grid: int) -> None:
-    model = FrameTokenizer(FrameTokenizerConfig(compression=compression, channels=8, codebook_size=32, code_dim=8)).eval()
+    model = FrameTokenizer(
+        FrameTokenizerConfig(compression=compression, channels=8, codebook_size=32, code_dim=8)
+    ).eval()
     frames = torch.randint(0, 256, (2, 160, 160, 3), dtype=torch.uint8)
     codes = model.encode(frames)
     assert codes.shape == (2, grid, grid) and codes.dtype == torch.int64 and int(codes.max()) < 32
@@ -76,8 +79,9 @@ def test_psnr_and_codebook_usage() -> None:
     assert used == 0.5 and perplexity == pytest.approx(4.0)
 
 
-FSQ = FrameTokenizerConfig(compression=16, channels=8, res_blocks=1, quantizer="fsq", fsq_levels=(8, 5, 3),
-                           codebook_size=120, code_dim=3)
+FSQ = FrameTokenizerConfig(
+    compression=16, channels=8, res_blocks=1, quantizer="fsq", fsq_levels=(8, 5, 3), codebook_size=120, code_dim=3
+)
 
 
 def test_fsq_levels_must_make_the_codebook() -> None:
@@ -126,8 +130,9 @@ def test_an_fsq_tokenizer_saves_and_loads(tmp_path) -> None:
 
 
 def test_a_tile_encoders_code_depends_on_its_own_tile_alone() -> None:
-    config = FrameTokenizerConfig(compression=16, channels=8, encoder="tile", quantizer="fsq", fsq_levels=(8, 5, 3),
-                                  codebook_size=120, code_dim=3)
+    config = FrameTokenizerConfig(
+        compression=16, channels=8, encoder="tile", quantizer="fsq", fsq_levels=(8, 5, 3), codebook_size=120, code_dim=3
+    )
     model = FrameTokenizer(config).eval()
     frames = torch.randint(0, 256, (1, 160, 160, 3), dtype=torch.uint8)
     changed = frames.clone()

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cogflow.model.cogvideo import sampling
+from helpers import lake_settings, tokenized_home
+from PIL import Image
+
 from cogflow.model import tracking
+from cogflow.model.cogvideo import sampling
 from cogflow.model.cogvideo import transformer as transformers
-from cogflow.model.tokenizers.encode import load_tokenizers
-from cogflow.model.cogvideo.sampling import GenerateConfig, attention_graph, generate_keyframes, guided, interpolate, parallel_schedule, sample_codes, schedule, sequential_schedule
-from cogflow.model.cogvideo.stages import find_stage
-from cogflow.model.serving.generate import generate_video, main
 from cogflow.model.cogvideo.layout import (
     IGNORE,
     Layout,
@@ -25,15 +24,27 @@ from cogflow.model.cogvideo.layout import (
     layer_shift,
     slots,
 )
+from cogflow.model.cogvideo.sampling import (
+    GenerateConfig,
+    attention_graph,
+    generate_keyframes,
+    guided,
+    interpolate,
+    parallel_schedule,
+    sample_codes,
+    schedule,
+    sequential_schedule,
+)
+from cogflow.model.cogvideo.stages import find_stage
 from cogflow.model.cogvideo.transformer import (
     CogVideoTransformer,
     KVCache,
     ModelSpec,
     TransformerConfig,
 )
+from cogflow.model.serving.generate import generate_video, main
+from cogflow.model.tokenizers.encode import load_tokenizers
 from cogflow.pipeline.video import probe
-from helpers import lake_settings, tokenized_home
-from PIL import Image
 
 PROMPT = "一个下午在海滩上奔跑的女人"
 TINY = TransformerConfig(layers=2, hidden=32, heads=2)
@@ -52,8 +63,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_model(stage: int, window: int = 0, shift: int = 0, codes: int = CODES, dtype: torch.dtype = torch.float64,
-               seed: int = 0, vocab: int = VOCAB) -> CogVideoTransformer:
+def tiny_model(
+    stage: int,
+    window: int = 0,
+    shift: int = 0,
+    codes: int = CODES,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    vocab: int = VOCAB,
+) -> CogVideoTransformer:
     """Random weights, spread wider than the init's so that the logits are far from uniform (guidance, top-k and
     top-p then change what is drawn)."""
     torch.manual_seed(seed)
@@ -77,14 +95,25 @@ def tokenizers(tokenized: Path):
     return tokenizers
 
 
-def log_stage(settings, stage: int, model: CogVideoTransformer, folder: Path, complete: bool = True,
-              versions: tuple[str, str] = ("1", "1"), generate: dict | None = None) -> str:
+def log_stage(
+    settings,
+    stage: int,
+    model: CogVideoTransformer,
+    folder: Path,
+    complete: bool = True,
+    versions: tuple[str, str] = ("1", "1"),
+    generate: dict | None = None,
+) -> str:
     """A finished training run as model/cogvideo/train.py leaves it: tags, and the stage file as artifact model/stageN.pt."""
     tracking.use(settings.mlflow_tracking_uri, settings.home)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"stage{stage}.pt"
-    extra = {"stage": stage, "text_tokenizer_version": versions[0], "frame_tokenizer_version": versions[1],
-             "run_config": {"generate": generate or {}}}
+    extra = {
+        "stage": stage,
+        "text_tokenizer_version": versions[0],
+        "frame_tokenizer_version": versions[1],
+        "run_config": {"generate": generate or {}},
+    }
     transformers.save(model, str(path), extra=extra)
     with tracking.run(f"stage{stage}", {"stage": stage}) as active:
         tracking.log_artifact(path, "model")
@@ -101,13 +130,24 @@ def staged(tokenized: Path, tokenizers, tmp_path_factory) -> dict:
     settings = lake_settings(home)
     files, vocab = home.parent / "files", tokenizers.text.vocab_size
     runs = {
-        1: log_stage(settings, 1, tiny_model(1, dtype=torch.float32, vocab=vocab), files / "a",
-                     generate={"guidance": 3.0, "top_k": 0}),
-        2: log_stage(settings, 2, tiny_model(2, 5, 2, dtype=torch.float32, vocab=vocab), files / "b",
-                     generate={"temperature": 1.0}),
+        1: log_stage(
+            settings,
+            1,
+            tiny_model(1, dtype=torch.float32, vocab=vocab),
+            files / "a",
+            generate={"guidance": 3.0, "top_k": 0},
+        ),
+        2: log_stage(
+            settings,
+            2,
+            tiny_model(2, 5, 2, dtype=torch.float32, vocab=vocab),
+            files / "b",
+            generate={"temperature": 1.0},
+        ),
     }
-    runs["unfinished"] = log_stage(settings, 1, tiny_model(1, codes=32, dtype=torch.float32, vocab=vocab), files / "c",
-                                   complete=False)
+    runs["unfinished"] = log_stage(
+        settings, 1, tiny_model(1, codes=32, dtype=torch.float32, vocab=vocab), files / "c", complete=False
+    )
     return {"home": home, "runs": runs, "vocab": vocab}
 
 
@@ -139,7 +179,9 @@ def test_cached_decoding_along_either_schedule_equals_one_full_pass(stage: int, 
             for step in schedule(model.spec, parallel):
                 hidden[:, step] = model(tokens[:, step], text_valid, step, cache)  # teacher-forced inputs
             torch.testing.assert_close(hidden, full, atol=1e-10, rtol=0)
-            torch.testing.assert_close(model.logits(hidden[:, predicted]), model.logits(full[:, predicted]), atol=1e-10, rtol=0)
+            torch.testing.assert_close(
+                model.logits(hidden[:, predicted]), model.logits(full[:, predicted]), atol=1e-10, rtol=0
+            )
 
 
 def replay(spec: ModelSpec, steps: list[torch.Tensor]) -> None:
@@ -148,8 +190,9 @@ def replay(spec: ModelSpec, steps: list[torch.Tensor]) -> None:
     sampled in an earlier step."""
     lay = spec.layout
     s = slots(lay)
-    masks = [dense_mask(lay, "spatial")] + [dense_mask(lay, "temporal", spec.window, layer_shift(i, spec.shift))
-                                            for i in range(spec.config.layers)]
+    masks = [dense_mask(lay, "spatial")] + [
+        dense_mask(lay, "temporal", spec.window, layer_shift(i, spec.shift)) for i in range(spec.config.layers)
+    ]
     order = torch.cat(steps)
     assert torch.equal(order.sort().values, torch.arange(lay.length))
     done = torch.zeros(lay.length, dtype=torch.bool)
@@ -229,8 +272,16 @@ def test_parallel_and_sequential_decoding_sample_the_same_video(tokenizers) -> N
     config = GenerateConfig(temperature=0.9, top_k=40, top_p=0.95, guidance=3.0)
 
     def keyframes(seed: int, parallel: bool = True):
-        return generate_keyframes(first, ids, mask, text.fps_id(1), text.boi_id, text.pad_id,
-                                  dataclasses.replace(config, parallel=parallel), seed)
+        return generate_keyframes(
+            first,
+            ids,
+            mask,
+            text.fps_id(1),
+            text.boi_id,
+            text.pad_id,
+            dataclasses.replace(config, parallel=parallel),
+            seed,
+        )
 
     keys, one_by_one = keyframes(3), keyframes(3, parallel=False)
     assert keys.codes.shape == (1, 5, 100) and keys.tokens == 500
@@ -240,8 +291,17 @@ def test_parallel_and_sequential_decoding_sample_the_same_video(tokenizers) -> N
     assert (keyframes(4).codes != keys.codes).float().mean() > 0.5  # another seed, another video
 
     video, rounds = interpolate(second, keys.codes, ids, mask, 1.0, text.boi_id, text.fps_id, config, seed=3)
-    slow, _ = interpolate(second, keys.codes, ids, mask, 1.0, text.boi_id, text.fps_id,
-                          dataclasses.replace(config, parallel=False), seed=3)
+    slow, _ = interpolate(
+        second,
+        keys.codes,
+        ids,
+        mask,
+        1.0,
+        text.boi_id,
+        text.fps_id,
+        dataclasses.replace(config, parallel=False),
+        seed=3,
+    )
     assert video.codes.shape == (1, 33, 100) and [r.codes.shape[1] for r in rounds] == [9, 17, 33]
     assert torch.equal(video.codes[:, ::8], keys.codes)  # the key frames stay where they were
     assert torch.equal(rounds[0].codes, video.codes[:, ::4])  # and so does every round's output
@@ -255,8 +315,9 @@ def test_guidance_one_is_no_guidance(tokenizers) -> None:
     text = tokenizers.text
 
     def keyframes(guidance: float) -> torch.Tensor:
-        return generate_keyframes(model, ids, mask, text.fps_id(1), text.boi_id, text.pad_id,
-                                  GenerateConfig(guidance=guidance), seed=7).codes
+        return generate_keyframes(
+            model, ids, mask, text.fps_id(1), text.boi_id, text.pad_id, GenerateConfig(guidance=guidance), seed=7
+        ).codes
 
     off = keyframes(1.0)  # one stream
     assert torch.equal(keyframes(1.0 + 1e-9), off)  # two streams, the caption-less one weighted out
@@ -268,13 +329,20 @@ def test_guidance_one_is_no_guidance(tokenizers) -> None:
 def test_training_sample_sits_next_to_its_clip(tokenizers, tmp_path: Path) -> None:
     ids, mask = prompt_ids(tokenizers)
     truth = torch.randint(0, CODES, (5, 100), generator=torch.Generator().manual_seed(2)).numpy().astype("<i2")
-    rows = {"text_ids": ids.tolist(), "text_mask": mask.tolist(), "fps_token_id": [tokenizers.text.fps_id(2)],
-            "frame_codes": [truth.tobytes()]}
+    rows = {
+        "text_ids": ids.tolist(),
+        "text_mask": mask.tolist(),
+        "fps_token_id": [tokenizers.text.fps_id(2)],
+        "frame_codes": [truth.tobytes()],
+    }
     for stage in (1, 2):
-        model = tiny_model(stage, 5 * (stage - 1), 2 * (stage - 1), dtype=torch.float32, vocab=tokenizers.text.vocab_size)
+        model = tiny_model(
+            stage, 5 * (stage - 1), 2 * (stage - 1), dtype=torch.float32, vocab=tokenizers.text.vocab_size
+        )
         model.train()
-        path = sampling.sample_for_training(model, model.spec.layout, tokenizers, rows, tmp_path / f"s{stage}.gif",
-                                            GenerateConfig())
+        path = sampling.sample_for_training(
+            model, model.spec.layout, tokenizers, rows, tmp_path / f"s{stage}.gif", GenerateConfig()
+        )
         assert model.training  # put back as it was
         video = probe(path, **PROBE_LIMITS)
         assert (video.frame_count, video.width, video.height) == (5, 320, 160)
@@ -290,14 +358,18 @@ def test_generate_video_with_the_newest_complete_stages(staged: dict, tmp_path: 
     result = generate_video(settings, PROMPT, out, seed=1, frames_out=sheet, progress=False)
     assert (result.frames, result.size, result.fps) == (33, 160, 8.0)
     assert (result.stage1_run, result.stage2_run) == (staged["runs"][1], staged["runs"][2])  # not the unfinished run
-    assert result.stage1_steps == 501 - 5 and result.stage2_steps == 3 * len(parallel_schedule(tiny_model(2, 5, 2).spec))
+    assert result.stage1_steps == 501 - 5 and result.stage2_steps == 3 * len(
+        parallel_schedule(tiny_model(2, 5, 2).spec)
+    )
     assert result.tokens == 500 + 2800 and result.tokens_per_s > 0 and result.parallel
     video = probe(out, **PROBE_LIMITS)
     assert (video.codec, video.frame_count, video.width, video.height, video.fps) == ("h264", 33, 160, 160, 8.0)
     with Image.open(sheet) as image:
         assert image.width > 11 * 160 and image.height > 3 * 160
     # a prompt pasted with a carriage return still gets its sheet (the text shaper refuses control characters)
-    generate_video(settings, PROMPT + "\r\n", tmp_path / "cr.gif", seed=1, frames_out=tmp_path / "cr.png", progress=False)
+    generate_video(
+        settings, PROMPT + "\r\n", tmp_path / "cr.gif", seed=1, frames_out=tmp_path / "cr.png", progress=False
+    )
     assert (tmp_path / "cr.png").stat().st_size > 0
 
     big = generate_video(settings, PROMPT, tmp_path / "big.mp4", seed=1, upscale=480, progress=False)
@@ -313,8 +385,28 @@ def test_command_line(staged: dict, tokenized: Path, tmp_path: Path, monkeypatch
     monkeypatch.setenv("COGFLOW_HOME", str(staged["home"]))
     runs = staged["runs"]
     out = tmp_path / "cli.mp4"
-    code = main([PROMPT, "-o", str(out), "--stage1", runs[1], "--stage2", f"runs:/{runs[2]}", "--sequential",
-                 "--seed", "3", "--temperature", "0.9", "--top-k", "30", "--guidance", "2", "--device", "cpu"])
+    code = main(
+        [
+            PROMPT,
+            "-o",
+            str(out),
+            "--stage1",
+            runs[1],
+            "--stage2",
+            f"runs:/{runs[2]}",
+            "--sequential",
+            "--seed",
+            "3",
+            "--temperature",
+            "0.9",
+            "--top-k",
+            "30",
+            "--guidance",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}: 33 frames of 160x160 at 8 fps, seed 3" in printed
@@ -326,16 +418,27 @@ def test_command_line(staged: dict, tokenized: Path, tmp_path: Path, monkeypatch
     capsys.readouterr()
 
     # stages whose tokens differ cannot be chained
-    mixed = log_stage(lake_settings(staged["home"]), 2, tiny_model(2, dtype=torch.float32, vocab=staged["vocab"]), tmp_path / "v2", versions=("2", "1"),
-                      complete=False)
+    mixed = log_stage(
+        lake_settings(staged["home"]),
+        2,
+        tiny_model(2, dtype=torch.float32, vocab=staged["vocab"]),
+        tmp_path / "v2",
+        versions=("2", "1"),
+        complete=False,
+    )
     assert main([PROMPT, "-o", str(tmp_path / "x.mp4"), "--stage2", mixed]) == 2
     assert "tokenizer versions" in capsys.readouterr().err
-    for bad in (["-o", str(tmp_path / "x.avi")], ["-o", str(tmp_path / "x.mp4"), "--stage1", "nonsense"],
-                ["-o", str(tmp_path / "x.mp4"), "--top-p", "0"]):
+    for bad in (
+        ["-o", str(tmp_path / "x.avi")],
+        ["-o", str(tmp_path / "x.mp4"), "--stage1", "nonsense"],
+        ["-o", str(tmp_path / "x.mp4"), "--top-p", "0"],
+    ):
         assert main([PROMPT, *bad]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
     monkeypatch.setenv("COGFLOW_HOME", str(tokenized))  # tokenizers registered, no stage trained
     assert main([PROMPT, "-o", str(tmp_path / "none.mp4")]) == 2
     err = capsys.readouterr().err
-    assert "no complete stage-1 run" in err and "cogflow train --stage 1" in err and not (tmp_path / "none.mp4").exists()
+    assert (
+        "no complete stage-1 run" in err and "cogflow train --stage 1" in err and not (tmp_path / "none.mp4").exists()
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from cogflow.model.cogvideo import layout as L
 from cogflow.model.cogvideo.layout import IGNORE, Layout, build_inputs, dense_mask, slots
 
@@ -11,7 +12,7 @@ from cogflow.model.cogvideo.layout import IGNORE, Layout, build_inputs, dense_ma
 def frame_block(mask: torch.Tensor, lay: Layout, a: int, b: int) -> torch.Tensor:
     """The (n, n) part of a mask where slot-frame a's codes look at slot-frame b's."""
     sa, sb = lay.frame_start(a), lay.frame_start(b)
-    return mask[sa:sa + lay.frame_len, sb:sb + lay.frame_len]
+    return mask[sa : sa + lay.frame_len, sb : sb + lay.frame_len]
 
 
 def test_stage1_spatial_sees_text_and_own_frame_causally() -> None:
@@ -88,9 +89,9 @@ def test_windowed_stage1_is_causal_within_windows_across_frames() -> None:
     lay = Layout(text_len=2, grid=10, stage=1)
     m = dense_mask(lay, "temporal", 5, 0)
     q = lay.frame_start(2) + 0  # frame 2, code (0, 0)
-    seen_frame1 = m[q, lay.frame_start(1):lay.frame_start(2)].view(10, 10)
+    seen_frame1 = m[q, lay.frame_start(1) : lay.frame_start(2)].view(10, 10)
     assert seen_frame1[:5, :5].all() and seen_frame1.sum() == 25  # its whole window of the earlier frame, nothing else
-    assert not m[q, lay.frame_start(3):].any()  # no later frame
+    assert not m[q, lay.frame_start(3) :].any()  # no later frame
 
 
 def test_flex_mask_mod_is_the_dense_mask_with_pads_hidden() -> None:
@@ -99,7 +100,10 @@ def test_flex_mask_mod_is_the_dense_mask_with_pads_hidden() -> None:
     valid = torch.ones(2, lay.text_slots, dtype=torch.bool)
     valid[0, :4] = False  # sample 0: four pads
     q = torch.arange(lay.length)
-    for rule, dense in ((L.spatial_rule(s), dense_mask(lay, "spatial")), (L.temporal_rule(s, 2, 1), dense_mask(lay, "temporal", 2, 1))):
+    for rule, dense in (
+        (L.spatial_rule(s), dense_mask(lay, "spatial")),
+        (L.temporal_rule(s, 2, 1), dense_mask(lay, "temporal", 2, 1)),
+    ):
         mod = L.with_text_mask(rule, valid, lay.text_slots)
         for b in range(2):
             got = mod(torch.tensor(b), torch.tensor(0), q[:, None], q[None, :])
@@ -110,8 +114,9 @@ def test_flex_mask_mod_is_the_dense_mask_with_pads_hidden() -> None:
 def test_build_inputs_shifts_predicted_frames_and_keeps_given_ones() -> None:
     lay, k, boi = Layout(text_len=3, grid=2, stage=2), 50, 2
     codes = torch.arange(20).view(1, 5, 4)  # frame t holds 4t .. 4t+3
-    tokens, targets, valid = build_inputs(lay, torch.tensor([[0, 7, 8]]), torch.tensor([[False, True, True]]),
-                                          torch.tensor([6]), codes, k, boi)
+    tokens, targets, valid = build_inputs(
+        lay, torch.tensor([[0, 7, 8]]), torch.tensor([[False, True, True]]), torch.tensor([6]), codes, k, boi
+    )
     assert tokens[0, :4].tolist() == [k + 0, k + 7, k + 8, k + 6] and (targets[0, :4] == IGNORE).all()
     assert valid.tolist() == [[False, True, True, True]]
     frames = tokens[0, 4:].view(5, 4).tolist()

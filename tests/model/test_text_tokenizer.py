@@ -8,6 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from sentencepiece import sentencepiece_model_pb2
+
 from cogflow.model.tokenizers.text import (
     FPS_RATES,
     FPS_TOKENS,
@@ -16,7 +18,6 @@ from cogflow.model.tokenizers.text import (
     segments,
 )
 from cogflow.pipeline.sample_data import caption_for, plan_videos
-from sentencepiece import sentencepiece_model_pb2
 
 CAPTIONS = [caption_for(spec) for spec in plan_videos(120, seed=5)] + [
     "一个下午在海滩上奔跑的女人",
@@ -34,7 +35,10 @@ NASTY = CAPTIONS[-4:] + [
     "红色的circle从左到右 moves，然后 grows！",
     "A red circle  moves   from left to right.",
     " leading and trailing ",
-    "  ", " ", "\t", "\n",
+    "  ",
+    " ",
+    "\t",
+    "\n",
     "tabs\tand\nnew\r\nlines\n",
     "全角　空格　和「引号」『书名』【括号】……——",
     "emoji 👩‍👩‍👧 🇨🇳 👍🏽 ok",
@@ -121,11 +125,25 @@ def test_chinese_characters_and_frequent_english_words_are_one_piece_each(tokeni
     for word in frequent:
         assert pieces(" " + word) == ["\u2581" + word]
     assert pieces("A red circle moves from left to right on a black background.") == [
-        "A", "▁red", "▁circle", "▁moves", "▁from", "▁left", "▁to", "▁right", "▁on", "▁a", "▁black", "▁background", "."]
+        "A",
+        "▁red",
+        "▁circle",
+        "▁moves",
+        "▁from",
+        "▁left",
+        "▁to",
+        "▁right",
+        "▁on",
+        "▁a",
+        "▁black",
+        "▁background",
+        ".",
+    ]
 
 
-def test_a_tokenizer_trained_without_segments_encodes_as_before(tokenizer: TextTokenizer, old_tokenizer: TextTokenizer,
-                                                                tmp_path) -> None:
+def test_a_tokenizer_trained_without_segments_encodes_as_before(
+    tokenizer: TextTokenizer, old_tokenizer: TextTokenizer, tmp_path
+) -> None:
     def spec(tok: TextTokenizer) -> tuple[str, bool]:
         model = sentencepiece_model_pb2.ModelProto.FromString(tok.model_proto)
         return model.trainer_spec.pretokenization_delimiter, model.normalizer_spec.add_dummy_prefix
@@ -163,7 +181,7 @@ def test_batches_are_left_padded_with_a_mask(tokenizer: TextTokenizer) -> None:
     ids, mask, cut = tokenizer.encode_batch(texts, 64)
     assert ids.shape == mask.shape == (2, 64) and ids.dtype == np.int32 and not cut.any()
     short = tokenizer.encode(texts[0])
-    assert list(ids[0, -len(short):]) == short and (ids[0, : 64 - len(short)] == tokenizer.pad_id).all()
+    assert list(ids[0, -len(short) :]) == short and (ids[0, : 64 - len(short)] == tokenizer.pad_id).all()
     assert mask[0].sum() == len(short) and not mask[0, : 64 - len(short)].any()
     # a text longer than the slots keeps its beginning
     ids, mask, cut = tokenizer.encode_batch([texts[1]], 5)
@@ -189,13 +207,17 @@ def test_save_and_load(tokenizer: TextTokenizer, tmp_path) -> None:
         import sentencepiece as spm
 
         out = io.BytesIO()
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(CAPTIONS), model_writer=out, vocab_size=100, minloglevel=2)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(CAPTIONS), model_writer=out, vocab_size=100, minloglevel=2
+        )
         TextTokenizer(out.getvalue())
 
 
 def test_a_tokenizer_trained_without_spaces_still_decodes_spaces() -> None:
     """A lake whose train captions are all Chinese: English and spaces fall back to bytes but come back exactly."""
-    tokenizer, _ = TextTokenizer.train(["一个红色的圆形在黑色背景上向上移动。", "一个黄色的三角形在深蓝色背景上向下移动。"], 400)
+    tokenizer, _ = TextTokenizer.train(
+        ["一个红色的圆形在黑色背景上向上移动。", "一个黄色的三角形在深蓝色背景上向下移动。"], 400
+    )
     for text in ("A woman running on the beach in the afternoon.", "  two  spaces ", "红色 circle"):
         ids, _, _ = tokenizer.encode_batch([text], 64)
         assert tokenizer.decode(ids[0]) == text == tokenizer.decode(tokenizer.encode(text))

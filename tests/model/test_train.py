@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import lake_settings, tokenized_home, upload_tree
+from mlflow.tracking import MlflowClient
+
 from cogflow.model import tracking
+from cogflow.model.cogvideo.data import TokenStream, fit_text
 from cogflow.model.cogvideo.layout import Layout
-from cogflow.model.cogvideo.train import TokenStream, fit_text, load_config, train_stage
+from cogflow.model.cogvideo.train import load_config, train_stage
 from cogflow.model.cogvideo.transformer import load as load_model
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
-from helpers import lake_settings, tokenized_home, upload_tree
-from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +56,14 @@ def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> 
         info = client.get_run(result.run_id)
         assert info.data.tags["cogflow.kind"] == f"stage{stage}" and info.data.tags["cogflow.complete"] == "true"
         assert info.data.params["model.layers"] == "2" and info.data.params["stage"] == str(stage)
-        for key in ("train/loss", "train/lr", "train/tokens_per_s", "train/mfu", "train/memory_gb", "val/bits_per_token"):
+        for key in (
+            "train/loss",
+            "train/lr",
+            "train/tokens_per_s",
+            "train/mfu",
+            "train/memory_gb",
+            "val/bits_per_token",
+        ):
             assert key in info.data.metrics, key
         assert [s for s, _ in metric_steps(result.run_id, "train/loss")] == [2, 4, 6, 8]
         lrs = [v for _, v in metric_steps(result.run_id, "train/lr")]
@@ -64,7 +73,11 @@ def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> 
 
         path = tracking.download(f"runs:/{result.run_id}/model/stage{stage}.pt", tmp_path / f"s{stage}")
         model, saved = load_model(str(path))
-        assert saved["stage"] == stage and saved["frame_tokenizer_version"] == "1" and saved["text_tokenizer_version"] == "1"
+        assert (
+            saved["stage"] == stage
+            and saved["frame_tokenizer_version"] == "1"
+            and saved["text_tokenizer_version"] == "1"
+        )
         assert model.spec.layout.stage == stage and model.spec.window == (0 if stage == 1 else 5)
         assert model.spec.layout.text_len == 24 and model.spec.layout.length == 24 + 1 + 5 * 100
 
@@ -104,14 +117,31 @@ def test_streams_split_rows_without_overlap_and_resume_from_a_position(tokens_ho
 def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path) -> None:
     """A training SIGKILLed mid-way, then started again, logs the same loss at every step as one never killed, and
     ends with the same weights (two data-loader workers, so their turns must survive the resume too)."""
-    overrides = ["train.steps=12", "train.log_every=1", "train.checkpoint_every=3", "train.val_every=100", "train.loader_workers=2"]
+    overrides = [
+        "train.steps=12",
+        "train.log_every=1",
+        "train.checkpoint_every=3",
+        "train.val_every=100",
+        "train.loader_workers=2",
+    ]
     reference_home = Path(shutil.copytree(home, tmp_path / "reference"))
     reference = train_stage(lake_settings(reference_home), 1, load_config("debug", overrides), progress=False)
     tracking.use(lake_settings(reference_home).mlflow_tracking_uri, str(reference_home))
     expected = metric_steps(reference.run_id, "train/loss")
-    expected_state = load_model(str(tracking.download(f"runs:/{reference.run_id}/model/stage1.pt", tmp_path / "a")))[0].state_dict()
+    expected_state = load_model(str(tracking.download(f"runs:/{reference.run_id}/model/stage1.pt", tmp_path / "a")))[
+        0
+    ].state_dict()
 
-    command = [sys.executable, "-m", "cogflow.model.cogvideo.train", "--stage", "1", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
+    command = [
+        sys.executable,
+        "-m",
+        "cogflow.model.cogvideo.train",
+        "--stage",
+        "1",
+        "--config",
+        "debug",
+        *(a for o in overrides for a in ("--set", o)),
+    ]
     env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake"), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,7 +160,9 @@ def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path
     assert sorted({s for s, _ in logged}) == list(range(1, 13))
     assert [s for s, _ in logged].count(7) == 2  # step 7 was logged before the kill, and again after the resume
     assert dict(logged) == dict(expected) and all(v == dict(expected)[s] for s, v in logged)
-    state = load_model(str(tracking.download(f"runs:/{resumed.run_id}/model/stage1.pt", tmp_path / "b")))[0].state_dict()
+    state = load_model(str(tracking.download(f"runs:/{resumed.run_id}/model/stage1.pt", tmp_path / "b")))[
+        0
+    ].state_dict()
     assert all(torch.equal(state[k], expected_state[k]) for k in state)
 
 
@@ -145,8 +177,23 @@ def test_two_process_torchrun_step_matches_one_process(tmp_path: Path, sharding:
     script = str(ROOT / "tests" / "model" / "one_step.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], check=True, cwd=ROOT, env=env, timeout=120)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
-                          str(tmp_path / "two.pt"), *flags], cwd=ROOT, env=env, timeout=180, capture_output=True, text=True)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            script,
+            str(tmp_path / "two.pt"),
+            *flags,
+        ],
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
     assert two.returncode == 0, (two.stdout + two.stderr)[-4000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["gradient"].keys() == two["gradient"].keys()
@@ -167,7 +214,9 @@ def test_video_model_from_a_text_to_image_run(home: Path) -> None:
     names = with_video.spatial_names()
     image_state, video_state = with_image.state_dict(), with_video.state_dict()
     assert all(torch.equal(video_state[n], image_state[n]) for n in names)  # frozen through training
-    assert not torch.equal(video_state["blocks.0.attention.temporal_qkv.weight"], image_state["blocks.0.attention.spatial_qkv.weight"])
+    assert not torch.equal(
+        video_state["blocks.0.attention.temporal_qkv.weight"], image_state["blocks.0.attention.spatial_qkv.weight"]
+    )
 
 
 def test_t2i_steps_trains_a_text_to_image_run_first_and_starts_stage1_from_it(home: Path) -> None:
@@ -196,20 +245,30 @@ def test_stage2_starts_from_a_stage1_run(home: Path, monkeypatch) -> None:
         return optimizer_step(model, *args, **kwargs)
 
     from cogflow.model.cogvideo import train as train_module
-    from cogflow.model.cogvideo.train import optimizer_step
+    from cogflow.model.cogvideo.steps import optimizer_step
 
     monkeypatch.setattr(train_module, "optimizer_step", steps)
     second = train_stage(settings, 2, load_config("debug", [f'train.init_from="{first.run_id}"']), progress=False)
     assert second.trained and second.complete
     assert all(torch.equal(started["state"][k], stage1[k]) for k in stage1)
     with pytest.raises(ValueError, match="does not fit this model"):
-        train_stage(settings, 2, load_config("debug", [f'train.init_from="{first.run_id}"', "model.hidden=48"]),
-                    progress=False)
+        train_stage(
+            settings, 2, load_config("debug", [f'train.init_from="{first.run_id}"', "model.hidden=48"]), progress=False
+        )
 
 
 def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(home: Path) -> None:
     overrides = ["train.steps=12", "train.log_every=1", "train.checkpoint_every=100", "train.val_every=100"]
-    command = [sys.executable, "-m", "cogflow.model.cogvideo.train", "--stage", "2", "--config", "debug", *(a for o in overrides for a in ("--set", o))]
+    command = [
+        sys.executable,
+        "-m",
+        "cogflow.model.cogvideo.train",
+        "--stage",
+        "2",
+        "--config",
+        "debug",
+        *(a for o in overrides for a in ("--set", o)),
+    ]
     env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake"), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -225,7 +284,9 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(home: Path) -> None:
     resumed = train_stage(lake_settings(home), 2, load_config("debug", overrides), resume=True, progress=False)
     assert resumed.complete and resumed.run_id == stopped["run_id"] and resumed.steps == 12
     tracking.use(lake_settings(home).mlflow_tracking_uri, str(home))
-    assert [s for s, _ in metric_steps(resumed.run_id, "train/loss")] == list(range(1, 13))  # nothing lost, nothing twice
+    assert [s for s, _ in metric_steps(resumed.run_id, "train/loss")] == list(
+        range(1, 13)
+    )  # nothing lost, nothing twice
 
 
 def test_lake_and_checkpoints_on_s3(tokens_home: Path, tmp_path: Path, s3, monkeypatch) -> None:
@@ -244,12 +305,39 @@ def test_lake_and_checkpoints_on_s3(tokens_home: Path, tmp_path: Path, s3, monke
 
 
 def test_fsdp_training_under_torchrun_stops_resumes_and_leaves_a_whole_model(home: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cogflow.model.cogvideo.train",
-               "--stage", "1", "--config", "debug", "--set", "train.fsdp=true", "--set", "train.batch_size=2", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cogflow.model.cogvideo.train",
+        "--stage",
+        "1",
+        "--config",
+        "debug",
+        "--set",
+        "train.fsdp=true",
+        "--set",
+        "train.batch_size=2",
+        "--quiet",
+    ]
     env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for extra in (["--until-step", "4", "--result-file", str(tmp_path / "a.json")], ["--resume", "--result-file", str(tmp_path / "b.json")]):
-        subprocess.run(command + extra, cwd=ROOT, env=env, check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for extra in (
+        ["--until-step", "4", "--result-file", str(tmp_path / "a.json")],
+        ["--resume", "--result-file", str(tmp_path / "b.json")],
+    ):
+        subprocess.run(
+            command + extra,
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=300,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     first, done = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
     assert (first["steps"], first["complete"], done["steps"], done["complete"]) == (4, False, 8, True)
     assert done["run_id"] == first["run_id"]
@@ -269,7 +357,7 @@ def test_fit_text_gives_the_rows_generation_would_encode(length: int) -> None:
         for row, pieces in enumerate(captions):
             pieces = pieces[:slots]
             if pieces:
-                ids[row, slots - len(pieces):], mask[row, slots - len(pieces):] = torch.tensor(pieces), True
+                ids[row, slots - len(pieces) :], mask[row, slots - len(pieces) :] = torch.tensor(pieces), True
         return ids, mask
 
     captions = [list(range(10, 10 + n)) for n in range(width + 1)]

@@ -14,9 +14,10 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from cogflow.model.tokenizers import frame as frame_tokenizer
-from cogflow.model.serving import registry
+
 from cogflow.model.config import ConfigError, named
+from cogflow.model.serving import registry
+from cogflow.model.tokenizers import frame as frame_tokenizer
 from cogflow.model.tokenizers.train_frame import (
     FrameTokenizerRun,
     load_config,
@@ -33,7 +34,9 @@ def settings_for(home: Path, lake_uri: str):
 
 
 def weights(version: str, dest: Path) -> dict[str, torch.Tensor]:
-    return frame_tokenizer.load(registry.download(registry.FRAME_TOKENIZER, version, "frame_tokenizer.pt", dest)).state_dict()
+    return frame_tokenizer.load(
+        registry.download(registry.FRAME_TOKENIZER, version, "frame_tokenizer.pt", dest)
+    ).state_dict()
 
 
 def test_named_configs_load_and_reject_unknown_keys_and_bad_values(tmp_path) -> None:
@@ -41,8 +44,10 @@ def test_named_configs_load_and_reject_unknown_keys_and_bad_values(tmp_path) -> 
     demo = load_config("demo")
     assert isinstance(demo, FrameTokenizerRun) and demo.model.compression == 16 and demo.model.grid() == 10
     assert load_config("base").model.grid() == 20  # the paper's 20x20 codes
-    changed = load_config("demo", ["train.steps=7", "model.fsq_levels=[8, 8, 8]", "model.codebook_size=512",
-                                   "model.code_dim=3", "train.lr=3e-4"])
+    changed = load_config(
+        "demo",
+        ["train.steps=7", "model.fsq_levels=[8, 8, 8]", "model.codebook_size=512", "model.code_dim=3", "train.lr=3e-4"],
+    )
     assert (changed.train.steps, changed.model.codebook_size, changed.train.lr) == (7, 512, 3e-4)
     assert changed.model.fsq_levels == (8, 8, 8)
     with pytest.raises(ConfigError, match="make 512 codes"):
@@ -66,7 +71,7 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     rates = [learning_rate(s, train) for s in range(train.steps)]
     assert rates[0] < rates[train.warmup_steps - 1] == pytest.approx(train.lr)
     assert rates[-1] == pytest.approx(train.lr * train.min_lr_ratio, rel=1e-3)
-    assert all(a >= b for a, b in zip(rates[train.warmup_steps:], rates[train.warmup_steps + 1:]))
+    assert all(a >= b for a, b in zip(rates[train.warmup_steps :], rates[train.warmup_steps + 1 :]))
 
 
 def test_trains_tracks_registers_and_is_skipped_when_known(tmp_path, clip_lake) -> None:
@@ -78,17 +83,28 @@ def test_trains_tracks_registers_and_is_skipped_when_known(tmp_path, clip_lake) 
 
     logged = mlflow.get_run(result.run_id)
     assert logged.data.params["model.codebook_size"] == "64" and logged.data.params["world_size"] == "1"
-    for key in ("val/psnr", "val/codebook_used", "val/perplexity", "val/thumbnail_psnr", "train/loss", "train/frames_per_s"):
+    for key in (
+        "val/psnr",
+        "val/codebook_used",
+        "val/perplexity",
+        "val/thumbnail_psnr",
+        "train/loss",
+        "train/frames_per_s",
+    ):
         assert key in logged.data.metrics, key
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
     assert "before_after.png" in artifacts and "reconstructions" in artifacts
-    grid = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="before_after.png", dst_path=str(tmp_path))
+    grid = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="before_after.png", dst_path=str(tmp_path)
+    )
     from PIL import Image
 
     assert Image.open(grid).size == (8 * 160, 3 * 160)  # originals, reconstructions, thumbnails
 
     version = registry.get_version(registry.FRAME_TOKENIZER, "1")
-    assert version.tags["cogflow.eval_split"] == "val" and float(version.tags["cogflow.psnr"]) == pytest.approx(result.psnr, rel=1e-4)
+    assert version.tags["cogflow.eval_split"] == "val" and float(version.tags["cogflow.psnr"]) == pytest.approx(
+        result.psnr, rel=1e-4
+    )
     model = mlflow.pyfunc.load_model(f"models:/{registry.FRAME_TOKENIZER}/1")
     frames = np.random.default_rng(0).integers(0, 256, (3, 160, 160, 3), dtype=np.uint8)
     codes = model.predict(frames)
@@ -124,9 +140,22 @@ def test_two_process_torchrun_on_cpu(tmp_path, clip_lake) -> None:
     """A real `torchrun --nproc_per_node=2` (gloo): ranks share the batches and the codebook; rank 0 registers."""
     out = tmp_path / "result.json"
     env = {**os.environ, "COGFLOW_HOME": str(tmp_path / "home"), "COGFLOW_LAKE": clip_lake, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "cogflow.model.tokenizers.train_frame", "--config", "debug", "--set", "train.batch_size=4",
-               "--result-file", str(out), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cogflow.model.tokenizers.train_frame",
+        "--config",
+        "debug",
+        "--set",
+        "train.batch_size=4",
+        "--result-file",
+        str(out),
+        "--quiet",
+    ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -144,11 +173,33 @@ def test_a_lake_without_clips_is_a_clear_error(tmp_path) -> None:
 def test_sigterm_checkpoints_and_the_next_run_goes_on_from_there(tmp_path, clip_lake) -> None:
     """What torchrun and schedulers send before killing: the step in flight ends, a checkpoint is written."""
     env = {**os.environ, "COGFLOW_HOME": str(tmp_path / "home"), "COGFLOW_LAKE": clip_lake}
-    overrides = ["--set", "train.steps=100000", "--set", "train.checkpoint_every=100000", "--set", "train.log_every=1",
-                 "--set", "train.val_every=100000"]
+    overrides = [
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "train.checkpoint_every=100000",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.val_every=100000",
+    ]
     out = tmp_path / "result.json"
-    child = subprocess.Popen([sys.executable, "-m", "cogflow.model.tokenizers.train_frame", "--config", "debug", *overrides,
-                              "--result-file", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cogflow.model.tokenizers.train_frame",
+            "--config",
+            "debug",
+            *overrides,
+            "--result-file",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     for line in child.stdout:
         if line.startswith("frame tokenizer 3/"):
             child.send_signal(signal.SIGTERM)
@@ -156,7 +207,9 @@ def test_sigterm_checkpoints_and_the_next_run_goes_on_from_there(tmp_path, clip_
     child.stdout.read()
     assert child.wait(timeout=120) == 0
     stopped = json.loads(out.read_text())
-    assert stopped["version"] == "" and stopped["steps"] >= 3 and f"stopped at step {stopped['steps']}" in stopped["note"]
+    assert (
+        stopped["version"] == "" and stopped["steps"] >= 3 and f"stopped at step {stopped['steps']}" in stopped["note"]
+    )
 
     settings = settings_for(tmp_path / "home", clip_lake)
     run = load_config("debug", [o for o in overrides if o != "--set"])

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import mlflow
+from helpers import copy_sample, write_csv
+
 from cogflow.model.serving import registry
 from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.model.tokenizers.train_text import TextTokenizerConfig, train_text_tokenizer
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import load_settings
-from helpers import copy_sample, write_csv
 
 
 def test_trained_on_the_lake_registered_skipped_when_known_and_loadable(tmp_path, sample_dir, monkeypatch):

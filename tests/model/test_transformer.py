@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cogflow.model.cogvideo.layout import Layout, build_inputs
 from cogflow.model.cogvideo.transformer import (
     CogVideoTransformer,
@@ -27,13 +28,15 @@ def batch(lay: Layout, seed: int = 0, b: int = 2):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, V, (b, lay.text_len), generator=g)
     mask = torch.zeros(b, lay.text_len, dtype=torch.bool)
-    mask[0, 2:], mask[1, lay.text_len - 2:] = True, True  # left-padded captions of different lengths
+    mask[0, 2:], mask[1, lay.text_len - 2 :] = True, True  # left-padded captions of different lengths
     codes = torch.randint(0, K, (b, 5, lay.frame_len), generator=g)
     return build_inputs(lay, ids, mask, torch.tensor([4, 6])[:b], codes, K, 2)
 
 
-@pytest.mark.parametrize("stage,window,shift,rope", [(1, 0, 0, False), (1, 2, 1, False), (2, 2, 1, False), (2, 0, 0, False),
-                                                    (1, 0, 0, True), (2, 2, 1, True)])
+@pytest.mark.parametrize(
+    "stage,window,shift,rope",
+    [(1, 0, 0, False), (1, 2, 1, False), (2, 2, 1, False), (2, 0, 0, False), (1, 0, 0, True), (2, 2, 1, True)],
+)
 def test_cached_one_slot_at_a_time_equals_the_full_pass(stage: int, window: int, shift: int, rope: bool) -> None:
     torch.manual_seed(0)
     lay = Layout(text_len=5, grid=4, stage=stage)
@@ -45,7 +48,7 @@ def test_cached_one_slot_at_a_time_equals_the_full_pass(stage: int, window: int,
         cache = KVCache.empty(spec, 2, torch.device("cpu"), torch.float64)
         first = lay.text_slots + sum(lay.given_slots) * lay.frame_len  # text and given frames: known, in one pass
         parts = [model(tokens[:, :first], valid, torch.arange(first), cache)]
-        parts += [model(tokens[:, p:p + 1], valid, torch.tensor([p]), cache) for p in range(first, lay.length)]
+        parts += [model(tokens[:, p : p + 1], valid, torch.tensor([p]), cache) for p in range(first, lay.length)]
         stepped = model.logits(torch.cat(parts, dim=1))
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-10)
 
@@ -116,6 +119,7 @@ def test_mixing_starts_even_and_text_uses_the_spatial_channel_alone() -> None:
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_attention_block_masks_match_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.nn.attention.flex_attention as fa
+
     from cogflow.model.cogvideo import transformer
 
     # eager FlexAttention on the CPU (slow but exact); the compiled kernel is for CUDA
@@ -141,7 +145,9 @@ def test_spatial_channel_from_a_text_to_image_model_is_loaded_and_frozen() -> No
     assert torch.equal(state["blocks.1.attention.temporal_qkv.weight"], state["blocks.1.attention.spatial_qkv.weight"])
     trainable = {n for n, p in video.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in video.named_parameters()} - set(names)
-    assert {n.split(".")[-2] for n in trainable if n.startswith("blocks.")} == {"temporal_qkv", "temporal_out"} | {"attention"}
+    assert {n.split(".")[-2] for n in trainable if n.startswith("blocks.")} == {"temporal_qkv", "temporal_out"} | {
+        "attention"
+    }
 
 
 def test_activation_checkpointing_gives_the_same_gradients() -> None:
@@ -166,26 +172,34 @@ def test_levels_embedding_shares_what_codes_on_one_level_have_in_common() -> Non
     torch.manual_seed(0)
     lay = Layout(text_len=5, grid=4, stage=1)
     levels = (2, 4, 5)  # 40 codes, K
-    spec = ModelSpec(TransformerConfig(layers=2, hidden=32, heads=4, code_embedding="levels"), lay, K, V, code_levels=levels)
+    spec = ModelSpec(
+        TransformerConfig(layers=2, hidden=32, heads=4, code_embedding="levels"), lay, K, V, code_levels=levels
+    )
     model = CogVideoTransformer(spec).double().eval()
     digits = model.code_digits - torch.tensor([0, 2, 6])  # back to 0-based digits per channel
     assert digits[1].tolist() == [1, 0, 0] and digits[2].tolist() == [0, 1, 0] and digits[8].tolist() == [0, 0, 1]
     table = model.code_table()
     own = model.embed.weight[:K]
     # codes 0 and 1 differ only on channel 0: their level parts differ by exactly that channel's two rows
-    assert torch.allclose((table[1] - own[1]) - (table[0] - own[0]), model.level_embed.weight[1] - model.level_embed.weight[0])
+    assert torch.allclose(
+        (table[1] - own[1]) - (table[0] - own[0]), model.level_embed.weight[1] - model.level_embed.weight[0]
+    )
     tokens, _, valid = batch(lay)
     with torch.no_grad():
         full = model.logits(model(tokens, valid))
         cache = KVCache.empty(spec, 2, torch.device("cpu"), torch.float64)
-        parts = [model(tokens[:, :lay.text_slots], valid, torch.arange(lay.text_slots), cache)]
-        parts += [model(tokens[:, p:p + 1], valid, torch.tensor([p]), cache) for p in range(lay.text_slots, lay.length)]
+        parts = [model(tokens[:, : lay.text_slots], valid, torch.arange(lay.text_slots), cache)]
+        parts += [
+            model(tokens[:, p : p + 1], valid, torch.tensor([p]), cache) for p in range(lay.text_slots, lay.length)
+        ]
     torch.testing.assert_close(model.logits(torch.cat(parts, dim=1)), full, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="needs an FSQ frame tokenizer"):
         ModelSpec(TransformerConfig(code_embedding="levels"), lay, K, V)
 
 
-def test_model_files_hold_plain_values_and_older_files_still_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_files_hold_plain_values_and_older_files_still_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A model file loads without unpickling any class (so it survives moves of the code); files of cogflow before
     0.2 pickled the spec's classes as model.transformer.* and model.layout.*, and load through a renaming reader."""
     from cogflow.model.cogvideo import layout as layout_module
@@ -199,7 +213,11 @@ def test_model_files_hold_plain_values_and_older_files_still_load(tmp_path: Path
     assert loaded.spec == spec and saved["stage"] == 2
 
     # an old file: the same classes, pickled under the module paths of the time
-    for cls, old in ((ModelSpec, "model.transformer"), (TransformerConfig, "model.transformer"), (Layout, "model.layout")):
+    for cls, old in (
+        (ModelSpec, "model.transformer"),
+        (TransformerConfig, "model.transformer"),
+        (Layout, "model.layout"),
+    ):
         monkeypatch.setattr(cls, "__module__", old)
     monkeypatch.setitem(sys.modules, "model.transformer", transformer_module)
     monkeypatch.setitem(sys.modules, "model.layout", layout_module)

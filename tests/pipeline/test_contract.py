@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+
 from cogflow.pipeline import db
 from cogflow.pipeline.contract import (
     CLIP_FRAMES,
@@ -33,15 +34,25 @@ def test_naming_hash_is_the_same_everywhere() -> None:
 
 
 def test_the_frame_rate_check_reads_the_rates_it_is_given() -> None:
-    clips = pa.table({"clip_id": ["ok", "bad_rate", "bad_token", "stage2_slow"], "stage": [1, 1, 1, 2],
-                      "fps": [0.5, 3.0, 1.0, 1.0], "fps_token": ["<fps_0.5>", "<fps_3>", "<fps_1.0>", "<fps_1>"]})
+    clips = pa.table(
+        {
+            "clip_id": ["ok", "bad_rate", "bad_token", "stage2_slow"],
+            "stage": [1, 1, 1, 2],
+            "fps": [0.5, 3.0, 1.0, 1.0],
+            "fps_token": ["<fps_0.5>", "<fps_3>", "<fps_1.0>", "<fps_1>"],
+        }
+    )
     con = db.connect()
     try:
         db.register(con, clips=clips)
         found = sorted(r[0] for r in db.run(con, "checks/clips_frame_rates", **SQL_PARAMS).fetchall())
         assert found == ["bad_rate", "bad_token", "stage2_slow"]
         # a rate set with 3 fps in it (and its token) accepts the 3 fps clip
-        wider = {**SQL_PARAMS, "rates": [*SQL_PARAMS["rates"], 3.0], "fps_tokens": [*SQL_PARAMS["fps_tokens"], "<fps_3>"]}
+        wider = {
+            **SQL_PARAMS,
+            "rates": [*SQL_PARAMS["rates"], 3.0],
+            "fps_tokens": [*SQL_PARAMS["fps_tokens"], "<fps_3>"],
+        }
         found = sorted(r[0] for r in db.run(con, "checks/clips_frame_rates", **wider).fetchall())
         assert found == ["bad_token", "stage2_slow"]
     finally:

@@ -10,16 +10,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from cogflow.pipeline.fetch import FetchError, download_policy, fetch
 from cogflow.pipeline.settings import SettingError, read_settings
-from cogflow.pipeline.storage import FetchError, download_policy, fetch
 
 
-@pytest.mark.parametrize(("deadline", "rate", "expected"), [
-    ("90s", "10KB", (90.0, 10_000.0)),
-    ("1h", "10KiB/s", (3600.0, 10_240.0)),
-    ("1h30m", "10240", (5400.0, 10_240.0)),
-    ("2.5", "0", (2.5, 0.0)),  # plain seconds; 0: no minimum rate
-])
+@pytest.mark.parametrize(
+    ("deadline", "rate", "expected"),
+    [
+        ("90s", "10KB", (90.0, 10_000.0)),
+        ("1h", "10KiB/s", (3600.0, 10_240.0)),
+        ("1h30m", "10240", (5400.0, 10_240.0)),
+        ("2.5", "0", (2.5, 0.0)),  # plain seconds; 0: no minimum rate
+    ],
+)
 def test_download_limits_take_units(monkeypatch: pytest.MonkeyPatch, deadline: str, rate: str, expected) -> None:
     monkeypatch.setenv("COGFLOW_DOWNLOAD_DEADLINE_S", deadline)
     monkeypatch.setenv("COGFLOW_DOWNLOAD_MIN_RATE", rate)
@@ -28,14 +32,18 @@ def test_download_limits_take_units(monkeypatch: pytest.MonkeyPatch, deadline: s
     assert read_settings()[1] == {}  # and a command starts with them
 
 
-@pytest.mark.parametrize(("name", "value", "accepts"), [
-    ("COGFLOW_DOWNLOAD_DEADLINE_S", "0s", "a duration such as 90s, 5m, 2h or a number of seconds (more than 0)"),
-    ("COGFLOW_DOWNLOAD_DEADLINE_S", "soon", "a duration such as 90s, 5m, 2h or a number of seconds (more than 0)"),
-    ("COGFLOW_DOWNLOAD_MIN_RATE", "-5KB", "a rate in bytes per second such as 10KB, 10KB/s or 10240 (at least 0)"),
-    ("COGFLOW_DOWNLOAD_MIN_RATE", "fast", "a rate in bytes per second such as 10KB, 10KB/s or 10240 (at least 0)"),
-])
-def test_bad_download_limits_are_one_line_naming_them(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
-                                                       accepts: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "accepts"),
+    [
+        ("COGFLOW_DOWNLOAD_DEADLINE_S", "0s", "a duration such as 90s, 5m, 2h or a number of seconds (more than 0)"),
+        ("COGFLOW_DOWNLOAD_DEADLINE_S", "soon", "a duration such as 90s, 5m, 2h or a number of seconds (more than 0)"),
+        ("COGFLOW_DOWNLOAD_MIN_RATE", "-5KB", "a rate in bytes per second such as 10KB, 10KB/s or 10240 (at least 0)"),
+        ("COGFLOW_DOWNLOAD_MIN_RATE", "fast", "a rate in bytes per second such as 10KB, 10KB/s or 10240 (at least 0)"),
+    ],
+)
+def test_bad_download_limits_are_one_line_naming_them(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, accepts: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingError) as info:
         download_policy()

@@ -17,21 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import copy_sample, write_csv
+
 from cogflow.pipeline import lake
+from cogflow.pipeline.fetch import FetchError, fetch, http_exists, safe_uri, source_key, stop_downloads_on_error
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.manifest import resolve_source
 from cogflow.pipeline.settings import Limits, load_settings
 from cogflow.pipeline.split import _local_source
-from cogflow.pipeline.storage import (
-    FetchError,
-    Storage,
-    fetch,
-    http_exists,
-    safe_uri,
-    source_key,
-    stop_downloads_on_error,
-)
-from helpers import copy_sample, write_csv
+from cogflow.pipeline.storage import Storage
 
 PAYLOAD = bytes(range(256)) * 16  # 4 KiB
 
@@ -70,7 +64,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         elif path == "/redirect-utf8":  # to /files/视频/1.mp4, the path in raw UTF-8 as some servers send it
             self._send(302, Location="/files/视频/1.mp4".encode().decode("latin-1"))
         elif path.startswith("/files/"):  # a file of the folder, by its percent-encoded UTF-8 name
-            self._send(200, (self.folder / urllib.parse.unquote(path[len("/files/"):])).read_bytes())  # type: ignore[operator]
+            self._send(200, (self.folder / urllib.parse.unquote(path[len("/files/") :])).read_bytes())  # type: ignore[operator]
         elif path == "/slow-headers":  # a 200 whose headers arrive one byte every 0.2 s for 5 s, then an empty body
             self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
             self._drip(1, 0.2, until=5.0, then=b"\r\nContent-Length: 0\r\n\r\n")
@@ -91,7 +85,10 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:  # /files/ only
         self.close_connection = True
-        found = self.path.startswith("/files/") and (self.folder / urllib.parse.unquote(self.path[len("/files/"):])).is_file()  # type: ignore[operator]
+        found = (
+            self.path.startswith("/files/")
+            and (self.folder / urllib.parse.unquote(self.path[len("/files/") :])).is_file()
+        )  # type: ignore[operator]
         self.send_response(200 if found else 404)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -142,12 +139,18 @@ def www() -> Iterator[http.server.ThreadingHTTPServer]:
     ("uri", "key"),
     [
         ("http://h/get?f=a.mp4", "http://h/get?f=a.mp4"),
-        ("HTTPS://ann:pw@h:8443/get?f=a.mp4&sig=S&X-Amz-Signature=S&X-Amz-Credential=C&X-Amz-Security-Token=T#t=3",
-         "https://h:8443/get?f=a.mp4"),
-        ("https://b.s3.amazonaws.com/k.mp4?versionId=7&X-Amz-Algorithm=A&X-Amz-Date=D&X-Amz-Expires=60",
-         "https://b.s3.amazonaws.com/k.mp4?versionId=7"),
-        ("https://storage.googleapis.com/b/k.mp4?GoogleAccessId=G&Expires=1&Signature=S&generation=2",
-         "https://storage.googleapis.com/b/k.mp4?generation=2"),
+        (
+            "HTTPS://ann:pw@h:8443/get?f=a.mp4&sig=S&X-Amz-Signature=S&X-Amz-Credential=C&X-Amz-Security-Token=T#t=3",
+            "https://h:8443/get?f=a.mp4",
+        ),
+        (
+            "https://b.s3.amazonaws.com/k.mp4?versionId=7&X-Amz-Algorithm=A&X-Amz-Date=D&X-Amz-Expires=60",
+            "https://b.s3.amazonaws.com/k.mp4?versionId=7",
+        ),
+        (
+            "https://storage.googleapis.com/b/k.mp4?GoogleAccessId=G&Expires=1&Signature=S&generation=2",
+            "https://storage.googleapis.com/b/k.mp4?generation=2",
+        ),
         ("https://h/v.mp4?token=T&Key-Pair-Id=K&Policy=P&x-goog-signature=S&part=2", "https://h/v.mp4?part=2"),
         ("http://[::1]:8080/v.mp4?id=3&Signature=S", "http://[::1]:8080/v.mp4?id=3"),
         ("s3://bucket/key/v.mp4", "s3://bucket/key/v.mp4"),
@@ -164,17 +167,25 @@ def test_rows_that_differ_only_in_the_query_are_different_videos(tmp_path: Path,
     first, second = rows[0]["video"], rows[1]["video"]
     assert first.endswith(".mp4") and second.endswith(".webm")
     with serve(folder=tmp_path / "www") as server:
-        manifest = write_csv(tmp_path / "m.csv", [
-            {"video": url(server, f"/get?f={first}"), "caption": "the first video"},
-            {"video": url(server, f"/get?f={second}&sig=onlyasignature"), "caption": "the second video"},
-        ])
+        manifest = write_csv(
+            tmp_path / "m.csv",
+            [
+                {"video": url(server, f"/get?f={first}"), "caption": "the first video"},
+                {"video": url(server, f"/get?f={second}&sig=onlyasignature"), "caption": "the second video"},
+            ],
+        )
         settings = load_settings(home=str(tmp_path / "home"))
         summary = ingest(str(manifest), settings)
         assert summary.outcomes == {"accepted": 2}
-        assert sorted(path for path, _ in server.requests) == sorted([f"/get?f={first}", f"/get?f={second}&sig=onlyasignature"])
+        assert sorted(path for path, _ in server.requests) == sorted(
+            [f"/get?f={first}", f"/get?f={second}&sig=onlyasignature"]
+        )
     store = Storage.at(settings.lake)
     videos = {v["video_id"]: v for v in lake.read_table(store, "videos").to_pylist()}
-    assert {v["source_uri"] for v in videos.values()} == {url(server, f"/get?f={first}"), url(server, f"/get?f={second}")}
+    assert {v["source_uri"] for v in videos.values()} == {
+        url(server, f"/get?f={first}"),
+        url(server, f"/get?f={second}"),
+    }
     by_caption = {c["caption"]: videos[c["video_id"]] for c in lake.read_table(store, "captions").to_pylist()}
     assert by_caption["the first video"]["container"] != by_caption["the second video"]["container"]  # mp4 vs webm
 
@@ -183,10 +194,14 @@ def test_urls_in_extra_columns_are_stored_without_credentials(tmp_path: Path, sa
     rows = copy_sample(sample_dir, tmp_path)
     (tmp_path / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nfrom subtitles\n", encoding="utf-8")
     manifest = tmp_path / "m.jsonl"  # JSON may also spell '/' as '\/' and '@' as '\u0040'
-    line = (r'{"video": "VIDEO", "subtitles": "subs.srt", "page": "https://ann:hunter2@example.com/v?id=7&sig=deadbeef",'
-            r' "mirror": "https:\/\/ann:hunter2\u0040example.com\/v"}')
+    line = (
+        r'{"video": "VIDEO", "subtitles": "subs.srt", "page": "https://ann:hunter2@example.com/v?id=7&sig=deadbeef",'
+        r' "mirror": "https:\/\/ann:hunter2\u0040example.com\/v"}'
+    )
     rejected = line.replace('"subtitles": "subs.srt"', '"caption": ""')  # its raw row is kept in rejects/
-    manifest.write_text("\n".join(x.replace("VIDEO", rows[0]["video"]) for x in (line, rejected)) + "\n", encoding="utf-8")
+    manifest.write_text(
+        "\n".join(x.replace("VIDEO", rows[0]["video"]) for x in (line, rejected)) + "\n", encoding="utf-8"
+    )
     settings = load_settings(home=str(tmp_path / "home"))
     assert ingest(str(manifest), settings).outcomes == {"accepted": 1, "empty_caption": 1}
     store = Storage.at(settings.lake)
@@ -198,9 +213,22 @@ def test_urls_in_extra_columns_are_stored_without_credentials(tmp_path: Path, sa
     assert "example.com" in reject["raw"] and "hunter2" not in reject["raw"] and "deadbeef" not in reject["raw"]
 
 
-@pytest.mark.parametrize("value", ["s3://..", "s3://", "s3:///key.mp4", "s3://bucket", "s3://bucket/", "s3://a/v.mp4",
-                                   "s3://../v.mp4", "s3://user:pw@bucket/v.mp4", "http://[::1/v.mp4",
-                                   "http://h:99999/v.mp4", "https://:443/v.mp4"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "s3://..",
+        "s3://",
+        "s3:///key.mp4",
+        "s3://bucket",
+        "s3://bucket/",
+        "s3://a/v.mp4",
+        "s3://../v.mp4",
+        "s3://user:pw@bucket/v.mp4",
+        "http://[::1/v.mp4",
+        "http://h:99999/v.mp4",
+        "https://:443/v.mp4",
+    ],
+)
 def test_malformed_remote_uris_are_rejected_with_a_reason(value: str) -> None:
     resolved = resolve_source(value, "/data")
     assert resolved.reason == "malformed_uri", resolved
@@ -238,8 +266,10 @@ def listener() -> Iterator[tuple[int, list]]:
     sock.close()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.1", "0x7f.1", "0177.0.0.1", "2130706433", "localhost",
-                                  "[::ffff:127.0.0.1]", "LOCALHOST."])
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "127.1", "0x7f.1", "0177.0.0.1", "2130706433", "localhost", "[::ffff:127.0.0.1]", "LOCALHOST."],
+)
 def test_loopback_in_any_spelling_is_refused_without_a_connection(host, listener, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("COGFLOW_ALLOWED_HOSTS", raising=False)
     port, accepted = listener
@@ -251,10 +281,30 @@ def test_loopback_in_any_spelling_is_refused_without_a_connection(host, listener
     assert accepted == []
 
 
-@pytest.mark.parametrize("host", ["169.254.169.254", "[::ffff:169.254.169.254]", "[fd00:ec2::254]", "2852039166",
-                                  "0xa9fea9fe", "0.0.0.0", "0", "[::]", "10.1.2.3", "192.168.0.1", "100.64.0.1",
-                                  "224.0.0.1", "[ff02::1]", "[fe80::1]", "[::a9fe:a9fe]", "[64:ff9b::a9fe:a9fe]",
-                                  "metadata.google.internal", "metadata", "printer.local"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "169.254.169.254",
+        "[::ffff:169.254.169.254]",
+        "[fd00:ec2::254]",
+        "2852039166",
+        "0xa9fea9fe",
+        "0.0.0.0",
+        "0",
+        "[::]",
+        "10.1.2.3",
+        "192.168.0.1",
+        "100.64.0.1",
+        "224.0.0.1",
+        "[ff02::1]",
+        "[fe80::1]",
+        "[::a9fe:a9fe]",
+        "[64:ff9b::a9fe:a9fe]",
+        "metadata.google.internal",
+        "metadata",
+        "printer.local",
+    ],
+)
 def test_internal_addresses_and_names_are_refused(host: str, tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(FetchError) as info:
@@ -265,16 +315,29 @@ def test_internal_addresses_and_names_are_refused(host: str, tmp_path: Path) -> 
 
 def test_allowed_hosts_readmit_named_hosts(www, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COGFLOW_ALLOWED_HOSTS", " localhost ")
-    assert fetch(url(www, "/clip.mp4", "localhost"), tmp_path / "a", max_bytes=10**6, timeout_s=2, retries=0).read_bytes() == PAYLOAD
+    assert (
+        fetch(url(www, "/clip.mp4", "localhost"), tmp_path / "a", max_bytes=10**6, timeout_s=2, retries=0).read_bytes()
+        == PAYLOAD
+    )
     with pytest.raises(FetchError) as info:  # localhost is listed by name, not every address it may resolve to
         fetch(url(www, "/clip.mp4"), tmp_path / "b", max_bytes=10**6, timeout_s=2, retries=0)
     assert info.value.reason == "host_not_allowed"
     monkeypatch.setenv("COGFLOW_ALLOWED_HOSTS", "example.org,127.0.0.1")
-    assert fetch(url(www, "/clip.mp4", "127.1"), tmp_path / "c", max_bytes=10**6, timeout_s=2, retries=0).read_bytes() == PAYLOAD
+    assert (
+        fetch(url(www, "/clip.mp4", "127.1"), tmp_path / "c", max_bytes=10**6, timeout_s=2, retries=0).read_bytes()
+        == PAYLOAD
+    )
 
 
-@pytest.mark.parametrize("target", ["http://127.0.0.1:99999/v.mp4", "http://127.0.0.1:port/v.mp4", "http://[::1/v.mp4",
-                                    "http://" + "a" * 64 + ".example/v.mp4"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.1:99999/v.mp4",
+        "http://127.0.0.1:port/v.mp4",
+        "http://[::1/v.mp4",
+        "http://" + "a" * 64 + ".example/v.mp4",
+    ],
+)
 def test_a_malformed_redirect_target_is_a_reject_reason(www, tmp_path: Path, target: str) -> None:
     start = url(www, "/redirect?" + target)
     with pytest.raises(FetchError) as info:  # was a bare ValueError or UnicodeError, which failed a whole shard
@@ -308,8 +371,9 @@ def test_non_ascii_paths_and_queries_are_percent_encoded(tmp_path: Path) -> None
         assert server.requests[-1][0] == "/files/%E8%A7%86%E9%A2%91/1.mp4?%E6%A0%87%E9%A2%98=%E7%8C%AB"  # UTF-8
         got = fetch(url(server, "/files/视频/第 2 集.mp4"), tmp_path / "b", max_bytes=10**6, timeout_s=2, retries=0)
         assert got.read_bytes() == PAYLOAD[::-1]  # a space too
-        got = fetch(url(server, "/files/%E8%A7%86%E9%A2%91/1.mp4"), tmp_path / "c", max_bytes=10**6, timeout_s=2,
-                    retries=0)
+        got = fetch(
+            url(server, "/files/%E8%A7%86%E9%A2%91/1.mp4"), tmp_path / "c", max_bytes=10**6, timeout_s=2, retries=0
+        )
         assert got.read_bytes() == PAYLOAD  # escapes already there are left as they are
         got = fetch(url(server, "/redirect-utf8"), tmp_path / "d", max_bytes=10**6, timeout_s=2, retries=0)
         assert got.read_bytes() == PAYLOAD  # a Location header in raw UTF-8
@@ -320,8 +384,13 @@ def test_redirects_are_checked_like_the_first_request(www, tmp_path: Path, monke
     monkeypatch.setenv("COGFLOW_ALLOWED_HOSTS", "127.0.0.1")
     with serve(host="127.0.0.2") as internal:  # another loopback address: not on the allow-list
         with pytest.raises(FetchError) as info:
-            fetch(url(www, "/redirect?" + url(internal, "/clip.mp4")), tmp_path / "x", max_bytes=10**6, timeout_s=2,
-                  retries=2)
+            fetch(
+                url(www, "/redirect?" + url(internal, "/clip.mp4")),
+                tmp_path / "x",
+                max_bytes=10**6,
+                timeout_s=2,
+                retries=2,
+            )
         assert info.value.reason == "host_not_allowed"
         assert internal.requests == []
         with pytest.raises(FetchError) as info:

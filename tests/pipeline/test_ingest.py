@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import copy_sample, make_bad_corpus, upload_tree, write_csv
+
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import (
     DataCheckError,
@@ -18,7 +20,6 @@ from cogflow.pipeline.ingest import (
 )
 from cogflow.pipeline.settings import load_settings
 from cogflow.pipeline.storage import Storage
-from helpers import copy_sample, make_bad_corpus, upload_tree, write_csv
 
 
 def lake_files(root: Path) -> dict[str, int]:
@@ -108,7 +109,11 @@ def test_the_same_manifest_by_another_path_is_the_same_manifest(tmp_path, corpus
     settings = load_settings(home=str(tmp_path / "home"))
     first = ingest(str(manifest), settings)
     (tmp_path / "link").symlink_to(manifest.parent)
-    for other in (f"{manifest.parent}/bad/../manifest.csv", f"file://{manifest}", str(tmp_path / "link" / "manifest.csv")):
+    for other in (
+        f"{manifest.parent}/bad/../manifest.csv",
+        f"file://{manifest}",
+        str(tmp_path / "link" / "manifest.csv"),
+    ):
         again = ingest(other, settings)
         assert again.manifest_uri == first.manifest_uri
         assert again.new_rows["rejects"] == 0 and again.new_rows["captions"] == 0
@@ -166,7 +171,10 @@ def test_data_checks_fail_loudly(tmp_path, sample_dir):
 def test_manifest_videos_and_lake_all_on_s3(tmp_path, sample_dir, s3):
     data = tmp_path / "data"
     rows = copy_sample(sample_dir, data)
-    bad = [{"video": "../outside.mp4", "caption": "leaves the prefix"}, {"video": "videos/none.mp4", "caption": "missing"}]
+    bad = [
+        {"video": "../outside.mp4", "caption": "leaves the prefix"},
+        {"video": "videos/none.mp4", "caption": "missing"},
+    ]
     write_csv(data / "manifest.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows] + bad)
     upload_tree(s3, s3.bucket, data, "incoming")
     lake_uri = f"s3://{s3.bucket}/lake"
@@ -238,14 +246,19 @@ def test_jsonl_and_parquet_manifests_give_the_same_lake_as_csv(tmp_path, sample_
     ingest(str(write_csv(data / "manifest.csv", table)), csv_settings)
     other = data / f"manifest.{fmt}"
     if fmt == "jsonl":
-        other.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table) + "\n{not json}\n", encoding="utf-8")
+        other.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table) + "\n{not json}\n", encoding="utf-8"
+        )
     else:
         pq.write_table(pa.Table.from_pylist(table), other)
     settings = load_settings(home=str(tmp_path / fmt))
     summary = ingest(str(other), settings)
 
     def captions(s):
-        return sorted((c["caption_id"], c["start_s"], c["end_s"]) for c in lake.read_table(Storage.at(s.lake), "captions").to_pylist())
+        return sorted(
+            (c["caption_id"], c["start_s"], c["end_s"])
+            for c in lake.read_table(Storage.at(s.lake), "captions").to_pylist()
+        )
 
     assert captions(settings) == captions(csv_settings)
     assert summary.outcomes.get("malformed_row", 0) == (1 if fmt == "jsonl" else 0)
@@ -257,7 +270,8 @@ def test_mapped_columns_and_source_video_id(tmp_path, sample_dir):
     data = tmp_path / "data"
     rows = copy_sample(sample_dir, data)
     manifest = write_csv(
-        data / "manifest.csv", [{"path": r["video"], "text": r["caption"], "video_id": f"yt-{i}"} for i, r in enumerate(rows)]
+        data / "manifest.csv",
+        [{"path": r["video"], "text": r["caption"], "video_id": f"yt-{i}"} for i, r in enumerate(rows)],
     )
     settings = load_settings(home=str(tmp_path / "home"))
     summary = ingest(str(manifest), settings, video_col="path", caption_col="text")
@@ -271,11 +285,21 @@ def test_subtitle_files_as_timed_captions(tmp_path, sample_dir):
     rows = copy_sample(sample_dir, data)
     video = data / rows[0]["video"]
     srt = video.with_suffix(".srt")
-    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\n<i>一个圆形</i>\n\n2\n00:00:01,000 --> 00:00:02,000\nmoves right\n", encoding="utf-8")
+    srt.write_text(
+        "1\n00:00:00,000 --> 00:00:01,000\n<i>一个圆形</i>\n\n2\n00:00:01,000 --> 00:00:02,000\nmoves right\n",
+        encoding="utf-8",
+    )
     vtt = data / "captions.vtt"
-    vtt.write_text("WEBVTT\n\nNOTE a comment\n\n00:00.500 --> 00:01.500 align:start\nHello there\n\nbroken --> 00:02.000\nbad cue\n")
-    manifest = write_csv(data / "manifest.csv", [{"video": rows[1]["video"], "subtitles": "captions.vtt"},
-                                                 {"video": rows[1]["video"], "subtitles": "missing.vtt"}])
+    vtt.write_text(
+        "WEBVTT\n\nNOTE a comment\n\n00:00.500 --> 00:01.500 align:start\nHello there\n\nbroken --> 00:02.000\nbad cue\n"
+    )
+    manifest = write_csv(
+        data / "manifest.csv",
+        [
+            {"video": rows[1]["video"], "subtitles": "captions.vtt"},
+            {"video": rows[1]["video"], "subtitles": "missing.vtt"},
+        ],
+    )
     settings = load_settings(home=str(tmp_path / "home"))
 
     from_srt = ingest(str(srt), settings)

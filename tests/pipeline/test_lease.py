@@ -11,15 +11,16 @@ import time
 from pathlib import Path
 
 import botocore.exceptions
-import cogflow.pipeline.ingest as ingest_module
 import pyarrow as pa
 import pytest
+from tiny_lake import tiny_manifest, tiny_settings
+
+import cogflow.pipeline.ingest as ingest_module
 from cogflow.pipeline import lake
 from cogflow.pipeline import lease as lease_module
 from cogflow.pipeline.ingest import finish_ingest, plan_ingest, probe_source
 from cogflow.pipeline.lease import LeaseLost, S3Lease, check_held
 from cogflow.pipeline.storage import Storage
-from tiny_lake import tiny_manifest, tiny_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,7 +122,9 @@ time.sleep(120)
 def test_the_lease_of_a_killed_writer_is_taken_over_once_it_expires(s3):
     root = f"s3://{s3.bucket}/lake"
     ttl = 3.0
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_AND_DIE, root, str(ttl)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_DIE, root, str(ttl)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "held"
     finally:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import write_csv
+
 from cogflow.pipeline import db
 from cogflow.pipeline.manifest import (
     ManifestError,
@@ -16,7 +18,6 @@ from cogflow.pipeline.manifest import (
     resolve_source,
 )
 from cogflow.pipeline.subtitles import SubtitleError, parse_subtitles
-from helpers import write_csv
 
 # --- resolving video paths -------------------------------------------------------------------------------------
 
@@ -96,7 +97,9 @@ def _load(path: Path, **kwargs) -> list[tuple]:
 
 def test_malformed_csv_lines_are_kept_as_rejects(tmp_path):
     path = tmp_path / "m.csv"
-    path.write_text('video,caption\na.mp4,"fine, with a comma"\nb.mp4,too,many,fields\nc.mp4,"multi\nline"\n', encoding="utf-8")
+    path.write_text(
+        'video,caption\na.mp4,"fine, with a comma"\nb.mp4,too,many,fields\nc.mp4,"multi\nline"\n', encoding="utf-8"
+    )
     rows = _load(path)
     assert [r[2] for r in rows] == [None, None, "malformed_row"]
     assert "line 3" in rows[2][3] and "TOO MANY COLUMNS" in rows[2][3]
@@ -218,8 +221,15 @@ def test_language_tag_by_script(con, text, language):
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
-        ("12.5", 12.5), ("00:01:02.5", 62.5), ("1:05", 65.0), ("75:30", 4530.0), ("00:00:01,250", 1.25),
-        ("", None), ("soon", None), ("0:75", None), ("1:99:99", None),
+        ("12.5", 12.5),
+        ("00:01:02.5", 62.5),
+        ("1:05", 65.0),
+        ("75:30", 4530.0),
+        ("00:00:01,250", 1.25),
+        ("", None),
+        ("soon", None),
+        ("0:75", None),
+        ("1:99:99", None),
     ],
 )
 def test_span_seconds(con, text, seconds):
@@ -232,4 +242,7 @@ def test_length_bounds_count_characters_not_bytes(tmp_path, con):
     params = dict(manifest_uri="m", video_col="video", caption_col="caption", min_caption_chars=2, max_caption_chars=5)
     params.update(video_key=json_key("video"), caption_key=json_key("caption"))
     db.materialize(con, "staging/stg_manifest", **params)
-    assert con.table("stg_manifest").order("row_number").select("reason").fetchall() == [(None,), ("caption_too_short",)]
+    assert con.table("stg_manifest").order("row_number").select("reason").fetchall() == [
+        (None,),
+        ("caption_too_short",),
+    ]

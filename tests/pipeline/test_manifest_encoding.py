@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import copy_sample, write_csv
+
 from cogflow.flows.cli import main
 from cogflow.pipeline import db, lake, manifest
 from cogflow.pipeline.ingest import ingest, probe_source
 from cogflow.pipeline.manifest import ManifestError, check_manifest, load_manifest
 from cogflow.pipeline.settings import Limits, load_settings
 from cogflow.pipeline.storage import Storage
-from helpers import copy_sample, write_csv
 
 CAPTIONS = ["一只红色的圆在黑色背景上向右移动", "绿色三角形，缓慢旋转", "a blue square 和 一只猫"]
 
@@ -76,8 +77,11 @@ def test_byte_order_marks_are_read_and_named_encodings_are_used(tmp_path, data, 
 def test_utf16_without_a_mark_unknown_and_non_text_encodings_are_one_line(tmp_path):
     path = tmp_path / "m.csv"
     path.write_bytes(_csv_text().encode("utf-16-le"))
-    for encoding, expected in [(None, "UTF-16 without a byte order mark"), ("klingon", "unknown encoding 'klingon'"),
-                               ("base64", "not a text encoding")]:
+    for encoding, expected in [
+        (None, "UTF-16 without a byte order mark"),
+        ("klingon", "unknown encoding 'klingon'"),
+        ("base64", "not a text encoding"),
+    ]:
         with pytest.raises(ManifestError, match=expected) as refused:
             check_manifest(str(path), encoding=encoding)
         assert "\n" not in str(refused.value)
@@ -95,7 +99,7 @@ def test_the_line_named_is_the_line_of_the_bad_byte_across_chunks(tmp_path, monk
     with pytest.raises(ManifestError, match=r"line 4 is not gb18030 text .*81") as refused:
         _captions(path, encoding="gb18030")
     assert "is 'gb18030' the file's encoding?" in str(refused.value)
-    path.write_bytes("video,caption\na.mp4,a cat\nb.mp4,一只猫".encode("utf-8")[:-1])  # cut inside the last character
+    path.write_bytes("video,caption\na.mp4,a cat\nb.mp4,一只猫".encode()[:-1])  # cut inside the last character
     with pytest.raises(ManifestError, match="line 3 is not utf-8 text"):
         _captions(path)
     path.write_bytes(text.encode("utf-16"))
@@ -163,7 +167,13 @@ def test_folders_fifos_and_paths_too_long_get_their_own_reasons(tmp_path):
     deep = tmp_path / "/".join(["d" * 200] * 30) / "v.mp4"  # a path longer than PATH_MAX (4096)
     paths = [tmp_path / "folder.mp4", tmp_path / "fifo.mp4", long_name, deep, tmp_path / "gone.mp4"]
     outcomes = [probe_source(str(p), str(p), Limits()) for p in paths]
-    assert [o["reason"] for o in outcomes] == ["not_a_file", "not_a_file", "path_too_long", "path_too_long", "missing_file"]
+    assert [o["reason"] for o in outcomes] == [
+        "not_a_file",
+        "not_a_file",
+        "path_too_long",
+        "path_too_long",
+        "missing_file",
+    ]
     assert "a folder" in outcomes[0]["detail"] and "a FIFO" in outcomes[1]["detail"]
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from helpers import write_csv
+
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import load_settings
-from helpers import write_csv
 
 
 def test_a_probe_that_takes_too_long_is_cut_off_and_remembered(tmp_path: Path, sample_dir: Path, monkeypatch) -> None:
@@ -24,8 +25,13 @@ def test_a_probe_that_takes_too_long_is_cut_off_and_remembered(tmp_path: Path, s
         f.truncate(8 * 2**30)
     good = tmp_path / "good.mp4"
     shutil.copy(next((sample_dir / "videos").glob("*.mp4")), good)
-    manifest = write_csv(tmp_path / "m.csv", [{"video": "huge.mp4", "caption": "eight gigabytes of nothing"},
-                                              {"video": "good.mp4", "caption": "a moving shape"}])
+    manifest = write_csv(
+        tmp_path / "m.csv",
+        [
+            {"video": "huge.mp4", "caption": "eight gigabytes of nothing"},
+            {"video": "good.mp4", "caption": "a moving shape"},
+        ],
+    )
     settings = load_settings(home=str(tmp_path / "home"))
 
     summary = ingest(str(manifest), settings)

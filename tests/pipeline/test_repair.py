@@ -12,14 +12,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from helpers import upload_tree
+from tiny_lake import tiny_manifest, tiny_settings
+
 from cogflow.flows.cli import main
 from cogflow.pipeline import checks, lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.repair import repair
 from cogflow.pipeline.split import pending_shards, shard_paths, split, split_shard
 from cogflow.pipeline.storage import Storage
-from helpers import upload_tree
-from tiny_lake import tiny_manifest, tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,28 @@ def clean_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     split(settings)
     store = Storage.at(settings.lake)
     shard = sorted(lake.finished_shards(store))[0]
-    clips = lake.read_table(store, "clips", ["clip_id", "caption_id", "video_id", "stage", "fps", "split", "shard_id"],
-                            parts=[f"clips/stage=1/shard-{shard}.parquet"])
+    clips = lake.read_table(
+        store,
+        "clips",
+        ["clip_id", "caption_id", "video_id", "stage", "fps", "split", "shard_id"],
+        parts=[f"clips/stage=1/shard-{shard}.parquet"],
+    )
     paths = lake.token_paths("1", 1, shard)
-    _write(store, paths["tokens"], clips.append_column("text_tokenizer_version", pa.array(["1"] * clips.num_rows))
-           .append_column("frame_tokenizer_version", pa.array(["1"] * clips.num_rows)), lake.TOKENS)
-    record = {"shard_id": shard, "stage": 1, "frame_tokenizer_version": "1", "text_tokenizer_version": "1",
-              "clips": clips.num_rows}
+    _write(
+        store,
+        paths["tokens"],
+        clips.append_column("text_tokenizer_version", pa.array(["1"] * clips.num_rows)).append_column(
+            "frame_tokenizer_version", pa.array(["1"] * clips.num_rows)
+        ),
+        lake.TOKENS,
+    )
+    record = {
+        "shard_id": shard,
+        "stage": 1,
+        "frame_tokenizer_version": "1",
+        "text_tokenizer_version": "1",
+        "clips": clips.num_rows,
+    }
     _write(store, paths["record"], pa.Table.from_pylist([record]), lake.TOKEN_SHARDS)
     checks.check_lake(store)
     return Path(settings.lake)
@@ -80,6 +96,7 @@ def _shard(store: Storage) -> str:
 
 # Each way a write goes wrong, as it leaves the lake: returns what repair must name.
 
+
 def raced_ingest(store: Storage) -> list[str]:
     """Two ingests that raced: every video row twice, a caption twice, and a sources part that is half new."""
     lake.append(store, "videos", lake.read_table(store, "videos"))
@@ -104,8 +121,12 @@ def raced_split_plans_in_other_shards(store: Storage) -> list[str]:
     plan = lake.read_table(store, "clip_plan")
     mine = plan.filter(pc.equal(plan["shard_id"], x))
     lake.append(store, "clip_plan", mine.set_column(0, "shard_id", pa.array([y] * mine.num_rows)))
-    for rel in [f"clips/stage=1/shard-{x}.parquet", f"clips/stage=2/shard-{x}.parquet",
-                f"clip_rejects/shard-{x}.parquet", f"clip_shards/shard-{x}.parquet"]:
+    for rel in [
+        f"clips/stage=1/shard-{x}.parquet",
+        f"clips/stage=2/shard-{x}.parquet",
+        f"clip_rejects/shard-{x}.parquet",
+        f"clip_shards/shard-{x}.parquet",
+    ]:
         if store.exists(rel):
             table = pq.read_table(Path(store.root) / rel)
             column = table.column_names.index("shard_id")
@@ -137,7 +158,14 @@ def killed_renames(store: Storage) -> list[str]:
     return ["videos/.tmp-0123abcd-part-", "clips/stage=1/.tmp-4567cdef-shard-"]
 
 
-DAMAGE = [raced_ingest, raced_split_plans, raced_split_plans_in_other_shards, killed_split, killed_encode, killed_renames]
+DAMAGE = [
+    raced_ingest,
+    raced_split_plans,
+    raced_split_plans_in_other_shards,
+    killed_split,
+    killed_encode,
+    killed_renames,
+]
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=[d.__name__ for d in DAMAGE])
@@ -170,7 +198,9 @@ def test_a_repaired_killed_split_is_finished_by_the_next_split(clean_lake, tmp_p
     repair(store)
     settings = tiny_settings(tmp_path / "home", lake=store.root)
     assert split(settings).shards_done == 1
-    assert {k: v for k, v in _contents(store).items() if k != "tokens"} == {k: v for k, v in before.items() if k != "tokens"}
+    assert {k: v for k, v in _contents(store).items() if k != "tokens"} == {
+        k: v for k, v in before.items() if k != "tokens"
+    }
 
 
 def test_repair_of_a_clean_lake_removes_nothing(clean_lake, tmp_path, capsys):
@@ -179,6 +209,7 @@ def test_repair_of_a_clean_lake_removes_nothing(clean_lake, tmp_path, capsys):
     assert main(["repair", "--lake", store.root]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"repair {store.root}: nothing to remove (") and out[1].startswith("data checks passed: ")
+
     def tables(found: dict[str, int]) -> dict[str, int]:  # lock files come and go
         return {k: v for k, v in found.items() if not k.startswith(".")}
 

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+
 from cogflow.pipeline.sample_data import (
     COLOURS,
     MANIFEST_COLUMNS,
@@ -124,12 +125,24 @@ def test_failed_encode_leaves_old_video_and_no_temporary(tmp_path, monkeypatch):
 
 
 def _spec(shape: str, motion: str) -> VideoSpec:
-    return VideoSpec(name="t", shape=shape, colour="red", motion=motion, background="black", fps=25, width=320,
-                     height=240, duration_s=4.0, fmt="mp4", language="en", caption="")
+    return VideoSpec(
+        name="t",
+        shape=shape,
+        colour="red",
+        motion=motion,
+        background="black",
+        fps=25,
+        width=320,
+        height=240,
+        duration_s=4.0,
+        fmt="mp4",
+        language="en",
+        caption="",
+    )
 
 
 def _mask(frame: np.ndarray, colour: str) -> np.ndarray:
-    return (np.abs(frame.astype(int) - COLOURS[colour][0]).max(axis=-1) <= 10)
+    return np.abs(frame.astype(int) - COLOURS[colour][0]).max(axis=-1) <= 10
 
 
 def _centroid(frame: np.ndarray) -> tuple[float, float]:

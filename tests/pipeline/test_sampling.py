@@ -16,14 +16,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from cogflow.pipeline.decoder import DecodeJob, Decoder
-from cogflow.pipeline.video import (
-    DecodeStats,
-    WindowFailed,
-    WindowFrames,
-    file_sha256,
-    sample_windows,
-)
 from real_world import (
     Footage,
     broken_mid_stream_mp4,
@@ -34,6 +26,15 @@ from real_world import (
     write_frames,
 )
 
+from cogflow.pipeline.decoder import DecodeJob, Decoder
+from cogflow.pipeline.video import (
+    DecodeStats,
+    WindowFailed,
+    WindowFrames,
+    file_sha256,
+    sample_windows,
+)
+
 
 def windows_over(footage: Footage, fps: float, count: int = 3) -> list[list[float]]:
     """`count` windows at `fps` spread over the footage, at instants that fall between source frames."""
@@ -42,7 +43,9 @@ def windows_over(footage: Footage, fps: float, count: int = 3) -> list[list[floa
     return [[round(s + k / fps, 6) for k in range(5)] for s in starts]
 
 
-def collect(items: Iterator[WindowFrames | WindowFailed | DecodeStats]) -> tuple[dict[int, WindowFrames], dict[int, WindowFailed], DecodeStats]:
+def collect(
+    items: Iterator[WindowFrames | WindowFailed | DecodeStats],
+) -> tuple[dict[int, WindowFrames], dict[int, WindowFailed], DecodeStats]:
     ok, failed, stats = {}, {}, None
     for item in items:
         if isinstance(item, WindowFrames):
@@ -55,7 +58,9 @@ def collect(items: Iterator[WindowFrames | WindowFailed | DecodeStats]) -> tuple
     return ok, failed, stats
 
 
-def sample(path: Path, windows: list[list[float]], **kw: object) -> tuple[dict[int, WindowFrames], dict[int, WindowFailed], DecodeStats]:
+def sample(
+    path: Path, windows: list[list[float]], **kw: object
+) -> tuple[dict[int, WindowFrames], dict[int, WindowFailed], DecodeStats]:
     ok, failed, stats = collect(sample_windows(path, windows, **kw))
     assert len(ok) + len(failed) == len(windows)
     return ok, failed, stats
@@ -71,7 +76,9 @@ def assert_picked_nearest(footage: Footage, windows: list[list[float]], ok: dict
         assert list(result.times) == pytest.approx([footage.times[i] for i in expected], abs=1e-3)
 
 
-@pytest.mark.parametrize("name", ["cfr", "vfr", "mpegts", "high_fps", "phone90", "phone270", "theora", "interlaced", "liar"])
+@pytest.mark.parametrize(
+    "name", ["cfr", "vfr", "mpegts", "high_fps", "phone90", "phone270", "theora", "interlaced", "liar"]
+)
 @pytest.mark.parametrize("fps", [1, 8])
 def test_every_instant_gets_the_nearest_frame_upright_and_centred(real_world: dict, name: str, fps: int) -> None:
     footage = real_world[name]
@@ -89,13 +96,21 @@ def test_every_instant_gets_the_nearest_frame_upright_and_centred(real_world: di
 
 def test_quirks_are_really_there(real_world: dict) -> None:
     """The corpus is what it claims to be, as FFmpeg reports it."""
+
     def opened(name: str) -> dict:
         with av.open(str(real_world[name].path)) as c:
             s = c.streams.video[0]
             frame = next(c.decode(s))
-            return {"format": c.format.name, "codec": s.codec_context.name, "sar": s.sample_aspect_ratio,
-                    "start": float(s.start_time * s.time_base), "rate": s.average_rate,
-                    "interlaced": frame.interlaced_frame, "rotation": frame.rotation}
+            return {
+                "format": c.format.name,
+                "codec": s.codec_context.name,
+                "sar": s.sample_aspect_ratio,
+                "start": float(s.start_time * s.time_base),
+                "rate": s.average_rate,
+                "interlaced": frame.interlaced_frame,
+                "rotation": frame.rotation,
+            }
+
     interlaced = opened("interlaced")
     assert interlaced["interlaced"] and interlaced["sar"] == Fraction(8, 9) and interlaced["start"] > 0
     mpegts = opened("mpegts")
@@ -256,7 +271,9 @@ def test_a_decoder_that_crashes_costs_only_its_video(stalled_video, real_world: 
 def test_sparse_keyframes_are_not_sought_again_and_again(tmp_path: Path) -> None:
     """One keyframe in 30 s: every seek lands on it, behind frames already decoded. Seeking stops paying, so the
     sampler decodes straight on instead of going back to the start for every window."""
-    footage = cfr_mp4(tmp_path / "one_keyframe.mp4", 30.0, 10, size=(160, 120), options={"g": "1000", "keyint_min": "1000"})
+    footage = cfr_mp4(
+        tmp_path / "one_keyframe.mp4", 30.0, 10, size=(160, 120), options={"g": "1000", "keyint_min": "1000"}
+    )
     windows = [[t + 0.2 * k for k in range(5)] for t in range(3, 28, 3)]  # 9 windows, 3 s apart
     ok, failed, stats = sample(footage.path, windows, seek_gap_s=2.5)
     assert not failed
@@ -271,8 +288,19 @@ def test_a_stream_without_a_start_time_is_timed_from_its_first_frame(tmp_path: P
     from real_world import ffmpeg_encode
 
     n, fps = 500, 25
-    path = ffmpeg_encode(tmp_path / "raw.m2v", [code_frame(i, 320, 240) for i in range(n)], str(fps),
-                         "-c:v", "mpeg2video", "-g", "25", "-q:v", "2", "-f", "mpeg2video")
+    path = ffmpeg_encode(
+        tmp_path / "raw.m2v",
+        [code_frame(i, 320, 240) for i in range(n)],
+        str(fps),
+        "-c:v",
+        "mpeg2video",
+        "-g",
+        "25",
+        "-q:v",
+        "2",
+        "-f",
+        "mpeg2video",
+    )
     with av.open(str(path)) as c:
         assert c.streams.video[0].start_time is None
     footage = Footage(path, [i / fps for i in range(n)], "raw MPEG-2")

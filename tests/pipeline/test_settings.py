@@ -4,6 +4,7 @@ with units, and every bad one a line naming it."""
 from __future__ import annotations
 
 import pytest
+
 from cogflow.flows.cli import apply_options, build_parser, main
 from cogflow.pipeline.settings import (
     Limits,
@@ -18,7 +19,12 @@ def test_defaults_derive_from_home(monkeypatch):
     for name in ("COGFLOW_HOME", "COGFLOW_LAKE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     s = load_settings()
-    assert (s.home, s.lake, s.mlflow_tracking_uri, s.s3_endpoint) == (".cogflow", ".cogflow/lake", "sqlite:///.cogflow/mlflow.db", None)
+    assert (s.home, s.lake, s.mlflow_tracking_uri, s.s3_endpoint) == (
+        ".cogflow",
+        ".cogflow/lake",
+        "sqlite:///.cogflow/mlflow.db",
+        None,
+    )
     monkeypatch.setenv("COGFLOW_HOME", "/srv/cf")
     s = load_settings()
     assert (s.lake, s.mlflow_tracking_uri) == ("/srv/cf/lake", "sqlite:////srv/cf/mlflow.db")
@@ -44,8 +50,22 @@ def test_command_line_options_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("COGFLOW_LAKE", "/from/env")
     monkeypatch.setenv("COGFLOW_MAX_PIXELS", "100")
     args = build_parser().parse_args(
-        ["--home", "/h", "--s3-endpoint", "http://127.0.0.1:5055", "--limit", "max_pixels=2000000", "--limit", "max_bytes=5e8",
-         "ingest", "m.csv", "--lake", "/from/cli", "--workers", "2"]
+        [
+            "--home",
+            "/h",
+            "--s3-endpoint",
+            "http://127.0.0.1:5055",
+            "--limit",
+            "max_pixels=2000000",
+            "--limit",
+            "max_bytes=5e8",
+            "ingest",
+            "m.csv",
+            "--lake",
+            "/from/cli",
+            "--workers",
+            "2",
+        ]
     )
     apply_options(args)
     s = load_settings()
@@ -63,28 +83,57 @@ def test_unknown_limit_is_a_usage_error(capsys):
 # Validation: units, ranges, and one line per user error (exit code 2, no traceback)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2GB", 2_000_000_000), ("500MB", 500_000_000), ("1.5GiB", 1_610_612_736), ("4096", 4096), ("1e9", 10**9),
-    ("500 mb", 500_000_000), ("64KiB", 65_536), ("3B", 3),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2GB", 2_000_000_000),
+        ("500MB", 500_000_000),
+        ("1.5GiB", 1_610_612_736),
+        ("4096", 4096),
+        ("1e9", 10**9),
+        ("500 mb", 500_000_000),
+        ("64KiB", 65_536),
+        ("3B", 3),
+    ],
+)
 def test_sizes_take_units(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("90s", 90.0), ("5m", 300.0), ("2h", 7200.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1.5", 1.5), ("45", 45.0),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        ("1.5", 1.5),
+        ("45", 45.0),
+    ],
+)
 def test_durations_take_units(text, expected):
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("env, value", [
-    ("COGFLOW_PROBE_WORKERS", "abc"), ("COGFLOW_PROBE_WORKERS", "0"), ("COGFLOW_PROBE_WORKERS", "2.5"),
-    ("COGFLOW_MAX_BYTES", "-5"), ("COGFLOW_MAX_BYTES", "2 gigs"), ("COGFLOW_MAX_BYTES", "0"),
-    ("COGFLOW_VIDEO_TIMEOUT_S", "0s"), ("COGFLOW_DOWNLOAD_TIMEOUT_S", "soon"), ("COGFLOW_VAL_PERCENT", "101"),
-    ("COGFLOW_SPLIT_WORKERS", "0"), ("COGFLOW_SHARD_MB", "-1"), ("COGFLOW_GPU_SLOTS", "none"),
-    ("COGFLOW_MIN_DURATION_S", "5h"),  # above the default longest duration (4 h)
-])
+@pytest.mark.parametrize(
+    "env, value",
+    [
+        ("COGFLOW_PROBE_WORKERS", "abc"),
+        ("COGFLOW_PROBE_WORKERS", "0"),
+        ("COGFLOW_PROBE_WORKERS", "2.5"),
+        ("COGFLOW_MAX_BYTES", "-5"),
+        ("COGFLOW_MAX_BYTES", "2 gigs"),
+        ("COGFLOW_MAX_BYTES", "0"),
+        ("COGFLOW_VIDEO_TIMEOUT_S", "0s"),
+        ("COGFLOW_DOWNLOAD_TIMEOUT_S", "soon"),
+        ("COGFLOW_VAL_PERCENT", "101"),
+        ("COGFLOW_SPLIT_WORKERS", "0"),
+        ("COGFLOW_SHARD_MB", "-1"),
+        ("COGFLOW_GPU_SLOTS", "none"),
+        ("COGFLOW_MIN_DURATION_S", "5h"),  # above the default longest duration (4 h)
+    ],
+)
 def test_a_bad_environment_value_is_one_line_naming_it(monkeypatch, env, value):
     monkeypatch.setenv(env, value)
     with pytest.raises(SettingError) as raised:
@@ -100,7 +149,11 @@ def test_environment_values_with_units(monkeypatch):
     monkeypatch.setenv("COGFLOW_SHARD_MB", "1GB")
     s = load_settings()
     assert (s.limits.max_bytes, s.limits.max_duration_s, s.split.video_timeout_s, s.split.shard_mb) == (
-        1_610_612_736, 7200.0, 300.0, 1000.0)
+        1_610_612_736,
+        7200.0,
+        300.0,
+        1000.0,
+    )
 
 
 def _one_line(err: str) -> str:
@@ -116,7 +169,12 @@ def test_cli_usage_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys)
         ("--limit", "max_bytes=-5", "ingest", str(manifest)): "max_bytes: expected a size",
         ("--limit", "max_bytes=lots", "ingest", str(manifest)): "max_bytes: expected a size",
         ("ingest", str(manifest), "--workers", "0"): "--workers: expected a whole number (at least 1), not '0'",
-        ("ingest", str(manifest), "--lake", str(manifest)): f"--lake: expected a folder or s3://bucket/prefix, but {manifest} is a file",
+        (
+            "ingest",
+            str(manifest),
+            "--lake",
+            str(manifest),
+        ): f"--lake: expected a folder or s3://bucket/prefix, but {manifest} is a file",
         ("split", "--workers", "none"): "--workers: expected a whole number",
     }
     for argv, expected in cases.items():
@@ -125,8 +183,10 @@ def test_cli_usage_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys)
         assert raised.value.code == 2 and expected in _one_line(capsys.readouterr().err), argv
     monkeypatch.setenv("COGFLOW_PROBE_WORKERS", "abc")
     assert main(["ingest", str(manifest)]) == 2
-    assert _one_line(capsys.readouterr().err) == ("cogflow ingest: COGFLOW_PROBE_WORKERS (cogflow ingest --workers): "
-                                                 "expected a whole number (at least 1), not 'abc'\n")
+    assert _one_line(capsys.readouterr().err) == (
+        "cogflow ingest: COGFLOW_PROBE_WORKERS (cogflow ingest --workers): "
+        "expected a whole number (at least 1), not 'abc'\n"
+    )
     assert not (tmp_path / "home").exists()  # refused before any work
 
 

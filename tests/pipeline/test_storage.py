@@ -8,34 +8,38 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
+
 from cogflow.pipeline import lake
 from cogflow.pipeline import storage as storage_module
-from cogflow.pipeline.storage import (
-    TMP_MARK,
-    FetchError,
-    LocalStorage,
-    S3Storage,
-    Storage,
-    fetch,
-    safe_uri,
-)
+from cogflow.pipeline.fetch import FetchError, fetch, safe_uri
+from cogflow.pipeline.storage import TMP_MARK, LocalStorage, S3Storage, Storage
 
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB, every byte value
 
 
 def video_rows(*ids: str) -> pa.Table:
-    at = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    at = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
     rows = [
         {
-            "video_id": vid, "source_uri": f"s3://src/{vid}.mp4", "sha256": vid * 4, "bytes": 1000 + i,
-            "container": "mov,mp4,m4a,3gp,3g2,mj2", "codec": "h264", "width": 320, "height": 240, "fps": 25.0,
-            "duration_s": 2.0 + i, "frame_count": 50 + 25 * i, "rotation": 0, "header_duration_s": None,
+            "video_id": vid,
+            "source_uri": f"s3://src/{vid}.mp4",
+            "sha256": vid * 4,
+            "bytes": 1000 + i,
+            "container": "mov,mp4,m4a,3gp,3g2,mj2",
+            "codec": "h264",
+            "width": 320,
+            "height": 240,
+            "fps": 25.0,
+            "duration_s": 2.0 + i,
+            "frame_count": 50 + 25 * i,
+            "rotation": 0,
+            "header_duration_s": None,
             "ingested_at": at,
         }
         for i, vid in enumerate(ids)
@@ -79,14 +83,22 @@ def test_local_put_read_exists_list(tmp_path: Path) -> None:
     assert store.read_bytes("notes.txt") == b"hello"
     assert store.exists("videos/part-1.parquet") and not store.exists("videos/part-9.parquet")
     assert store.list_files("") == [
-        "captions/part-1.parquet", "notes.txt", "videos/part-1.parquet", "videos/part-2.parquet",
+        "captions/part-1.parquet",
+        "notes.txt",
+        "videos/part-1.parquet",
+        "videos/part-2.parquet",
         "videos/sub/deep.parquet",
     ]
     assert store.list_files("", ".parquet") == [
-        "captions/part-1.parquet", "videos/part-1.parquet", "videos/part-2.parquet", "videos/sub/deep.parquet",
+        "captions/part-1.parquet",
+        "videos/part-1.parquet",
+        "videos/part-2.parquet",
+        "videos/sub/deep.parquet",
     ]
     assert store.list_files("videos", ".parquet") == [
-        "videos/part-1.parquet", "videos/part-2.parquet", "videos/sub/deep.parquet",
+        "videos/part-1.parquet",
+        "videos/part-2.parquet",
+        "videos/sub/deep.parquet",
     ]
     assert store.list_files("", ".txt") == ["notes.txt"]
     assert store.list_files("vid") == []  # a prefix is a folder, not a string prefix
@@ -152,10 +164,17 @@ def test_s3_storage_at_bucket_root(s3, tmp_path: Path) -> None:
     assert bucket_keys(s3) == ["notes.txt", "videos/part-1.parquet", "videos/part-2.parquet", "videos/sub/deep.parquet"]
     assert store.read_bytes("videos/part-2.parquet") == PAYLOAD
     assert store.exists("notes.txt") and not store.exists("videos/part-3.parquet")
-    assert store.list_files("") == ["notes.txt", "videos/part-1.parquet", "videos/part-2.parquet",
-                                    "videos/sub/deep.parquet"]
-    assert store.list_files("", ".parquet") == ["videos/part-1.parquet", "videos/part-2.parquet",
-                                                "videos/sub/deep.parquet"]
+    assert store.list_files("") == [
+        "notes.txt",
+        "videos/part-1.parquet",
+        "videos/part-2.parquet",
+        "videos/sub/deep.parquet",
+    ]
+    assert store.list_files("", ".parquet") == [
+        "videos/part-1.parquet",
+        "videos/part-2.parquet",
+        "videos/sub/deep.parquet",
+    ]
     assert store.list_files("videos/sub") == ["videos/sub/deep.parquet"]
     assert store.list_files("vid") == []  # folder semantics, as LocalStorage
     assert store.list_files("captions") == []
@@ -255,8 +274,9 @@ def test_lake_missing_table_reads_as_empty(tmp_path: Path) -> None:
 
 def test_fetch_from_s3(s3, tmp_path: Path) -> None:
     s3.put_object(Bucket=s3.bucket, Key="src/clip.mp4", Body=PAYLOAD)
-    dest = fetch(f"s3://{s3.bucket}/src/clip.mp4", tmp_path / "clip.mp4", max_bytes=len(PAYLOAD), timeout_s=10,
-                 retries=0)
+    dest = fetch(
+        f"s3://{s3.bucket}/src/clip.mp4", tmp_path / "clip.mp4", max_bytes=len(PAYLOAD), timeout_s=10, retries=0
+    )
     assert dest == tmp_path / "clip.mp4"
     assert dest.read_bytes() == PAYLOAD
 
@@ -401,12 +421,14 @@ def test_fetch_connection_closed_early_is_download_failed(odd_http: str, tmp_pat
 
 def test_fetch_sends_user_password_as_basic_auth(odd_http: str, tmp_path: Path) -> None:
     host = odd_http.removeprefix("http://")
-    dest = fetch(f"http://ann:p%40ss%20word@{host}/auth/clip.mp4", tmp_path / "clip.mp4", max_bytes=10**6,
-                 timeout_s=5, retries=0)
+    dest = fetch(
+        f"http://ann:p%40ss%20word@{host}/auth/clip.mp4", tmp_path / "clip.mp4", max_bytes=10**6, timeout_s=5, retries=0
+    )
     assert dest.read_bytes() == PAYLOAD
     with pytest.raises(FetchError) as info:
-        fetch(f"http://ann:wrong@{host}/auth/clip.mp4", tmp_path / "denied.mp4", max_bytes=10**6, timeout_s=5,
-              retries=0)
+        fetch(
+            f"http://ann:wrong@{host}/auth/clip.mp4", tmp_path / "denied.mp4", max_bytes=10**6, timeout_s=5, retries=0
+        )
     assert info.value.reason == "download_failed"
     assert "wrong" not in str(info.value) and "ann:" not in str(info.value)
     assert not (tmp_path / "denied.mp4").exists()
@@ -432,8 +454,10 @@ def test_fetch_cut_chunked_body_is_download_failed(odd_http: str, tmp_path: Path
     ("uri", "expected"),
     [
         ("https://user:pass@videos.example.com/a/b.mp4", "https://videos.example.com/a/b.mp4"),
-        ("https://bucket.s3.amazonaws.com/k/v.mp4?X-Amz-Algorithm=AWS4&X-Amz-Signature=abc123",
-         "https://bucket.s3.amazonaws.com/k/v.mp4"),
+        (
+            "https://bucket.s3.amazonaws.com/k/v.mp4?X-Amz-Algorithm=AWS4&X-Amz-Signature=abc123",
+            "https://bucket.s3.amazonaws.com/k/v.mp4",
+        ),
         ("http://u:p@127.0.0.1:8080/v.mp4?token=t#frag", "http://127.0.0.1:8080/v.mp4"),
         ("s3://bucket/key/v.mp4?versionId=3", "s3://bucket/key/v.mp4?versionId=3"),  # an S3 key is literal
         ("s3://bucket/key/v.mp4", "s3://bucket/key/v.mp4"),

