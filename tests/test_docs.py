@@ -9,18 +9,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPS = ["README.md", "flows/README.md", "pipeline/README.md", "model/README.md", "sql/README.md", "tests/README.md"]
+ROOMS = ("flows", "pipeline", "model", "sql", "tests")
 
 
 def _repository_files() -> list[str]:
-    """Tracked files and new ones git does not ignore."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return sorted(p for p in out.splitlines() if (ROOT / p).is_file())
+    """Tracked files, and new ones git does not ignore inside the package and test folders (a log or scratch file at
+    the top of a checkout is nobody's to document)."""
+
+    def listed(*flags: str) -> list[str]:
+        out = subprocess.run(["git", "ls-files", *flags], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        return out.splitlines()
+
+    new = [p for p in listed("--others", "--exclude-standard") if p.split("/", 1)[0] in ROOMS]
+    return sorted(p for p in {*listed("--cached"), *new} if (ROOT / p).is_file())
 
 
 def _mapped(readme: str) -> list[str]:
