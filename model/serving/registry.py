@@ -90,8 +90,20 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
 
 
 # What a registered pyfunc imports, by distribution: cogflow's model code, the data layer under it (PyAV, Arrow,
-# DuckDB, boto3 for storage) and MLflow. Prefect is the one dependency serving never imports.
-SERVING_DEPENDENCIES = ("torch", "numpy", "sentencepiece", "pillow", "av", "pyarrow", "duckdb", "boto3", "mlflow")
+# DuckDB, boto3 for storage), rich (progress bars) and MLflow. Prefect is the one dependency serving never imports;
+# tests/bench/serve_anywhere.py proves the list in a virtualenv built from it alone.
+SERVING_DEPENDENCIES = (
+    "torch",
+    "numpy",
+    "sentencepiece",
+    "pillow",
+    "av",
+    "pyarrow",
+    "duckdb",
+    "boto3",
+    "rich",
+    "mlflow",
+)
 
 
 def requirements() -> list[str]:
