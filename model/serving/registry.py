@@ -201,11 +201,6 @@ def register_text_to_video(
     )
 
 
-def load_pyfunc(uri: str) -> object:
-    """A registered pyfunc model (`models:/name@alias`, `models:/name/version`), loaded for predict."""
-    return mlflow.pyfunc.load_model(uri)
-
-
 def resolve(uri: str) -> tuple[str, str]:
     """`models:/<name>@<alias>` or `models:/<name>/<version>` -> (name, version); ValueError when there is none."""
     ref = uri.removeprefix("models:/")

@@ -232,8 +232,7 @@ class TextToVideo:
 
     def pixels(self, codes: torch.Tensor) -> np.ndarray:
         """codes (..., n) -> frames (..., 160, 160, 3) uint8."""
-        frames = to_pixels(self.tokenizers, codes.reshape(-1, codes.shape[-1]))
-        return frames.reshape(*codes.shape[:-1], *frames.shape[1:])
+        return to_pixels(self.tokenizers, codes)
 
     def generate(
         self, caption: str, seed: int = 0, options: dict | None = None, progress: bool = False
