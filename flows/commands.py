@@ -301,8 +301,8 @@ def run_status(args: argparse.Namespace) -> int:
     unless it is the lake or home itself."""
     from cogflow.pipeline import lake
     from cogflow.pipeline.contract import fps_token
-    from cogflow.pipeline.fetch import safe_uri
     from cogflow.pipeline.settings import read_settings
+    from cogflow.pipeline.sources import safe_uri
     from cogflow.pipeline.split import clip_counts
     from cogflow.pipeline.storage import Storage
 

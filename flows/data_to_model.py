@@ -25,9 +25,9 @@ from cogflow.flows.register import EvaluationParams, RegisterSummary, register_f
 from cogflow.flows.split import split_flow
 from cogflow.flows.tokenize import TokenizeSummary, tokenize_flow
 from cogflow.flows.train import TrainSummary, train_flow
-from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.ingest import IngestSummary
 from cogflow.pipeline.settings import load_settings
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.split import SplitSummary
 from cogflow.pipeline.storage import Storage
 

@@ -82,9 +82,9 @@ def run_demo(plan: DemoPlan, videos: int | None, prompt: str, evaluation: Evalua
     registered model: what happened, line by line, as it happens."""
     from cogflow.flows.data_to_model import IngestParams, TokenizerParams, TrainingParams, data_to_model_flow
     from cogflow.model.serving.generate import generate_from_model
-    from cogflow.pipeline.fetch import safe_uri
     from cogflow.pipeline.sample_data import generate_sample_data
     from cogflow.pipeline.settings import load_settings
+    from cogflow.pipeline.sources import safe_uri
 
     if plan.home:  # $COGFLOW_HOME/<home>, so the two demos' lakes and models never mix
         os.environ["COGFLOW_HOME"] = str(Path(os.environ.get("COGFLOW_HOME", ".cogflow")) / plan.home)

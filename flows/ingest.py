@@ -15,7 +15,6 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cogflow.flows.progress import Progress
-from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.ingest import (
     IngestPlan,
     IngestSummary,
@@ -26,6 +25,7 @@ from cogflow.pipeline.ingest import (
 from cogflow.pipeline.manifest import check_manifest
 from cogflow.pipeline.prober import stop_probes_on_error
 from cogflow.pipeline.settings import Limits, Settings, load_settings
+from cogflow.pipeline.sources import safe_uri
 
 # Results stay in memory: every step is idempotent against the lake, which is the only state that matters.
 plan_task = task(name="plan-ingest", cache_policy=NO_CACHE)(plan_ingest)

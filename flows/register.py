@@ -50,8 +50,8 @@ from cogflow.pipeline.contract import (
     run_model,
     stage_file,
 )
-from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.storage import Storage
 
 

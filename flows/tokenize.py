@@ -26,8 +26,8 @@ from cogflow.model.tokenizers.train_text import (
     train_text_tokenizer,
 )
 from cogflow.pipeline import checks
-from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.storage import Storage
 
 STEPS = ("text", "frames", "encode")

@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from cogflow.flows.launch import gpu_slot, run_module
 from cogflow.flows.progress import child_log
 from cogflow.model.cogvideo.train import TrainResult
-from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.storage import Storage
 
 STEP_LINE = re.compile(r"^(?:stage [12]|text-to-image) (\d+)/(\d+) ")

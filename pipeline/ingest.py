@@ -28,10 +28,11 @@ import pyarrow.compute as pc
 
 from cogflow.pipeline import checks, db, lake
 from cogflow.pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
-from cogflow.pipeline.fetch import FetchError, download_policy, fetch, safe_uri
+from cogflow.pipeline.fetch import fetch
 from cogflow.pipeline.manifest import json_key, load_manifest, local_path
 from cogflow.pipeline.prober import probe_bounded
 from cogflow.pipeline.settings import Limits, Settings
+from cogflow.pipeline.sources import FetchError, download_policy, safe_uri
 from cogflow.pipeline.storage import Storage, is_remote
 from cogflow.pipeline.video import ProbeError, ProbeResult
 

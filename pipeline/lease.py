@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from cogflow.pipeline.fetch import safe_uri
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.storage import S3Storage
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cogflow.pipeline import db
-from cogflow.pipeline.fetch import FetchError, fetch, http_exists, s3_uri_problem, safe_uri, source_key
+from cogflow.pipeline.fetch import fetch, http_exists
 from cogflow.pipeline.settings import Limits
+from cogflow.pipeline.sources import FetchError, s3_uri_problem, safe_uri, source_key
 from cogflow.pipeline.storage import Storage, is_remote, split_s3
 from cogflow.pipeline.subtitles import (
     SUBTITLE_SUFFIXES,

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cogflow.pipeline import checks, lake
-from cogflow.pipeline.fetch import safe_uri
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.split import shard_paths
 from cogflow.pipeline.storage import TMP_MARK, Storage
 

@@ -42,8 +42,9 @@ from cogflow.pipeline.contract import (
     fps_token,
 )
 from cogflow.pipeline.decoder import DecodeJob, Decoder
-from cogflow.pipeline.fetch import FetchError, fetch, safe_uri
+from cogflow.pipeline.fetch import fetch
 from cogflow.pipeline.settings import Limits, Settings
+from cogflow.pipeline.sources import FetchError, safe_uri
 from cogflow.pipeline.storage import Storage, is_remote
 from cogflow.pipeline.video import WindowFailed, WindowFrames
 

@@ -16,8 +16,8 @@ from cogflow.model.cogvideo.transformer import CogVideoTransformer
 from cogflow.model.cogvideo.transformer import load as load_transformer
 from cogflow.model.tokenizers.encode import Tokenizers, load_tokenizers
 from cogflow.pipeline.contract import run_model, stage_file
-from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings
+from cogflow.pipeline.sources import safe_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 

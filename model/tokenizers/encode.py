@@ -38,8 +38,8 @@ from cogflow.model.tokenizers.frame import FrameTokenizer
 from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE, FRAME_TOKENIZER_FILE, TEXT_SLOTS, TEXT_TOKENIZER_FILE
-from cogflow.pipeline.fetch import safe_uri
 from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.storage import Storage
 
 CLIP_COLUMNS = ["clip_id", "caption_id", "video_id", "caption", "stage", "fps", "split", "frames", "shard_id"]

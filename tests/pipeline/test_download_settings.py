@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cogflow.pipeline.fetch import FetchError, download_policy, fetch
+from cogflow.pipeline.fetch import fetch
 from cogflow.pipeline.settings import SettingError, read_settings
+from cogflow.pipeline.sources import FetchError, download_policy
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,11 @@ import pytest
 from helpers import copy_sample, write_csv
 
 from cogflow.pipeline import lake
-from cogflow.pipeline.fetch import FetchError, fetch, http_exists, safe_uri, source_key, stop_downloads_on_error
+from cogflow.pipeline.fetch import fetch, http_exists, stop_downloads_on_error
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.manifest import resolve_source
 from cogflow.pipeline.settings import Limits, load_settings
+from cogflow.pipeline.sources import FetchError, safe_uri, source_key
 from cogflow.pipeline.split import _local_source
 from cogflow.pipeline.storage import Storage
 

@@ -17,7 +17,8 @@ import pytest
 
 from cogflow.pipeline import lake
 from cogflow.pipeline import storage as storage_module
-from cogflow.pipeline.fetch import FetchError, fetch, safe_uri
+from cogflow.pipeline.fetch import fetch
+from cogflow.pipeline.sources import FetchError, safe_uri
 from cogflow.pipeline.storage import TMP_MARK, LocalStorage, S3Storage, Storage
 
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB, every byte value
