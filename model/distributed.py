@@ -7,11 +7,15 @@ there is no group and every helper here degrades to the single-process answer.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,3 +84,31 @@ def gather(value: Any) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def ask_main(question: Callable[[], T], env: Distributed) -> T:
+    """Rank 0 asks (MLflow, the registry: "is this training done already?"), every rank gets its answer, so that
+    all of them take the same branch."""
+    return from_main(question() if env.main else None)
+
+
+def parallelize(model: nn.Module, env: Distributed, shard: Iterable[nn.Module] | None = None) -> nn.Module:
+    """Data parallelism applied from outside the model, before its optimizer is made. With `shard` (FSDP2, several
+    ranks), each of those blocks and then the whole model are sharded over the ranks, parameters in bf16 on CUDA,
+    and the model itself is returned; otherwise, with several ranks, a DDP wrapper (which syncs the weights from
+    rank 0 and averages gradients), else the model as it is. Returns the module to run forward and backward on;
+    state dicts and the optimizer keep using `model`."""
+    if env.world == 1:
+        return model
+    if shard is None:
+        return nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    cuda = env.device.type == "cuda"
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else MixedPrecisionPolicy()
+    )
+    for block in shard:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model

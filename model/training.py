@@ -1,6 +1,7 @@
 """What both training entry points (model/tokenizers/train_frame.py, model/cogvideo/train.py) share: the learning-rate
-schedule, atomic checkpoints in the artifact store, a stop flag set by SIGTERM, the hash that names a training, and
-how an entry point ends (exit codes, the result file).
+schedule, atomic checkpoints in the artifact store with the random state, a stop flag set by SIGTERM and the vote
+that stops every rank after the same step, and how an entry point ends (exit codes, the result file). Process
+groups, "asked once, answered to all" and `parallelize()` are model/distributed.py's.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def load_checkpoint(store: Storage, rel: str) -> dict | None:
     return torch.load(io.BytesIO(store.read_bytes(rel)), map_location="cpu", weights_only=False)
 
 
+def rng_state(device: torch.device) -> dict:
+    """This process's random state (and its GPU's), for a checkpoint: a resumed run draws what the killed one would
+    have drawn."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng(saved: dict, device: torch.device) -> None:
+    torch.set_rng_state(saved["torch"])
+    if device.type == "cuda" and saved.get("cuda") is not None:
+        torch.cuda.set_rng_state(saved["cuda"], device)
+
+
 class StopSignal:
     """Set by SIGTERM (what torchrun and schedulers send before killing): the loop checkpoints and leaves."""
 
@@ -81,6 +94,14 @@ class StopSignal:
             yield
         finally:
             signal.signal(signal.SIGTERM, before)
+
+
+def stop_vote(step: int, until_step: int | None, device: torch.device) -> bool:
+    """Whether to checkpoint and leave after `step`: SIGTERM reached this process or `until_step` is reached. Every
+    rank votes and all stop after the same step, even when the signal reached them at different moments."""
+    from cogflow.model import distributed
+
+    return distributed.any_rank(StopSignal.requested or (until_step is not None and step >= until_step), device)
 
 
 def run_entry_point(name: str, work: Callable[[], Any], result_file: str | None) -> int:

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cogflow.model import config as configs
@@ -59,8 +58,11 @@ from cogflow.model.training import (
     checkpoint_store,
     learning_rate,
     load_checkpoint,
+    restore_rng,
+    rng_state,
     run_entry_point,
     save_checkpoint,
+    stop_vote,
 )
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import (
@@ -281,16 +283,16 @@ def train_stage(
     }
 
     # Done before? Rank 0 asks MLflow; everyone follows.
-    done: tuple[str, dict[str, str]] | None = None
-    if env.main and not restart:
+    def complete_run() -> tuple[str, dict[str, str]] | None:
         found = tracking.latest_run({"cogflow.kind": name, "cogflow.complete": "true", **tags})
-        done = None if found is None else (found, tracking.run_tags(found))
-    done = distributed.from_main(done)
+        return None if found is None else (found, tracking.run_tags(found))
+
+    done = None if restart else distributed.ask_main(complete_run, env)
     if done is not None:
-        run_id, known = done
+        done_id, known = done
         return TrainResult(
             stage,
-            run_id,
+            done_id,
             False,
             cfg.steps,
             True,
@@ -313,17 +315,7 @@ def train_stage(
     model.activation_checkpointing = cfg.activation_checkpointing
     parameters = model.parameter_count()  # before FSDP shards them
     model.to(env.device)
-    if cfg.fsdp and env.world > 1:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        policy = (
-            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if env.device.type == "cuda"
-            else MixedPrecisionPolicy()
-        )
-        for block in model.blocks:
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+    ddp = distributed.parallelize(model, env, shard=model.blocks if cfg.fsdp else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.dim() >= 2]
     optimizer = torch.optim.AdamW(
@@ -342,10 +334,7 @@ def train_stage(
     if state is not None:
         load_full_state(model, optimizer, state["model"], state["optimizer"])
         step, run_id, positions = state["step"], state["run_id"], state["positions"][env.rank]
-        torch.set_rng_state(state["rng"][env.rank]["torch"])
-        if env.device.type == "cuda" and state["rng"][env.rank].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"][env.rank]["cuda"], env.device)
-    ddp = DistributedDataParallel(model) if env.world > 1 and not cfg.fsdp else model
+        restore_rng(state["rng"][env.rank], env.device)
     flex = cfg.flex and env.device.type == "cuda"
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda")
 
@@ -383,11 +372,7 @@ def train_stage(
 
     def checkpoint(at: int) -> None:
         model_state, optimizer_state = full_state(model, optimizer)
-        rng = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
-        }
-        everyone = distributed.gather((worker_positions, rng))
+        everyone = distributed.gather((worker_positions, rng_state(env.device)))
         if env.main:
             save_checkpoint(
                 ckpt_store,
@@ -470,10 +455,7 @@ def train_stage(
             if env.main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps and not cfg.fsdp:
                 _log_sample(model, layout, tokenizers, val, Path(tmp), step, run.generate)
             bar.update(step, f"loss {loss:.4f}")
-            # Every rank stops after the same step, even when the signal reached them at different moments.
-            stop = distributed.any_rank(
-                StopSignal.requested or (until_step is not None and step >= until_step), env.device
-            )
+            stop = stop_vote(step, until_step, env.device)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 checkpoint(step)
             if stop and step < cfg.steps:

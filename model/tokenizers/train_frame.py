@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cogflow.model import config as configs
@@ -50,8 +49,11 @@ from cogflow.model.training import (
     checkpoint_store,
     learning_rate,
     load_checkpoint,
+    restore_rng,
+    rng_state,
     run_entry_point,
     save_checkpoint,
+    stop_vote,
 )
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_SIZE, FRAME_TOKENIZER_FILE, naming_hash
@@ -218,12 +220,12 @@ def train_frame_tokenizer(
     tags = {"cogflow.data_hash": data_hash, "cogflow.config_hash": config_hash}
 
     # Already registered? Rank 0 asks MLflow; everyone follows.
-    known: tuple[str, str | None, dict[str, str]] | None = None
-    if env.main:
+    def registered() -> tuple[str, str | None, dict[str, str]] | None:
         tracking.use(settings.mlflow_tracking_uri, settings.home)
         found = registry.find_version(registry.FRAME_TOKENIZER, data_hash, config_hash)
-        known = None if found is None else (str(found.version), found.run_id, dict(found.tags))
-    known = distributed.from_main(known)
+        return None if found is None else (str(found.version), found.run_id, dict(found.tags))
+
+    known = distributed.ask_main(registered, env)
     if known is not None:
         version, run_id, vtags = known
         assert run_id is not None  # cogflow registers every version from inside a run
@@ -242,6 +244,7 @@ def train_frame_tokenizer(
 
     # The model, the optimizer, and where a killed run of the same training left off.
     model = FrameTokenizer(run.model).to(env.device)
+    ddp = distributed.parallelize(model, env)  # the quantizer syncs its own statistics
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
     ckpt_store, ckpt_rel = (
         checkpoint_store(settings),
@@ -253,10 +256,7 @@ def train_frame_tokenizer(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, run_id = state["step"], state["run_id"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if env.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], env.device)
-    ddp = DistributedDataParallel(model) if env.world > 1 else model  # the quantizer syncs its own statistics
+        restore_rng(state["rng"], env.device)
 
     loader = DataLoader(
         TrainCrops(settings.lake, run.train, run.model.compression, skip_steps=step),
@@ -275,10 +275,6 @@ def train_frame_tokenizer(
 
     def checkpoint(at: int) -> None:
         if env.main:
-            rng = {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
-            }
             save_checkpoint(
                 ckpt_store,
                 ckpt_rel,
@@ -287,7 +283,7 @@ def train_frame_tokenizer(
                     "optimizer": optimizer.state_dict(),
                     "step": at,
                     "run_id": run_id,
-                    "rng": rng,
+                    "rng": rng_state(env.device),
                     "config": configs.as_dict(run),
                 },
             )
@@ -348,10 +344,7 @@ def train_frame_tokenizer(
                     f"codebook used {metrics['codebook_used']:.0%}, perplexity {metrics['perplexity']:.1f}"
                 )
             bar.update(step, f"loss {loss.item():.4f}")
-            # Every rank stops after the same step, even when the signal reached them at different moments.
-            stop = distributed.any_rank(
-                StopSignal.requested or (until_step is not None and step >= until_step), env.device
-            )
+            stop = stop_vote(step, until_step, env.device)
             if step % run.train.checkpoint_every == 0 or step == run.train.steps or stop:
                 checkpoint(step)
             if stop and step < run.train.steps:
