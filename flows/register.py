@@ -89,6 +89,25 @@ class EvaluationParams(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class Pair:
+    """What registering a candidate pair needs to know of its stages."""
+
+    text_tokenizer_version: str
+    frame_tokenizer_version: str
+    frame_len: int  # codes per frame
+    generate: dict[int, dict]  # stage -> its sampling defaults (the config's [generate] table)
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The cogflow-t2v version that is champion before this registration, if any, and its stages' val bits per
+    token on the candidate's val rows (what the gate compares)."""
+
+    version: str | None = None
+    bits: dict[int, float] | None = None
+
+
 @dataclass
 class RegisterSummary:
     mlflow: str
@@ -146,7 +165,7 @@ def _run_ids(settings: Settings, stage1: str | None, stage2: str | None) -> tupl
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
     settings: Settings, files: dict[str, Path], params: EvaluationParams, out_dir: Path
-) -> tuple[Evaluation, dict, dict]:
+) -> tuple[Evaluation, Champion, Pair]:
     """The candidate's evaluation; the champion (its version and its stages' val bits per token on the same rows,
     None without one); what registering the pair needs to know of it (tokenizer versions, sampling defaults)."""
     progress: Progress | None = None
@@ -161,7 +180,7 @@ def evaluate_task(
         first, second, device = t2v.first, t2v.second, t2v.device
         evaluation = evaluate_pair(settings, t2v, params.config(), out_dir, on_batch)
         champion = registry.alias_version(registry.TEXT_TO_VIDEO, registry.CHAMPION)
-        champion_bits = None
+        champion_bits: dict[int, float] | None = None
         if champion is not None:
             champion_bits = {}
             with tempfile.TemporaryDirectory(prefix="cogflow-champion-") as tmp:
@@ -174,13 +193,8 @@ def evaluate_task(
                     stage = stages.load_stage(path, s, f"{registry.TEXT_TO_VIDEO} v{champion.version}", device)
                     champion_bits[s] = val_bits(settings, stage, params.val_rows)[0]
     text_version, frame_version = stages.pair_versions(first, second)
-    pair = {
-        "text_tokenizer_version": text_version,
-        "frame_tokenizer_version": frame_version,
-        "frame_len": first.model.spec.layout.frame_len,
-        "generate": {1: first.defaults, 2: second.defaults},
-    }
-    return evaluation, {"version": None if champion is None else str(champion.version), "bits": champion_bits}, pair
+    pair = Pair(text_version, frame_version, first.model.spec.layout.frame_len, {1: first.defaults, 2: second.defaults})
+    return evaluation, Champion(None if champion is None else str(champion.version), champion_bits), pair
 
 
 @task(name="register-models", cache_policy=NO_CACHE)
@@ -188,21 +202,21 @@ def register_task(
     settings: Settings,
     runs: tuple[str, str],
     files: dict[str, Path],
-    pair: dict,
+    pair: Pair,
     params: EvaluationParams,
     evaluation: Evaluation,
-    champion: dict,
+    champion: Champion,
     out_dir: Path,
     eval_hash: str,
 ) -> RegisterSummary:
-    decision: Decision = gate(evaluation, champion["bits"], params.min_caption_accuracy, params.bits_tolerance)
+    decision: Decision = gate(evaluation, champion.bits, params.min_caption_accuracy, params.bits_tolerance)
     made_from = {
         "cogflow.stage1_run": runs[0],
         "cogflow.stage2_run": runs[1],
         "cogflow.eval_hash": eval_hash,
         "cogflow.format": registry.FORMAT,
     }
-    text_version, frame_version = pair["text_tokenizer_version"], pair["frame_tokenizer_version"]
+    text_version, frame_version = pair.text_tokenizer_version, pair.frame_tokenizer_version
     versions: dict[str, str] = {}
     with (
         tempfile.TemporaryDirectory(prefix="cogflow-register-") as tmp,
@@ -232,7 +246,7 @@ def register_task(
                     "stage2_run": runs[1],
                     "text_tokenizer_version": text_version,
                     "frame_tokenizer_version": frame_version,
-                    "generate": {f"stage{s}": d for s, d in pair["generate"].items()},
+                    "generate": {f"stage{s}": d for s, d in pair.generate.items()},
                 },
                 indent=1,
             )
@@ -247,23 +261,23 @@ def register_task(
         }
         metrics = {f"cogflow.{k}": f"{v:.4f}" for k, v in evaluation.metrics().items()}
         for s in (1, 2):
-            example, output = stage_example(settings, s, frame_version, pair["frame_len"])
+            example, output = stage_example(settings, s, frame_version, pair.frame_len)
             version = registry.register_stage(
                 s,
                 files[f"stage{s}"],
                 example,
                 output,
-                sampling_params(pair["generate"][s]),
+                sampling_params(pair.generate[s]),
                 {**common, "cogflow.val_bits_per_token": f"{evaluation.bits[s]:.4f}"},
             )
             versions[registry.STAGES[s]] = str(version.version)
         example, output = text_to_video_example()
         version = registry.register_text_to_video(
-            bundle, example, output, sampling_params(pair["generate"][1]), {**common, **metrics}
+            bundle, example, output, sampling_params(pair.generate[1]), {**common, **metrics}
         )
         versions[registry.TEXT_TO_VIDEO] = str(version.version)
 
-    before = champion["version"]
+    before = champion.version
     for name, number in versions.items():
         registry.set_alias(name, registry.CANDIDATE, number)
         if decision.promote:
