@@ -33,7 +33,6 @@ from cogflow.model.progress import StepProgress
 from cogflow.model.tokenizers.encode import Tokenizers
 from cogflow.pipeline.contract import CLIP_FRAMES, FPS_RATES, INTERPOLATION_ROUNDS
 
-ROUNDS = INTERPOLATION_ROUNDS  # stage-2 rounds: 5 -> 9 -> 17 -> 33 frames
 OPTIONS = ("temperature", "top_k", "top_p", "guidance", "parallel")  # GenerateConfig's fields, as options
 
 
@@ -380,10 +379,10 @@ def interpolate(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[Decoded, list[Decoded]]:
-    """keyframes (V, 5, n) at `keyframe_fps` -> (V, 33, n) at 8x that rate, in ROUNDS rounds that double the rate
-    (the fps token of round r is keyframe_fps * 2**r). Returns the whole result and each round's."""
+    """keyframes (V, 5, n) at `keyframe_fps` -> (V, 33, n) at 8x that rate, in INTERPOLATION_ROUNDS rounds that
+    double the rate (the fps token of round r is keyframe_fps * 2**r). Returns the whole result and each round's."""
     rounds, frames = [], keyframes
-    for r in range(1, ROUNDS + 1):
+    for r in range(1, INTERPOLATION_ROUNDS + 1):
         done = interpolate_round(
             model,
             frames,

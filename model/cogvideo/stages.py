@@ -100,12 +100,12 @@ class Stage:
         return {k: v for k, v in table.items() if k in names}
 
 
-def load_stage(path: Path, stage: int, source: str, device: str | torch.device) -> Stage:
-    """A stage file as a model on `device`, checked to be the stage asked for."""
+def load_stage(path: Path, stage: int | None, source: str, device: str | torch.device) -> Stage:
+    """A stage file as a model on `device`, checked to be the stage asked for (None: either stage)."""
     model, saved = load_transformer(str(path), device)
     info = {k: v for k, v in saved.items() if k != "state"}
     held = info.get("stage", model.spec.layout.stage)
-    if held != stage or model.spec.layout.stage != stage:
+    if stage is not None and (held != stage or model.spec.layout.stage != stage):
         raise ValueError(f"{source} holds a stage-{held} model where stage {stage} was asked for")
     return Stage(model, info, source)
 

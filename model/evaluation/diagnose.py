@@ -34,7 +34,7 @@ import numpy as np
 
 from cogflow.model import media
 from cogflow.model.cogvideo import stages
-from cogflow.model.cogvideo.sampling import ROUNDS, GenerateConfig
+from cogflow.model.cogvideo.sampling import GenerateConfig
 from cogflow.model.cogvideo.stages import Stage
 from cogflow.model.evaluation.baselines import (
     CodePredictions,
@@ -57,7 +57,7 @@ from cogflow.model.evaluation.evaluate import (
 )
 from cogflow.model.evaluation.measures import Measure, formatted, reading_measures, slug
 from cogflow.model.serving.text_to_video import TextToVideo
-from cogflow.pipeline.contract import naming_hash
+from cogflow.pipeline.contract import INTERPOLATION_ROUNDS, naming_hash
 from cogflow.pipeline.settings import Settings
 
 DEFAULT_VARIANTS = ("default", "guidance=3", "temperature=0.3")  # the demo samples without guidance
@@ -153,7 +153,7 @@ def caption_following(
                 codes = t2v.keyframes(captions, variant.options, batch_seeded)[0].codes
             pixels = media.to_pixels(tokenizers, codes)  # (B, 33 or 5, 160, 160, 3)
             for frames in pixels:
-                keys.append(read_video(frames[:: 2**ROUNDS] if whole else frames))
+                keys.append(read_video(frames[:: 2**INTERPOLATION_ROUNDS] if whole else frames))
                 if whole:
                     videos.append(read_video(frames))
                 if v == 0:

@@ -27,7 +27,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cogflow.model import media
 from cogflow.model.cogvideo import data, steps, train
-from cogflow.model.cogvideo.sampling import ROUNDS
 from cogflow.model.cogvideo.stages import Stage
 from cogflow.model.evaluation.caption_following import (
     FIELDS,
@@ -41,6 +40,7 @@ from cogflow.model.evaluation.caption_following import (
 from cogflow.model.serving.text_to_video import KEYFRAME_FPS, TextToVideo
 from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake, sample_data
+from cogflow.pipeline.contract import INTERPOLATION_ROUNDS
 from cogflow.pipeline.preview import find_font
 from cogflow.pipeline.settings import Settings
 from cogflow.pipeline.storage import Storage
@@ -188,7 +188,7 @@ def evaluate_pair(
         codes, seconds = codes + made.tokens, seconds + made.seconds
         for i, frames in enumerate(pixels):
             path = out_dir / "videos" / f"{start + i:03d}.mp4"
-            media.write_video(path, frames, KEYFRAME_FPS * 2**ROUNDS)
+            media.write_video(path, frames, KEYFRAME_FPS * 2**INTERPOLATION_ROUNDS)
             videos.append(str(path))
             reading, per_frame = read_video_frames(frames)
             readings.append(reading)

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogflow.model.cogvideo.sampling import OPTIONS, ROUNDS
+from cogflow.model.cogvideo.sampling import OPTIONS
 from cogflow.model.media import contact_sheet, upscaled, write_video
 from cogflow.model.serving.text_to_video import KEYFRAME_FPS, TextToVideo, Videos, check_keyframe_fps
+from cogflow.pipeline.contract import INTERPOLATION_ROUNDS
 from cogflow.pipeline.settings import Settings, load_settings
 
 SUFFIXES = (".mp4", ".gif")
@@ -66,7 +67,7 @@ def write_outputs(
     write_video(out, frames, fps)
     if frames_out is not None:
         Path(frames_out).parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(pixels, prompt, note, 2**ROUNDS).save(frames_out)
+        contact_sheet(pixels, prompt, note, 2**INTERPOLATION_ROUNDS).save(frames_out)
     return frames
 
 
@@ -135,7 +136,7 @@ def _write(
     source: str,
 ) -> GenerateResult:
     """One prompt's video through `t2v`, written to `out` (and its contact sheet to `frames_out`)."""
-    final_fps = keyframe_fps * 2**ROUNDS  # the last round's fps token, and the video's rate
+    final_fps = keyframe_fps * 2**INTERPOLATION_ROUNDS  # the last round's fps token, and the video's rate
     with torch.inference_mode():
         made: Videos = t2v.codes([prompt], options, seed, keyframe_fps, progress)
         pixels = t2v.pixels(made.codes[0])  # (33, 160, 160, 3)

@@ -9,6 +9,8 @@ top_k, top_p, guidance). `cogflow generate --stage1 models:/cogflow-stage1@champ
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -23,8 +25,7 @@ class StageModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         path = context.artifacts["stage"]
-        model, saved = stages.load_transformer(path, device)
-        self.stage = stages.Stage(model, {k: v for k, v in saved.items() if k != "state"}, path)
+        self.stage = stages.load_stage(Path(path), None, path, device)
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         params = dict(params or {})

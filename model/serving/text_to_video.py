@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cogflow.model import tracking
-from cogflow.model.cogvideo.sampling import ROUNDS, Decoded, GenerateConfig, generate_keyframes, interpolate
+from cogflow.model.cogvideo.sampling import Decoded, GenerateConfig, generate_keyframes, interpolate
 from cogflow.model.cogvideo.stages import (
     Stage,
     check_tokenizers,
@@ -39,6 +39,7 @@ from cogflow.pipeline.contract import (
     FPS_RATES,
     FRAME_TOKENIZER_FILE,
     INFO_FILE,
+    INTERPOLATION_ROUNDS,
     TEXT_TOKENIZER_FILE,
     stage_file,
 )
@@ -48,9 +49,9 @@ KEYFRAME_FPS = 1.0  # stage 1 samples at 1 fps: 5 key frames over 4 s (CogVideo'
 
 
 def check_keyframe_fps(keyframe_fps: float) -> None:
-    if any(keyframe_fps * 2**r not in FPS_RATES for r in range(ROUNDS + 1)):
+    if any(keyframe_fps * 2**r not in FPS_RATES for r in range(INTERPOLATION_ROUNDS + 1)):
         raise ValueError(
-            f"key frames at {keyframe_fps:g} fps need fps tokens up to {keyframe_fps * 2**ROUNDS:g}; "
+            f"key frames at {keyframe_fps:g} fps need fps tokens up to {keyframe_fps * 2**INTERPOLATION_ROUNDS:g}; "
             f"the text tokenizer has {', '.join(f'{f:g}' for f in FPS_RATES)}"
         )
 

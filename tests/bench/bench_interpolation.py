@@ -33,12 +33,13 @@ from cogflow.model.evaluation.diagnose import Variant, diagnosis_prompts, parse_
 from cogflow.model.evaluation.evaluate import batch_seed  # noqa: E402
 from cogflow.model.media import to_pixels
 from cogflow.model.serving import text_to_video
+from cogflow.pipeline.contract import INTERPOLATION_ROUNDS
 from cogflow.pipeline.settings import load_settings  # noqa: E402
 
 
 def hold(keys: torch.Tensor) -> torch.Tensor:
     """(B, 5, n) key frames -> (B, 33, n): each in-between frame repeats the key frame before it."""
-    step = 2**sampling.ROUNDS
+    step = 2**INTERPOLATION_ROUNDS
     return torch.cat([keys[:, :-1].repeat_interleave(step, dim=1), keys[:, -1:]], dim=1)
 
 
