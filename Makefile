@@ -41,6 +41,7 @@ test: install
 bench: install
 	$(BIN)/python tests/bench/bench_ingest.py
 	$(BIN)/python tests/bench/bench_split.py
+	$(BIN)/python tests/bench/bench_curation.py
 	$(BIN)/python tests/bench/bench_tokenize.py
 	$(BIN)/python tests/bench/bench_train.py
 	$(BIN)/python tests/bench/bench_generate.py

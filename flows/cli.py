@@ -389,6 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=command.run_preview)
 
     p = commands.add_parser(
+        "report",
+        help="write a dataset report: one HTML file with the lake's distributions (videos, captions, rejects, "
+        "motion, shots, clips, letterbox) and a contact sheet",
+    )
+    p.add_argument(
+        "--lake",
+        type=_lake_option,
+        help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the contact sheet's clips (default 0)")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    p.set_defaults(run=command.run_report)
+
+    p = commands.add_parser(
         "repair",
         help="remove what a failed or raced write left in the lake: duplicate keys, files "
         "without a completion record, orphan .tmp-* files (each removal printed)",

@@ -249,7 +249,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from cogflow.pipeline.preview import find_font, write_preview
+    from cogflow.pipeline.preview import write_preview
     from cogflow.pipeline.settings import load_settings
     from cogflow.pipeline.storage import Storage
 
@@ -263,12 +263,32 @@ def run_preview(args: argparse.Namespace) -> int:
         return 2
     for clip in clips:
         print(f"{clip['clip_id']}  stage {clip['stage']}  {clip['fps_token']:<10}  {clip['caption']}")
-    if any(ord(ch) > 0x2E7F for clip in clips for ch in clip["caption"]) and "dejavu" in str(find_font()).lower():
-        print(
-            "note: no CJK font found, Chinese shows as boxes (install fonts-wqy-microhei or set COGFLOW_FONT)",
-            file=sys.stderr,
-        )
     print(f"wrote {len(clips)} clips to {out}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+    from pyarrow import ArrowException
+
+    from cogflow.pipeline.report import write_report
+    from cogflow.pipeline.settings import load_settings
+    from cogflow.pipeline.sources import safe_uri
+    from cogflow.pipeline.storage import Storage
+
+    store = Storage.at(load_settings().lake)
+    try:
+        if not store.list_files(""):  # a typo in --lake must not give a report of nothing
+            print(f"cogflow report: no lake at {safe_uri(store.root)}: nothing to report", file=sys.stderr)
+            return 2
+        summary = write_report(store, args.output, seed=args.seed)
+    except ArrowException as exc:  # a part that is no Parquet file (its path is in the message)
+        print(f"cogflow report: cannot read the lake: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError, OSError) as exc:  # S3 failing, or the output cannot be written
+        print(f"cogflow report: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(summary.text())
     return 0
 
 

@@ -11,10 +11,11 @@ its own server, so use it with a Prefect server), and `dask` / `ray` spread the 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
@@ -106,6 +107,27 @@ def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]
     return results
 
 
+def publish_report(settings: Settings) -> Path | None:
+    """The dataset report of the lake as it is now (pipeline/report.py), written over `<home>/reports/split.html`
+    (one file, not one per scheduled run), and its numbers and path as the `split-report` artifact: a Prefect
+    artifact cannot hold the HTML itself. The report is for people, so a failure to make it is a warning, never a failed
+    split; it reads a few columns and draws a handful of clips, well under a second for a few hundred clips."""
+    logger = get_run_logger()
+    out = Path(settings.home).absolute() / "reports" / "split.html"
+    try:
+        from cogflow.pipeline.report import write_report
+
+        summary = write_report(Storage.at(settings.lake), out)
+        create_markdown_artifact(
+            key="split-report", markdown=summary.markdown(), description=f"dataset report of {summary.lake}"
+        )
+    except Exception as exc:  # whatever it was, the clips are written and checked: only the report is missing
+        logger.warning("no dataset report: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
+        return None
+    logger.info("dataset report written to %s (%.1f s)", out, summary.seconds)
+    return out
+
+
 # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
 @flow(name="split", task_runner=ThreadPoolTaskRunner(max_workers=load_settings().split.workers))  # type: ignore[arg-type]
 def split_flow(lake: str | None = None, stage: str = "all", retry_rejects: bool = False) -> SplitSummary:
@@ -133,6 +155,7 @@ def split_flow(lake: str | None = None, stage: str = "all", retry_rejects: bool 
         summary.frames_decoded,
         sum(summary.rejects.values()),
     )
+    publish_report(settings)
     return summary
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from cogflow.model.tokenizers.encode import Tokenizers
-from cogflow.pipeline.preview import find_font
+from cogflow.pipeline.preview import font as caption_font
 from cogflow.pipeline.video import encode_video
 
 
@@ -42,8 +42,7 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> Path:
 def contact_sheet(frames: np.ndarray, caption: str, note: str, keyframe_every: int, columns: int = 11) -> Image.Image:
     """Every frame in rows of `columns`, key frames (stage 1's) framed in red, the prompt and `note` above."""
     gap, margin, size = 4, 8, frames.shape[1]
-    path = find_font()
-    font = ImageFont.truetype(path, 15) if path else ImageFont.load_default(15)
+    font = caption_font(15)
     rows = -(-len(frames) // columns)
     width = columns * size + (columns - 1) * gap + 2 * margin
     top = margin + 2 * 20

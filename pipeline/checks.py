@@ -19,6 +19,7 @@ from cogflow.pipeline.storage import Storage
 # The columns the checks read, per table.
 CHECK_COLUMNS = {
     "videos": ["video_id", "duration_s"],
+    "shots": ["video_id", "shot_index", "start_s", "end_s"],
     "sources": ["source_uri", "video_id"],
     "captions": ["caption_id", "video_id", "caption", "language", "start_s", "end_s", "split"],
     "rejects": ["reject_id", "reason", "detail"],

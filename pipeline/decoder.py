@@ -31,6 +31,7 @@ from typing import IO, BinaryIO
 
 from cogflow.pipeline.contract import CLIP_SIZE
 from cogflow.pipeline.video import (
+    FULL,
     DecodeStats,
     WindowFailed,
     WindowFrames,
@@ -48,6 +49,7 @@ class DecodeJob:
     windows: list[list[float]]  # per window, its target instants in seconds from the video's start
     sha256: str | None = None  # when given, the file must still hold these bytes (the lake's video_id)
     size: int = CLIP_SIZE
+    crop: tuple[float, ...] = FULL  # the content box inside the video's bars (scan.py), as shares of the frame
     threads: int = 0
     seek_gap_s: float = 10.0
 
@@ -68,7 +70,9 @@ def run_job(job: DecodeJob) -> Iterator[Result]:
             yield WindowFailed(w, *problem)
         yield DecodeStats(0, 0, 0.0)
         return
-    yield from sample_windows(path, job.windows, size=job.size, threads=job.threads, seek_gap_s=job.seek_gap_s)
+    yield from sample_windows(
+        path, job.windows, size=job.size, crop=job.crop, threads=job.threads, seek_gap_s=job.seek_gap_s
+    )
 
 
 def _send(out: IO[bytes], message: object) -> None:

@@ -20,21 +20,22 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cogflow.pipeline import checks, db, lake
+from cogflow.pipeline import checks, db, dedup, lake
 from cogflow.pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
 from cogflow.pipeline.fetch import fetch
 from cogflow.pipeline.manifest import json_key, load_manifest, local_path
 from cogflow.pipeline.prober import probe_bounded
+from cogflow.pipeline.scan import FINGERPRINT_POINTS, Scan
 from cogflow.pipeline.settings import Limits, Settings
 from cogflow.pipeline.sources import FetchError, download_policy, safe_uri
 from cogflow.pipeline.storage import Storage, is_remote
-from cogflow.pipeline.video import ProbeError, ProbeResult
+from cogflow.pipeline.video import FULL, ProbeError, ProbeResult
 
 # Reasons that lie in a source's bytes: remembered, so the source is not probed again on every run.
 # Transient ones (missing_file, download_failed, probe_error) are retried by the next run.
@@ -53,12 +54,17 @@ CACHED_REASONS = [
     "bytes_over_limit",
     "path_too_long",  # the file system cannot hold the path: it will not be there next run either
     "probe_timeout",  # like split's decode_timeout: tried again with --retry-rejects only
+    "near_duplicate",  # the other video stays in the lake: tried again with --retry-rejects only
 ]
 
-# One row per probed source: a reason, or the ProbeResult fields (typed as in videos/).
+# One row per probed source: a reason, or the ProbeResult fields and the scan's scores (typed as in videos/) and
+# shots (as in shots/).
+SCAN_COLUMNS = list(Scan([], FULL, 0, 0, 0).columns())
 PROBES = pa.schema(
     [("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
     + [lake.VIDEOS.field(f.name) for f in dataclasses.fields(ProbeResult)]
+    + [lake.VIDEOS.field(name) for name in SCAN_COLUMNS]
+    + [pa.field("shots", pa.list_(pa.struct([f for f in lake.SHOTS if f.name not in ("video_id", "shot_index")])))]
 )
 
 # The columns each step needs from the lake as it was before this run.
@@ -227,9 +233,10 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
         with tempfile.TemporaryDirectory(prefix="cogflow-probe-") as tmp:
             path = _local_video(fetch_uri, Path(tmp), limits)
             # in a child process, stopped after probe_timeout_s: a pathological file can keep FFmpeg busy for ever
-            result = probe_bounded(
+            result, scanned = probe_bounded(
                 path,
                 limits.probe_timeout_s,
+                bool(limits.scan),
                 max_width=limits.max_width,
                 max_height=limits.max_height,
                 max_pixels=limits.max_pixels,
@@ -242,6 +249,8 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
         if result.duration_s > limits.max_duration_s:
             raise ProbeError("duration_over_limit", f"{result.duration_s:.1f} s > {limits.max_duration_s} s")
         row.update(result.as_dict())
+        if scanned is not None:
+            row.update(scanned.columns(), shots=[dataclasses.asdict(shot) for shot in scanned.shots])
     except (ProbeError, FetchError) as exc:
         row.update(reason=exc.reason, detail=exc.detail)
     except Exception as exc:  # an exotic file or a bug must not sink the run: recorded, and retried next run
@@ -267,13 +276,14 @@ def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) ->
     con, settings = plan.con, plan.settings
     # Another run may have written since this one planned: anti-join against the lake as it is now.
     _register_lake(con, store, KNOWN_COLUMNS, prefix="lake_")
+    probes = mark_near_duplicates(store, probes, settings.limits.near_duplicate_bits)
     db.register(con, probes=pa.Table.from_pylist(probes, schema=PROBES))
     params = {**_params(settings, plan.manifest_uri), "now": lake.now()}
     db.materialize(con, "marts/source_outcomes", **params)
     db.materialize(con, "marts/row_outcomes", **params)
     new_rows = {}
     cleared = 0
-    for table in ("videos", "sources", "captions", "rejects"):  # this order keeps a crash recoverable
+    for table in ("videos", "shots", "sources", "captions", "rejects"):  # this order keeps a crash recoverable
         if table == "rejects":
             cleared = _clear_stale_rejects(con, store, plan.manifest_uri, params)
         new = con.table(db.materialize(con, f"marts/{table}_new", **params))
@@ -298,6 +308,39 @@ def _write(plan: IngestPlan, store: Storage, probes: list[dict[str, object]]) ->
         seconds=time.monotonic() - plan.started,
         cleared_rejects=cleared,
     )
+
+
+def mark_near_duplicates(store: Storage, probes: list[dict[str, object]], bits: int) -> list[dict[str, object]]:
+    """The probes with every new video that is a near-duplicate of an accepted one (or of a better new one: more
+    pixels, then more bytes) turned into a `near_duplicate` reject naming the other video."""
+    if bits <= 0:
+        return probes
+    known = lake.read_table(store, "videos", ["sha256", "fingerprint"]).to_pylist()
+    accepted = [dedup.Video(v["sha256"], v["fingerprint"]) for v in known]
+    new = {  # one entry per new video: several sources may hold the same bytes
+        str(r["sha256"]): dedup.Video(
+            str(r["sha256"]),
+            cast("list[int]", r["fingerprint"]),
+            cast(int, r["width"]) * cast(int, r["height"]),
+            cast(int, r["bytes"]),
+        )
+        for r in probes
+        if r.get("reason") is None and r.get("fingerprint")
+    }
+    known_shas = {v.key for v in accepted}  # exact copies of an accepted video are that video
+    near = dedup.find(accepted, [v for k, v in new.items() if k not in known_shas], bits, len(FINGERPRINT_POINTS))
+    out = []
+    for row in probes:
+        if row.get("reason") is None and row.get("sha256") in near:
+            other, apart = near[str(row["sha256"])]
+            row = {
+                "source_uri": row["source_uri"],
+                "reason": "near_duplicate",
+                "detail": f"the pictures of video {other[:16]} ({apart} of {64 * len(FINGERPRINT_POINTS)} fingerprint "
+                "bits apart; COGFLOW_NEAR_DUPLICATE_BITS)",
+            }
+        out.append(row)
+    return out
 
 
 def _clear_stale_rejects(con: duckdb.DuckDBPyConnection, store: Storage, manifest_uri: str, params: dict) -> int:

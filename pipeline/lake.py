@@ -45,7 +45,31 @@ VIDEOS = pa.schema(
         ("frame_count", pa.int64()),
         ("rotation", pa.int32()),
         ("header_duration_s", pa.float64()),
+        # Scores from ingest's scan (pipeline/scan.py), NULL for videos ingested without one. The content box inside
+        # the video's bars, as shares of the stored frame: split crops to it.
+        ("crop_left", pa.float64()),
+        ("crop_top", pa.float64()),
+        ("crop_right", pa.float64()),
+        ("crop_bottom", pa.float64()),
+        ("motion", pa.float64()),  # share of pixels that move in 0.25 s, over the whole video
+        ("brightness", pa.float64()),  # mean luma, 0-255
+        ("sharpness", pa.float64()),  # variance of the Laplacian at 128 pixels wide
+        ("shot_count", pa.int32()),
+        ("fingerprint", pa.list_(pa.int64())),  # 64-bit DCT hashes at 10/30/50/70/90% of the video (near-duplicates)
         ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# The shots of each scanned video, in time order: clip windows never span two.
+SHOTS = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("shot_index", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("detector", pa.string()),  # what began the shot: 'start', 'cut' or 'fade'
+        ("score", pa.float64()),  # the colour-histogram change at the cut (1 for a fade, 0 for the first shot)
+        ("motion", pa.float64()),  # share of pixels that move in 0.25 s inside the shot
     ]
 )
 
@@ -111,6 +135,7 @@ CLIP_PLAN = pa.schema(
         ("source_uris", pa.list_(pa.string())),  # the video's known paths, the first one first
         ("sha256", pa.string()),  # what the file must still hold
         ("bytes", pa.int64()),
+        ("crop", pa.list_(pa.float64())),  # the video's content box (left, top, right, bottom); NULL: the whole frame
         ("planned_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -129,6 +154,7 @@ CLIPS = pa.schema(
         ("start_s", pa.float64()),  # first target instant, seconds from the video's start
         ("frame_times", pa.list_(pa.float64())),  # presentation time of each frame picked (nearest to its instant)
         ("frames", pa.binary()),  # 5 x 160 x 160 x 3 uint8, time order, row-major RGB
+        ("motion", pa.float64()),  # share of pixels that move from one frame to the next (mean of the 4 steps)
         ("split", pa.string()),
         ("shard_id", pa.string()),
     ]
@@ -208,6 +234,7 @@ TOKEN_SHARDS = pa.schema(
 
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS,
+    "shots": SHOTS,
     "sources": SOURCES,
     "captions": CAPTIONS,
     "rejects": REJECTS,

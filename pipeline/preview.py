@@ -1,16 +1,14 @@
 """Contact sheets of clips: each clip's 5 frames in a row, its caption and frame-rate token beneath.
 
-Chinese captions need a font with CJK glyphs. The first found of $COGFLOW_FONT, a CJK font known to
-fontconfig, and a few usual paths is used; without one, Chinese characters show as boxes (install
-fonts-wqy-microhei or fonts-noto-cjk, or point COGFLOW_FONT at any CJK .ttf/.ttc/.otf).
+Chinese captions need a font with CJK glyphs, which a fresh server or container lacks, so cogflow ships one:
+pipeline/fonts/cogflow-cjk-sc.otf, the common simplified characters of Noto Sans CJK SC (OFL; infra/make_cjk_font.py
+makes it). $COGFLOW_FONT, when it names a font file, is used instead (e.g. for traditional characters).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -27,39 +25,22 @@ from cogflow.pipeline.storage import Storage
 GAP = 4
 MARGIN = 8
 FONT_SIZE = 15
-FONT_PATHS = [
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/System/Library/Fonts/PingFang.ttc",
-    "/System/Library/Fonts/STHeiti Light.ttc",
-    "C:/Windows/Fonts/msyh.ttc",
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",  # no CJK, but better than the bitmap default
-]
+SHIPPED_FONT = Path(__file__).parent / "fonts" / "cogflow-cjk-sc.otf"
 PREVIEW_COLUMNS = ["clip_id", "caption", "stage", "fps", "fps_token", "start_s", "frames", "shard_id"]
 
 
 @cache
-def find_font() -> str | None:
-    """A font file that can draw Chinese, if this machine has one (else the best other one)."""
+def find_font() -> str:
+    """The font file captions are drawn with: $COGFLOW_FONT when it names a file, else the one cogflow ships."""
     chosen = os.environ.get("COGFLOW_FONT")
     if chosen and Path(chosen).is_file():
         return chosen
-    if shutil.which("fc-list"):
-        try:
-            listed = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, timeout=10).stdout
-            files = sorted(line.split(":")[0].strip() for line in listed.splitlines() if line.strip())
-            if files:
-                return files[0]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return next((p for p in FONT_PATHS if Path(p).is_file()), None)
+    return str(SHIPPED_FONT)
 
 
-def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    path = find_font()
-    return ImageFont.truetype(path, FONT_SIZE) if path else ImageFont.load_default(FONT_SIZE)
+def font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont:
+    """The caption font (find_font) at `size` pixels."""
+    return ImageFont.truetype(find_font(), size)
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
@@ -93,13 +74,13 @@ def _tokens(text: str) -> list[str]:
 
 def contact_sheet(clips: list[dict]) -> Image.Image:
     """One row per clip (keys of PREVIEW_COLUMNS): 5 frames, then token, stage, start and caption."""
-    font = _font()
+    face = font()
     width = CLIP_FRAMES * CLIP_SIZE + (CLIP_FRAMES - 1) * GAP + 2 * MARGIN
     line_h = FONT_SIZE + 4
     rows = []
     for clip in clips:
         header = f"{clip['fps_token']}   stage {clip['stage']}   from {clip['start_s']:.2f} s   clip {clip['clip_id']}"
-        lines = [header, *_wrap(clip["caption"], font, width - 2 * MARGIN)]
+        lines = [header, *_wrap(clip["caption"], face, width - 2 * MARGIN)]
         rows.append((clip, lines, CLIP_SIZE + GAP + len(lines) * line_h + MARGIN))
     sheet = Image.new("RGB", (width, MARGIN + sum(h for _, _, h in rows)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -110,7 +91,7 @@ def contact_sheet(clips: list[dict]) -> Image.Image:
             sheet.paste(Image.fromarray(frame), (MARGIN + k * (CLIP_SIZE + GAP), y))
         for n, line in enumerate(lines):
             draw.text(
-                (MARGIN, y + CLIP_SIZE + GAP + n * line_h), line, fill=(90, 90, 90) if n == 0 else "black", font=font
+                (MARGIN, y + CLIP_SIZE + GAP + n * line_h), line, fill=(90, 90, 90) if n == 0 else "black", font=face
             )
         y += height
     return sheet

@@ -6,10 +6,11 @@ minutes inside FFmpeg, where no thread can be interrupted. `probe_bounded` there
 in a child process (`python -m cogflow.pipeline.prober`), one per probing thread and kept from file to file (starting one
 costs a few tenths of a second). A probe that takes longer than its timeout (COGFLOW_PROBE_TIMEOUT_S) has its child
 killed and becomes ProbeError('probe_timeout'); a child that dies (a crash in a codec) costs that file, as
-'probe_error', not the run. `stop_probes_on_error` kills every probe in flight when the run stops.
+'probe_error', not the run. `stop_probes_on_error` kills every probe in flight when the run stops. A video the
+probe accepts is then scanned in the same child, under the same timeout (pipeline/scan.py: one more decode, small).
 
-Messages are pickles over a socket pair (multiprocessing.connection): a path and the limits one way, a ProbeResult,
-a (reason, detail) reject or another failure's text back. Both ends are cogflow, so unpickling them is safe.
+Messages are pickles over a socket pair (multiprocessing.connection): a path, the limits and whether to scan one
+way; a Probed, a (reason, detail) reject or another failure's text back. Both ends are cogflow, so unpickling them is safe.
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ import threading
 import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import NamedTuple
 
 from cogflow.pipeline.children import ChildProcesses
-from cogflow.pipeline.video import ProbeError, ProbeResult, probe
+from cogflow.pipeline.scan import SCAN_WIDTH, Scan, scan
+from cogflow.pipeline.video import ProbeError, ProbeResult, probe, scan_frames
+
+
+class Probed(NamedTuple):
+    result: ProbeResult
+    scan: Scan | None  # None when not asked for
+
 
 STARTUP_TIMEOUT_S = 120.0  # a child that has not imported PyAV by then (a machine far too busy) is given up
 
@@ -83,13 +92,14 @@ class Prober:
                 proc.kill()
                 proc.wait()
 
-    def probe(self, path: str | Path, timeout_s: float, **limits: float) -> ProbeResult:
-        """`pipeline.video.probe(path, **limits)` in the child; ProbeError('probe_timeout') when it takes longer
-        than `timeout_s`, and the reject reasons of `probe` otherwise."""
+    def probe(self, path: str | Path, timeout_s: float, scan: bool = True, **limits: float) -> Probed:
+        """`pipeline.video.probe(path, **limits)` in the child, then the scan of an accepted video when `scan`;
+        ProbeError('probe_timeout') when both take longer than `timeout_s`, the reject reasons of `probe`
+        otherwise."""
         proc, conn = self._start()
         try:
             with _children.working(proc):
-                conn.send((str(path), limits))
+                conn.send((str(path), scan, limits))
                 if not conn.poll(timeout_s):
                     self._kill()
                     raise ProbeError(
@@ -102,7 +112,7 @@ class Prober:
             if _children.stopping:
                 raise ProbeError("probe_stopped", "the run was stopped") from None
             raise ProbeError("probe_error", f"the probe process died (exit code {code})") from None
-        if isinstance(reply, ProbeResult):
+        if isinstance(reply, Probed):
             return reply
         if isinstance(reply, tuple):  # a reject: (reason, detail)
             raise ProbeError(*reply)
@@ -119,11 +129,11 @@ stop_probes_on_error = _children.stop_on_error
 _worker = threading.local()
 
 
-def probe_bounded(path: str | Path, timeout_s: float, **limits: float) -> ProbeResult:
-    """Probe `path` in this thread's child process, for at most `timeout_s` (see Prober.probe)."""
+def probe_bounded(path: str | Path, timeout_s: float, scan: bool = True, **limits: float) -> Probed:
+    """Probe (and scan) `path` in this thread's child process, for at most `timeout_s` (see Prober.probe)."""
     if getattr(_worker, "prober", None) is None:
         _worker.prober = Prober()
-    return _worker.prober.probe(path, timeout_s, **limits)
+    return _worker.prober.probe(path, timeout_s, scan, **limits)
 
 
 # --- the child -------------------------------------------------------------------------------------------------
@@ -136,11 +146,12 @@ def child_main(fd: int) -> None:
     conn.send("ready")
     while True:
         try:
-            path, limits = conn.recv()
+            path, scanning, limits = conn.recv()
         except EOFError:
             return
         try:
-            reply: object = probe(path, **limits)
+            result = probe(path, **limits)
+            reply: object = Probed(result, scan(scan_frames(path, SCAN_WIDTH), result.duration_s) if scanning else None)
         except ProbeError as exc:
             reply = (exc.reason, exc.detail)
         except Exception as exc:  # an exotic file or a bug: its type and message, for probe_source to record
@@ -149,4 +160,7 @@ def child_main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    child_main(int(sys.argv[1]))
+    # the importable module's copy, so that the Probed it pickles is cogflow.pipeline.prober's, not __main__'s
+    from cogflow.pipeline import prober
+
+    prober.child_main(int(sys.argv[1]))

@@ -43,6 +43,9 @@ class Limits:
     download_timeout_s: float = 60.0
     download_retries: int = 3
     probe_timeout_s: float = 600.0  # a probe that takes longer on one file is stopped: `probe_timeout`
+    scan: int = 1  # 1: decode each new video once more, small, for its shots, motion, bars and fingerprint (scan.py)
+    # a video whose fingerprint (320 bits) differs from an accepted one's in at most this many is a near-duplicate; 0: off
+    near_duplicate_bits: int = 19
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class SplitOptions:
     decode_threads: int = 0  # FFmpeg threads per decoder; 0: the cores shared out among the workers
     video_timeout_s: float = 600.0  # a decoder that takes longer on one video is stopped
     seek_gap_s: float = 10.0  # skip ahead by seeking when the next frame needed is this far ahead
+    # a clip whose frames move fewer pixels than this share is `static` (0 keeps them all). A still scores 0; the
+    # slowest sample-world clips (a square shrinking, at 8 fps) 0.0028, so the bar leaves them room
+    min_motion: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,8 @@ FIELDS: tuple[Field, ...] = (
     _limit("download_timeout_s", DURATION, 0, above=True),
     _limit("download_retries", WHOLE, 0),
     _limit("probe_timeout_s", DURATION, 0, above=True),
+    Field("limits.scan", "COGFLOW_SCAN", WHOLE, 0, maximum=1, option="--limit scan"),
+    _limit("near_duplicate_bits", WHOLE, 0),
     Field("split.stage1_windows", "COGFLOW_STAGE1_WINDOWS", WHOLE, 1),
     Field("split.stage2_windows", "COGFLOW_STAGE2_WINDOWS", WHOLE, 1),
     Field("split.window_step", "COGFLOW_WINDOW_STEP", WHOLE, 1),
@@ -235,6 +243,7 @@ FIELDS: tuple[Field, ...] = (
     Field("split.decode_threads", "COGFLOW_DECODE_THREADS", WHOLE, 0),
     Field("split.video_timeout_s", "COGFLOW_VIDEO_TIMEOUT_S", DURATION, 0, above=True),
     Field("split.seek_gap_s", "COGFLOW_SEEK_GAP_S", DURATION, 0),
+    Field("split.min_motion", "COGFLOW_MIN_MOTION", NUMBER, 0, maximum=1),
     # Read where they are used (flows/launch.py; pipeline/storage.py's download_policy, through these fields, on
     # every fetch), checked here too so that a bad value stops a command before it starts.
     Field("", "COGFLOW_GPU_SLOTS", WHOLE, 1),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -43,10 +44,11 @@ from cogflow.pipeline.contract import (
 )
 from cogflow.pipeline.decoder import DecodeJob, Decoder
 from cogflow.pipeline.fetch import fetch
+from cogflow.pipeline.scan import luma, moved_share
 from cogflow.pipeline.settings import Limits, Settings
 from cogflow.pipeline.sources import FetchError, safe_uri
 from cogflow.pipeline.storage import Storage, is_remote
-from cogflow.pipeline.video import WindowFailed, WindowFrames
+from cogflow.pipeline.video import FULL, WindowFailed, WindowFrames
 
 STAGES = CLIP_STAGES
 EST_CLIP_BYTES = 250_000  # one clip of real footage once compressed (384,000 raw bytes), for sizing shards
@@ -167,8 +169,10 @@ def plan_split(settings: Settings, stages: tuple[int, ...] = STAGES, retry_rejec
                         "duration_s",
                         "width",
                         "height",
+                        *("crop_left", "crop_top", "crop_right", "crop_bottom"),
                     ],
                 ),
+                shots=lake.read_table(store, "shots", ["video_id", "shot_index", "start_s", "end_s"]),
                 sources=lake.read_table(store, "sources", ["source_uri", "video_id"]),
                 planned=_planned(store),
             )
@@ -250,11 +254,11 @@ class _ShardWriter:
         }
         self.rows: dict[int, list[dict]] = {s: [] for s in stages}
 
-    def add(self, window: dict, result: WindowFrames) -> None:
+    def add(self, window: dict, result: WindowFrames, motion: float) -> None:
         stage = window["stage"]
         row = {k: window[k] for k in self.PLAN_COLUMNS}
         row.update(
-            frame_times=list(result.times), frames=result.frames.tobytes(), shard_id=self.shard_id
+            frame_times=list(result.times), frames=result.frames.tobytes(), motion=motion, shard_id=self.shard_id
         )  # (5, 160, 160, 3)
         self.rows[stage].append(row)
         if len(self.rows[stage]) >= ROW_GROUP_CLIPS:
@@ -308,6 +312,19 @@ def _local_source(uris: list[str], folder: Path, limits: Limits) -> tuple[Path |
         except FetchError as exc:
             problem = (exc.reason, exc.detail)
     return None, problem
+
+
+def clip_motion(frames: np.ndarray) -> float:
+    """The share of a clip's pixels that move from one frame to the next, averaged over its steps: (T, H, W, 3)."""
+    y = luma(frames)
+    return round(float(np.mean([moved_share(a, b) for a, b in zip(y, y[1:])])), 6)
+
+
+def _static(motion: float, settings: Settings) -> str:
+    return (
+        f"{motion:.2%} of its pixels move from frame to frame, under the {settings.split.min_motion:.2%} "
+        f"a clip needs (COGFLOW_MIN_MOTION)"
+    )
 
 
 def _reject_row(window: dict, reason: str, detail: str, shard_id: str) -> dict:
@@ -419,6 +436,7 @@ def _split_shard(
                         str(local),
                         [frame_instants(w["start_s"], w["fps"]) for w in group],
                         sha256=group[0]["sha256"],
+                        crop=tuple(group[0]["crop"] or FULL),
                         threads=_decode_threads(settings),
                         seek_gap_s=settings.split.seek_gap_s,
                     )
@@ -428,8 +446,14 @@ def _split_shard(
                         for item in decoder.run(job, settings.split.video_timeout_s):
                             _check_stopping()
                             if isinstance(item, WindowFrames):
-                                writer.add(group[item.index], item)
-                                result.clips[(group[item.index]["stage"], group[item.index]["fps"])] += 1
+                                window, motion = group[item.index], clip_motion(item.frames)
+                                if motion < settings.split.min_motion:
+                                    rejects.append(
+                                        _reject_row(window, "static", _static(motion, settings), shard.shard_id)
+                                    )
+                                    continue
+                                writer.add(window, item, motion)
+                                result.clips[(window["stage"], window["fps"])] += 1
                             elif isinstance(item, WindowFailed):
                                 rejects.append(_reject_row(group[item.index], item.reason, item.detail, shard.shard_id))
                             else:

@@ -291,6 +291,38 @@ def _decode_first_frame(path: Path) -> int:
     raise ProbeError("undecodable_stream", "no frame could be decoded")
 
 
+def scan_frames(path: str | Path, width: int) -> Iterator[tuple[float, np.ndarray]]:
+    """Every frame of the video, small, for ingest's scan (pipeline/scan.py): (seconds from the stream's start,
+    (h, `width`, 3) uint8 RGB as stored, not turned upright). The loop filter is skipped: what is measured on 128
+    pixels does not need it, and the decode is faster without it."""
+    with av.open(str(path), metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.options = {"skip_loop_filter": "all"}  # honoured by H.264 and HEVC, ignored by others
+        time_base = stream.time_base or Fraction(1, 1000)
+        resizer = av.video.reformatter.VideoReformatter()
+        origin, last, frame_s = None, -math.inf, 0.0
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames, None)
+            except av.error.FFmpegError:
+                return  # a stream that breaks ends the scan there; split rejects the windows past the break
+            if frame is None:
+                return
+            t = _frame_seconds(frame, time_base)
+            if origin is None:
+                origin = t if t is not None else 0.0
+            t = last + (frame_s or 0.04) if t is None else t - origin
+            if t <= last:
+                continue  # repeated or backward timestamps, as split skips them
+            if last > -math.inf:
+                frame_s = t - last
+            last = t
+            height = max(2, round(frame.height * width / frame.width))
+            yield t, resizer.reformat(frame, width, height, "rgb24", interpolation="AREA").to_ndarray()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sampling clip frames: one decode pass per video for all of its windows
 
@@ -326,20 +358,38 @@ def _frame_seconds(frame: av.VideoFrame, time_base: Fraction) -> float | None:
     return None if ts is None else float(ts * time_base)
 
 
+FULL = (0.0, 0.0, 1.0, 1.0)  # a crop box that keeps the whole frame
+
+
+def _box(low: float, high: float, length: int, size: int) -> tuple[int, int]:
+    """The pixels [a, b) of a `length`-pixel line that `low`..`high` (shares) covers, at least `size` wide."""
+    a, b = round(low * length), round(high * length)
+    if b - a < size:
+        a = max(0, min(length - size, (a + b - size) // 2))
+        b = a + size
+    return a, b
+
+
 class _FrameConverter:
     """Turns decoded frames into clip frames: display aspect and rotation honoured, interlacing removed."""
 
-    def __init__(self, stream: av.video.stream.VideoStream, first: av.VideoFrame, size: int) -> None:
+    def __init__(
+        self, stream: av.video.stream.VideoStream, first: av.VideoFrame, size: int, crop: tuple[float, ...] = FULL
+    ) -> None:
         self.stream, self.size = stream, size
         self.rotation = _rotation(first)
         sar: Fraction | float | None = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
         sar = float(sar) if sar and sar > 0 else 1.0
-        # Scale the stored frame so the shorter side of the displayed picture becomes `size`; the sample aspect
-        # ratio stretches the stored width (anamorphic DVD/broadcast video), rotation only swaps the axes.
+        # Scale the stored frame so the shorter side of the displayed content (the picture inside its bars, `crop`
+        # as shares of the stored frame) becomes `size`; the sample aspect ratio stretches the stored width
+        # (anamorphic DVD/broadcast video), rotation only swaps the axes.
+        left, top, right, bottom = crop
         width, height = first.width * sar, first.height
-        scale = size / min(width, height)
+        scale = size / min(width * (right - left), height * (bottom - top))
         self.width = max(size, round(width * scale))
         self.height = max(size, round(height * scale))
+        # the content box in the scaled frame, never narrower than a clip
+        self.box = _box(left, right, self.width, size), _box(top, bottom, self.height, size)
         if max(self.width, self.height) > MAX_ASPECT * size:
             # the scaled strip would take gigabytes (a 2x7680 video): no 160x160 centre of it is worth that
             raise ValueError(f"a {first.width}x{first.height} picture is more than {MAX_ASPECT}:1")
@@ -365,6 +415,8 @@ class _FrameConverter:
             frame = self._top_field(frame)
         # swscale converts and downsizes in one pass; AREA averages every source pixel (antialiased).
         image = self.resizer.reformat(frame, self.width, self.height, "rgb24", interpolation="AREA").to_ndarray()
+        (x0, x1), (y0, y1) = self.box
+        image = image[y0:y1, x0:x1]
         if self.rotation:
             image = np.rot90(image, self.rotation // 90)
         top = (image.shape[0] - self.size) // 2
@@ -387,6 +439,7 @@ def sample_windows(
     windows: list[list[float]],
     *,
     size: int = CLIP_SIZE,
+    crop: tuple[float, ...] = FULL,
     threads: int = 0,
     seek_gap_s: float = 10.0,
 ) -> Iterator[WindowFrames | WindowFailed | DecodeStats]:
@@ -395,7 +448,8 @@ def sample_windows(
     `windows` holds, per window, its target instants in seconds from the stream's start (the time players
     show, whatever the container's start time). Each instant takes the decoded frame nearest to it by
     presentation time. Decoding stops at the frame after the last instant, and skips ahead by seeking when the
-    next instant lies more than `seek_gap_s` past the current frame. Windows that cannot be completed (the
+    next instant lies more than `seek_gap_s` past the current frame. Frames are cut to `crop` (the content box
+    inside the video's bars, as shares of the stored frame) before their centre crop. Windows that cannot be completed (the
     stream ends early or breaks) come out as WindowFailed; the last item is always DecodeStats.
     """
     started = time.monotonic()
@@ -495,7 +549,7 @@ def sample_windows(
                             seeking = False
                         continue  # repeated or backward timestamps (broken muxers, a seek that went back)
                     if converter is None:
-                        converter = _FrameConverter(stream, frame, size)
+                        converter = _FrameConverter(stream, frame, size, crop)
                     if prev is None and seeks and seeking and t > targets[i][0] + frame_s:
                         packets = restart_without_seeking()  # the seek landed after its target
                         break

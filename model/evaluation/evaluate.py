@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from cogflow.model import media
 from cogflow.model.cogvideo import data, steps, train
@@ -41,7 +41,7 @@ from cogflow.model.serving.text_to_video import KEYFRAME_FPS, TextToVideo
 from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.pipeline import lake, sample_data
 from cogflow.pipeline.contract import INTERPOLATION_ROUNDS
-from cogflow.pipeline.preview import find_font
+from cogflow.pipeline.preview import font as caption_font
 from cogflow.pipeline.settings import Settings
 from cogflow.pipeline.storage import Storage
 
@@ -232,8 +232,7 @@ def evaluation_sheet(rows: list[np.ndarray], prompts: list[Prompt], readings: li
     gap, margin, text_h = 3, 8, 22
     size = rows[0].shape[1] // 2  # half size keeps a 24-prompt sheet a few MB
     columns = rows[0].shape[0]
-    path = find_font()
-    font = ImageFont.truetype(path, 14) if path else ImageFont.load_default(14)
+    font = caption_font(14)
     width = 2 * margin + columns * (size + gap)
     sheet = Image.new("RGB", (width, margin + len(rows) * (text_h + size + gap)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -53,6 +53,7 @@ named AS (
 SELECT
     n.shard_id, n.stage, n.clip_id, n.video_id, n.caption_id, n.caption, n.language, n.split, n.fps, n.fps_token,
     n.start_s, list_prepend(v.source_uri, coalesce(o.uris, [])) AS source_uris, v.sha256, v.bytes,
+    CASE WHEN v.crop_left IS NOT NULL THEN [v.crop_left, v.crop_top, v.crop_right, v.crop_bottom] END AS crop,
     $now AS planned_at
 FROM named AS n
 JOIN videos AS v USING (video_id)

@@ -37,7 +37,7 @@ def test_flow_probes_in_parallel_and_publishes_its_summary(tmp_path, sample_dir)
     assert "resolution_over_limit" in str(artifact.data)
 
     again = run_ingest(settings, manifest=str(manifest), lake=settings.lake)
-    assert again.new_rows == {"videos": 0, "sources": 0, "captions": 0, "rejects": 0}
+    assert again.new_rows == {"videos": 0, "shots": 0, "sources": 0, "captions": 0, "rejects": 0}
 
 
 def test_cli_sample_data_ingest_and_status(tmp_path, capsys, monkeypatch):
@@ -62,6 +62,7 @@ def test_cli_sample_data_ingest_and_status(tmp_path, capsys, monkeypatch):
     status = capsys.readouterr().out.split(f"lake {other}")[1]
     assert [line.split() for line in status.strip().splitlines()] == [
         ["videos", "3", "rows"],
+        ["shots", "3", "rows"],  # one each: the sample world has no cuts
         ["sources", "3", "rows"],
         ["captions", "3", "rows"],
         ["rejects", "0", "rows"],

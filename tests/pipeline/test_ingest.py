@@ -81,7 +81,7 @@ def test_reingest_is_a_noop_and_a_grown_manifest_probes_only_new_videos(tmp_path
 
     again = ingest(str(manifest), settings)
     assert again.sources_probed == 0
-    assert again.new_rows == {"videos": 0, "sources": 0, "captions": 0, "rejects": 0}
+    assert again.new_rows == {"videos": 0, "shots": 0, "sources": 0, "captions": 0, "rejects": 0}
     assert lake_files(Path(settings.lake)) == before  # not a byte written
 
     write_csv(manifest, [{"video": r["video"], "caption": r["caption"]} for r in rows])
@@ -128,7 +128,13 @@ def test_runs_that_planned_at_the_same_time_write_each_row_once(tmp_path, sample
     probes = [[probe_source(uri, fetch, settings.limits) for uri, fetch in plan.to_probe] for plan in plans]
     first, second = (finish_ingest(plan, found) for plan, found in zip(plans, probes))
     assert first.new_rows["captions"] == len(rows)
-    assert second.new_rows == {"videos": 0, "sources": 0, "captions": 0, "rejects": 0}  # re-read under the lock
+    assert second.new_rows == {
+        "videos": 0,
+        "shots": 0,
+        "sources": 0,
+        "captions": 0,
+        "rejects": 0,
+    }  # re-read under the lock
 
 
 def test_a_crash_between_appends_is_finished_by_the_next_run(tmp_path, sample_dir, monkeypatch):
