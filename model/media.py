@@ -10,8 +10,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from cogflow.model.tokenizers.encode import Tokenizers
+from cogflow.pipeline.encode import encode_video
 from cogflow.pipeline.preview import font as caption_font
-from cogflow.pipeline.video import encode_video
 
 
 def to_pixels(tokenizers: Tokenizers, codes: torch.Tensor, batch: int = 64) -> np.ndarray:

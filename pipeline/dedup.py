@@ -7,7 +7,9 @@ million videos, so candidates come from an index: each hash is cut into 16-bit b
 fingerprint), and by the pigeonhole principle two fingerprints less than 20 bits apart agree exactly on at least one
 band (farther pairs usually do too). Candidates are the fingerprints that share a band value, found by binary
 search in each band's sorted values, then checked bit by bit. Bands of 16 bits keep the candidates few: among a
-million unrelated fingerprints a band value is shared by about 15.
+million unrelated fingerprints a band value is shared by about 15. A pair within `bits` is confirmed by its colour
+layouts (the mean colours of 4x4 cells at the same instants) differing by at most `colours` levels in every cell:
+the luma hash of a plain background with one moving object says where the object is, not which object it is.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BAND_BITS = 16
+COLOURS = 12  # a copy's cells keep their mean colour within this (0-255), re-encoded or scaled
 MAX_RUN = 1000  # a band value this common says nothing (a flat picture's hash): it gives no candidates
 CHUNK = 20_000  # new fingerprints looked up at once (bounds the candidate pairs held in memory)
 
@@ -43,12 +46,15 @@ def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(a ^ b).sum(axis=-1, dtype=np.int64)
 
 
-def near_duplicates(prints: np.ndarray, first_new: int, bits: int) -> list[Match]:
+def near_duplicates(
+    prints: np.ndarray, first_new: int, bits: int, layouts: np.ndarray | None = None, colours: int = COLOURS
+) -> list[Match]:
     """Which of `prints[first_new:]` are within `bits` bits of an earlier row that is not itself a near-duplicate.
 
     `prints` is (n, words) uint64: the accepted fingerprints first (rows before `first_new`, never matched), then the
-    new ones in order of preference (the one kept of two near-duplicates is the earlier). Returns one Match per
-    near-duplicate, with the earliest kept row it is near.
+    new ones in order of preference (the one kept of two near-duplicates is the earlier). `layouts`, (n, cells)
+    uint8, confirms each pair (see the module docstring). Returns one Match per near-duplicate, with the earliest
+    kept row it is near.
     """
     n = len(prints)
     if bits <= 0 or n <= first_new or first_new < 0:
@@ -59,7 +65,11 @@ def near_duplicates(prints: np.ndarray, first_new: int, bits: int) -> list[Match
         new = np.arange(start, min(start + CHUNK, n))
         candidates = np.unique(np.concatenate([band.earlier_matches(new) for band in index]), axis=0)
         apart = distances(prints[candidates[:, 0]], prints[candidates[:, 1]])
-        close.append(np.column_stack([candidates, apart])[apart <= bits])
+        near = apart <= bits
+        if layouts is not None:
+            a, b = layouts[candidates[:, 0]].astype(np.int16), layouts[candidates[:, 1]].astype(np.int16)
+            near &= np.abs(a - b).max(axis=1, initial=0) <= colours
+        close.append(np.column_stack([candidates, apart])[near])
     dropped: dict[int, Match] = {}
     for later, earlier, d in np.concatenate(close).tolist():  # sorted by the later row, then the earlier
         if later not in dropped and earlier not in dropped:  # near a row that is kept
@@ -91,6 +101,7 @@ class _Band:
 class Video:
     key: str  # what the caller names it by (ingest: its sha256)
     fingerprint: list[int] | None  # signed 64-bit hashes as stored; None or short: takes no part
+    layout: bytes | None = None  # the colour layout as stored; None: takes no part
     pixels: int = 0  # of two new near-duplicates the one with more pixels, then more bytes, is kept
     bytes: int = 0
 
@@ -100,12 +111,17 @@ def find(accepted: list[Video], new: list[Video], bits: int, words: int) -> dict
     bits apart)."""
     videos = accepted + sorted(new, key=lambda v: (-v.pixels, -v.bytes, v.key))
     prints, full = as_words([v.fingerprint for v in videos], words)
+    size = max((len(v.layout) for v in videos if v.layout), default=0)
+    layouts = np.zeros((len(videos), size), np.uint8)
+    for i, v in enumerate(videos):
+        if v.layout and len(v.layout) == size:
+            layouts[i] = np.frombuffer(v.layout, np.uint8)
+        else:
+            full[i] = False  # a hash without its colours takes no part
     rows = np.flatnonzero(full)
     first_new = int(np.searchsorted(rows, len(accepted)))
-    return {
-        videos[rows[m.index]].key: (videos[rows[m.of]].key, m.bits)
-        for m in near_duplicates(prints[rows], first_new, bits)
-    }
+    matches = near_duplicates(prints[rows], first_new, bits, layouts[rows])
+    return {videos[rows[m.index]].key: (videos[rows[m.of]].key, m.bits) for m in matches}
 
 
 def as_words(fingerprints: list[list[int] | None], words: int) -> tuple[np.ndarray, np.ndarray]:

@@ -56,6 +56,7 @@ VIDEOS = pa.schema(
         ("sharpness", pa.float64()),  # variance of the Laplacian at 128 pixels wide
         ("shot_count", pa.int32()),
         ("fingerprint", pa.list_(pa.int64())),  # 64-bit DCT hashes at 10/30/50/70/90% of the video (near-duplicates)
+        ("colour_layout", pa.binary()),  # mean colours of 4x4 cells at the same instants, (5, 4, 4, 3) uint8
         ("ingested_at", pa.timestamp("us", tz="UTC")),
     ]
 )

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cogflow.pipeline.contract import CLIP_SIZE
-from cogflow.pipeline.video import encode_video
+from cogflow.pipeline.encode import encode_video
 
 # name -> (RGB, Chinese, English). Saturated colours, far apart, so a colour mask finds the shape after encoding.
 COLOURS: dict[str, tuple[tuple[int, int, int], str, str]] = {

@@ -14,8 +14,10 @@ wide, the loop filter skipped), and this module measures on those frames, with n
   most frames and shaped as films are. Their inside is the content box that split crops to before its centre crop;
   a dark scene is not flat and still enough to look like bars, nor a plain wall that something crosses.
 - **brightness and sharpness**: the mean luma and the variance of the Laplacian over the content, kept as scores.
-- **fingerprint**: a 64-bit DCT hash of the content at FINGERPRINT_POINTS instants of the video, so a copy at
-  another resolution, bitrate or container is found as a near-duplicate (pipeline/dedup.py).
+- **fingerprint**: a 64-bit DCT hash of the content's luma at FINGERPRINT_POINTS instants of the video, and its
+  colour layout there (the mean colour of 4x4 cells), so a copy at another resolution, bitrate or container is
+  found as a near-duplicate (pipeline/dedup.py): the hash finds candidates fast, the colours confirm them (two
+  videos of one kind of scene, the same motion on another background or in another colour, hash alike).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ CONTENT_ASPECT = (0.5, 2.5)  # a picture inside bars is shaped as films and phon
 FINGERPRINT_POINTS = (0.1, 0.3, 0.5, 0.7, 0.9)  # instants of the video (shares of its duration) that are hashed
 HASH_SIZE = 32  # the content is scaled to 32x32 for its DCT; the 8x8 lowest frequencies make the 64-bit hash
 FLAT_DCT = 8.0  # a picture none of whose low frequencies reaches this (orthonormal DCT of 0-255 luma) is flat
+LAYOUT_CELLS = 4  # the colour layout: mean colours of 4x4 cells of the content
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class Scan:
     sharpness: float  # mean variance of the Laplacian of the luma (at SCAN_WIDTH)
     # one signed 64-bit hash per FINGERPRINT_POINTS instant; empty when one of them is flat (no near-duplicate search)
     fingerprint: list[int] = field(default_factory=list)
+    colour_layout: bytes | None = (
+        None  # (points, LAYOUT_CELLS, LAYOUT_CELLS, 3) uint8 mean colours; None without a fingerprint
+    )
     frames: int = 0  # frames measured
 
     def columns(self) -> dict[str, object]:
@@ -80,6 +86,7 @@ class Scan:
             "sharpness": self.sharpness,
             "shot_count": len(self.shots),
             "fingerprint": self.fingerprint,
+            "colour_layout": self.colour_layout,
         }
 
 
@@ -227,6 +234,22 @@ def dct_hash(y: np.ndarray) -> int | None:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def colour_layout(rgb: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 -> (LAYOUT_CELLS, LAYOUT_CELLS, 3) uint8: the mean colour of each cell."""
+    rows = np.linspace(0, rgb.shape[0], LAYOUT_CELLS + 1).astype(int)
+    cols = np.linspace(0, rgb.shape[1], LAYOUT_CELLS + 1).astype(int)
+    return (
+        np.array(
+            [
+                [rgb[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)].mean(axis=(0, 1)) for c0, c1 in zip(cols, cols[1:])]
+                for r0, r1 in zip(rows, rows[1:])
+            ]
+        )
+        .round()
+        .astype(np.uint8)
+    )
+
+
 def _fingerprint(pictures: list[np.ndarray]) -> list[int]:
     hashes = [dct_hash(y) for y in pictures]
     return [h for h in hashes if h is not None] if len(hashes) == len(FINGERPRINT_POINTS) and None not in hashes else []
@@ -241,7 +264,7 @@ def scan(frames: Iterable[tuple[float, np.ndarray]], duration_s: float) -> Scan:
     moved: list[tuple[float, float, float]] = []  # (earlier time, later time, share moved between the two)
     sharp: list[float] = []
     keep = [p * duration_s for p in FINGERPRINT_POINTS]  # instants whose nearest frame is hashed
-    kept: list[tuple[float, np.ndarray] | None] = [None] * len(keep)
+    kept: list[tuple[float, np.ndarray, np.ndarray] | None] = [None] * len(keep)  # (time, luma, rgb)
     bars: _BarStats | None = None
     previous_hist: np.ndarray | None = None
     previous: np.ndarray | None = None
@@ -270,9 +293,9 @@ def scan(frames: Iterable[tuple[float, np.ndarray]], duration_s: float) -> Scan:
         for k, target in enumerate(keep):
             slot = kept[k]
             if slot is None or abs(t - target) < abs(slot[0] - target):
-                kept[k] = (t, y)
+                kept[k] = (t, y, rgb)
     if not times or bars is None:
-        return Scan([], (0.0, 0.0, 1.0, 1.0), 0.0, 0.0, 0.0, [], 0)
+        return Scan([], (0.0, 0.0, 1.0, 1.0), 0.0, 0.0, 0.0)
 
     height, width = len(bars.sums[0]), len(bars.sums[1])
     left, top, right, bottom = bars.crop()
@@ -300,6 +323,11 @@ def scan(frames: Iterable[tuple[float, np.ndarray]], duration_s: float) -> Scan:
         motion=round(sum(s.motion * (s.end_s - s.start_s) for s in shots) / total, 6),
         brightness=round(float(np.mean(bright)), 3),
         sharpness=round(float(np.mean(sharp)) if sharp else 0.0, 3),
-        fingerprint=_fingerprint([y[content] for _, y in (k for k in kept if k is not None)]),
+        fingerprint=(fingerprint := _fingerprint([y[content] for _, y, _ in (k for k in kept if k is not None)])),
+        colour_layout=np.stack(
+            [colour_layout(rgb[content]) for _, _, rgb in (k for k in kept if k is not None)]
+        ).tobytes()
+        if fingerprint
+        else None,
         frames=len(times),
     )

