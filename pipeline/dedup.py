@@ -7,9 +7,12 @@ million videos, so candidates come from an index: each hash is cut into 16-bit b
 fingerprint), and by the pigeonhole principle two fingerprints less than 20 bits apart agree exactly on at least one
 band (farther pairs usually do too). Candidates are the fingerprints that share a band value, found by binary
 search in each band's sorted values, then checked bit by bit. Bands of 16 bits keep the candidates few: among a
-million unrelated fingerprints a band value is shared by about 15. A pair within `bits` is confirmed by its colour
-layouts (the mean colours of 4x4 cells at the same instants) differing by at most `colours` levels in every cell:
-the luma hash of a plain background with one moving object says where the object is, not which object it is.
+million unrelated fingerprints a band value is shared by about 15. A pair within `bits` is then confirmed:
+- by its lengths, within DURATION_SLACK: the hashes are taken at shares of each video's length, so two videos of
+  other lengths agree only by chance (the sample world moves its objects by the share of the video elapsed, so a
+  4 s and a 4.6 s video of a square and a circle crossing the same wall hash alike);
+- by its colour layouts (the mean colours of 4x4 cells at the same instants) within `colours` levels in every
+  cell: the luma hash of a plain background with one moving object says where the object is, not its colour.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 BAND_BITS = 16
-COLOURS = 12  # a copy's cells keep their mean colour within this (0-255), re-encoded or scaled
+COLOURS = 24  # a copy's cells keep their mean colour within this (0-255): 3 at half size, 14 at a starved bitrate
+DURATION_SLACK = (0.5, 0.02)  # copies last as long, within 0.5 s or 2% of the longer (container rounding, a frame)
 MAX_RUN = 1000  # a band value this common says nothing (a flat picture's hash): it gives no candidates
 CHUNK = 20_000  # new fingerprints looked up at once (bounds the candidate pairs held in memory)
 
@@ -47,13 +51,18 @@ def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def near_duplicates(
-    prints: np.ndarray, first_new: int, bits: int, layouts: np.ndarray | None = None, colours: int = COLOURS
+    prints: np.ndarray,
+    first_new: int,
+    bits: int,
+    layouts: np.ndarray | None = None,
+    durations: np.ndarray | None = None,
+    colours: int = COLOURS,
 ) -> list[Match]:
     """Which of `prints[first_new:]` are within `bits` bits of an earlier row that is not itself a near-duplicate.
 
     `prints` is (n, words) uint64: the accepted fingerprints first (rows before `first_new`, never matched), then the
     new ones in order of preference (the one kept of two near-duplicates is the earlier). `layouts`, (n, cells)
-    uint8, confirms each pair (see the module docstring). Returns one Match per near-duplicate, with the earliest
+    uint8, and `durations`, (n,) seconds, confirm each pair (see the module docstring). Returns one Match per near-duplicate, with the earliest
     kept row it is near.
     """
     n = len(prints)
@@ -69,6 +78,9 @@ def near_duplicates(
         if layouts is not None:
             a, b = layouts[candidates[:, 0]].astype(np.int16), layouts[candidates[:, 1]].astype(np.int16)
             near &= np.abs(a - b).max(axis=1, initial=0) <= colours
+        if durations is not None:
+            a, b = durations[candidates[:, 0]], durations[candidates[:, 1]]
+            near &= np.abs(a - b) <= np.maximum(DURATION_SLACK[0], DURATION_SLACK[1] * np.maximum(a, b))
         close.append(np.column_stack([candidates, apart])[near])
     dropped: dict[int, Match] = {}
     for later, earlier, d in np.concatenate(close).tolist():  # sorted by the later row, then the earlier
@@ -102,6 +114,7 @@ class Video:
     key: str  # what the caller names it by (ingest: its sha256)
     fingerprint: list[int] | None  # signed 64-bit hashes as stored; None or short: takes no part
     layout: bytes | None = None  # the colour layout as stored; None: takes no part
+    duration_s: float = 0.0
     pixels: int = 0  # of two new near-duplicates the one with more pixels, then more bytes, is kept
     bytes: int = 0
 
@@ -120,7 +133,8 @@ def find(accepted: list[Video], new: list[Video], bits: int, words: int) -> dict
             full[i] = False  # a hash without its colours takes no part
     rows = np.flatnonzero(full)
     first_new = int(np.searchsorted(rows, len(accepted)))
-    matches = near_duplicates(prints[rows], first_new, bits, layouts[rows])
+    durations = np.array([v.duration_s for v in videos], np.float64)
+    matches = near_duplicates(prints[rows], first_new, bits, layouts[rows], durations[rows])
     return {videos[rows[m.index]].key: (videos[rows[m.of]].key, m.bits) for m in matches}
 
 

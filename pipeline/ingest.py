@@ -315,13 +315,14 @@ def mark_near_duplicates(store: Storage, probes: list[dict[str, object]], bits: 
     pixels, then more bytes) turned into a `near_duplicate` reject naming the other video."""
     if bits <= 0:
         return probes
-    known = lake.read_table(store, "videos", ["sha256", "fingerprint", "colour_layout"]).to_pylist()
-    accepted = [dedup.Video(v["sha256"], v["fingerprint"], v["colour_layout"]) for v in known]
+    known = lake.read_table(store, "videos", ["sha256", "fingerprint", "colour_layout", "duration_s"]).to_pylist()
+    accepted = [dedup.Video(v["sha256"], v["fingerprint"], v["colour_layout"], v["duration_s"]) for v in known]
     new = {  # one entry per new video: several sources may hold the same bytes
         str(r["sha256"]): dedup.Video(
             str(r["sha256"]),
             cast("list[int]", r["fingerprint"]),
             cast("bytes | None", r.get("colour_layout")),
+            cast(float, r["duration_s"]),
             cast(int, r["width"]) * cast(int, r["height"]),
             cast(int, r["bytes"]),
         )
