@@ -1,11 +1,14 @@
 """The ingest flow: a manifest of captioned videos into the lake (plain steps in pipeline/ingest.py).
 
 Planning and writing run once; probing fans out over the flow's task runner, bounded by
-`Settings.probe_workers` (threads: the time goes to I/O and to FFmpeg, which releases the GIL).
+`Settings.probe_workers` (threads: the time goes to I/O and to FFmpeg, which releases the GIL), in batches of
+sources: one task run per batch, never one per video, so a manifest of millions of videos makes thousands of task
+runs, which a Prefect server holds, and progress still moves with each batch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -32,12 +35,22 @@ plan_task = task(name="plan-ingest", cache_policy=NO_CACHE)(plan_ingest)
 finish_task = task(name="write-lake", cache_policy=NO_CACHE)(finish_ingest)
 
 
-@task(name="probe-video", cache_policy=NO_CACHE, task_run_name="probe {source_uri}")
-def probe_task(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, object]:
-    return probe_source(source_uri, fetch_uri, limits)
+PROBE_BATCH = 256  # sources per probe task at most
 
 
-def _probe_all(plan: IngestPlan) -> list[dict[str, object]]:
+def probe_batches(sources: list[tuple[str, str]], workers: int, most: int = PROBE_BATCH) -> list[list[tuple[str, str]]]:
+    """`sources` in batches of one size: enough of them to keep `workers` busy, none over `most` sources."""
+    size = max(1, min(most, math.ceil(len(sources) / max(workers, 1))))
+    return [sources[i : i + size] for i in range(0, len(sources), size)]
+
+
+@task(name="probe-videos", cache_policy=NO_CACHE, task_run_name="probe {count} videos from {first}")
+def probe_task(batch: list[tuple[str, str]], limits: Limits, count: int, first: str) -> list[dict[str, object]]:
+    """Probe a batch of sources one after another (`count` and `first` only name the task run)."""
+    return [probe_source(source_uri, fetch_uri, limits) for source_uri, fetch_uri in batch]
+
+
+def _probe_all(plan: IngestPlan, batch: int = PROBE_BATCH) -> list[dict[str, object]]:
     if not plan.to_probe:
         return []
     progress = Progress(len(plan.to_probe), "probing videos", key="ingest-probe-progress")
@@ -45,10 +58,14 @@ def _probe_all(plan: IngestPlan) -> list[dict[str, object]]:
     # SIGTERM (Prefect turns it into an exception here) or Ctrl-C stops the downloads and probes at once: the task
     # runner waits for its threads before the process can exit, and a slow server or file would hold them for long.
     with stop_probes_on_error():
-        futures = [probe_task.submit(uri, fetch_uri, plan.settings.limits) for uri, fetch_uri in plan.to_probe]
+        futures = [
+            probe_task.submit(b, plan.settings.limits, len(b), b[0][0])
+            for b in probe_batches(plan.to_probe, plan.settings.probe_workers, batch)
+        ]
         for future in as_completed(futures):
-            probes.append(future.result())
-            progress.advance()
+            done = future.result()
+            probes += done
+            progress.advance(len(done))
     return probes
 
 

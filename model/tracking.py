@@ -78,6 +78,20 @@ def _exists(run_id: str) -> bool:
         return False
 
 
+def log_input(uri: str, name: str, digest: str, tags: dict[str, str], context: str = "training") -> None:
+    """Which data made the active run, for MLflow's dataset view (lineage): where it lives (a folder or s3://), a
+    name, the digest cogflow already keys the run on, and sizes as tags. Only the description is logged, not data."""
+    import mlflow.data.sources
+    from mlflow.data.meta_dataset import MetaDataset
+
+    # MLflow makes its artifact-store source classes at import time, so they are looked up by name
+    kind = "S3ArtifactDatasetSource" if uri.startswith("s3://") else "LocalArtifactDatasetSource"
+    source = getattr(mlflow.data.sources, kind)(uri)
+    # MetaDataset implements `profile` (as None); its base class only declares it abstract
+    dataset = MetaDataset(source, name=name, digest=digest)  # type: ignore[abstract]
+    mlflow.log_input(dataset, context=context, tags=tags)
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 

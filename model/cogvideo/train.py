@@ -408,6 +408,13 @@ def train_stage(
         StopSignal.installed(),
     ):
         run_id = distributed.from_main(active.info.run_id if active is not None else None)
+        if env.main and step == 0:  # lineage: the token files this run reads (a resumed run logged them already)
+            tracking.log_input(
+                f"{safe_uri(settings.lake).rstrip('/')}/tokens/v{frame_version}/stage={stage}",
+                f"tokens v{frame_version} stage {stage}",
+                data_hash,
+                {"token_files": str(len(parts)), "text_tokenizer_version": text_version},
+            )
         bar.log(
             f"{name}: {parameters / 1e6:.2f}M parameters, {layout.length} tokens a sample, "
             f"{len(parts)} token files, evaluating on {eval_split}; MLflow run {run_id}"

@@ -58,6 +58,7 @@ from cogflow.model.training import (
 from cogflow.pipeline import lake
 from cogflow.pipeline.contract import CLIP_SIZE, FRAME_TOKENIZER_FILE, naming_hash
 from cogflow.pipeline.settings import Settings, load_settings
+from cogflow.pipeline.sources import safe_uri
 from cogflow.pipeline.storage import Storage
 
 KIND = "frame_tokenizer"  # configs in model/configs/frame_tokenizer/
@@ -302,6 +303,10 @@ def train_frame_tokenizer(
         run_id = distributed.from_main(active.info.run_id if active is not None else None)  # None off rank 0
         if env.main and step == 0:
             tracking.log_metrics({f"{eval_split}/thumbnail_psnr": thumbnail_psnr}, step=0)
+            # lineage: the clip files this run reads
+            tracking.log_input(
+                f"{safe_uri(settings.lake).rstrip('/')}/clips", "clips", data_hash, {"clip_files": str(len(parts))}
+            )
         window_started, window_frames = time.monotonic(), 0
         batches = iter(loader)
         while step < run.train.steps:

@@ -9,7 +9,7 @@ from helpers import copy_sample, make_bad_corpus, write_csv
 from prefect.client.orchestration import get_client
 
 from cogflow.flows.cli import main
-from cogflow.flows.ingest import run_ingest
+from cogflow.flows.ingest import probe_batches, run_ingest
 from cogflow.pipeline.settings import load_settings
 
 
@@ -87,3 +87,12 @@ def test_cli_reports_usage_errors_without_a_traceback(tmp_path, capsys, sample_d
         == 0
     )
     assert not Path(tmp_path / "lake" / "rejects").exists()
+
+
+def test_probes_are_batched_so_task_runs_grow_with_the_data_over_the_batch_size():
+    sources = [(f"s3://b/{i}.mp4", f"s3://b/{i}.mp4") for i in range(300)]
+    batches = probe_batches(sources, workers=4)
+    assert [len(b) for b in batches] == [75] * 4 and sum(batches, []) == sources  # enough to keep 4 workers busy
+    assert len(probe_batches(sources * 100, workers=4)) == 118  # 30,000 sources: batches of at most 256
+    assert [len(b) for b in probe_batches(sources[:3], workers=8)] == [1, 1, 1]
+    assert probe_batches([], workers=4) == []

@@ -24,7 +24,7 @@ from cogflow.flows.cli import main
 def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sample_dir, capsys):
     rows = copy_sample(sample_dir, tmp_path)
     videos = []
-    for i in range(24):  # one probe task each: a burst of task-run events at the end of the flow
+    for i in range(24):  # a burst of task-run events at the end of the flow
         source = tmp_path / rows[i % len(rows)]["video"]
         copy = source.with_name(f"copy_{i}{source.suffix}")
         shutil.copyfile(source, copy)
@@ -41,4 +41,7 @@ def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sampl
                 state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))
             ),
         )
-    assert len(runs) >= 24 and unfinished == []
+    assert unfinished == []
+    # one probe task run per batch, not per video: 24 sources over 4 workers are 4 batches of 6
+    probes = [r.name for r in runs if r.name.startswith("probe ")]
+    assert len(probes) == 4 and all(name.startswith(f"probe 6 videos from {tmp_path}") for name in probes)

@@ -56,6 +56,13 @@ def test_both_stages_train_log_and_leave_a_model(home: Path, tmp_path: Path) -> 
         info = client.get_run(result.run_id)
         assert info.data.tags["cogflow.kind"] == f"stage{stage}" and info.data.tags["cogflow.complete"] == "true"
         assert info.data.params["model.layers"] == "2" and info.data.params["stage"] == str(stage)
+        (data,) = info.inputs.dataset_inputs  # lineage: the lake's token files of the stage, by their digest
+        assert data.dataset.digest == info.data.tags["cogflow.data_hash"]
+        assert data.dataset.name == f"tokens v{info.data.tags['cogflow.frame_tokenizer_version']} stage {stage}"
+        assert "/tokens/v" in data.dataset.source and {t.key for t in data.tags} >= {
+            "token_files",
+            "mlflow.data.context",
+        }
         for key in (
             "train/loss",
             "train/lr",
