@@ -7,7 +7,9 @@ in a child process (`python -m cogflow.pipeline.prober`), one per probing thread
 costs a few tenths of a second). A probe that takes longer than its timeout (COGFLOW_PROBE_TIMEOUT_S) has its child
 killed and becomes ProbeError('probe_timeout'); a child that dies (a crash in a codec) costs that file, as
 'probe_error', not the run. `stop_probes_on_error` kills every probe in flight when the run stops. A video the
-probe accepts is then scanned in the same child, under the same timeout (pipeline/scan.py: one more decode, small).
+probe accepts is then scanned in the same child (pipeline/scan.py: one more decode, small) for at most half the
+timeout: a scan that would take longer (hours of video on a slow machine) is given up, and the video is accepted
+without scores, as an unscanned one.
 
 Messages are pickles over a socket pair (multiprocessing.connection): a path, the limits and whether to scan one
 way; a Probed, a (reason, detail) reject or another failure's text back. Both ends are cogflow, so unpickling them is safe.
@@ -20,10 +22,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cogflow.pipeline.children import ChildProcesses
 from cogflow.pipeline.scan import SCAN_WIDTH, Scan, scan
@@ -32,7 +36,22 @@ from cogflow.pipeline.video import ProbeError, ProbeResult, probe, scan_frames
 
 class Probed(NamedTuple):
     result: ProbeResult
-    scan: Scan | None  # None when not asked for
+    scan: Scan | None  # None when not asked for, or given up
+
+
+def _until(frames: Iterator[tuple[float, Any]], deadline: float) -> Iterator[tuple[float, Any]]:
+    for item in frames:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        yield item
+
+
+def scan_within(path: str, duration_s: float, budget_s: float) -> Scan | None:
+    """The scan of `path`, or None when it takes longer than `budget_s`."""
+    try:
+        return scan(_until(scan_frames(path, SCAN_WIDTH), time.monotonic() + budget_s), duration_s)
+    except TimeoutError:
+        return None
 
 
 STARTUP_TIMEOUT_S = 120.0  # a child that has not imported PyAV by then (a machine far too busy) is given up
@@ -99,7 +118,7 @@ class Prober:
         proc, conn = self._start()
         try:
             with _children.working(proc):
-                conn.send((str(path), scan, limits))
+                conn.send((str(path), timeout_s / 2 if scan else None, limits))
                 if not conn.poll(timeout_s):
                     self._kill()
                     raise ProbeError(
@@ -146,12 +165,13 @@ def child_main(fd: int) -> None:
     conn.send("ready")
     while True:
         try:
-            path, scanning, limits = conn.recv()
+            path, scan_budget_s, limits = conn.recv()
         except EOFError:
             return
         try:
             result = probe(path, **limits)
-            reply: object = Probed(result, scan(scan_frames(path, SCAN_WIDTH), result.duration_s) if scanning else None)
+            scanned = None if scan_budget_s is None else scan_within(path, result.duration_s, scan_budget_s)
+            reply: object = Probed(result, scanned)
         except ProbeError as exc:
             reply = (exc.reason, exc.detail)
         except Exception as exc:  # an exotic file or a bug: its type and message, for probe_source to record

