@@ -403,6 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=command.run_report)
 
     p = commands.add_parser(
+        "export",
+        help="write the lake's clips for other trainers: WebDataset tar shards of KEY.mp4 (the 5 frames, lossless), "
+        "KEY.txt (the caption) and KEY.json (everything else)",
+    )
+    p.add_argument(
+        "--lake",
+        type=_lake_option,
+        help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)",
+    )
+    p.add_argument("--format", choices=["webdataset"], default="webdataset")
+    p.add_argument("-o", "--output", required=True, help="folder to write the shards into (shard-000000.tar, ...)")
+    p.add_argument("--stage", type=int, choices=[1, 2], help="only this stage's clips")
+    p.add_argument("--split", choices=["train", "val"], help="only this split's clips")
+    p.add_argument("--shard-mb", type=float, default=1000.0, help="about this many megabytes a shard (default 1000)")
+    p.set_defaults(run=command.run_export)
+
+    p = commands.add_parser(
         "repair",
         help="remove what a failed or raced write left in the lake: duplicate keys, files "
         "without a completion record, orphan .tmp-* files (each removal printed)",

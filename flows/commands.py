@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cogflow.pipeline.settings import (
@@ -287,6 +288,33 @@ def run_report(args: argparse.Namespace) -> int:
         return 1
     except (BotoCoreError, ClientError, OSError) as exc:  # S3 failing, or the output cannot be written
         print(f"cogflow report: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(summary.text())
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+    from pyarrow import ArrowException
+
+    from cogflow.pipeline.export import export_webdataset
+    from cogflow.pipeline.settings import load_settings
+    from cogflow.pipeline.sources import safe_uri
+    from cogflow.pipeline.storage import Storage
+
+    store = Storage.at(load_settings().lake)
+    try:
+        if not store.list_files(""):
+            print(f"cogflow export: no lake at {safe_uri(store.root)}: nothing to export", file=sys.stderr)
+            return 2
+        summary = export_webdataset(
+            store, Path(args.output), stage=args.stage, split=args.split, shard_mb=args.shard_mb
+        )
+    except ArrowException as exc:
+        print(f"cogflow export: cannot read the lake: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError, OSError) as exc:  # S3 failing, or the output cannot be written
+        print(f"cogflow export: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(summary.text())
     return 0

@@ -5,6 +5,7 @@ The two are the only modules that import PyAV: reading (probe, scan, clip frames
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +48,26 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], fps: Fraction |
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def encode_lossless(frames: np.ndarray, fps: float) -> bytes:
+    """(T, H, W, 3) uint8 RGB -> MP4 bytes that decode to exactly these frames: H.264 in RGB (libx264rgb) at qp 0,
+    at `fps` (a clip's 0.25 to 8). For exported clips (pipeline/export.py)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        stream = cast(
+            "av.video.stream.VideoStream",
+            container.add_stream(
+                "libx264rgb", rate=Fraction(fps).limit_denominator(1000), options={"qp": "0", "preset": "veryfast"}
+            ),
+        )
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
 
 
 def encode_audio_only(path: str | Path, seconds: float = 1.0, sample_rate: int = 16000) -> Path:
