@@ -41,6 +41,15 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _node_options(p: argparse.ArgumentParser) -> None:
+    """A training over several machines: the same command on each, with its --node-rank (torchrun's c10d rendezvous)."""
+    p.add_argument("--nnodes", type=_positive, default=1, help="machines in the training job (default 1)")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's place among them, 0..nnodes-1")
+    p.add_argument(
+        "--rdzv-endpoint", metavar="HOST:PORT", help="where the machines meet: node 0's address and a free port"
+    )
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
@@ -254,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-tokenizer", help="encode with this version of cogflow-text-tokenizer (default: trained now, or newest)"
     )
     p.add_argument("--batch-clips", type=_positive, default=16, help="clips per frame tokenizer batch when encoding")
+    _node_options(p)
     p.set_defaults(run=command.run_tokenize)
 
     p = commands.add_parser(
@@ -275,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue this training from its checkpoint (an error when there is none)"
     )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint of this training and start over")
+    _node_options(p)
     p.set_defaults(run=command.run_train)
 
     p = commands.add_parser(

@@ -1,5 +1,7 @@
 """Training entry points run as child processes: `python -m <module>` for one process, `torchrun --standalone`
-for several. Their output goes line by line to the flow's log; their result comes back through a JSON file.
+for several on one machine, and torchrun with a c10d rendezvous for a job over several machines (`Nodes`: the same
+command on each, with its node rank). Their output goes line by line to the flow's log; their result comes back
+through a JSON file, on every machine.
 
 A child keeps PyTorch's threads, memory and process group out of the flow's process, and a crash in it fails
 the task with the child's last lines instead of taking the flow (or its worker) down.
@@ -15,9 +17,45 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from cogflow.pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """This machine's place in a multi-node training: torchrun's `--nnodes`, `--node-rank` and c10d rendezvous."""
+
+    count: int = 1
+    rank: int = 0
+    endpoint: str | None = None  # HOST:PORT where the nodes meet (node 0's address and a free port)
+    job: str = "cogflow"  # the rendezvous id: the same on every node of one job, another for a job beside it
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.rank < self.count:
+            raise ValueError(f"node rank must be 0..{self.count - 1}, not {self.rank}")
+        if self.count > 1 and not (self.endpoint and ":" in self.endpoint):
+            raise ValueError("a multi-node job needs --rdzv-endpoint HOST:PORT (node 0's address and a free port)")
+
+
+ONE_NODE = Nodes()
+
+
+def launcher(nproc: int, nodes: Nodes) -> list[str]:
+    """The command a training module runs under: plain Python, torchrun on one machine, or torchrun across nodes."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    if nodes.count > 1:
+        return [
+            *torchrun,
+            f"--nnodes={nodes.count}",
+            f"--node-rank={nodes.rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={nodes.endpoint}",
+            f"--rdzv-id={nodes.job}",
+            f"--nproc-per-node={nproc}",
+        ]
+    return [*torchrun, "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
 
 
 class ChildFailed(RuntimeError):
@@ -39,19 +77,19 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def run_module(
-    module: str, args: list[str], settings: Settings, nproc: int = 1, log: Callable[[str], None] = print
+    module: str,
+    args: list[str],
+    settings: Settings,
+    nproc: int = 1,
+    log: Callable[[str], None] = print,
+    nodes: Nodes = ONE_NODE,
 ) -> dict:
     """Run `module` (which must accept --result-file) and return the result it wrote.
 
     Exit code 2 is the entry point's usage error (ValueError with its message); any other failure is ChildFailed."""
     with tempfile.TemporaryDirectory(prefix="cogflow-child-") as tmp:
         result_file = Path(tmp) / "result.json"
-        launcher = (
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-            if nproc > 1
-            else [sys.executable]
-        )
-        command = [*launcher, "-m", module, *args, "--result-file", str(result_file)]
+        command = [*launcher(nproc, nodes), "-m", module, *args, "--result-file", str(result_file)]
         tail: deque[str] = deque(maxlen=20)
         with subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(settings), bufsize=1
@@ -63,7 +101,7 @@ def run_module(
                 log(line)
             code = child.wait()
         last = "\n".join(tail)
-        if code == 2 and nproc == 1:
+        if code == 2 and nproc == 1 and nodes.count == 1:
             raise ValueError(last.splitlines()[-1].split(": ", 1)[-1] if last else f"{module}: usage error")
         if code != 0 or not result_file.exists():
             raise ChildFailed(f"{module} exited with code {code}; its last lines:\n{last}")

@@ -9,6 +9,7 @@ data, same config) is skipped, so a scheduled run on an unchanged lake only look
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cogflow.flows.launch import gpu_slot, run_module
+from cogflow.flows.launch import ONE_NODE, Nodes, gpu_slot, run_module
 from cogflow.flows.progress import Progress, child_log
 from cogflow.model.tokenizers.encode import EncodeResult, encode_clips
 from cogflow.model.tokenizers.train_frame import FrameTokenizerResult
@@ -38,7 +39,7 @@ text_task = task(name="train-text-tokenizer", cache_policy=NO_CACHE)(train_text_
 
 @task(name="train-frame-tokenizer", cache_policy=NO_CACHE)
 def frames_task(
-    settings: Settings, config: str, overrides: list[str], nproc: int, restart: bool
+    settings: Settings, config: str, overrides: list[str], nproc: int, restart: bool, nodes: Nodes = ONE_NODE
 ) -> FrameTokenizerResult:
     args = ["--config", config, "--lake", settings.lake, *(a for o in overrides for a in ("--set", o))]
     if restart:
@@ -47,8 +48,9 @@ def frames_task(
     log = child_log(
         get_run_logger().info, STEP_LINE, "training the frame tokenizer (steps)", "frame-tokenizer-progress"
     )
-    with gpu_slot():
-        result = run_module("cogflow.model.tokenizers.train_frame", args, settings, nproc=nproc, log=log)
+    # a multi-node job has its machines to itself: no shared GPU slot (see flows/train.py)
+    with gpu_slot() if nodes.count == 1 else contextlib.nullcontext():
+        result = run_module("cogflow.model.tokenizers.train_frame", args, settings, nproc=nproc, log=log, nodes=nodes)
     return FrameTokenizerResult(**result)
 
 
@@ -134,6 +136,9 @@ def tokenize_flow(
     frame_tokenizer_version: str | None = None,
     text_tokenizer_version: str | None = None,
     batch_clips: int = 16,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
 ) -> TokenizeSummary:
     """Train (or find) the text and frame tokenizers of the lake, then encode every clip not encoded with them.
 
@@ -148,7 +153,10 @@ def tokenize_flow(
         summary.text_tokenizer = text_task(settings, TextTokenizerConfig(vocab_size=vocab_size))
         text_tokenizer_version = summary.text_tokenizer.version
     if "frames" in chosen:
-        summary.frame_tokenizer = frames_task(settings, frame_config, list(frame_overrides or []), nproc, restart)
+        nodes = Nodes(nnodes, node_rank, rdzv_endpoint, job="cogflow-frame-tokenizer")
+        summary.frame_tokenizer = frames_task(
+            settings, frame_config, list(frame_overrides or []), nproc, restart, nodes
+        )
         frame_tokenizer_version = summary.frame_tokenizer.version or None
     if "encode" in chosen:
         summary.encoding = encode_task(settings, frame_tokenizer_version, text_tokenizer_version, batch_clips)

@@ -2,13 +2,15 @@
 model/cogvideo/train.py).
 
 `python -m cogflow.model.cogvideo.train` for one process on a CPU or one GPU, `torchrun --standalone --nproc_per_node=N` for more
-(by default, one process per visible GPU). The child's lines stream into the flow's log and its step lines into
+(by default, one process per visible GPU), and the same flow run on each machine of a multi-node job (`nnodes`,
+`node_rank`, `rdzv_endpoint`: torchrun's c10d rendezvous; infra/README.md shows how). The child's lines stream into the flow's log and its step lines into
 a progress artifact; a non-zero exit fails the flow with the child's last lines. Returns the MLflow run id (in the
 summary), which `cogflow generate` picks up as the newest trained stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -16,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cogflow.flows.launch import gpu_slot, run_module
+from cogflow.flows.launch import ONE_NODE, Nodes, gpu_slot, run_module
 from cogflow.flows.progress import child_log
 from cogflow.model.cogvideo.train import TrainResult
 from cogflow.pipeline.settings import Settings, load_settings
@@ -43,6 +45,7 @@ def train_task(
     frame_tokenizer_version: str | None,
     restart: bool,
     resume: bool,
+    nodes: Nodes = ONE_NODE,
 ) -> TrainResult:
     args = [
         "--stage",
@@ -59,8 +62,12 @@ def train_task(
     args += ["--resume"] if resume else []
     # the child's periodic "stage 1 25/300 ..." lines feed a progress artifact
     log = child_log(get_run_logger().info, STEP_LINE, f"training stage {stage} (steps)", f"stage{stage}-progress")
-    with gpu_slot():
-        return TrainResult(**run_module("cogflow.model.cogvideo.train", args, settings, nproc=nproc, log=log))
+    # a multi-node job has its machines to itself (whoever started it on each chose them): no shared GPU slot, which
+    # the nodes, sharing one Prefect server, would otherwise wait on for each other
+    with gpu_slot() if nodes.count == 1 else contextlib.nullcontext():
+        return TrainResult(
+            **run_module("cogflow.model.cogvideo.train", args, settings, nproc=nproc, log=log, nodes=nodes)
+        )
 
 
 @dataclass
@@ -106,8 +113,13 @@ def train_flow(
     frame_tokenizer_version: str | None = None,
     restart: bool = False,
     resume: bool = False,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
 ) -> TrainSummary:
-    """Train stage 1 (key frames) or 2 (interpolation) on the lake's token shards; returns the MLflow run."""
+    """Train stage 1 (key frames) or 2 (interpolation) on the lake's token shards; returns the MLflow run. On several
+    machines, run it on each with their `node_rank` and the same `nnodes` and `rdzv_endpoint`."""
+    nodes = Nodes(nnodes, node_rank, rdzv_endpoint, job=f"cogflow-stage{stage}")
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, not {stage}")
     settings = load_settings(lake=lake)
@@ -121,6 +133,7 @@ def train_flow(
         frame_tokenizer_version,
         restart,
         resume,
+        nodes,
     )
     summary = TrainSummary(safe_uri(settings.lake), safe_uri(settings.mlflow_tracking_uri), result)
     logger = get_run_logger()

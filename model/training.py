@@ -107,21 +107,23 @@ def stop_vote(step: int, until_step: int | None, device: torch.device) -> bool:
 def run_entry_point(name: str, work: Callable[[], Any], result_file: str | None) -> int:
     """The end of a training entry point's main(): run `work`; a ValueError (a usage error: bad config, nothing
     to train on) is one line on stderr and exit 2; the process group is left either way; rank 0 prints the
-    result (a dataclass) as JSON and writes it to `result_file`, which is how flows/launch.py reads it back."""
+    result (a dataclass) as JSON, and the first process of every node writes rank 0's result to `result_file`,
+    which is how flows/launch.py reads it back on each machine of a multi-node job."""
     from cogflow.model import distributed
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    node_main = int(os.environ.get("LOCAL_RANK", "0")) == 0  # each node's launcher reads the file on its machine
     try:
-        result = work()
+        result = distributed.from_main(work())  # rank 0's result (its timing, its run) is every node's
         distributed.barrier()  # leave together: a rank tearing the group down while another still works can abort it
     except ValueError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     finally:
         distributed.teardown()
+    text = json.dumps(dataclasses.asdict(result))
     if main_rank:
-        text = json.dumps(dataclasses.asdict(result))
         print(text)
-        if result_file:
-            Path(result_file).write_text(text)
+    if node_main and result_file:
+        Path(result_file).write_text(text)
     return 0

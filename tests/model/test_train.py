@@ -8,15 +8,19 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from helpers import lake_settings, tokenized_home, upload_tree
 from mlflow.tracking import MlflowClient
 
+from cogflow.flows.launch import Nodes, run_module
 from cogflow.model import tracking
 from cogflow.model.cogvideo.data import TokenStream, fit_text
 from cogflow.model.cogvideo.layout import Layout
@@ -208,6 +212,38 @@ def test_two_process_torchrun_step_matches_one_process(tmp_path: Path, sharding:
         assert gradient.abs().max() > 0, name
         torch.testing.assert_close(two["gradient"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
     assert abs(one["loss"] - two["loss"]) < 0.5  # each rank reports its half's loss; the step above is the test
+
+
+def test_two_nodes_train_stage_1_together_into_one_mlflow_run(home: Path) -> None:
+    """Two "machines" on 127.0.0.1, one process each (gloo), meeting by torchrun's c10d rendezvous, as
+    `cogflow train --nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT` starts them; each launcher gets the result."""
+    settings = lake_settings(home)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    args = ["--stage", "1", "--config", "debug", "--lake", settings.lake, "--quiet"]
+    results: dict[int, object] = {}
+
+    def node(rank: int) -> None:
+        try:
+            nodes = Nodes(2, rank, endpoint, job="two-node-test")
+            results[rank] = run_module("cogflow.model.cogvideo.train", args, settings, log=lambda _: None, nodes=nodes)
+        except Exception as exc:  # reported below, with the other node's outcome
+            results[rank] = exc
+
+    threads = [threading.Thread(target=node, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(isinstance(r, dict) for r in results.values()) and len(results) == 2, results
+    assert results[0] == results[1] and results[0]["trained"] and results[0]["complete"]
+    tracking.use(settings.mlflow_tracking_uri, settings.home)
+    runs = MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name(tracking.EXPERIMENT).experiment_id], "tags.`cogflow.kind` = 'stage1'"
+    )
+    assert [r.info.run_id for r in runs] == [results[0]["run_id"]]  # one run for the job, not one per node
+    assert runs[0].data.params["world_size"] == "2"
 
 
 def test_video_model_from_a_text_to_image_run(home: Path) -> None:
