@@ -41,6 +41,14 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _task_runner_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--task-runner",
+        default="threads",
+        help=f"{default}, processes, dask or ray; dask://HOST:PORT or ray://HOST:PORT for a running cluster",
+    )
+
+
 def _node_options(p: argparse.ArgumentParser) -> None:
     """A training over several machines: the same command on each, with its --node-rank (torchrun's c10d rendezvous)."""
     p.add_argument("--nnodes", type=_positive, default=1, help="machines in the training job (default 1)")
@@ -198,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a CSV/JSONL manifest's text encoding, any Python codec name such as gb18030 "
         "(default: UTF-8, or UTF-16 by its byte order mark)",
     )
+    _task_runner_option(p, "threads (default; each probe runs in its own process)")
     p.set_defaults(run=command.run_ingest)
 
     p = commands.add_parser("split", help="cut the lake's captioned videos into 5-frame 160x160 clips")
@@ -211,12 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_setting("split.workers"),
         help="shards split at once (default $COGFLOW_SPLIT_WORKERS or the cores)",
     )
-    p.add_argument(
-        "--task-runner",
-        default="threads",
-        help="threads (default; each shard decodes in its own process), processes, dask or ray; "
-        "dask://HOST:PORT or ray://HOST:PORT for a running cluster",
-    )
+    _task_runner_option(p, "threads (default; each shard decodes in its own process)")
     p.add_argument(
         "--retry-rejects",
         action="store_true",

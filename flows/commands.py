@@ -68,6 +68,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         "ingest",
         lambda: run_ingest(
             settings,
+            task_runner=args.task_runner,
             manifest=args.manifest,
             lake=settings.lake,
             video_col=args.video_col,

@@ -18,6 +18,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cogflow.flows.progress import Progress
+from cogflow.flows.runners import make_task_runner
 from cogflow.pipeline.ingest import (
     IngestPlan,
     IngestSummary,
@@ -120,8 +121,9 @@ def ingest_flow(
     return summary
 
 
-def run_ingest(settings: Settings, **parameters: Any) -> IngestSummary:
-    """Run the flow with a task runner sized from the settings (the decorator cannot know them).
+def run_ingest(settings: Settings, task_runner: str = "threads", **parameters: Any) -> IngestSummary:
+    """Run the flow on the named task runner (flows/runners.py), sized from the settings (the decorator cannot know
+    them).
 
     A local manifest that cannot be read (encoding, columns) raises ManifestError before the flow starts, so the
     user sees one line rather than Prefect's tracebacks of the failed task and flow.
@@ -132,7 +134,7 @@ def run_ingest(settings: Settings, **parameters: Any) -> IngestSummary:
         video_col=str(parameters.get("video_col", "video")),
         caption_col=str(parameters.get("caption_col", "caption")),
     )
-    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=settings.probe_workers)
+    runner = make_task_runner(task_runner, settings.probe_workers)
     parameters["manifest"] = hand_over_manifest(str(parameters["manifest"]))
     # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
     return ingest_flow.with_options(task_runner=runner)(**parameters)  # type: ignore[arg-type]

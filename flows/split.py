@@ -18,9 +18,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from cogflow.flows.progress import Progress
+from cogflow.flows.runners import make_task_runner
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import (
     STAGES,
@@ -33,8 +34,6 @@ from cogflow.pipeline.split import (
     stop_shards_on_error,
 )
 from cogflow.pipeline.storage import Storage
-
-TASK_RUNNERS = ("threads", "processes", "dask", "ray")
 
 plan_task = task(name="plan-clips", cache_policy=NO_CACHE)(plan_split)
 finish_task = task(name="check-clips", cache_policy=NO_CACHE)(finish_split)
@@ -58,37 +57,6 @@ def parse_stages(stage: str | int) -> tuple[int, ...]:
     if str(stage) in {"1", "2"}:
         return (int(stage),)
     raise ValueError(f"stage must be 1, 2 or all, not {stage!r}")
-
-
-def make_task_runner(spec: str, workers: int) -> TaskRunner:
-    """`threads`, `processes`, `dask[://address]` or `ray[://address]`; local ones get `workers` slots."""
-    kind, _, address = spec.partition("://")
-    if kind == "processes":
-        return ProcessPoolTaskRunner(max_workers=workers)
-    if kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=workers)
-    if kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError as exc:
-            raise ValueError("--task-runner dask needs prefect-dask: pip install 'cogflow[cluster]'") from exc
-        if address:
-            return DaskTaskRunner(address=f"tcp://{address}")
-        # One single-threaded worker process per slot: the decoding happens in child processes anyway.
-        return DaskTaskRunner(
-            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
-        )
-    if kind == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError as exc:
-            raise ValueError("--task-runner ray needs prefect-ray: pip install prefect-ray") from exc
-        return (
-            RayTaskRunner(address=f"ray://{address}") if address else RayTaskRunner(init_kwargs={"num_cpus": workers})
-        )
-    raise ValueError(
-        f"unknown task runner {spec!r}: use one of {', '.join(TASK_RUNNERS)} (dask and ray may add ://address)"
-    )
 
 
 def _split_all(settings: Settings, shards: list[ShardTask]) -> list[ShardResult]:

@@ -10,7 +10,9 @@ from prefect.client.orchestration import get_client
 
 from cogflow.flows.cli import main
 from cogflow.flows.ingest import probe_batches, run_ingest
+from cogflow.pipeline import lake
 from cogflow.pipeline.settings import load_settings
+from cogflow.pipeline.storage import Storage
 
 
 def _artifact(key: str):
@@ -96,3 +98,23 @@ def test_probes_are_batched_so_task_runs_grow_with_the_data_over_the_batch_size(
     assert len(probe_batches(sources * 100, workers=4)) == 118  # 30,000 sources: batches of at most 256
     assert [len(b) for b in probe_batches(sources[:3], workers=8)] == [1, 1, 1]
     assert probe_batches([], workers=4) == []
+
+
+def test_the_flow_on_a_local_dask_cluster_writes_the_lake_a_plain_ingest_writes(tmp_path, sample_dir):
+    """The probes (in batches) on a local Dask cluster's worker processes; the lake equals a plain run's, row for row."""
+    rows, _ = make_bad_corpus(tmp_path / "data", sample_dir)
+    manifest = write_csv(tmp_path / "data" / "manifest.csv", rows)
+    tables = {}
+    for runner in ("dask", "threads"):
+        settings = load_settings(home=str(tmp_path / runner)).replace(probe_workers=2)
+        run_ingest(settings, task_runner=runner, manifest=str(manifest), lake=settings.lake)
+        store = Storage.at(settings.lake)
+        tables[runner] = {
+            name: _rows(lake.read_table(store, name)) for name in ("videos", "shots", "sources", "captions", "rejects")
+        }
+    assert tables["dask"] == tables["threads"] and tables["dask"]["videos"]
+
+
+def _rows(table) -> list[str]:
+    """A table's rows without the times they were written, in a stable order."""
+    return sorted(map(repr, table.drop_columns([c for c in table.column_names if c.endswith("_at")]).to_pylist()))
