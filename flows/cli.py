@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-tokenizer", help="encode with this version of cogflow-text-tokenizer (default: trained now, or newest)"
     )
     p.add_argument("--batch-clips", type=_positive, default=16, help="clips per frame tokenizer batch when encoding")
+    p.add_argument(
+        "--encode-workers", type=_positive, default=1, help="workers sharing out the clip files to encode (default 1)"
+    )
+    _task_runner_option(p, "threads (default)")
     _node_options(p)
     p.set_defaults(run=command.run_tokenize)
 

@@ -99,13 +99,16 @@ def run_split(args: argparse.Namespace) -> int:
 
 def run_tokenize(args: argparse.Namespace) -> int:
     from cogflow.flows.launch import ChildFailed
+    from cogflow.flows.runners import make_task_runner
     from cogflow.flows.tokenize import tokenize_flow
     from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
+    runner = make_task_runner(args.task_runner, args.encode_workers)
     code = _report(
         "tokenize",
-        lambda: tokenize_flow(
+        # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
+        lambda: tokenize_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
             lake=settings.lake,
             steps=args.what,
             vocab_size=args.vocab_size,
@@ -116,6 +119,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
             frame_tokenizer_version=args.frame_tokenizer,
             text_tokenizer_version=args.text_tokenizer,
             batch_clips=args.batch_clips,
+            encode_workers=args.encode_workers,
             nnodes=args.nnodes,
             node_rank=args.node_rank,
             rdzv_endpoint=args.rdzv_endpoint,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, task
@@ -19,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cogflow.flows.launch import ONE_NODE, Nodes, gpu_slot, run_module
 from cogflow.flows.progress import Progress, child_log
-from cogflow.model.tokenizers.encode import EncodeResult, encode_clips
+from cogflow.model.tokenizers.encode import ClipFile, EncodeResult, encode_clips, load_tokenizers, pending_files
 from cogflow.model.tokenizers.train_frame import FrameTokenizerResult
 from cogflow.model.tokenizers.train_text import (
     TextTokenizerConfig,
@@ -66,6 +67,39 @@ def encode_task(
         progress.advance()
 
     return encode_clips(settings, frame_version, text_version, batch_clips=batch_clips, progress=False, on_file=on_file)
+
+
+@task(name="encode-files", cache_policy=NO_CACHE, task_run_name="encode {count} clip files")
+def encode_files_task(
+    settings: Settings, frame_version: str, text_version: str, batch_clips: int, files: list[ClipFile], count: int
+) -> EncodeResult:
+    """One worker's share of the clip files (`count` only names the task run)."""
+    return encode_clips(settings, frame_version, text_version, batch_clips=batch_clips, progress=False, files=files)
+
+
+def _encode_shared(
+    settings: Settings, frame_version: str | None, text_version: str | None, batch_clips: int, workers: int
+) -> EncodeResult:
+    """The clip files not yet encoded, shared out among `workers` tasks on the flow's task runner (threads, or the
+    processes of a Dask or Ray cluster), two batches a worker so that they finish close together."""
+    tokenizers = load_tokenizers(settings, frame_version, text_version, "cpu")
+    todo, done_before = pending_files(Storage.at(settings.lake), tokenizers)
+    result = EncodeResult(safe_uri(settings.lake), tokenizers.frame_version, tokenizers.text_version, done_before)
+    started = time.monotonic()
+    batches = [todo[i :: 2 * workers] for i in range(min(len(todo), 2 * workers))]
+    progress = Progress(len(todo), "encoding clip files", key="encode-progress") if todo else None
+    futures = [
+        encode_files_task.submit(
+            settings, tokenizers.frame_version, tokenizers.text_version, batch_clips, batch, len(batch)
+        )
+        for batch in batches
+    ]
+    for future, batch in zip(futures, batches):
+        result.add(future.result())
+        if progress is not None:
+            progress.advance(len(batch))
+    result.seconds = time.monotonic() - started
+    return result
 
 
 @task(name="check-tokens", cache_policy=NO_CACHE)
@@ -136,6 +170,7 @@ def tokenize_flow(
     frame_tokenizer_version: str | None = None,
     text_tokenizer_version: str | None = None,
     batch_clips: int = 16,
+    encode_workers: int = 1,
     nnodes: int = 1,
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
@@ -159,7 +194,12 @@ def tokenize_flow(
         )
         frame_tokenizer_version = summary.frame_tokenizer.version or None
     if "encode" in chosen:
-        summary.encoding = encode_task(settings, frame_tokenizer_version, text_tokenizer_version, batch_clips)
+        if encode_workers > 1:
+            summary.encoding = _encode_shared(
+                settings, frame_tokenizer_version, text_tokenizer_version, batch_clips, encode_workers
+            )
+        else:
+            summary.encoding = encode_task(settings, frame_tokenizer_version, text_tokenizer_version, batch_clips)
         summary.checks = checks_task(settings)
     for line in summary.lines():
         logger.info(line)

@@ -72,6 +72,16 @@ class EncodeResult:
     def frames_per_s(self) -> float:
         return self.frames / self.encode_seconds if self.encode_seconds else 0.0
 
+    def add(self, other: EncodeResult) -> None:
+        """Count in what another worker encoded (its files were disjoint from this one's)."""
+        self.files_encoded += other.files_encoded
+        self.clips += other.clips
+        self.frames += other.frames
+        self.text_truncated += other.text_truncated
+        self.encode_seconds += other.encode_seconds
+        for stage, clips in other.stages.items():
+            self.stages[stage] = self.stages.get(stage, 0) + clips
+
 
 @dataclass
 class Tokenizers:
@@ -218,12 +228,15 @@ def encode_clips(
     device: str | None = None,
     progress: bool = True,
     on_file: Callable[[EncodeResult, int], None] | None = None,
+    files: list[ClipFile] | None = None,
 ) -> EncodeResult:
-    """Encode every clip file not yet encoded with these tokenizer versions (default: the newest registered)."""
+    """Encode every clip file not yet encoded with these tokenizer versions (default: the newest registered), or
+    only `files` (one worker's share: the versions must then be given). Each file is encoded under its shard lock,
+    so workers sharing out the files (or two runs racing) never write one twice."""
     started = time.monotonic()
     store = Storage.at(settings.lake)
     tokenizers = load_tokenizers(settings, frame_version, text_version, device)
-    todo, done_before = pending_files(store, tokenizers)
+    todo, done_before = pending_files(store, tokenizers) if files is None else (files, 0)
     result = EncodeResult(safe_uri(settings.lake), tokenizers.frame_version, tokenizers.text_version, done_before)
     bar = StepProgress("encode clip files", len(todo), enabled=progress)
     for i, clip_file in enumerate(todo, 1):

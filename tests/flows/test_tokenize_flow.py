@@ -3,12 +3,16 @@ a re-run that finds everything done, and clear errors."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import mlflow
 import numpy as np
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, lake_settings, tokenized_home, upload_tree, write_csv
 
 from cogflow.flows.cli import main
 from cogflow.model.serving import registry
+from cogflow.model.tokenizers.encode import encode_clips
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
 
@@ -114,3 +118,22 @@ def test_tokenize_against_a_tracking_server_with_lake_artifacts_and_checkpoints_
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/{registry.FRAME_TOKENIZER}/1")
     assert model.predict(np.zeros((1, 160, 160, 3), np.uint8)).shape == (1, 10, 10)
+
+
+def test_encoding_shared_out_on_a_local_dask_cluster_gives_the_tokens_of_one_encoder(
+    tmp_path, monkeypatch, capsys, sample_dir
+):
+    """`tokenize encode --encode-workers 2 --task-runner dask`: the clip files shared out among worker processes,
+    each file under its shard lock; the token rows equal those of one encoder over the same lake."""
+    home = tokenized_home(tmp_path / "shared", sample_dir)
+    reference = Path(shutil.copytree(home, tmp_path / "reference"))
+    monkeypatch.setenv("COGFLOW_HOME", str(home))
+    assert main(["tokenize", "encode", "--encode-workers", "2", "--task-runner", "dask"]) == 0
+    clips = lake.read_clips(Storage.at(str(home / "lake")), ["clip_id"]).num_rows
+    assert f"encoded          {clips} clips" in capsys.readouterr().out
+    encode_clips(lake_settings(reference), progress=False)
+    columns = ["clip_id", "stage", "text_ids", "fps_token_id", "frame_codes", "shard_id"]
+    shared, alone = (
+        lake.read_tokens(Storage.at(str(h / "lake")), "1", columns).sort_by("clip_id") for h in (home, reference)
+    )
+    assert shared.num_rows == clips and shared.equals(alone)
