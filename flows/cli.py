@@ -366,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=_positive, default=16000, help="text pieces wanted (default 16000)")
     p.add_argument("--nproc", type=_positive, help="training processes (default: one per GPU, or 1)")
     _add_evaluation_options(p)
+    _task_runner_option(p, "threads (default): what ingest's probes and split's shards fan out on")
     p.set_defaults(run=command.run_pipeline)
 
     p = commands.add_parser(

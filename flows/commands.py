@@ -234,6 +234,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
                 config=args.config, stage1=args.stage1_set, stage2=args.stage2_set, nproc=args.nproc
             ),
             evaluation=_evaluation(args),
+            task_runner=args.task_runner,
         ),
         usage_errors=(ValueError, ManifestError),
         failures=(ChildFailed,),

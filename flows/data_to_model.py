@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from cogflow.flows.ingest import ingest_flow
 from cogflow.flows.register import EvaluationParams, RegisterSummary, register_flow
+from cogflow.flows.runners import on_runner
 from cogflow.flows.split import split_flow
 from cogflow.flows.tokenize import TokenizeSummary, tokenize_flow
 from cogflow.flows.train import TrainSummary, train_flow
@@ -106,23 +107,25 @@ def data_to_model_flow(
     tokenizer: TokenizerParams = TokenizerParams(),  # noqa: B008 (pydantic parameters, never mutated)
     training: TrainingParams = TrainingParams(),  # noqa: B008 (pydantic parameters, never mutated)
     evaluation: EvaluationParams = EvaluationParams(),  # noqa: B008 (pydantic parameters, never mutated)
+    task_runner: str = "threads",
 ) -> PipelineSummary:
     """Ingest (when given a manifest), split, tokenize, train both stages, evaluate and register: every step
     skips what is done already. The new model version gets the `candidate` alias, and `champion` when it passes
-    the gate (`evaluation`)."""
+    the gate (`evaluation`). `task_runner` (threads, processes, dask[://HOST:PORT], ray[://HOST:PORT]) is what
+    ingest's probes and split's shards fan out on."""
     settings = load_settings(lake=lake)
     root = Storage.at(settings.lake).root  # every subflow (and child process) gets the same absolute lake
     logger = get_run_logger()
     summary = PipelineSummary(safe_uri(root))
     if ingest.manifest:
-        summary.ingest = ingest_flow(
+        summary.ingest = on_runner(ingest_flow, task_runner, settings.probe_workers)(
             manifest=ingest.manifest,
             lake=root,
             video_col=ingest.video_col,
             caption_col=ingest.caption_col,
             retry_rejects=ingest.retry_rejects,
         )
-    summary.split = split_flow(lake=root)
+    summary.split = on_runner(split_flow, task_runner, settings.split.workers)(lake=root)
     summary.tokenize = tokenize_flow(
         lake=root,
         vocab_size=tokenizer.vocab_size,

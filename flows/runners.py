@@ -5,6 +5,9 @@ lake every worker reaches (S3) and sources they can read.
 
 from __future__ import annotations
 
+from typing import Any
+
+from prefect import Flow
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 TASK_RUNNERS = ("threads", "processes", "dask", "ray")
@@ -39,3 +42,9 @@ def make_task_runner(spec: str, workers: int) -> TaskRunner:
     raise ValueError(
         f"unknown task runner {spec!r}: use one of {', '.join(TASK_RUNNERS)} (dask and ray may add ://address)"
     )
+
+
+def on_runner(flow: Flow[Any, Any], spec: str, workers: int) -> Flow[Any, Any]:
+    """`flow` fanning its tasks out on the task runner `spec` names (a subflow of the pipeline, say)."""
+    # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
+    return flow.with_options(task_runner=make_task_runner(spec, workers))  # type: ignore[arg-type]

@@ -86,6 +86,13 @@ def test_task_runner_names():
         make_task_runner("slurm", 2)
 
 
+def test_the_pipeline_takes_a_task_runner_and_refuses_an_unknown_one_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
+    assert main(["pipeline", "--task-runner", "slurm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cogflow pipeline: unknown task runner 'slurm'")
+
+
 def test_cli_split_status_and_preview(tmp_path, capsys, monkeypatch, sample_dir):
     monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
     data = tmp_path / "data"
