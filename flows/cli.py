@@ -41,6 +41,14 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _lake_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lake",
+        type=_lake_option,
+        help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)",
+    )
+
+
 def _task_runner_option(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument(
         "--task-runner",
@@ -188,11 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("ingest", help="ingest a manifest (CSV, JSONL, Parquet, SRT, WebVTT) into the lake")
     p.add_argument("manifest", help="local path, file://, s3:// or http(s):// URL")
-    p.add_argument(
-        "--lake",
-        type=_lake_option,
-        help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)",
-    )
+    _lake_argument(p)
     p.add_argument("--video-col", default="video", help="manifest column holding the video (default: video)")
     p.add_argument("--caption-col", default="caption", help="manifest column holding the caption (default: caption)")
     p.add_argument(
@@ -413,11 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a dataset report: one HTML file with the lake's distributions (videos, captions, rejects, "
         "motion, shots, clips, letterbox) and a contact sheet",
     )
-    p.add_argument(
-        "--lake",
-        type=_lake_option,
-        help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)",
-    )
+    _lake_argument(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the contact sheet's clips (default 0)")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
     p.set_defaults(run=command.run_report)
@@ -427,11 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the lake's clips for other trainers: WebDataset tar shards of KEY.mp4 (the 5 frames, lossless), "
         "KEY.txt (the caption) and KEY.json (everything else)",
     )
-    p.add_argument(
-        "--lake",
-        type=_lake_option,
-        help="lake root: a folder or s3://bucket/prefix (default $COGFLOW_LAKE or $COGFLOW_HOME/lake)",
-    )
+    _lake_argument(p)
     p.add_argument("--format", choices=["webdataset"], default="webdataset")
     p.add_argument("-o", "--output", required=True, help="folder to write the shards into (shard-000000.tar, ...)")
     p.add_argument("--stage", type=int, choices=[1, 2], help="only this stage's clips")

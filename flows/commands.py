@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cogflow.pipeline.settings import (
     Settings,
@@ -15,6 +15,7 @@ from cogflow.pipeline.settings import (
 
 if TYPE_CHECKING:  # the flows load when a command runs, not when the command line is parsed
     from cogflow.flows.register import EvaluationParams
+    from cogflow.pipeline.storage import Storage
 
 
 def run_sample_data(args: argparse.Namespace) -> int:
@@ -280,36 +281,13 @@ def run_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_report(args: argparse.Namespace) -> int:
+def _on_lake(command: str, work: Callable[[Storage], Any]) -> int:
+    """Run `work` on the settings' lake and print its summary. No lake there (a typo in --lake must not give a
+    report of nothing): one line and exit 2; a part that is no Parquet file, S3 failing or an output that cannot be
+    written: one line and exit 1."""
     from botocore.exceptions import BotoCoreError, ClientError
     from pyarrow import ArrowException
 
-    from cogflow.pipeline.report import write_report
-    from cogflow.pipeline.settings import load_settings
-    from cogflow.pipeline.sources import safe_uri
-    from cogflow.pipeline.storage import Storage
-
-    store = Storage.at(load_settings().lake)
-    try:
-        if not store.list_files(""):  # a typo in --lake must not give a report of nothing
-            print(f"cogflow report: no lake at {safe_uri(store.root)}: nothing to report", file=sys.stderr)
-            return 2
-        summary = write_report(store, args.output, seed=args.seed)
-    except ArrowException as exc:  # a part that is no Parquet file (its path is in the message)
-        print(f"cogflow report: cannot read the lake: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except (BotoCoreError, ClientError, OSError) as exc:  # S3 failing, or the output cannot be written
-        print(f"cogflow report: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    print(summary.text())
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from botocore.exceptions import BotoCoreError, ClientError
-    from pyarrow import ArrowException
-
-    from cogflow.pipeline.export import export_webdataset
     from cogflow.pipeline.settings import load_settings
     from cogflow.pipeline.sources import safe_uri
     from cogflow.pipeline.storage import Storage
@@ -317,19 +295,34 @@ def run_export(args: argparse.Namespace) -> int:
     store = Storage.at(load_settings().lake)
     try:
         if not store.list_files(""):
-            print(f"cogflow export: no lake at {safe_uri(store.root)}: nothing to export", file=sys.stderr)
+            print(f"cogflow {command}: no lake at {safe_uri(store.root)}: nothing to {command}", file=sys.stderr)
             return 2
-        summary = export_webdataset(
-            store, Path(args.output), stage=args.stage, split=args.split, shard_mb=args.shard_mb
-        )
-    except ArrowException as exc:
-        print(f"cogflow export: cannot read the lake: {' '.join(str(exc).split())}", file=sys.stderr)
+        summary = work(store)
+    except ArrowException as exc:  # its message names the part
+        print(f"cogflow {command}: cannot read the lake: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    except (BotoCoreError, ClientError, OSError) as exc:  # S3 failing, or the output cannot be written
-        print(f"cogflow export: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (BotoCoreError, ClientError, OSError) as exc:
+        print(f"cogflow {command}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(summary.text())
     return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from cogflow.pipeline.report import write_report
+
+    return _on_lake("report", lambda store: write_report(store, args.output, seed=args.seed))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from cogflow.pipeline.export import export_webdataset
+
+    return _on_lake(
+        "export",
+        lambda store: export_webdataset(
+            store, Path(args.output), stage=args.stage, split=args.split, shard_mb=args.shard_mb
+        ),
+    )
 
 
 def run_repair(args: argparse.Namespace) -> int:

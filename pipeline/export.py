@@ -28,22 +28,6 @@ from cogflow.pipeline.contract import CLIP_FRAMES, CLIP_SIZE
 from cogflow.pipeline.encode import encode_lossless
 from cogflow.pipeline.storage import Storage
 
-CLIP_COLUMNS = [
-    "clip_id",
-    "video_id",
-    "caption_id",
-    "caption",
-    "language",
-    "stage",
-    "fps",
-    "fps_token",
-    "start_s",
-    "frame_times",
-    "frames",
-    "motion",
-    "split",
-    "shard_id",
-]
 VIDEO_SCORES = ["crop_left", "crop_top", "crop_right", "crop_bottom", "motion", "brightness", "sharpness", "shot_count"]
 
 
@@ -107,7 +91,7 @@ def export_webdataset(
     writer = _ShardWriter(out, int(shard_mb * 1e6))
     clips = 0
     for part in sorted(lake.clip_parts(store, stage)):
-        table = lake.read_table(store, "clips", CLIP_COLUMNS, parts=[part]).sort_by("clip_id")
+        table = lake.read_table(store, "clips", parts=[part]).sort_by("clip_id")
         for clip in table.to_pylist():
             if split is not None and clip["split"] != split:
                 continue
