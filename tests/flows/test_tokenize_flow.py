@@ -8,11 +8,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from helpers import SAMPLE_VAL_PERCENT, copy_sample, lake_settings, tokenized_home, upload_tree, write_csv
+from helpers import SAMPLE_VAL_PERCENT, copy_sample, upload_tree, write_csv
 
 from cogflow.flows.cli import main
 from cogflow.model.serving import registry
-from cogflow.model.tokenizers.encode import encode_clips
 from cogflow.pipeline import lake
 from cogflow.pipeline.storage import Storage
 
@@ -67,6 +66,21 @@ def test_cli_tokenize_all_trains_encodes_then_finds_everything_done(tmp_path, ca
     kinds = sorted(r["tags.cogflow.kind"] for _, r in mlflow.search_runs(experiment_names=["cogflow"]).iterrows())
     assert kinds == ["frame-tokenizer", "text-tokenizer"]  # the re-run trained nothing
 
+    # The same clips encoded again, shared out among two worker processes of a local Dask cluster
+    # (`--encode-workers 2 --task-runner dask`, each file under its shard lock): the token rows of one encoder.
+    shared = Path(shutil.copytree(tmp_path / "home", tmp_path / "shared"))
+    for folder in ("tokens", "token_shards"):
+        shutil.rmtree(shared / "lake" / folder)
+    monkeypatch.setenv("COGFLOW_HOME", str(shared))
+    assert main(["tokenize", "encode", "--encode-workers", "2", "--task-runner", "dask"]) == 0
+    assert f"encoded          {clips} clips" in capsys.readouterr().out
+    columns = ["clip_id", "stage", "text_ids", "fps_token_id", "frame_codes", "shard_id"]
+    by_dask, alone = (
+        lake.read_tokens(Storage.at(str(h / "lake")), "1", columns).sort_by("clip_id")
+        for h in (shared, tmp_path / "home")
+    )
+    assert by_dask.num_rows == clips and by_dask.equals(alone)
+
 
 def test_frames_with_two_processes_through_the_flow(tmp_path, capsys, monkeypatch, sample_dir):
     monkeypatch.setenv("COGFLOW_HOME", str(tmp_path / "home"))
@@ -118,22 +132,3 @@ def test_tokenize_against_a_tracking_server_with_lake_artifacts_and_checkpoints_
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/{registry.FRAME_TOKENIZER}/1")
     assert model.predict(np.zeros((1, 160, 160, 3), np.uint8)).shape == (1, 10, 10)
-
-
-def test_encoding_shared_out_on_a_local_dask_cluster_gives_the_tokens_of_one_encoder(
-    tmp_path, monkeypatch, capsys, sample_dir
-):
-    """`tokenize encode --encode-workers 2 --task-runner dask`: the clip files shared out among worker processes,
-    each file under its shard lock; the token rows equal those of one encoder over the same lake."""
-    home = tokenized_home(tmp_path / "shared", sample_dir)
-    reference = Path(shutil.copytree(home, tmp_path / "reference"))
-    monkeypatch.setenv("COGFLOW_HOME", str(home))
-    assert main(["tokenize", "encode", "--encode-workers", "2", "--task-runner", "dask"]) == 0
-    clips = lake.read_clips(Storage.at(str(home / "lake")), ["clip_id"]).num_rows
-    assert f"encoded          {clips} clips" in capsys.readouterr().out
-    encode_clips(lake_settings(reference), progress=False)
-    columns = ["clip_id", "stage", "text_ids", "fps_token_id", "frame_codes", "shard_id"]
-    shared, alone = (
-        lake.read_tokens(Storage.at(str(h / "lake")), "1", columns).sort_by("clip_id") for h in (home, reference)
-    )
-    assert shared.num_rows == clips and shared.equals(alone)
