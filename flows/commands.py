@@ -100,16 +100,15 @@ def run_split(args: argparse.Namespace) -> int:
 
 def run_tokenize(args: argparse.Namespace) -> int:
     from cogflow.flows.launch import ChildFailed
-    from cogflow.flows.runners import make_task_runner
+    from cogflow.flows.runners import on_runner
     from cogflow.flows.tokenize import tokenize_flow
     from cogflow.pipeline.settings import load_settings
 
     settings = load_settings()
-    runner = make_task_runner(args.task_runner, args.encode_workers)
     code = _report(
         "tokenize",
-        # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
-        lambda: tokenize_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
+        # the runner is made inside: an unknown one is then a one-line usage error, not a traceback
+        lambda: on_runner(tokenize_flow, args.task_runner, args.encode_workers)(
             lake=settings.lake,
             steps=args.what,
             vocab_size=args.vocab_size,

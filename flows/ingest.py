@@ -18,7 +18,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cogflow.flows.progress import Progress
-from cogflow.flows.runners import make_task_runner
+from cogflow.flows.runners import on_runner
 from cogflow.pipeline.ingest import (
     IngestPlan,
     IngestSummary,
@@ -134,7 +134,5 @@ def run_ingest(settings: Settings, task_runner: str = "threads", **parameters: A
         video_col=str(parameters.get("video_col", "video")),
         caption_col=str(parameters.get("caption_col", "caption")),
     )
-    runner = make_task_runner(task_runner, settings.probe_workers)
     parameters["manifest"] = hand_over_manifest(str(parameters["manifest"]))
-    # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
-    return ingest_flow.with_options(task_runner=runner)(**parameters)  # type: ignore[arg-type]
+    return on_runner(ingest_flow, task_runner, settings.probe_workers)(**parameters)

@@ -21,7 +21,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cogflow.flows.progress import Progress
-from cogflow.flows.runners import make_task_runner
+from cogflow.flows.runners import on_runner
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import (
     STAGES,
@@ -129,6 +129,4 @@ def split_flow(lake: str | None = None, stage: str = "all", retry_rejects: bool 
 
 def run_split(settings: Settings, task_runner: str = "threads", **parameters: Any) -> SplitSummary:
     """Run the flow on the named task runner, sized from the settings."""
-    runner = make_task_runner(task_runner, settings.split.workers)
-    # prefect types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which its own runners are not
-    return split_flow.with_options(task_runner=runner)(**parameters)  # type: ignore[arg-type]
+    return on_runner(split_flow, task_runner, settings.split.workers)(**parameters)

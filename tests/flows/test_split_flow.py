@@ -18,7 +18,8 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 
 from cogflow.flows.cli import main
-from cogflow.flows.split import make_task_runner, run_split
+from cogflow.flows.runners import make_task_runner
+from cogflow.flows.split import run_split
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
@@ -91,6 +92,9 @@ def test_the_pipeline_takes_a_task_runner_and_refuses_an_unknown_one_in_one_line
     assert main(["pipeline", "--task-runner", "slurm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cogflow pipeline: unknown task runner 'slurm'")
+    assert main(["tokenize", "encode", "--task-runner", "slurm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cogflow tokenize: unknown task runner 'slurm'")
 
 
 def test_cli_split_status_and_preview(tmp_path, capsys, monkeypatch, sample_dir):
