@@ -49,7 +49,26 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+_side: list = []
+
+
+def side_group():
+    """A second gloo group over the same ranks, made once (collective the first time), for work in a background
+    thread (an asynchronous checkpoint): its collectives must not interleave with training's on the default group.
+    None without a process group."""
+    if not active():
+        return None
+    if not _side:
+        _side.append(dist.new_group(backend="gloo"))
+    return _side[0]
+
+
 def teardown() -> None:
+    _side.clear()
     if active():
         dist.destroy_process_group()
 
@@ -75,6 +94,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def mean(value: float, device: torch.device) -> float:
+    """The mean of every rank's `value` (a loss over equal shares of one batch: the whole batch's)."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
 
 
 def gather(value: Any) -> list:

@@ -1,9 +1,11 @@
 """The token rows of the lake as training batches: text re-padded to a run's slots, codes as (B, 5, g*g) tensors,
-an endless stream of train rows dealt over ranks and workers without overlap (and resumable at a position), and a
-fixed set of val rows."""
+an endless stream of train rows in one global order dealt over ranks and workers without overlap (and resumable at
+any step, on any number of processes), and a fixed set of val rows."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from typing import Any
 
@@ -56,12 +58,18 @@ def to_batch(rows: dict[str, list], layout: Layout) -> dict[str, Any]:
 
 
 class TokenStream(IterableDataset):
-    """Endless batches of `train` token rows, each with the data position after it.
+    """Endless micro-batches of `train` token rows, the same global order whatever the number of processes.
 
-    Consumer c of C (= ranks x workers) reads files c, c+C, ... when there are at least C files, else every C-th
-    row of every file: no two consumers ever see the same row. Each epoch visits the consumer's files in a seeded
-    order and each file's rows in a seeded order; a position (epoch, file, row) says where the next batch starts,
-    so a resumed run starts there without reading what came before."""
+    One seeded order of all train rows per epoch (the files in a seeded order, each file's rows in a seeded order),
+    the epochs one after another, is cut into global batches of batch_size x grad_accum x world rows, one per
+    optimizer step. Process r of the step's batch takes its own grad_accum micro-batches of batch_size rows from it
+    (r x grad_accum x batch_size rows in), so no two processes see the same row, and the rows a step trains on
+    depend only on the step and the global batch: a run resumed on another number of processes (the same global
+    batch) trains on the same rows. Data-loader workers take the micro-batches in turns, as the loader asks for
+    them. Each item is (batch, first): `first` is where this micro-batch starts inside its global batch.
+
+    Every process reads every token file it needs (token rows are small: about 1 KB a clip at 10x10 codes) and
+    counts each file's train rows once at the start."""
 
     def __init__(
         self,
@@ -72,53 +80,68 @@ class TokenStream(IterableDataset):
         seed: int,
         rank: int,
         world: int,
-        start: list[tuple[int, int, int]] | None = None,
-        worker_offset: int = 0,
+        start_step: int = 0,
+        grad_accum: int = 1,
     ) -> None:
         self.lake_uri, self.parts, self.layout, self.batch_size, self.seed = lake_uri, parts, layout, batch_size, seed
-        self.rank, self.world, self.start, self.worker_offset = rank, world, start, worker_offset
+        self.rank, self.world, self.start_step, self.grad_accum = rank, world, start_step, grad_accum
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        # A data loader takes batches from its workers in turn, starting with worker 0. A resumed run's next batch
-        # may be due from another worker, so worker ids are rotated to keep every worker's files and position.
-        worker = (worker + self.worker_offset) % workers
-        consumer, consumers = self.rank * workers + worker, self.world * workers
-        whole_files = len(self.parts) >= consumers
-        mine = self.parts[consumer::consumers] if whole_files else self.parts
         store = Storage.at(self.lake_uri)
-        epoch, file_at, row_at = self.start[worker] if self.start else (0, 0, 0)
-        batch: dict[str, list] = {c: [] for c in COLUMNS}
-        while True:
-            order = random.Random(f"files {self.seed} {epoch} {consumer}").sample(range(len(mine)), len(mine))
-            seen = 0
-            for k in range(file_at, len(order)):
-                fs, path = store.arrow(mine[order[k]])
+        counts = [_train_rows(store, part) for part in self.parts]
+        total = sum(counts)
+        if total == 0:
+            raise ValueError("the token files hold no train rows")
+        cache: dict[tuple[int, int], tuple[dict[str, list], list[int]]] = {}
+
+        orders: dict[int, tuple[list[int], list[int]]] = {}
+
+        def row(g: int) -> tuple[dict[str, list], int]:
+            """The columns of the file holding global row `g` of the endless order, and its index there."""
+            epoch, at = divmod(g, total)
+            if epoch not in orders:
+                orders.clear()
+                files = random.Random(f"files {self.seed} {epoch}").sample(range(len(self.parts)), len(self.parts))
+                orders[epoch] = (files, list(itertools.accumulate(counts[k] for k in files)))
+            files, ends = orders[epoch]
+            n = bisect.bisect_right(ends, at)  # the n-th file of the epoch holds it
+            k, at = files[n], at - (ends[n - 1] if n else 0)
+            if (epoch, k) not in cache:
+                cache.clear()  # rows are taken in order: one file at a time is enough
+                fs, path = store.arrow(self.parts[k])
                 with fs.open_input_file(path) as f:
                     table = pq.read_table(f, columns=COLUMNS)
                 columns = {c: table[c].to_pylist() for c in COLUMNS}
-                rows = [
-                    i
-                    for i, split in enumerate(columns["split"])
-                    if split == "train" and (whole_files or i % consumers == consumer)
-                ]
-                random.Random(f"rows {self.seed} {epoch} {mine[order[k]]}").shuffle(rows)
-                seen += len(rows)
-                for r in range(row_at, len(rows)):
-                    for c in COLUMNS:
-                        batch[c].append(columns[c][rows[r]])
-                    if len(batch["split"]) == self.batch_size:
-                        position = (epoch, k, r + 1) if r + 1 < len(rows) else (epoch, k + 1, 0)
-                        yield to_batch(batch, self.layout), position
-                        batch = {c: [] for c in COLUMNS}
-                row_at = 0
-            if seen == 0 and file_at == 0:
-                raise ValueError(
-                    f"data-loader consumer {consumer} of {consumers} has no train rows: too few token files "
-                    f"or rows for {self.world} processes x {workers} workers"
-                )
-            epoch, file_at = epoch + 1, 0
+                rows = [i for i, split in enumerate(columns["split"]) if split == "train"]
+                random.Random(f"rows {self.seed} {epoch} {self.parts[k]}").shuffle(rows)
+                cache[(epoch, k)] = (columns, rows)
+            columns, rows = cache[(epoch, k)]
+            return columns, rows[at]
+
+        micro = self.start_step * self.grad_accum + worker  # this process's micro-batches, counted from step 0
+        while True:
+            step, m = divmod(micro, self.grad_accum)
+            first = (self.rank * self.grad_accum + m) * self.batch_size
+            batch: dict[str, list] = {c: [] for c in COLUMNS}
+            for g in range(step * self.global_batch + first, step * self.global_batch + first + self.batch_size):
+                columns, i = row(g)
+                for c in COLUMNS:
+                    batch[c].append(columns[c][i])
+            yield to_batch(batch, self.layout), first
+            micro += workers
+
+
+def _train_rows(store: Storage, part: str) -> int:
+    fs, path = store.arrow(part)
+    with fs.open_input_file(path) as f:
+        split = pq.read_table(f, columns=["split"])["split"].to_pylist()
+    return split.count("train")
 
 
 def eval_rows(store: Storage, parts: list[str], count: int) -> tuple[dict[str, list], str]:

@@ -115,19 +115,23 @@ def micro_batches(
     codebook: int,
     boi: int,
     caption_dropout: float,
-    generator: torch.Generator,
+    draws: tuple[torch.Generator, int, int],
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of rows as model inputs, with some captions dropped (pads only) for classifier-free guidance.
 
     A run of fewer frames than a row holds (a 1-frame text-to-image run) takes a random stretch of each row, so
-    that every frame of the lake, not only the first, is an image for its caption."""
+    that every frame of the lake, not only the first, is an image for its caption. `draws` is (the step's
+    generator, where these rows start in the global batch, its size): the draws are made for the whole global
+    batch and these rows take theirs, so a row's draw does not depend on how the batch is split over processes."""
+    generator, at, total = draws
+    rows = slice(at, at + len(batch["text_ids"]))
     text_ids, text_mask = batch["text_ids"].clone(), batch["text_mask"].clone()
-    drop = torch.rand(len(text_ids), generator=generator) < caption_dropout  # (B,)
+    drop = (torch.rand(total, generator=generator) < caption_dropout)[rows]  # (B,)
     text_ids[drop], text_mask[drop] = 0, False
     codes = batch["codes"]  # (B, 5, n)
     if layout.frames < codes.shape[1]:
-        first = torch.randint(0, codes.shape[1] - layout.frames + 1, (len(codes),), generator=generator)  # (B,)
+        first = torch.randint(0, codes.shape[1] - layout.frames + 1, (total,), generator=generator)[rows]  # (B,)
         codes = codes[torch.arange(len(codes))[:, None], first[:, None] + torch.arange(layout.frames)]  # (B, frames, n)
     tokens, targets, valid = build_inputs(layout, text_ids, text_mask, batch["fps"], codes, codebook, boi)
     return tokens.to(device), targets.to(device), valid.to(device)

@@ -4,16 +4,20 @@
     torchrun --nproc_per_node=8 -m cogflow.model.cogvideo.train --stage 2 --config base
 
 Read top to bottom in execution order: config, data, checkpoints, evaluation, one optimizer step, the training
-loop (the schedule, atomic checkpoint files and the SIGTERM flag are model/training.py's).
+loop (the schedule, the random state and the SIGTERM flag are model/training.py's, checkpoint files
+model/checkpoint.py's).
 
-- Token rows stream from the finished token files of one frame tokenizer version (`tokens/v<V>/stage=S`), dealt
-  over ranks and data-loader workers without overlap: whole files when there are enough, rows otherwise.
+- Token rows stream from the finished token files of one frame tokenizer version (`tokens/v<V>/stage=S`) in one
+  seeded global order, cut into global batches (batch size x accumulation x ranks) that ranks and data-loader
+  workers share without overlap (model/cogvideo/data.py).
 - AdamW, warmup + cosine, gradient accumulation and clipping, bf16 autocast on CUDA; DDP, or FSDP
   (`train.fsdp`) for models that do not fit one GPU; optional activation checkpointing; FlexAttention's block
   masks on CUDA (`train.flex`).
-- A checkpoint (model, optimizer, step, every worker's data position, every rank's RNG, the MLflow run) is
-  written atomically every `checkpoint_every` steps, on SIGTERM and at the end. The same training started again
-  resumes from it and logs the loss sequence an uninterrupted run would have.
+- A checkpoint (every rank's shards of the model and optimizer, the step, every rank's RNG, the MLflow run) is
+  written through torch.distributed.checkpoint every `checkpoint_every` steps, on SIGTERM and at the end
+  (`train.async_checkpoint`: in the background). The same training started again resumes from it, on any number
+  of ranks that keeps the global batch, and logs the loss sequence an uninterrupted run would have: the loss
+  logged is the global batch's, and what a step draws depends on the step, not on the ranks.
 - Rank 0 alone talks to MLflow: the resolved config, loss, val bits per token, learning rate, tokens/s, model FLOPs
   utilisation against a matmul peak measured at start, memory, and a sample video every `sample_every` steps.
   The finished model is the run's artifact `model/stage<N>.pt`, and the run is tagged `cogflow.complete`.
@@ -35,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from cogflow.model import config as configs
 from cogflow.model import distributed, tracking
+from cogflow.model.checkpoint import Checkpointer
 from cogflow.model.cogvideo import sampling, stages
 from cogflow.model.cogvideo import transformer as transformers
 from cogflow.model.cogvideo.data import TokenStream, eval_rows
@@ -43,7 +48,6 @@ from cogflow.model.cogvideo.sampling import GenerateConfig
 from cogflow.model.cogvideo.steps import (
     bits_per_token,
     full_state,
-    load_full_state,
     matmul_peak,
     memory_gb,
     micro_batches,
@@ -57,11 +61,9 @@ from cogflow.model.training import (
     StopSignal,
     checkpoint_store,
     learning_rate,
-    load_checkpoint,
     restore_rng,
     rng_state,
     run_entry_point,
-    save_checkpoint,
     stop_vote,
 )
 from cogflow.pipeline import lake
@@ -128,6 +130,8 @@ class TrainConfig:
     # channel, that most codes of a frame are the codes of the frame before (what stage 2 must learn first).
     init_from: str = ""
     activation_checkpointing: bool = False
+    # Write checkpoints in the background (copied to host memory first, then written while training goes on).
+    async_checkpoint: bool = False
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2)
     flex: bool = True  # FlexAttention block masks on CUDA (ignored on the CPU, where SDPA takes dense masks)
 
@@ -161,6 +165,27 @@ class TrainResult:
     mfu: float  # model FLOPs utilisation against the matmul peak measured at start
     parameters: int
     note: str = ""
+
+
+# How a training is spread over processes, not what it trains: a checkpoint of one spread resumes under another.
+EXECUTION_ONLY = (
+    "batch_size",
+    "grad_accum",
+    "fsdp",
+    "loader_workers",
+    "activation_checkpointing",
+    "flex",
+    "async_checkpoint",
+)
+
+
+def training_identity(run: CogVideoRun, stage: int, world: int) -> dict:
+    """What names a training (its checkpoint folder, its "done before" tag): the config without how it is spread
+    over processes, and the global batch (batch size x accumulation x processes), which is what it trains on."""
+    config = configs.as_dict(run)
+    train = {k: v for k, v in config["train"].items() if k not in EXECUTION_ONLY}
+    global_batch = run.train.batch_size * run.train.grad_accum * world
+    return {**config, "train": train, "stage": stage, "global_batch": global_batch}
 
 
 def kind(stage: int, frames: int) -> str:
@@ -273,7 +298,7 @@ def train_stage(
     boi = tokenizers.text.boi_id
     name = kind(stage, cfg.frames)
     data_hash = naming_hash([parts, frame_version, text_version])
-    config_hash = naming_hash({**configs.as_dict(run), "stage": stage, "world_size": env.world})
+    config_hash = naming_hash(training_identity(run, stage, env.world))
     tags = {
         "cogflow.data_hash": data_hash,
         "cogflow.config_hash": config_hash,
@@ -326,19 +351,23 @@ def train_stage(
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
     )
-    ckpt_store, ckpt_rel = checkpoint_store(settings), f"{name}/{naming_hash([data_hash, config_hash])}/checkpoint.pt"
-    state = None if restart else load_checkpoint(ckpt_store, ckpt_rel)
+    # Sharded checkpoints (model/checkpoint.py): saved by N ranks, resumed by any number with the same global batch.
+    checkpoints = Checkpointer(
+        checkpoint_store(settings), f"{name}/{naming_hash([data_hash, config_hash])}", cfg.async_checkpoint
+    )
+    state = None if restart else checkpoints.load(model, optimizer)
     if resume and state is None:
-        raise ValueError(f"--resume: no checkpoint of this training at {safe_uri(ckpt_store.root)}/{ckpt_rel}")
-    step, run_id, positions = 0, None, None
+        raise ValueError(
+            f"--resume: no checkpoint of this training at {safe_uri(checkpoints.store.uri(checkpoints.prefix))}"
+        )
+    step, run_id = 0, None
     if state is not None:
-        load_full_state(model, optimizer, state["model"], state["optimizer"])
-        step, run_id, positions = state["step"], state["run_id"], state["positions"][env.rank]
-        restore_rng(state["rng"][env.rank], env.device)
+        step, run_id = state["step"], state["run_id"]
+        if env.rank < len(state["rng"]):  # a rank the saving run did not have draws afresh (dropout only)
+            restore_rng(state["rng"][env.rank], env.device)
     flex = cfg.flex and env.device.type == "cuda"
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda")
 
-    workers = max(1, cfg.loader_workers)
     stream = TokenStream(
         settings.lake,
         parts,
@@ -347,13 +376,12 @@ def train_stage(
         cfg.seed,
         env.rank,
         env.world,
-        positions,
-        worker_offset=step * cfg.grad_accum % workers,
+        start_step=step,
+        grad_accum=cfg.grad_accum,
     )
     loader = DataLoader(
         stream, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0
     )
-    worker_positions = list(positions or [(0, 0, 0)] * workers)
     val, eval_split = eval_rows(store, parts, cfg.val_batches * cfg.batch_size)
     flops_token = transformers.flops_per_token(spec, parameters)
     peak = matmul_peak(env.device)
@@ -371,23 +399,10 @@ def train_stage(
     }
 
     def checkpoint(at: int) -> None:
-        model_state, optimizer_state = full_state(model, optimizer)
-        everyone = distributed.gather((worker_positions, rng_state(env.device)))
-        if env.main:
-            save_checkpoint(
-                ckpt_store,
-                ckpt_rel,
-                {
-                    "model": model_state,
-                    "optimizer": optimizer_state,
-                    "step": at,
-                    "run_id": run_id,
-                    "positions": [p for p, _ in everyone],
-                    "rng": [r for _, r in everyone],
-                    "config": configs.as_dict(run),
-                },
-            )
-        distributed.barrier()
+        rngs = distributed.gather(rng_state(env.device))
+        checkpoints.save(
+            at, model, optimizer, {"step": at, "run_id": run_id, "rng": rngs, "config": configs.as_dict(run)}
+        )
 
     def evaluate() -> float:
         # the bare model (no DDP hooks to sync); under FSDP it is the sharded model, whose forward every rank runs
@@ -423,16 +438,25 @@ def train_stage(
         batches = iter(loader)
         while step < cfg.steps:
             micro = []
-            for m in range(cfg.grad_accum):
-                batch, position = next(batches)
-                worker_positions[(step * cfg.grad_accum + m) % workers] = position  # workers take turns
-                # which captions drop depends on (seed, step, micro-step, rank) alone, so a resumed run drops the same
-                # ones (a tuple of ints hashes the same in every process)
-                generator = torch.Generator().manual_seed(hash((cfg.seed, step, m, env.rank)) % 2**63)
+            for _ in range(cfg.grad_accum):
+                batch, first = next(batches)
+                # which captions drop (and which frame a text-to-image row shows) depends on (seed, step) and the
+                # row's place in the global batch alone: a resumed run, on any number of processes, draws the same
+                # (a tuple of ints hashes the same in every process)
+                draws = torch.Generator().manual_seed(hash((cfg.seed, step)) % 2**63)
                 micro.append(
-                    micro_batches(batch, layout, spec.codebook_size, boi, cfg.caption_dropout, generator, env.device)
+                    micro_batches(
+                        batch,
+                        layout,
+                        spec.codebook_size,
+                        boi,
+                        cfg.caption_dropout,
+                        (draws, first, stream.global_batch),
+                        env.device,
+                    )
                 )
             loss = optimizer_step(ddp, optimizer, micro, learning_rate(step, cfg), cfg.grad_clip, autocast, flex)
+            loss = distributed.mean(loss, env.device)  # the global batch's loss, the same on any number of ranks
             step += 1
             window_steps += 1
 
@@ -466,6 +490,7 @@ def train_stage(
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 checkpoint(step)
             if stop and step < cfg.steps:
+                checkpoints.wait()
                 bar.close()
                 return TrainResult(
                     stage,
@@ -480,6 +505,7 @@ def train_stage(
                     parameters,
                     f"stopped at step {step}; run again to resume",
                 )
+        checkpoints.wait()
         bar.close()
 
         # The finished model: the run's artifact, and the tags that say it is complete.

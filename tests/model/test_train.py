@@ -102,27 +102,32 @@ def test_no_tokens_is_a_clear_error(tmp_path: Path) -> None:
         train_stage(settings, 1, load_config("debug"), progress=False)
 
 
-def test_streams_split_rows_without_overlap_and_resume_from_a_position(tokens_home: Path) -> None:
+def test_streams_deal_one_global_order_over_ranks_and_resume_at_a_step(tokens_home: Path) -> None:
     settings = lake_settings(tokens_home)
     store = Storage.at(settings.lake)
     parts = lake.token_parts(store, "1", 2)
     assert len(parts) >= 2
+    train_rows = lake.read_tokens(store, "1", ["split"], 2)["split"].to_pylist().count("train")
 
-    def rows(stream, n):
+    def clips(batch_size: int, rank: int = 0, world: int = 1, start: int = 0, accum: int = 1, n: int = 12) -> list:
+        stream = TokenStream(settings.lake, parts, Layout(grid=10), batch_size, 0, rank, world, start, accum)
         out = []
-        for batch, position in stream:
-            out.append((batch["clip_id"][0], position))
+        for batch, first in stream:
+            out += [(first + i, clip) for i, clip in enumerate(batch["clip_id"])]
             if len(out) == n:
                 return out
 
-    first = [rows(TokenStream(settings.lake, parts, Layout(grid=10), 1, 0, rank, 2), 6) for rank in (0, 1)]
-    train_rows = lake.read_tokens(store, "1", ["split"], 2)["split"].to_pylist().count("train")
-    one_epoch = [r for r, _ in first[0][: train_rows // 2]] + [r for r, _ in first[1][: train_rows // 2]]
-    assert len(set(one_epoch)) == len(one_epoch)  # rank 0 and rank 1 never read the same row
-    # starting at a saved position gives what came after it
-    whole = rows(TokenStream(settings.lake, parts, Layout(grid=10), 1, 0, 0, 1), 12)
-    later = rows(TokenStream(settings.lake, parts, Layout(grid=10), 1, 0, 0, 1, start=[whole[4][1]]), 7)
-    assert [r for r, _ in later] == [r for r, _ in whole[5:12]]
+    # one process taking 2 rows a step, two taking 1 each, one taking 1 twice (accumulation): the same rows a step
+    steps = train_rows  # an epoch and a half of 2-row steps
+    whole = [c for _, c in clips(2, n=2 * steps)]
+    ranks = [clips(1, rank, 2, n=steps) for rank in (0, 1)]
+    assert all(first == rank for rank in (0, 1) for first, _ in ranks[rank])  # each rank's place in the batch
+    assert [c for pair in zip(*ranks, strict=True) for _, c in pair] == whole
+    assert [c for _, c in clips(1, accum=2, n=2 * steps)] == whole
+    assert len(set(whole[:train_rows])) == train_rows  # an epoch visits every train row once
+    # starting at a step gives what came from that step on
+    assert [c for _, c in clips(2, start=5, n=14)] == whole[10:24]
+    assert [c for _, c in clips(1, 1, 2, start=5, n=7)] == [c for _, c in ranks[1][5:12]]
 
 
 def test_kill_and_resume_reproduces_the_loss_sequence(home: Path, tmp_path: Path) -> None:
@@ -341,39 +346,43 @@ def test_lake_and_checkpoints_on_s3(tokens_home: Path, tmp_path: Path, s3, monke
     first = train_stage(settings, 1, load_config("debug"), until_step=4, progress=False)
     assert not first.complete
     saved = s3.list_objects_v2(Bucket=s3.bucket, Prefix="checkpoints/stage1/")["Contents"]
-    assert [o["Key"].rsplit("/", 1)[-1] for o in saved] == ["checkpoint.pt"]
+    assert sorted(o["Key"].split("/", 3)[-1] for o in saved) == [
+        "latest",
+        "step-000000004/.metadata",  # DCP's index of the shards
+        "step-000000004/__0_0.distcp",  # rank 0's shards
+        "step-000000004/state.pt",
+    ]
     done = train_stage(settings, 1, load_config("debug"), resume=True, progress=False)
     assert done.complete and done.run_id == first.run_id
     assert not (home / "checkpoints").exists() and not (home / "lake").exists()
 
 
-def test_fsdp_training_under_torchrun_stops_resumes_and_leaves_a_whole_model(home: Path, tmp_path: Path) -> None:
+def test_sharded_checkpoints_resume_on_another_number_of_ranks_with_the_same_losses(home: Path, tmp_path: Path) -> None:
+    """Global batch 4 throughout: 2 FSDP ranks of 2 rows train to step 4 and write their own shards (DCP); one
+    process of 4 rows resumes (the shards resharded into a plain model) to step 6; 2 FSDP ranks again finish, and
+    leave one whole model. The loss at every step is the uninterrupted one-process run's."""
+    overrides = ["train.log_every=1", "train.checkpoint_every=2"]
+    reference_home = Path(shutil.copytree(home, tmp_path / "reference"))
+    reference = train_stage(lake_settings(reference_home), 1, load_config("debug", overrides), progress=False)
+    tracking.use(lake_settings(reference_home).mlflow_tracking_uri, str(reference_home))
+    expected = dict(metric_steps(reference.run_id, "train/loss"))
+
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "cogflow.model.cogvideo.train",
-        "--stage",
-        "1",
-        "--config",
-        "debug",
-        "--set",
-        "train.fsdp=true",
-        "--set",
-        "train.batch_size=2",
-        "--quiet",
+        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *("-m", "cogflow.model.cogvideo.train", "--stage", "1", "--config", "debug", "--quiet"),
+        # asynchronous checkpoints too: how a training is spread and saved does not change what it is
+        *(
+            a
+            for o in [*overrides, "train.fsdp=true", "train.batch_size=2", "train.async_checkpoint=true"]
+            for a in ("--set", o)
+        ),
     ]
     env = {**os.environ, "COGFLOW_HOME": str(home), "COGFLOW_LAKE": str(home / "lake")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for extra in (
-        ["--until-step", "4", "--result-file", str(tmp_path / "a.json")],
-        ["--resume", "--result-file", str(tmp_path / "b.json")],
-    ):
+
+    def two_ranks(*extra: str, result: str) -> dict:
         subprocess.run(
-            command + extra,
+            [sys.executable, *command, *extra, "--result-file", str(tmp_path / result)],
             cwd=ROOT,
             env=env,
             check=True,
@@ -381,10 +390,22 @@ def test_fsdp_training_under_torchrun_stops_resumes_and_leaves_a_whole_model(hom
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-    first, done = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
-    assert (first["steps"], first["complete"], done["steps"], done["complete"]) == (4, False, 8, True)
-    assert done["run_id"] == first["run_id"]
-    tracking.use(lake_settings(home).mlflow_tracking_uri, str(home))
+        return json.loads((tmp_path / result).read_text())
+
+    first = two_ranks("--until-step", "4", result="a.json")
+    settings = lake_settings(home)
+    shards = Storage.at(home / "checkpoints").list_files("stage1", ".distcp")
+    assert [s.rsplit("/", 2)[-2:] for s in shards] == [["step-000000004", f"__{r}_0.distcp"] for r in (0, 1)]
+    one = train_stage(settings, 1, load_config("debug", overrides), resume=True, until_step=6, progress=False)
+    done = two_ranks("--resume", result="b.json")
+    assert (first["steps"], one.steps, done["steps"], done["complete"]) == (4, 6, 8, True)
+    assert first["run_id"] == one.run_id == done["run_id"]
+
+    tracking.use(settings.mlflow_tracking_uri, str(home))
+    logged = metric_steps(done["run_id"], "train/loss")
+    assert sorted({s for s, _ in logged}) == list(range(1, 9))
+    for s, value in logged:
+        assert value == pytest.approx(expected[s], rel=1e-4), (s, value, expected[s])
     model, _ = load_model(str(tracking.download(f"runs:/{done['run_id']}/model/stage1.pt", tmp_path / "m")))
     assert model.parameter_count() == done["parameters"]  # gathered whole from the shards
 
