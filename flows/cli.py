@@ -194,8 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-duration", type=float, default=12.0, help="longest video in seconds (default 12)")
     p.set_defaults(run=command.run_sample_data)
 
-    p = commands.add_parser("ingest", help="ingest a manifest (CSV, JSONL, Parquet, SRT, WebVTT) into the lake")
-    p.add_argument("manifest", help="local path, file://, s3:// or http(s):// URL")
+    p = commands.add_parser(
+        "ingest", help="ingest a manifest (CSV, JSONL, Parquet, SRT, WebVTT, or WebDataset tars) into the lake"
+    )
+    p.add_argument(
+        "manifest", help="local path, file://, s3:// or http(s):// URL; a folder or s3://.../ prefix of WebDataset tars"
+    )
     _lake_argument(p)
     p.add_argument("--video-col", default="video", help="manifest column holding the video (default: video)")
     p.add_argument("--caption-col", default="caption", help="manifest column holding the caption (default: caption)")

@@ -170,7 +170,15 @@ _TIMEOUTS = (TimeoutError, urllib3.exceptions.TimeoutError, *S3_TIMEOUTS)
 _FAILURES = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, *S3_ERRORS)
 
 
-def fetch(uri: str, dest: str | Path, *, max_bytes: int, timeout_s: float, retries: int) -> Path:
+def fetch(
+    uri: str,
+    dest: str | Path,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    retries: int,
+    byte_range: tuple[int, int] | None = None,
+) -> Path:
     """Download an s3:// or http(s):// object to `dest`, with a size cap, a per-read timeout, the deadline and
     minimum rate of `download_policy()`, and up to `retries` more attempts after a failure that may pass (a refused
     or cut connection, a 5xx answer); a timeout is not retried.
@@ -178,8 +186,11 @@ def fetch(uri: str, dest: str | Path, *, max_bytes: int, timeout_s: float, retri
     Raises FetchError("host_not_allowed" | "malformed_uri" | "bytes_over_limit" | "missing_file" | "download_timeout" |
     "download_too_slow" | "download_failed" | "download_stopped", ...), never another exception for what a URL or a
     server does; ValueError for a malformed download setting.
-    A partial download is deleted, never left behind.
+    A partial download is deleted, never left behind. `byte_range` (offset, size), s3:// only: that part of the
+    object (a member of a tar, pipeline/webdataset.py).
     """
+    if byte_range is not None and uri[:5].lower() != "s3://":
+        raise ValueError("byte ranges are fetched from s3:// objects only")
     dest = Path(dest)
     budget = _Budget(timeout_s, download_policy())
     last_error, attempts = "unknown error", 0
@@ -188,7 +199,7 @@ def fetch(uri: str, dest: str | Path, *, max_bytes: int, timeout_s: float, retri
         try:
             budget.check()
             if uri[:5].lower() == "s3://":
-                _fetch_s3(uri, dest, max_bytes, budget)
+                _fetch_s3(uri, dest, max_bytes, budget, byte_range)
             else:
                 _fetch_http(uri, dest, max_bytes, budget)
             return dest
@@ -281,11 +292,12 @@ def _declared_length(value: object) -> int | None:
         return None
 
 
-def _fetch_s3(uri: str, dest: Path, max_bytes: int, budget: _Budget) -> None:
+def _fetch_s3(uri: str, dest: Path, max_bytes: int, budget: _Budget, byte_range: tuple[int, int] | None) -> None:
     bucket, key = split_s3(uri)
     # No SDK retries: fetch's own loop retries what may pass, and a timeout is not retried.
     client = s3_client(budget.timeout_s, connect_timeout_s=budget.wait_s(), attempts=1)
-    response = client.get_object(Bucket=bucket, Key=key)
+    extra = {} if byte_range is None else {"Range": f"bytes={byte_range[0]}-{byte_range[0] + byte_range[1] - 1}"}
+    response = client.get_object(Bucket=bucket, Key=key, **extra)
     raw = response["Body"]._raw_stream  # urllib3's response: read1 returns what has arrived, so a trickle is measured
     try:
         size = _declared_length(response.get("ContentLength"))

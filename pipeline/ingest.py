@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cogflow.pipeline import checks, db, dedup, lake
+from cogflow.pipeline import checks, db, dedup, lake, webdataset
 from cogflow.pipeline.checks import DataCheckError  # noqa: F401  (raised by finish_ingest)
 from cogflow.pipeline.fetch import fetch
 from cogflow.pipeline.manifest import json_key, load_manifest, local_path
@@ -198,6 +198,8 @@ def plan_ingest(
 
 
 def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
+    if webdataset.split_member(fetch_uri) is not None:  # a video inside a WebDataset tar
+        return webdataset.read_member(fetch_uri, tmp / "video", limits)
     if is_remote(fetch_uri):
         return fetch(
             fetch_uri,

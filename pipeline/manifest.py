@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cogflow.pipeline import db
+from cogflow.pipeline import db, webdataset
 from cogflow.pipeline.fetch import fetch, http_exists
 from cogflow.pipeline.settings import Limits
 from cogflow.pipeline.sources import FetchError, s3_uri_problem, safe_uri, source_key
@@ -263,12 +263,14 @@ def load_manifest(
 
     A text manifest is decoded strictly with `encoding`, or the one its byte order mark names, else UTF-8.
     """
-    fmt = manifest_format(uri)
-    base = manifest_base(uri)
-    try:
-        path = local_copy(uri, workdir, limits)
-    except (FetchError, OSError) as exc:
-        raise ManifestError(f"cannot read manifest {safe_uri(uri)}: {exc}") from exc
+    if webdataset.is_shards(uri):  # tars: their samples are the rows, their members the videos
+        fmt, base, path = "jsonl", _shards_base(uri), _shards_manifest(uri, workdir, video_col, caption_col)
+    else:
+        fmt, base = manifest_format(uri), manifest_base(uri)
+        try:
+            path = local_copy(uri, workdir, limits)
+        except (FetchError, OSError) as exc:
+            raise ManifestError(f"cannot read manifest {safe_uri(uri)}: {exc}") from exc
     # Subtitle files guess their own encoding (pipeline/subtitles.py) unless told; Parquet strings are UTF-8.
     if fmt in ("csv", "jsonl") or (fmt == "subtitles" and encoding):
         path = decode_manifest(path, encoding, safe_uri(uri), workdir)
@@ -448,6 +450,28 @@ def _missing_column(uri: str, col: str, columns: object, video_col: str) -> Mani
     return ManifestError(f"no row of {safe_uri(uri)} has a {col!r} column (columns: {columns}); map it with {option}")
 
 
+def _shards_base(uri: str) -> str:
+    """What member addresses must stay inside: the folder or prefix of the tars."""
+    if uri.lower().endswith(".tar"):
+        return manifest_base(uri)
+    return uri if uri.startswith("s3://") else os.path.realpath(local_path(uri))
+
+
+def _shards_manifest(uri: str, workdir: Path, video_col: str, caption_col: str) -> Path:
+    """The samples of WebDataset tars as a JSONL manifest in `workdir` (pipeline/webdataset.py)."""
+    try:
+        rows = webdataset.manifest_rows(uri, video_col, caption_col)
+    except (ValueError, FetchError) as exc:
+        raise ManifestError(str(exc)) from exc
+    except Exception as exc:  # an S3 error listing or opening a tar
+        raise ManifestError(f"cannot read WebDataset tars at {safe_uri(uri)}: {exc}") from exc
+    path = workdir / "webdataset.jsonl"
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
 def check_manifest(
     uri: str, *, encoding: str | None = None, video_col: str = "video", caption_col: str = "caption"
 ) -> None:
@@ -456,6 +480,10 @@ def check_manifest(
 
     A remote manifest is only checked for its format and encoding name here; the rest when the flow reads it.
     """
+    if webdataset.is_shards(uri):
+        if not is_remote(uri) and not webdataset.tar_uris(uri):
+            raise ManifestError(f"no WebDataset tars (*.tar) in {safe_uri(uri)}")
+        return
     fmt = manifest_format(uri)
     if encoding:
         text_codec(encoding)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cogflow.pipeline import checks, db, lake
+from cogflow.pipeline import checks, db, lake, webdataset
 from cogflow.pipeline.children import ChildProcesses
 from cogflow.pipeline.contract import (
     CLIP_FRAMES,
@@ -296,6 +296,12 @@ def _local_source(uris: list[str], folder: Path, limits: Limits) -> tuple[Path |
     """The first of the video's known paths that can be read, fetched into `folder` if remote."""
     problem = ("missing_file", "the video has no known path")
     for uri in uris:
+        if webdataset.split_member(uri) is not None:  # a video inside a WebDataset tar
+            try:
+                return webdataset.read_member(uri, folder / "video", limits), problem
+            except FetchError as exc:
+                problem = (exc.reason, exc.detail)
+                continue
         if not is_remote(uri):
             if Path(uri).is_file():
                 return Path(uri), problem

@@ -91,3 +91,68 @@ def test_the_command_writes_shards_and_a_missing_lake_is_one_line(split_lake: Se
     assert "WebDataset shards" in capsys.readouterr().out and list(out.glob("shard-*.tar"))
     assert main(["export", "--lake", str(tmp_path / "nowhere"), "-o", str(out)]) == 2
     assert capsys.readouterr().err.strip().startswith("cogflow export: no lake at")
+
+
+def add_to_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_tars_ingest_in_place_as_a_manifest_from_a_folder_and_from_s3(
+    split_lake: Settings, sample_dir: Path, tmp_path: Path, s3
+) -> None:
+    """The round trip: exported stage-1 clips come back as videos read out of their tars (frame for frame), with
+    their captions; a video2dataset-style sample (caption in its JSON) joins them; a sample with no caption is a
+    reject. The same tars under an S3 prefix give the same rows."""
+    store = Storage.at(split_lake.lake)
+    clips = {c["clip_id"]: c for c in lake.read_clips(store, stage=1).to_pylist()}
+    folder = tmp_path / "wds"
+    export_webdataset(store, folder, stage=1, shard_mb=0.2)
+    video = next((sample_dir / "videos").glob("*.mp4")).read_bytes()
+    add_to_tar(
+        folder / "v2d-000000.tar",
+        {
+            "00000000.mp4": video,
+            "00000000.json": json.dumps(
+                {"caption": "一只猫在窗台上打盹。", "url": "https://x/1.mp4", "clips": [[0, 2]]}
+            ).encode(),
+            "00000001.mp4": video[:-10] + b"0123456789",  # another video (not the same bytes), no caption
+            "00000001.json": b'{"status": "success"}',
+        },
+    )
+    expected = {k: c["caption"] for k, c in clips.items()} | {"00000000": "一只猫在窗台上打盹。"}
+
+    def ingested(manifest: str, home: Path, then_split: bool = False) -> dict[str, dict]:
+        settings = load_settings(home=str(home))
+        settings = dataclasses.replace(settings, split=dataclasses.replace(settings.split, workers=1))
+        summary = ingest(manifest, settings)
+        assert summary.outcomes == {"accepted": len(expected), "empty_caption": 1}
+        if then_split:  # split reads the videos out of the tars too
+            split(settings)
+            made = lake.read_clips(Storage.at(settings.lake), ["video_id"])
+            assert len(set(made["video_id"].to_pylist())) == len(expected)
+        captions = lake.read_table(Storage.at(settings.lake), "captions").to_pylist()
+        return {json.loads(c["metadata"])["wds_key"]: c for c in captions}
+
+    local = ingested(str(folder), tmp_path / "home")
+    assert {k: c["caption"] for k, c in local.items()} == expected
+    some = next(iter(clips))
+    row = local[some]
+    assert row["source_uri"].startswith(f"{folder.resolve()}/shard-") and "#member=" in row["source_uri"]
+    assert (row["start_s"], json.loads(row["metadata"])["wds_json"]["clip_id"]) == (0.0, some)  # the whole member
+    assert json.loads(local["00000000"]["metadata"])["wds_json"]["clips"] == [[0, 2]]
+    with tarfile.open(next(folder.glob("shard-*.tar"))) as tar:  # read in place: the tar's own bytes, no copy
+        member = tar.getmember(row["source_uri"].split("#member=")[1].split("&")[0])
+        assert row["source_uri"].endswith(f"&offset={member.offset_data}&size={member.size}")
+    frames = np.frombuffer(clips[some]["frames"], np.uint8).reshape(5, 160, 160, 3)
+    with tarfile.open(row["source_uri"].split("#")[0]) as tar:
+        assert np.array_equal(decoded(tar.extractfile(member).read()), frames)
+
+    for tar in sorted(folder.glob("*.tar")):
+        s3.upload_file(str(tar), s3.bucket, f"downloads/{tar.name}")
+    remote = ingested(f"s3://{s3.bucket}/downloads/", tmp_path / "s3-home", then_split=True)
+    assert {k: c["caption"] for k, c in remote.items()} == expected
+    assert remote[some]["source_uri"].startswith(f"s3://{s3.bucket}/downloads/shard-")
