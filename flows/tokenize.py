@@ -20,7 +20,14 @@ from prefect.cache_policies import NO_CACHE
 
 from cogflow.flows.launch import ONE_NODE, Nodes, gpu_slot, run_module
 from cogflow.flows.progress import Progress, child_log
-from cogflow.model.tokenizers.encode import ClipFile, EncodeResult, encode_clips, load_tokenizers, pending_files
+from cogflow.model.tokenizers.encode import (
+    ClipFile,
+    EncodeResult,
+    encode_clips,
+    load_tokenizers,
+    pending_files,
+    worker_device,
+)
 from cogflow.model.tokenizers.train_frame import FrameTokenizerResult
 from cogflow.model.tokenizers.train_text import (
     TextTokenizerConfig,
@@ -69,12 +76,27 @@ def encode_task(
     return encode_clips(settings, frame_version, text_version, batch_clips=batch_clips, progress=False, on_file=on_file)
 
 
-@task(name="encode-files", cache_policy=NO_CACHE, task_run_name="encode {count} clip files")
+@task(name="encode-files", cache_policy=NO_CACHE, task_run_name="encode {count} clip files (worker {slot})")
 def encode_files_task(
-    settings: Settings, frame_version: str, text_version: str, batch_clips: int, files: list[ClipFile], count: int
+    settings: Settings,
+    frame_version: str,
+    text_version: str,
+    batch_clips: int,
+    files: list[ClipFile],
+    count: int,
+    slot: int,
 ) -> EncodeResult:
-    """One worker's share of the clip files (`count` only names the task run)."""
-    return encode_clips(settings, frame_version, text_version, batch_clips=batch_clips, progress=False, files=files)
+    """One worker's share of the clip files (`count` only names the task run), on GPU `slot` of its machine's GPUs
+    (modulo their number; the CPU without one)."""
+    return encode_clips(
+        settings,
+        frame_version,
+        text_version,
+        batch_clips=batch_clips,
+        device=worker_device(slot),
+        progress=False,
+        files=files,
+    )
 
 
 def _encode_shared(
@@ -90,9 +112,9 @@ def _encode_shared(
     progress = Progress(len(todo), "encoding clip files", key="encode-progress") if todo else None
     futures = [
         encode_files_task.submit(
-            settings, tokenizers.frame_version, tokenizers.text_version, batch_clips, batch, len(batch)
+            settings, tokenizers.frame_version, tokenizers.text_version, batch_clips, batch, len(batch), slot % workers
         )
-        for batch in batches
+        for slot, batch in enumerate(batches)
     ]
     for future, batch in zip(futures, batches):
         result.add(future.result())

@@ -219,6 +219,13 @@ def encode_file(
         return clips, truncated, seconds
 
 
+def worker_device(slot: int) -> str:
+    """Where encode worker `slot` runs, on its own machine: GPU `slot` modulo the machine's GPUs, so that workers
+    spread over the GPUs (one each when there are as many workers as GPUs); the CPU on a machine without one."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"cuda:{slot % gpus}" if gpus else "cpu"
+
+
 def encode_clips(
     settings: Settings,
     frame_version: str | None = None,

@@ -19,7 +19,7 @@ import pytest
 from helpers import lake_settings, tokenized_home
 
 from cogflow.model.serving import registry
-from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers
+from cogflow.model.tokenizers.encode import encode_clips, load_tokenizers, worker_device
 from cogflow.model.tokenizers.text import TextTokenizer
 from cogflow.model.tokenizers.train_text import TextTokenizerConfig, train_text_tokenizer
 from cogflow.pipeline import checks, lake
@@ -184,3 +184,15 @@ def test_text_ids_decode_for_chinese_and_english(home: Path) -> None:
     for text in ("一个下午在海滩上奔跑的女人", "A woman running on the beach in the afternoon."):
         ids, mask, _ = tokenizer.encode_batch([text], 64)
         assert tokenizer.decode(ids[0]) == text
+
+
+def test_encode_workers_spread_over_the_gpus_of_their_machine(monkeypatch) -> None:
+    import torch
+
+    assert [worker_device(slot) for slot in range(3)] == (
+        [f"cuda:{s % torch.cuda.device_count()}" for s in range(3)] if torch.cuda.is_available() else ["cpu"] * 3
+    )
+    # a machine with 4 GPUs (what CUDA would report there): workers 0-3 one GPU each, worker 5 shares GPU 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [worker_device(slot) for slot in (0, 1, 2, 3, 5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:1"]
