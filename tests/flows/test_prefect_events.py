@@ -4,10 +4,11 @@ and drops the rest (task runs left Running in its history)."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 
-from helpers import copy_sample, write_csv
+import numpy as np
+from helpers import write_csv
+from odd_videos import moving_frames
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -19,16 +20,16 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 
 from cogflow.flows.cli import main
+from cogflow.pipeline.encode import encode_video
 
 
-def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sample_dir, capsys):
-    rows = copy_sample(sample_dir, tmp_path)
+def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, capsys):
+    """300 small real videos (each its own: a moving square at another place and pace) over 4 workers."""
     videos = []
-    for i in range(24):  # a burst of task-run events at the end of the flow
-        source = tmp_path / rows[i % len(rows)]["video"]
-        copy = source.with_name(f"copy_{i}{source.suffix}")
-        shutil.copyfile(source, copy)
-        videos.append({"video": str(copy.relative_to(tmp_path)), "caption": f"caption number {i}"})
+    for i in range(300):  # a burst of task-run events at the end of the flow
+        frames = [np.roll(f, 3 * i, axis=1) for f in moving_frames(4 + i % 5, size=32)]
+        path = encode_video(tmp_path / f"v{i:03d}.mp4", frames, fps=4)
+        videos.append({"video": path.name, "caption": f"caption number {i}"})
     manifest = write_csv(tmp_path / "m.csv", videos)
     started = datetime.now(UTC)
     assert main(["ingest", str(manifest), "--lake", str(tmp_path / "lake"), "--workers", "4"]) == 0
@@ -42,6 +43,8 @@ def test_ingest_returns_after_the_server_recorded_every_task_run(tmp_path, sampl
             ),
         )
     assert unfinished == []
-    # one probe task run per batch, not per video: 24 sources over 4 workers are 4 batches of 6
+    # one probe task run per batch, not per video: 300 sources over 4 workers are 4 batches of 75, and the whole
+    # ingest a handful of task runs
     probes = [r.name for r in runs if r.name.startswith("probe ")]
-    assert len(probes) == 4 and all(name.startswith(f"probe 6 videos from {tmp_path}") for name in probes)
+    assert len(probes) == 4 and all(name.startswith(f"probe 75 videos from {tmp_path}") for name in probes)
+    assert len(runs) < 20
