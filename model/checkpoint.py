@@ -28,7 +28,12 @@ from typing import cast
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from cogflow.model import distributed
 from cogflow.pipeline.storage import LocalStorage, Storage
@@ -142,3 +147,9 @@ class Checkpointer:
             )  # fills the tensors in place
             set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
             return torch.load(path / EXTRA, map_location="cpu", weights_only=False)
+
+
+def whole_model_state(model: torch.nn.Module) -> dict:
+    """The model's whole (unsharded) state dict on every rank, the same for a plain or an FSDP model: what the one
+    consolidated model file of a finished training is made from (collective under FSDP)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))

@@ -1,6 +1,5 @@
-"""The pieces of a training step that the stage trainer, the gradient test and the benchmark share: full state
-dicts (the same for a plain, DDP or FSDP model), val bits per token, the matmul peak and memory measured for MFU,
-micro-batches and one optimizer step."""
+"""The pieces of a training step that the stage trainer, the gradient test and the benchmark share: val bits per
+token, the matmul peak and memory measured for MFU, micro-batches and one optimizer step."""
 
 from __future__ import annotations
 
@@ -15,36 +14,6 @@ from torch.nn.parallel import DistributedDataParallel
 from cogflow.model.cogvideo.data import to_batch
 from cogflow.model.cogvideo.layout import Layout, build_inputs
 from cogflow.model.cogvideo.transformer import CogVideoTransformer
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
-    """Unsharded model and optimizer state dicts, the same for a plain or an FSDP model (on every rank)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    options = StateDictOptions(full_state_dict=True)
-    if optimizer is None:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(model, options=options), {}
-    return get_state_dict(model, optimizer, options=options)
-
-
-def load_full_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
-) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=model_state,
-        optim_state_dict=optimizer_state,
-        options=StateDictOptions(full_state_dict=True),
-    )
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation and sizes

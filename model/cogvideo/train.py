@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from cogflow.model import config as configs
 from cogflow.model import distributed, tracking
-from cogflow.model.checkpoint import Checkpointer
+from cogflow.model.checkpoint import Checkpointer, whole_model_state
 from cogflow.model.cogvideo import sampling, stages
 from cogflow.model.cogvideo import transformer as transformers
 from cogflow.model.cogvideo.data import TokenStream, eval_rows
@@ -47,7 +47,6 @@ from cogflow.model.cogvideo.layout import Layout
 from cogflow.model.cogvideo.sampling import GenerateConfig
 from cogflow.model.cogvideo.steps import (
     bits_per_token,
-    full_state,
     matmul_peak,
     memory_gb,
     micro_batches,
@@ -510,7 +509,7 @@ def train_stage(
 
         # The finished model: the run's artifact, and the tags that say it is complete.
         bits = evaluate()
-        model_state, _ = full_state(model)
+        model_state = whole_model_state(model)
         if env.main:
             if not cfg.fsdp:
                 _log_sample(model, layout, tokenizers, val, Path(tmp), step, run.generate)

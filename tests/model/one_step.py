@@ -12,8 +12,9 @@ import sys
 import torch
 
 from cogflow.model import distributed
+from cogflow.model.checkpoint import whole_model_state
 from cogflow.model.cogvideo.layout import Layout, build_inputs
-from cogflow.model.cogvideo.steps import full_state, optimizer_step
+from cogflow.model.cogvideo.steps import optimizer_step
 from cogflow.model.cogvideo.transformer import CogVideoTransformer, ModelSpec, TransformerConfig
 
 K, V, B = 40, 30, 4
@@ -40,7 +41,7 @@ def main(out: str, fsdp: bool) -> None:
     else:
         wrapped = model
     before = {
-        k: v.detach().clone() for k, v in full_state(model)[0].items()
+        k: v.detach().clone() for k, v in whole_model_state(model).items()
     }  # (the state shares storage with the model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     loss = optimizer_step(
@@ -51,7 +52,7 @@ def main(out: str, fsdp: bool) -> None:
         1.0,
         torch.autocast("cpu", enabled=False),
     )
-    after, _ = full_state(model)
+    after = whole_model_state(model)
     if env.main:
         torch.save({"gradient": {k: before[k] - after[k] for k in before}, "loss": loss}, out)
     distributed.barrier()  # leave together: a rank tearing its group down while the other still works can abort

@@ -358,9 +358,10 @@ def test_lake_and_checkpoints_on_s3(tokens_home: Path, tmp_path: Path, s3, monke
 
 
 def test_sharded_checkpoints_resume_on_another_number_of_ranks_with_the_same_losses(home: Path, tmp_path: Path) -> None:
-    """Global batch 4 throughout: 2 FSDP ranks of 2 rows train to step 4 and write their own shards (DCP); one
-    process of 4 rows resumes (the shards resharded into a plain model) to step 6; 2 FSDP ranks again finish, and
-    leave one whole model. The loss at every step is the uninterrupted one-process run's."""
+    """Global batch 4 throughout: 2 FSDP ranks of 2 rows train to step 4 and write their own shards (DCP, in the
+    background); one process of 4 rows resumes (the shards resharded into a plain model) and finishes. The loss at
+    every step is the uninterrupted one-process run's. (The whole model gathered from FSDP shards at the end:
+    test_two_process_torchrun_step_matches_one_process[fsdp].)"""
     overrides = ["train.log_every=1", "train.checkpoint_every=2"]
     reference_home = Path(shutil.copytree(home, tmp_path / "reference"))
     reference = train_stage(lake_settings(reference_home), 1, load_config("debug", overrides), progress=False)
@@ -396,18 +397,15 @@ def test_sharded_checkpoints_resume_on_another_number_of_ranks_with_the_same_los
     settings = lake_settings(home)
     shards = Storage.at(home / "checkpoints").list_files("stage1", ".distcp")
     assert [s.rsplit("/", 2)[-2:] for s in shards] == [["step-000000004", f"__{r}_0.distcp"] for r in (0, 1)]
-    one = train_stage(settings, 1, load_config("debug", overrides), resume=True, until_step=6, progress=False)
-    done = two_ranks("--resume", result="b.json")
-    assert (first["steps"], one.steps, done["steps"], done["complete"]) == (4, 6, 8, True)
-    assert first["run_id"] == one.run_id == done["run_id"]
+    done = train_stage(settings, 1, load_config("debug", overrides), resume=True, progress=False)
+    assert (first["steps"], first["complete"], done.steps, done.complete) == (4, False, 8, True)
+    assert first["run_id"] == done.run_id
 
     tracking.use(settings.mlflow_tracking_uri, str(home))
-    logged = metric_steps(done["run_id"], "train/loss")
+    logged = metric_steps(done.run_id, "train/loss")
     assert sorted({s for s, _ in logged}) == list(range(1, 9))
     for s, value in logged:
         assert value == pytest.approx(expected[s], rel=1e-4), (s, value, expected[s])
-    model, _ = load_model(str(tracking.download(f"runs:/{done['run_id']}/model/stage1.pt", tmp_path / "m")))
-    assert model.parameter_count() == done["parameters"]  # gathered whole from the shards
 
 
 @pytest.mark.parametrize("length", [1, 4, 9, 12, 15])
