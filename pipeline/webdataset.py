@@ -47,6 +47,8 @@ def is_shards(uri: str) -> bool:
 
 def tar_uris(uri: str) -> list[str]:
     """The tars `uri` names, sorted: itself, or the `.tar` files in the folder or under the S3 prefix."""
+    if is_remote(uri) and not uri.startswith("s3://"):
+        raise ValueError(f"WebDataset tars are read from a local folder or S3, not {safe_uri(uri)}")
     if uri.lower().endswith(".tar"):
         return [uri if is_remote(uri) else os.path.realpath(uri)]
     if uri.startswith("s3://"):

@@ -19,6 +19,7 @@ from cogflow.flows.cli import main
 from cogflow.pipeline import lake
 from cogflow.pipeline.export import export_webdataset
 from cogflow.pipeline.ingest import ingest
+from cogflow.pipeline.manifest import ManifestError
 from cogflow.pipeline.settings import Settings, load_settings
 from cogflow.pipeline.split import split
 from cogflow.pipeline.storage import Storage
@@ -156,3 +157,5 @@ def test_tars_ingest_in_place_as_a_manifest_from_a_folder_and_from_s3(
     remote = ingested(f"s3://{s3.bucket}/downloads/", tmp_path / "s3-home", then_split=True)
     assert {k: c["caption"] for k, c in remote.items()} == expected
     assert remote[some]["source_uri"].startswith(f"s3://{s3.bucket}/downloads/shard-")
+    with pytest.raises(ManifestError, match="from a local folder or S3, not https://example.com/a.tar"):
+        ingest("https://example.com/a.tar", load_settings(home=str(tmp_path / "http-home")))
