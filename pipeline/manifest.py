@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import botocore.exceptions
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -463,7 +464,7 @@ def _shards_manifest(uri: str, workdir: Path, video_col: str, caption_col: str) 
         rows = webdataset.manifest_rows(uri, video_col, caption_col)
     except (ValueError, FetchError) as exc:
         raise ManifestError(str(exc)) from exc
-    except Exception as exc:  # an S3 error listing or opening a tar
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:  # listing or opening on S3
         raise ManifestError(f"cannot read WebDataset tars at {safe_uri(uri)}: {exc}") from exc
     path = workdir / "webdataset.jsonl"
     with open(path, "w", encoding="utf-8") as out:
