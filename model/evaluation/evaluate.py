@@ -227,8 +227,12 @@ def evaluate_pair(
     )
 
 
+# Marks the bundled caption font draws: it has no ✓ or ✗ (they came out as empty boxes on every sheet).
+RIGHT, WRONG = "√", "×"
+
+
 def evaluation_sheet(rows: list[np.ndarray], prompts: list[Prompt], readings: list[Reading]) -> Image.Image:
-    """One row per prompt: every 4th frame, the caption, and what was read back (✓/✗ against the truth)."""
+    """One row per prompt: every 4th frame, the caption, and what was read back (RIGHT/WRONG against the truth)."""
     gap, margin, text_h = 3, 8, 22
     size = rows[0].shape[1] // 2  # half size keeps a 24-prompt sheet a few MB
     columns = rows[0].shape[0]
@@ -240,7 +244,7 @@ def evaluation_sheet(rows: list[np.ndarray], prompts: list[Prompt], readings: li
         y = margin + i * (text_h + size + gap)
         read = " ".join(
             f"{f}={getattr(reading, f)}"
-            + ("" if prompt.truth is None else (" ✓" if getattr(reading, f) == prompt.truth[f] else " ✗"))
+            + ("" if prompt.truth is None else f" {RIGHT if getattr(reading, f) == prompt.truth[f] else WRONG}")
             for f in FIELDS
         )
         draw.text((margin, y), f"{prompt.caption}   [{prompt.source}]   read back: {read}", fill="black", font=font)

@@ -293,3 +293,15 @@ def test_read_video_frames_gives_the_frames_the_reading_was_voted_from(clips):
     reading, frames = read_video_frames(video)
     assert reading == read_video(video) and len(frames) == len(video)
     assert all(f.area for f in frames)  # a decoded sample clip shows its shape in every frame
+
+
+def test_the_sheet_marks_are_glyphs_of_the_caption_font():
+    # A character the font lacks is drawn as its empty box: every such character draws the same box, unlike the marks.
+    from cogflow.model.evaluation.evaluate import RIGHT, WRONG
+    from cogflow.pipeline.preview import font
+
+    f = font(14)
+    missing = bytes(f.getmask("\U0010fffd"))
+    for mark in (RIGHT, WRONG, "红"):
+        assert bytes(f.getmask(mark)) != missing, mark
+    assert bytes(f.getmask("✓")) == missing  # the check itself tells a missing glyph (why the marks are not ✓/✗)
