@@ -3,6 +3,7 @@
     COGFLOW_HOME=.cogflow .venv/bin/python tests/bench/bench_stage1.py --label lr5e-3 --set train.lr=5e-3
     ... --label guidance1 --run RUN_ID --sample guidance=1   # read back a trained run with other sampling
     ... --t2i-steps 600        # first a text-to-image run of the same model, its spatial channel seeds stage 1
+    ... --seeds 0,1,2          # the same config trained with three seeds: one row each, and their spread
 
 What one change to stage 1 (its config, its data, a text-to-image start) does to what the issue cares about, in one
 run and without Prefect, so that each row of an ablation table is one command:
@@ -92,38 +93,12 @@ def append_row(path: str | Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="the row's name in the ablation table")
-    parser.add_argument("--config", default="demo")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="stage-1 config override")
-    parser.add_argument(
-        "--t2i-steps",
-        type=int,
-        default=0,
-        help="train a text-to-image run this long first and start stage 1 from its spatial channel",
-    )
-    parser.add_argument("--t2i-set", action="append", default=[], metavar="KEY=VALUE", help="override for the t2i run")
-    parser.add_argument("--prompts", type=int, default=48)
-    parser.add_argument(
-        "--sample",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="sampling override (guidance=1, temperature=0.7, top_k=5); the stage's defaults otherwise",
-    )
-    parser.add_argument(
-        "--run",
-        help="read back this stage-1 run (an MLflow run id) instead of training one; "
-        "runs:/<id>/model/t2i.pt reads a text-to-image run's images",
-    )
-    parser.add_argument("--out", help="JSON lines file to append the result to")
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    settings = load_settings()
+def train_and_read(args: argparse.Namespace, settings, seed: int | None) -> dict:
+    """One row: train (unless --run) with `seed` as train.seed of both runs (None: the config's), read key frames."""
+    seeded = [] if seed is None else [f"train.seed={seed}"]
     row: dict = {"label": args.label, "set": args.set, "t2i_steps": args.t2i_steps, "t2i_set": args.t2i_set}
-
-    overrides = list(args.set)
+    row["seed"] = seed
+    overrides = [*args.set, *seeded]
     if args.run:
         result = None
     elif args.t2i_steps:
@@ -131,7 +106,7 @@ def main() -> int:
         t2i = train_stage(
             settings,
             1,
-            load_config(args.config, [*args.set, f"train.steps={args.t2i_steps}", "train.frames=1", *args.t2i_set]),
+            load_config(args.config, [*overrides, f"train.steps={args.t2i_steps}", "train.frames=1", *args.t2i_set]),
             restart=True,
         )
         row["t2i"] = {
@@ -166,11 +141,68 @@ def main() -> int:
     k = row["keyframes"]
     cells = table_cells(k)
     t2i_text = f"t2i {row['t2i']['seconds']:.0f} s val {row['t2i']['val_bits']:.3f}  " if "t2i" in row else ""
+    name = args.label if seed is None else f"{args.label} seed {seed}"
     print(
-        f"{args.label}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {row['stage1']['val_bits']:.3f} "
+        f"{name}: {t2i_text}stage 1 {row['stage1']['seconds']:.0f} s val bits {row['stage1']['val_bits']:.3f} "
         f"({row['stage1']['tokens_per_s']:,.0f} tokens/s), eval {row['eval_seconds']:.0f} s  key frames on {k['colour']['n']}: {cells}  mean {k['mean']['share']:.0%}"
     )
-    append_row(args.out or Path(settings.home) / "bench_stage1.jsonl", row)
+    return row
+
+
+def seed_spread(rows: list[dict]) -> str:
+    """Per field, the mean share over the seeds' runs and its range: how far one training run is from another,
+    which the per-run intervals (prompts only) do not show."""
+    cells = []
+    for f in (*FIELDS, "mean"):
+        values = [r["keyframes"][f]["share"] for r in rows]
+        cells.append(f"{f} {np.mean(values):.0%} [{min(values):.0%}-{max(values):.0%}]")
+    return f"over {len(rows)} seeds (mean [lowest-highest] of the runs): " + "  ".join(cells)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", required=True, help="the row's name in the ablation table")
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="stage-1 config override")
+    parser.add_argument(
+        "--t2i-steps",
+        type=int,
+        default=0,
+        help="train a text-to-image run this long first and start stage 1 from its spatial channel",
+    )
+    parser.add_argument("--t2i-set", action="append", default=[], metavar="KEY=VALUE", help="override for the t2i run")
+    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument(
+        "--seeds",
+        help="comma-separated training seeds (train.seed of the t2i run and stage 1): one row per seed and their "
+        "spread; two runs of one config differ by more than a run's intervals",
+    )
+    parser.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling override (guidance=1, temperature=0.7, top_k=5); the stage's defaults otherwise",
+    )
+    parser.add_argument(
+        "--run",
+        help="read back this stage-1 run (an MLflow run id) instead of training one; "
+        "runs:/<id>/model/t2i.pt reads a text-to-image run's images",
+    )
+    parser.add_argument("--out", help="JSON lines file to append the result to")
+    args = parser.parse_args()
+    if args.seeds and args.run:
+        parser.error("--seeds trains runs; --run reads one")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    settings = load_settings()
+    out = args.out or Path(settings.home) / "bench_stage1.jsonl"
+    seeds: list[int | None] = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    rows = []
+    for seed in seeds:
+        rows.append(train_and_read(args, settings, seed))
+        append_row(out, rows[-1])
+    if len(rows) > 1:
+        print(f"{args.label}: {seed_spread(rows)}")
     return 0
 
 
