@@ -114,8 +114,7 @@ class CachedMask(NamedTuple):
     """A cached decoding step's mask over only the key slots its queries see, and those slots."""
 
     mask: torch.Tensor  # (B, 1, P, U) bool, True: attend
-    columns: torch.Tensor  # (U,) the key slots, ascending
-    prefix: int  # > 0: the columns are the slots 0 .. prefix-1, read as a view rather than gathered
+    columns: torch.Tensor | None  # (U,) the key slots, ascending; None: slots 0 .. U-1, read as a view
 
 
 @functools.cache
@@ -212,9 +211,9 @@ class DualAttention(nn.Module):
         if cache is not None:  # write this step's slots, attend over the cached slots these queries see
             keys, values = cache[name]
             keys[:, :, positions], values[:, :, positions] = k.to(keys.dtype), v.to(values.dtype)
-            mask, columns, prefix = cast(CachedMask, mask)
-            if prefix:
-                k, v = keys[:, :, :prefix], values[:, :, :prefix]  # (B, h, width, d) views
+            mask, columns = cast(CachedMask, mask)
+            if columns is None:
+                k, v = keys[:, :, : mask.shape[-1]], values[:, :, : mask.shape[-1]]  # (B, h, U, d) views
             else:
                 k, v = keys.index_select(2, columns), values.index_select(2, columns)  # (B, h, U, d)
             k, v = k.to(q.dtype), v.to(q.dtype)
@@ -359,11 +358,10 @@ class CogVideoTransformer(nn.Module):
             columns = allowed.any(0).nonzero().squeeze(1)  # (U,) ascending
             width = int(columns[-1]) + 1
             if 2 * len(columns) > width:
-                columns = torch.arange(width, device=positions.device)
                 keep = allowed[:, :width][None] & (visible[:, None, :width] | itself[None, :, :width])
-                return CachedMask(keep[:, None], columns, width)  # (B, 1, P, width)
+                return CachedMask(keep[:, None], None)  # (B, 1, P, width)
             keep = allowed[:, columns][None] & (visible[:, None, columns] | itself[None, :, columns])
-            return CachedMask(keep[:, None], columns, 0)  # (B, 1, P, U)
+            return CachedMask(keep[:, None], columns)  # (B, 1, P, U)
 
         per_layer = self._per_layer(
             batch(layouts.dense_mask(spec.layout, "spatial", device=device)),
