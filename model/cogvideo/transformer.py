@@ -341,7 +341,7 @@ class CogVideoTransformer(nn.Module):
         visible = layouts.key_visible(text_valid, spec.layout.length)  # (B, S)
         itself = positions[:, None] == torch.arange(spec.layout.length, device=positions.device)  # (P, S)
 
-        def batch(rule: torch.Tensor) -> torch.Tensor:
+        def batch(rule: torch.Tensor) -> torch.Tensor | CachedMask:
             allowed = rule[positions]  # (P, S)
             if filled is None:
                 return (allowed[None] & (visible[:, None, :] | itself[None]))[:, None]  # (B, 1, P, S)
