@@ -415,7 +415,7 @@ def train_stage(
         enabled=progress and env.main,
         every=cfg.log_every,
     )
-    loop_started, loop_steps = time.monotonic(), 0  # set again where the loop starts
+    loop_steps = 0  # steps this call trained (a resumed run counts from where it resumed)
 
     def run_rates() -> tuple[float, float]:
         # The result's tokens/s and MFU: the whole loop's, validation and checkpoints included. The last log window
@@ -443,7 +443,7 @@ def train_stage(
             f"{len(parts)} token files, evaluating on {eval_split}; MLflow run {run_id}"
         )
         window_started, window_steps = time.monotonic(), 0
-        loop_started = window_started
+        loop_started = window_started  # run_rates' clock
         batches = iter(loader)
         while step < cfg.steps:
             micro = []

@@ -95,13 +95,15 @@ def append_row(path: str | Path, row: dict) -> None:
 
 def train_and_read(args: argparse.Namespace, settings, seed: int | None) -> dict:
     """One row: train (unless --run) with `seed` as train.seed of both runs (None: the config's), read key frames."""
-    seeded = [] if seed is None else [f"train.seed={seed}"]
-    row: dict = {"label": args.label, "set": args.set, "t2i_steps": args.t2i_steps, "t2i_set": args.t2i_set}
-    row["seed"] = seed
-    overrides = [*args.set, *seeded]
-    if args.run:
-        result = None
-    elif args.t2i_steps:
+    row: dict = {
+        "label": args.label,
+        "set": args.set,
+        "t2i_steps": args.t2i_steps,
+        "t2i_set": args.t2i_set,
+        "seed": seed,
+    }
+    overrides = [*args.set, *([] if seed is None else [f"train.seed={seed}"])]
+    if args.t2i_steps and not args.run:
         started = time.monotonic()
         t2i = train_stage(
             settings,
