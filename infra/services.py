@@ -18,7 +18,7 @@ from pathlib import Path
 from processes import alive, start_time  # infra/processes.py, beside this module
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent  # the virtualenv's bin: moto_server, mlflow, prefect
+BIN = Path(sys.executable).parent  # the virtualenv's bin: mlflow, prefect
 HOST = "127.0.0.1"
 BUCKET = "cogflow"
 LAKE = f"s3://{BUCKET}/lake"
@@ -197,7 +197,8 @@ class Stack:
         services = [
             Service(
                 "s3",
-                [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.ports["s3"])],
+                # moto, its requests one at a time so that conditional writes are atomic as S3's (s3_server.py)
+                [sys.executable, str(CHECKOUT / "infra" / "s3_server.py"), "-H", HOST, "-p", str(self.ports["s3"])],
                 clean_env(),
                 health=f"{s3}/",
                 url=s3,

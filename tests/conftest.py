@@ -24,6 +24,7 @@ for _folder in ("home", "prefect"):
 os.environ.update(HOME=str(_SANDBOX / "home"), PREFECT_HOME=str(_SANDBOX / "prefect"))
 
 import functools  # noqa: E402  (imported after the environment is made hermetic)
+import importlib.util
 import http.server
 import signal
 import socket
@@ -63,14 +64,19 @@ def _restore_environment() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """A real S3 API (moto's server) on 127.0.0.1, for boto3 and pyarrow alike."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    """A real S3 API (moto's server) on 127.0.0.1, for boto3 and pyarrow alike: the local stack's, whose
+    conditional writes are atomic as S3's are (infra/s3_server.py; plain moto's are not, and the lease tests race)."""
+    path = Path(__file__).resolve().parents[1] / "infra" / "s3_server.py"  # a script, not a package: load the file
+    spec = importlib.util.spec_from_file_location("cogflow_infra_s3_server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = module.make_s3_server("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
 
 
 @pytest.fixture
