@@ -24,8 +24,8 @@ for _folder in ("home", "prefect"):
 os.environ.update(HOME=str(_SANDBOX / "home"), PREFECT_HOME=str(_SANDBOX / "prefect"))
 
 import functools  # noqa: E402  (imported after the environment is made hermetic)
-import importlib.util
 import http.server
+import importlib.util
 import signal
 import socket
 import subprocess
