@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,16 +78,20 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def gumbel_noise(seed: int, stream: int, rows: torch.Tensor, positions: torch.Tensor, codes: int) -> torch.Tensor:
-    """(B, P, K) float64 Gumbel noise, a pure function of (seed, stream, row, slot, code): the same on any device,
-    in any batch and whatever else is decoded in the same call."""
+def gumbel_noise(
+    seed: int, stream: int, rows: torch.Tensor, positions: torch.Tensor, codes: int | torch.Tensor
+) -> torch.Tensor:
+    """Float64 Gumbel noise, a pure function of (seed, stream, row, slot, code): the same on any device, in any
+    batch and whatever else is decoded in the same call. `codes`: K, for every code (B, P, K); or the codes (B, P, C)
+    to draw for, each getting the value it would have among all K."""
     device = rows.device
     key = torch.tensor(seed & MASK32, dtype=torch.long, device=device)
     for part in ((seed >> 32) & MASK32, stream & MASK32):
         key = _hash32(key ^ part)
     key = _hash32(key ^ rows.long()[:, None, None])  # (B, 1, 1)
     key = _hash32(key ^ positions.long()[None, :, None])  # (B, P, 1)
-    key = _hash32(key ^ torch.arange(codes, device=device)[None, None, :])  # (B, P, K)
+    code_ids = torch.arange(codes, device=device)[None, None, :] if isinstance(codes, int) else codes.long()
+    key = _hash32(key ^ code_ids)  # (B, P, K) or (B, P, C)
     uniform = (key.double() + 0.5) / 2**32  # in (0, 1), never 0 or 1
     return -torch.log(-torch.log(uniform))
 
@@ -114,6 +118,11 @@ def sample_codes(
 
     Gumbel-max: argmax(filtered logits + Gumbel noise) is a draw from softmax(filtered logits), and the noise is
     fixed by the code's key, not by the order in which codes are drawn."""
+    if 0 < config.top_k < logits.shape[-1]:  # only the top k can be drawn: noise for them alone, not all K
+        top, candidates = logits.double().topk(config.top_k, dim=-1)  # (B, P, k) each
+        noise = gumbel_noise(seed, stream, rows, positions, candidates)
+        kept = filter_logits(top, replace(config, top_k=0))  # the temperature, and top-p among the k
+        return candidates.gather(-1, (kept + noise).argmax(dim=-1, keepdim=True)).squeeze(-1)
     noise = gumbel_noise(seed, stream, rows, positions, logits.shape[-1])
     return (filter_logits(logits, config) + noise).argmax(dim=-1)
 

@@ -27,8 +27,10 @@ from cogflow.model.cogvideo.layout import (
 from cogflow.model.cogvideo.sampling import (
     GenerateConfig,
     attention_graph,
+    filter_logits,
     generate_keyframes,
     guided,
+    gumbel_noise,
     interpolate,
     parallel_schedule,
     sample_codes,
@@ -241,6 +243,10 @@ def test_a_code_depends_only_on_its_logits_and_key() -> None:
     assert torch.equal(part, whole[1:, 2:4])
     assert not torch.equal(sample_codes(logits, config, 6, 0, rows, positions), whole)  # another seed
     assert not torch.equal(sample_codes(logits, config, 5, 1, rows, positions), whole)  # another stream (round)
+
+    # with top-k, noise is drawn for the k candidates only: the very draw of noise over all codes
+    full = (filter_logits(logits, config) + gumbel_noise(5, 0, rows, positions, CODES)).argmax(-1)
+    assert torch.equal(whole, full)
 
     top5 = logits.topk(5, dim=-1).indices
     drawn = sample_codes(logits, GenerateConfig(top_k=5), 5, 0, rows, positions)
