@@ -50,7 +50,7 @@ from cogflow.pipeline.storage import Storage
 class EvalConfig:
     prompts: int = 24  # held-out prompts to generate a video for
     seed: int = 0
-    batch: int = 32  # prompts generated at once: fewer, larger decoding steps (96 demo videos: 222 s; 237 s at 8)
+    batch: int = 32  # prompts generated at once: fewer, larger decoding steps (the demo's 96 videos: 4 batches)
     val_rows: int = 256  # val rows for bits per token (fewer when the split is smaller)
     temperature: float | None = None  # sampling options; None: each stage's [generate] table
     top_k: int | None = None
