@@ -52,7 +52,9 @@ DEMO = DemoPlan(
     env={"COGFLOW_STAGE2_WINDOWS": "1"},
     tokenizer_config="demo",
     training_config="demo",
-    stage2=("train.steps=300",),  # at the config's 96 wide, about the minutes 200 steps took at 128
+    # 200 steps: from the same key frames (96 prompts) its whole videos read 56% as the 300-step run's did, and it
+    # still beats copying the neighbouring frame (94.6% of codes against 91.8%), in about 40 s less (issue #13)
+    stage2=("train.steps=200",),
     prompts=96,
     min_caption_accuracy=0.4,
     minutes=13,
