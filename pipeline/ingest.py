@@ -18,6 +18,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -84,6 +85,12 @@ class IngestPlan:
     to_probe: list[tuple[str, str]]  # (source_uri, fetch_uri), fetch_uri may carry a presigned query
     workdir: Path
     started: float  # time.monotonic() when planning began
+
+    def discard(self) -> None:
+        """Close the plan's database and remove its scratch folder: after the lake is written, or when probing
+        stopped (an error, SIGTERM, Ctrl-C), so that no run leaves a cogflow-ingest-* folder behind."""
+        self.con.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @dataclass
@@ -197,6 +204,17 @@ def plan_ingest(
     return IngestPlan(manifest_uri, settings, con, [tuple(r) for r in to_probe], workdir, started)
 
 
+def probe_or_discard(
+    plan: IngestPlan, probe_all: Callable[[IngestPlan], list[dict[str, object]]]
+) -> list[dict[str, object]]:
+    """`probe_all(plan)`, discarding the plan when it does not finish (finish_ingest discards it otherwise)."""
+    try:
+        return probe_all(plan)
+    except BaseException:
+        plan.discard()
+        raise
+
+
 def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
     if webdataset.split_member(fetch_uri) is not None:  # a video inside a WebDataset tar
         return webdataset.read_member(fetch_uri, tmp / "video", limits)
@@ -262,14 +280,13 @@ def probe_source(source_uri: str, fetch_uri: str, limits: Limits) -> dict[str, o
 
 def finish_ingest(plan: IngestPlan, probes: list[dict[str, object]]) -> IngestSummary:
     """Write what the probes decided, run the data checks, and summarise the run."""
-    con, settings = plan.con, plan.settings
+    settings = plan.settings
     store = Storage.at(settings.lake)
     try:
         with lake.writer_lock(store):
             summary = _write(plan, store, probes)
     finally:
-        con.close()
-        shutil.rmtree(plan.workdir, ignore_errors=True)
+        plan.discard()
     return summary
 
 
@@ -375,5 +392,5 @@ def _clear_stale_rejects(con: duckdb.DuckDBPyConnection, store: Storage, manifes
 def ingest(manifest: str, settings: Settings, **options: Any) -> IngestSummary:
     """The whole ingest in one process, probing one source after another (the flow probes in parallel)."""
     plan = plan_ingest(manifest, settings, **options)
-    probes = [probe_source(uri, fetch_uri, settings.limits) for uri, fetch_uri in plan.to_probe]
+    probes = probe_or_discard(plan, lambda p: [probe_source(uri, fetch, settings.limits) for uri, fetch in p.to_probe])
     return finish_ingest(plan, probes)

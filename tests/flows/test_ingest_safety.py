@@ -130,7 +130,14 @@ def test_sigterm_stops_ingest_in_the_middle_of_a_download(tmp_path, www) -> None
         ],
     )
     # the minimum rate is measured over stretches of the timeout: 60 s, so only SIGTERM can end this download
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COGFLOW_DOWNLOAD_TIMEOUT_S": "60"}
+    scratch = tmp_path / "tmp"  # the child's TMPDIR: what it leaves behind there is seen
+    scratch.mkdir()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "COGFLOW_DOWNLOAD_TIMEOUT_S": "60",
+        "TMPDIR": str(scratch),
+    }
     log = tmp_path / "ingest.log"
     with open(log, "wb") as out:
         child = subprocess.Popen(
@@ -155,6 +162,8 @@ def test_sigterm_stops_ingest_in_the_middle_of_a_download(tmp_path, www) -> None
             pytest.fail("cogflow ingest was still running 10 s after SIGTERM:\n" + log.read_text()[-3000:])
         assert time.monotonic() - sent < 5
         assert child.returncode != 0
+        # the plan's scratch folder (its DuckDB spill) and the download's folder go with the stopped run
+        assert not [p.name for p in scratch.iterdir() if p.name.startswith(("cogflow-ingest-", "cogflow-probe-"))]
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
