@@ -19,11 +19,11 @@ from prefect.client.orchestration import get_client
 
 from cogflow.flows.cli import main
 from cogflow.flows.runners import make_task_runner
-from cogflow.flows.split import run_split
+from cogflow.flows.split import ShardLog, run_split
 from cogflow.pipeline import lake
 from cogflow.pipeline.ingest import ingest
 from cogflow.pipeline.settings import Settings, load_settings
-from cogflow.pipeline.split import split
+from cogflow.pipeline.split import ShardResult, ShardTask, split
 from cogflow.pipeline.storage import Storage
 
 
@@ -178,3 +178,12 @@ def test_a_split_killed_at_any_moment_ends_with_the_clips_of_an_uninterrupted_ru
     store = Storage.at(settings.lake)
     assert lake.finished_shards(store) == lake.finished_shards(Storage.at(reference.lake))
     print("exit codes of the killed runs:", codes)
+
+
+def test_a_shard_logs_its_first_and_last_video_and_otherwise_at_most_every_few_seconds() -> None:
+    lines: list[int] = []
+    times = iter([0.0, 1.0, 2.0, 13.0, 14.0, 15.0])  # the clock at each video's end: one gap of 11 s
+    log = ShardLog(ShardTask("abc", "part", 6, 24), lambda fmt, *args: lines.append(args[1]), 10.0, lambda: next(times))
+    for done in range(1, 7):
+        log(ShardResult("abc", videos=done))
+    assert lines == [1, 4, 6]  # the first, the one 11 s after the last line, the last
