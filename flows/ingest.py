@@ -24,7 +24,6 @@ from cogflow.pipeline.ingest import (
     IngestSummary,
     finish_ingest,
     plan_ingest,
-    probe_or_discard,
     probe_source,
 )
 from cogflow.pipeline.manifest import check_manifest
@@ -108,7 +107,9 @@ def ingest_flow(
         encoding=encoding,
     )
     logger.info("%d new sources to probe with %d workers", len(plan.to_probe), settings.probe_workers)
-    summary = finish_task(plan, probe_or_discard(plan, _probe_all))
+    with plan.discarded_on_error():
+        probes = _probe_all(plan)
+    summary = finish_task(plan, probes)
     create_table_artifact(key="ingest-summary", table=summary.table(), description=f"ingest {summary.manifest_uri}")
     # One line in the run's log; the full table is the artifact (and what the CLI prints).
     logger.info(

@@ -11,6 +11,7 @@ Three plain steps, which `flows/ingest.py` orders and parallelises:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -18,7 +19,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -91,6 +92,15 @@ class IngestPlan:
         stopped (an error, SIGTERM, Ctrl-C), so that no run leaves a cogflow-ingest-* folder behind."""
         self.con.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def discarded_on_error(self) -> Iterator[None]:
+        """Around the probing: a run that stops there discards the plan (finish_ingest discards it otherwise)."""
+        try:
+            yield
+        except BaseException:
+            self.discard()
+            raise
 
 
 @dataclass
@@ -202,17 +212,6 @@ def plan_ingest(
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return IngestPlan(manifest_uri, settings, con, [tuple(r) for r in to_probe], workdir, started)
-
-
-def probe_or_discard(
-    plan: IngestPlan, probe_all: Callable[[IngestPlan], list[dict[str, object]]]
-) -> list[dict[str, object]]:
-    """`probe_all(plan)`, discarding the plan when it does not finish (finish_ingest discards it otherwise)."""
-    try:
-        return probe_all(plan)
-    except BaseException:
-        plan.discard()
-        raise
 
 
 def _local_video(fetch_uri: str, tmp: Path, limits: Limits) -> Path:
@@ -392,5 +391,6 @@ def _clear_stale_rejects(con: duckdb.DuckDBPyConnection, store: Storage, manifes
 def ingest(manifest: str, settings: Settings, **options: Any) -> IngestSummary:
     """The whole ingest in one process, probing one source after another (the flow probes in parallel)."""
     plan = plan_ingest(manifest, settings, **options)
-    probes = probe_or_discard(plan, lambda p: [probe_source(uri, fetch, settings.limits) for uri, fetch in p.to_probe])
+    with plan.discarded_on_error():
+        probes = [probe_source(uri, fetch_uri, settings.limits) for uri, fetch_uri in plan.to_probe]
     return finish_ingest(plan, probes)
