@@ -45,6 +45,18 @@ def setup() -> Distributed:
     return Distributed(rank, world, local_rank, device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: CUDA that supports it, or a CPU with AVX-512 BF16 or AMX
+    instructions, where a convolution in bf16 runs about twice as fast as in float32 (elsewhere the CPU emulates
+    bf16 and it would be slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent, they answer no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -145,3 +145,21 @@ def test_a_tile_encoders_code_depends_on_its_own_tile_alone() -> None:
     assert model.encode(flat).unique().numel() == 1
     with pytest.raises(ValueError, match="conv or tile"):
         FrameTokenizerConfig(encoder="vit")
+
+
+def test_decoding_in_bf16_moves_pixels_by_a_few_levels_at_most(monkeypatch) -> None:
+    """Where the device has native bf16, decode runs its convolutions in it: forced here on any CPU (an emulated
+    bf16 is slower, not different), the frames stay within a few levels of float32's (this untrained model's
+    largest move is 9 levels of 255; the demo's trained tokenizer's, 2)."""
+    import cogflow.model.tokenizers.frame as frame
+
+    torch.manual_seed(0)
+    model = FrameTokenizer(FSQ).eval()
+    codes = model.encode(torch.randint(0, 256, (4, 160, 160, 3), dtype=torch.uint8))
+    monkeypatch.setattr(frame, "native_bf16", lambda device: False)
+    exact = model.decode(codes).int()
+    monkeypatch.setattr(frame, "native_bf16", lambda device: True)
+    fast = model.decode(codes).int()
+    assert fast.shape == exact.shape and fast.dtype == exact.dtype
+    difference = (fast - exact).abs()
+    assert 0 < difference.float().mean() < 1 and difference.max() <= 16
