@@ -242,6 +242,8 @@ def test_diagnose_command_end_to_end(pair_home: tuple[Path, dict[int, str]], cap
         "neighbour/stage1/model",
         "retrieval/all/colour",
         "bits/stage2/object",
+        "bits/stage1/object_frame0",
+        "bits/stage2/object_frame1",
         "bits/stage1/background_loss_share",
         "layout/stage2/cached",
     ):
