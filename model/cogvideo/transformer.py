@@ -185,6 +185,34 @@ def attend_by_frame(
     return torch.cat([text, frames.reshape(b, f, h, n, d).transpose(1, 2).reshape(b, h, f * n, d)], dim=2)
 
 
+def prefix_blocks(mask: torch.Tensor, text_slots: int, frame_len: int) -> tuple[tuple[int, int, int], ...]:
+    """(start, end, width) per block of queries (the text, then each frame slot) of a dense (B, 1, S, S) mask: the
+    block's queries see no key at `width` or after. Stage 1's temporal channel is causal, so frame slot f sees
+    (text + f + 1 frames) of the 5: attending block by block over those prefixes skips the 40% of the dense pass
+    that is masked out."""
+    seen = mask.any(0)[0]  # (S, S): a key some row of the batch lets this query see
+    ends = list(range(text_slots, seen.shape[0] + 1, frame_len))
+    blocks = []
+    for start, end in zip([0, *ends], ends):
+        keys = seen[start:end].any(0).nonzero()
+        blocks.append((start, end, int(keys[-1]) + 1 if len(keys) else 1))
+    return tuple(blocks)
+
+
+def attend_by_prefix(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    blocks: tuple[tuple[int, int, int], ...],
+    dropout: float,
+) -> torch.Tensor:
+    """`attend` over (B, h, S, d) block by block of queries, each over the keys before its width (`prefix_blocks`):
+    the keys cut off are masked for every query of the block, so the result is the dense pass's."""
+    parts = [attend(q[:, :, a:b], k[:, :, :w], v[:, :, :w], mask[:, :, a:b, :w], dropout) for a, b, w in blocks]
+    return torch.cat(parts, dim=2)  # (B, h, S, d)
+
+
 class DualAttention(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
@@ -202,6 +230,7 @@ class DualAttention(nn.Module):
         cache: dict | None,
         frame_blocks: tuple[int, int] | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        blocks: tuple[tuple[int, int, int], ...] | None = None,
     ) -> torch.Tensor:
         b, p, hidden = x.shape
         qkv = self.spatial_qkv if name == "spatial" else self.temporal_qkv
@@ -220,6 +249,8 @@ class DualAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if frame_blocks is not None and isinstance(mask, torch.Tensor):
             out = attend_by_frame(q, k, v, mask, *frame_blocks, dropout)  # (B, h, P, d)
+        elif blocks is not None and isinstance(mask, torch.Tensor):
+            out = attend_by_prefix(q, k, v, mask, blocks, dropout)  # (B, h, P, d)
         else:
             out = attend(q, k, v, mask, dropout)  # (B, h, P, d)
         return out.transpose(1, 2).reshape(b, p, hidden)
@@ -245,7 +276,18 @@ class DualAttention(nn.Module):
                 rotary,
             )
         )
-        temporal = self.temporal_out(self.channel("temporal", x, masks["temporal"], positions, cache, None, rotary))
+        temporal = self.temporal_out(
+            self.channel(
+                "temporal",
+                x,
+                masks["temporal"],
+                positions,
+                cache,
+                None,
+                rotary,
+                cast("tuple[tuple[int, int, int], ...] | None", masks.get("temporal_blocks")),
+            )
+        )
         a = torch.sigmoid(self.alpha)
         return torch.where(is_frame[:, None], a * spatial + (1 - a) * temporal, spatial)
 
@@ -369,9 +411,14 @@ class CogVideoTransformer(nn.Module):
         )
         if filled is None and torch.equal(
             positions, torch.arange(spec.layout.length, device=positions.device)
-        ):  # frame by frame
+        ):  # frame by frame in the spatial channel, by prefixes in the temporal one
+            blocks: dict[int, tuple] = {}  # per distinct temporal mask (one per window shift)
             for layer in per_layer:
                 layer["frame_blocks"] = (spec.layout.text_slots, spec.layout.frame_len)
+                mask = cast(torch.Tensor, layer["temporal"])
+                if id(mask) not in blocks:
+                    blocks[id(mask)] = prefix_blocks(mask, spec.layout.text_slots, spec.layout.frame_len)
+                layer["temporal_blocks"] = blocks[id(mask)]
         return per_layer
 
     def block_masks(self, text_valid: torch.Tensor) -> list[dict[str, object]]:

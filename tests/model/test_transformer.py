@@ -15,7 +15,10 @@ from cogflow.model.cogvideo.transformer import (
     KVCache,
     ModelSpec,
     TransformerConfig,
+    attend,
+    attend_by_prefix,
     load,
+    prefix_blocks,
     rotary_angles,
     rotate,
     save,
@@ -51,6 +54,30 @@ def test_cached_one_slot_at_a_time_equals_the_full_pass(stage: int, window: int,
         parts += [model(tokens[:, p : p + 1], valid, torch.tensor([p]), cache) for p in range(first, lay.length)]
         stepped = model.logits(torch.cat(parts, dim=1))
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("stage,window,shift", [(1, 0, 0), (2, 2, 1)])
+def test_temporal_attention_by_prefixes_gives_the_dense_values_and_gradients(
+    stage: int, window: int, shift: int
+) -> None:
+    torch.manual_seed(0)
+    lay = Layout(text_len=5, grid=4, stage=stage)
+    spec = ModelSpec(TransformerConfig(layers=2, hidden=32, heads=4), lay, K, V, window, shift)
+    model = CogVideoTransformer(spec).double()
+    _, _, valid = batch(lay)
+    mask = model.masks(valid, torch.arange(lay.length))[1]["temporal"]
+    assert isinstance(mask, torch.Tensor)
+    blocks = prefix_blocks(mask, lay.text_slots, lay.frame_len)
+    if stage == 1:  # causal: frame slot f sees the text and frames 0..f, nothing later
+        assert [w for _, _, w in blocks] == [lay.text_slots + f * lay.frame_len for f in range(6)]
+    assert sum((b - a) * w for a, b, w in blocks) < lay.length**2  # less work than the dense pass
+    q, k, v = (torch.randn(2, 4, lay.length, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    dense = attend(q, k, v, mask, 0.0)
+    grads = torch.autograd.grad(dense.square().sum(), (q, k, v))
+    pieces = attend_by_prefix(q, k, v, mask, blocks, 0.0)
+    torch.testing.assert_close(pieces, dense, rtol=0, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(pieces.square().sum(), (q, k, v)), grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_rotary_scores_depend_on_the_offset_between_codes_and_leave_text_alone() -> None:
