@@ -6,16 +6,23 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo lint test bench clean up down stack-status
 
-# The venv is rebuilt only when pyproject.toml changes.
-$(BIN)/cogflow: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+# The venv is rebuilt only when pyproject.toml changes. The demo needs cogflow alone; the test tools (pytest, moto,
+# mypy, ruff) come on top for `make test` and the rest, so a first `make demo` does not wait for them.
+VENV_UP = $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml
+	$(VENV_UP)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	$(VENV_UP)
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(BIN)/cogflow
+	touch $(VENV)/.installed $@
 
-install: $(BIN)/cogflow
+install: $(VENV)/.installed-test
 
-demo: install
+demo: $(VENV)/.installed
 	$(BIN)/cogflow demo
 
 # ruff (lint and format) and mypy. mypy cannot follow the package-dir mapping of pyproject.toml (the root is the
