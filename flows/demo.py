@@ -44,8 +44,9 @@ class DemoPlan:
 # frames of one config read 43% and 57% in two runs), and the demo read back 41-47%. On 576, in the same steps, three
 # fresh clones read back 60%, 56% and 47% (colour 97/96/79%, shape 39/34/32%, motion 44/38/30%) in 14.5-15.9 minutes
 # with the install; stage 1 alone, trained with three seeds, reads 57/47/53% (issue #13). Sampling at top-k 5 (the
-# config's [generate]) adds 3-5 points to each seed's key frames; a fresh clone read 53% in 12.1 minutes on a fast
-# day. The gate asks for a mean of 40% (chance 19%); what it reaches is in the README.
+# config's [generate]) adds 3-5 points to each seed's key frames, guidance 1.5 about 4 more; two fresh clones of that
+# version read 58% in 12.8 minutes and 53% in 15.6 on the slowest day measured. The gate asks for a mean of 40%
+# (chance 19%); what it reaches is in the README.
 DEMO = DemoPlan(
     videos=576,
     seconds=(4.0, 7.5),
