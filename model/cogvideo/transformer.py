@@ -199,6 +199,14 @@ def prefix_blocks(mask: torch.Tensor, text_slots: int, frame_len: int) -> tuple[
     return tuple(blocks)
 
 
+@functools.lru_cache(maxsize=64)
+def layout_prefix_blocks(layout: Layout, window: int, shift: int) -> tuple[tuple[int, int, int], ...]:
+    """`prefix_blocks` of the layout's temporal rule, once per layout: a batch's mask only takes text pads away
+    from the rule, so its blocks see no further, and no training pass has to look through its (B, S, S) mask."""
+    rule = layouts.dense_mask(layout, "temporal", window, shift)  # (S, S)
+    return prefix_blocks(rule[None, None], layout.text_slots, layout.frame_len)
+
+
 def attend_by_prefix(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -412,13 +420,11 @@ class CogVideoTransformer(nn.Module):
         if filled is None and torch.equal(
             positions, torch.arange(spec.layout.length, device=positions.device)
         ):  # frame by frame in the spatial channel, by prefixes in the temporal one
-            blocks: dict[int, tuple] = {}  # per distinct temporal mask (one per window shift)
-            for layer in per_layer:
+            for i, layer in enumerate(per_layer):
                 layer["frame_blocks"] = (spec.layout.text_slots, spec.layout.frame_len)
-                mask = cast(torch.Tensor, layer["temporal"])
-                if id(mask) not in blocks:
-                    blocks[id(mask)] = prefix_blocks(mask, spec.layout.text_slots, spec.layout.frame_len)
-                layer["temporal_blocks"] = blocks[id(mask)]
+                layer["temporal_blocks"] = layout_prefix_blocks(
+                    spec.layout, spec.window, layouts.layer_shift(i, spec.shift)
+                )
         return per_layer
 
     def block_masks(self, text_valid: torch.Tensor) -> list[dict[str, object]]:

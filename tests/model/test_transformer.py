@@ -17,6 +17,7 @@ from cogflow.model.cogvideo.transformer import (
     TransformerConfig,
     attend,
     attend_by_prefix,
+    layout_prefix_blocks,
     load,
     prefix_blocks,
     rotary_angles,
@@ -67,7 +68,9 @@ def test_temporal_attention_by_prefixes_gives_the_dense_values_and_gradients(
     _, _, valid = batch(lay)
     mask = model.masks(valid, torch.arange(lay.length))[1]["temporal"]
     assert isinstance(mask, torch.Tensor)
-    blocks = prefix_blocks(mask, lay.text_slots, lay.frame_len)
+    blocks = layout_prefix_blocks(lay, window, shift)  # layer 1's shift: what the training pass uses
+    seen = prefix_blocks(mask, lay.text_slots, lay.frame_len)  # this batch's own: pads only take keys away
+    assert [a[:2] for a in seen] == [a[:2] for a in blocks] and all(s[2] <= b[2] for s, b in zip(seen, blocks))
     if stage == 1:  # causal: frame slot f sees the text and frames 0..f, nothing later
         assert [w for _, _, w in blocks] == [lay.text_slots + f * lay.frame_len for f in range(6)]
     assert sum((b - a) * w for a, b, w in blocks) < lay.length**2  # less work than the dense pass
